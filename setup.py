@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="lookwhere_hf",
+    version="0.1.0",
+    description="LookWhere (learning where to look and what to see) as a Hugging Face transformers model family",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    package_data={"lookwhere_hf": ["metrics/*/*.py", "assets/**/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "transformers>=5.17",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "evaluate>=0.4",
+        "huggingface_hub",
+        "numpy",
+        "Pillow",
+        "tqdm",
+    ],
+    extras_require={
+        "plots": ["matplotlib"],
+        "test": ["pytest", "timm>=1.0", "scikit-image", "scikit-learn", "matplotlib", "scipy"],
+        "dev": ["pytest", "timm>=1.0", "scikit-image", "scikit-learn", "matplotlib", "scipy", "ruff"],
+    },
+    entry_points={"console_scripts": ["lookwhere-hf=lookwhere_hf.cli:main"]},
+)

@@ -1,0 +1,58 @@
+"""LookWhere for Hugging Face transformers.
+
+Importing this package registers the LookWhere config, models and image processor with the transformers Auto
+classes, and marks them for `save_pretrained` to copy their code, so that saved folders also load with
+`trust_remote_code=True` where `lookwhere_hf` is not installed.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
+)
+
+from .configuration_lookwhere import LookWhereConfig
+from .dense_spreading import spread_to_grid
+from .image_processing_lookwhere import LookWhereImageProcessor
+from .modeling_lookwhere import (
+    LookWhereForImageClassification,
+    LookWhereForSemanticSegmentation,
+    LookWhereImageClassifierOutput,
+    LookWhereModel,
+    LookWhereModelOutput,
+    LookWherePreTrainedModel,
+    LookWhereSemanticSegmenterOutput,
+)
+from .selection import make_low_res_view, select_top_k, selector_scores_to_map
+
+__version__ = "0.1.0"
+
+AutoConfig.register("lookwhere", LookWhereConfig, exist_ok=True)
+AutoModel.register(LookWhereConfig, LookWhereModel, exist_ok=True)
+AutoModelForImageClassification.register(LookWhereConfig, LookWhereForImageClassification, exist_ok=True)
+AutoModelForSemanticSegmentation.register(LookWhereConfig, LookWhereForSemanticSegmentation, exist_ok=True)
+AutoImageProcessor.register(LookWhereConfig, LookWhereImageProcessor, exist_ok=True)
+
+LookWhereConfig.register_for_auto_class()
+LookWhereModel.register_for_auto_class("AutoModel")
+LookWhereForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+LookWhereForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+LookWhereImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = [
+    "LookWhereConfig",
+    "LookWhereImageProcessor",
+    "LookWherePreTrainedModel",
+    "LookWhereModel",
+    "LookWhereForImageClassification",
+    "LookWhereForSemanticSegmentation",
+    "LookWhereModelOutput",
+    "LookWhereImageClassifierOutput",
+    "LookWhereSemanticSegmenterOutput",
+    "make_low_res_view",
+    "select_top_k",
+    "selector_scores_to_map",
+    "spread_to_grid",
+]

@@ -1,0 +1,544 @@
+"""PyTorch LookWhere: a low-resolution selector decides where to look, a high-resolution extractor sees only there.
+
+Paper: "LookWhere? Efficient Visual Recognition by Learning Where to Look and What to See from Self-Supervision"
+(Fuller et al., 2025, arXiv:2505.18051).
+
+Structure of the code:
+
+- [`LookWhereEmbeddings`]: CLS / register tokens, patch embedding and patch-only position embeddings (resized
+  bicubically, without antialiasing, for other grids). `embed_selected` embeds only the chosen patches.
+- [`LookWhereSelector`]: shallow DINOv2-with-registers encoder on the low-resolution view plus the MLP head that
+  scores every high-resolution patch (see `selection.py` for the map layout and top-k).
+- [`LookWhereExtractor`]: full-depth DINOv2-with-registers encoder on the selected high-resolution patches, seeded
+  with the selector's CLS + register tokens.
+- [`LookWhereModel`]: the two together; optional dense features via `dense_spreading.spread_to_grid`.
+- Task heads: [`LookWhereForImageClassification`], [`LookWhereForSemanticSegmentation`].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.dinov2_with_registers.configuration_dinov2_with_registers import Dinov2WithRegistersConfig
+from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
+    Dinov2WithRegistersEncoder,
+    Dinov2WithRegistersLayerScale,
+    Dinov2WithRegistersPatchEmbeddings,
+)
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_lookwhere import LookWhereConfig
+from .dense_spreading import spread_to_grid
+from .selection import gather_tokens, make_low_res_view, select_top_k, selector_scores_to_map
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def resize_position_embeddings(position_embeddings: torch.Tensor, source_grid: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize patch-only position embeddings `(1, source_grid**2, D)` to `(1, grid_h * grid_w, D)`.
+
+    Bicubic, `align_corners=False`, **no antialiasing**, computed in float32 (the official LookWhere code; note that
+    transformers' DINOv2 `interpolate_pos_encoding` antialiases and gives other numbers).
+    """
+    if (source_grid, source_grid) == tuple(grid):
+        return position_embeddings
+    dim = position_embeddings.shape[-1]
+    grid_2d = position_embeddings.reshape(1, source_grid, source_grid, dim).permute(0, 3, 1, 2)
+    resized = F.interpolate(grid_2d.float(), size=tuple(grid), mode="bicubic", align_corners=False, antialias=False)
+    return resized.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
+
+
+# ----------------------------------------------------------------------------------------------------- outputs
+@dataclass
+class LookWhereModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_prefix_tokens + k, hidden_size)`):
+        Extractor output after the final layer norm: CLS, registers, then the `k` selected patch tokens in the order
+        of `selected_indices`.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        The extractor's output CLS token.
+    selector_map (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w)`):
+        Selector map logits for every high-resolution patch, row-major.
+    selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
+        Row-major indices of the high-resolution patches the extractor computed, by descending selector score.
+    selector_prefix_tokens (`torch.FloatTensor` of shape `(batch_size, num_prefix_tokens, hidden_size)`):
+        The selector's CLS + register tokens after its final norm (the extractor's prefix inputs).
+    selector_patch_tokens (`torch.FloatTensor` of shape `(batch_size, low_h * low_w, hidden_size)`):
+        The selector's low-resolution patch tokens after its final norm.
+    dense_features (`torch.FloatTensor` of shape `(batch_size, hidden_size, grid_h, grid_w)`, *optional*):
+        The `k` output patch tokens spread to the full high-resolution grid (returned with `output_dense_features`).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        Extractor hidden states (input embeddings + one per layer), each `(batch_size, num_prefix_tokens + k, D)`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Extractor attention weights, each `(batch_size, num_heads, num_prefix_tokens + k, num_prefix_tokens + k)`
+        (eager attention only).
+    selector_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        Selector hidden states, each `(batch_size, num_prefix_tokens + low_h * low_w, hidden_size)`.
+    selector_attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Selector attention weights (eager attention only).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    selector_map: torch.FloatTensor | None = None
+    selected_indices: torch.LongTensor | None = None
+    selector_prefix_tokens: torch.FloatTensor | None = None
+    selector_patch_tokens: torch.FloatTensor | None = None
+    dense_features: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    selector_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    selector_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class LookWhereImageClassifierOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        Classification (or regression) loss, when `labels` are given.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Classification scores (before softmax / sigmoid).
+    selector_map (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w)`):
+        Selector map logits.
+    selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
+        The high-resolution patches the extractor computed.
+    hidden_states, attentions:
+        As in [`LookWhereModelOutput`] (extractor), on request.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    selector_map: torch.FloatTensor | None = None
+    selected_indices: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class LookWhereSemanticSegmenterOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        Cross-entropy over the label pixels (logits upsampled to the label size), when `labels` are given.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels, grid_h, grid_w)`):
+        Per-patch class scores on the high-resolution patch grid. Upsample them to the image size for a mask
+        (`LookWhereImageProcessor.post_process_semantic_segmentation` does).
+    selector_map (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w)`):
+        Selector map logits.
+    selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
+        The high-resolution patches the extractor computed.
+    hidden_states, attentions:
+        As in [`LookWhereModelOutput`] (extractor), on request.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    selector_map: torch.FloatTensor | None = None
+    selected_indices: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------- modules
+class LookWhereEmbeddings(nn.Module):
+    """CLS and register tokens, patch embedding, and position embeddings for patch tokens only.
+
+    Parameters: `cls_token (1, 1, D)`, `register_tokens (1, R, D)`, `patch_embeddings.projection` (a
+    `patch_size`-strided conv) and `position_embeddings (1, grid * grid, D)` for `grid = image_size // patch_size`.
+    """
+
+    def __init__(self, config: Dinov2WithRegistersConfig) -> None:
+        super().__init__()
+        self.patch_size = _pair(config.patch_size)[0]
+        self.grid = _pair(config.image_size)[0] // self.patch_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.register_tokens = nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
+        self.patch_embeddings = Dinov2WithRegistersPatchEmbeddings(config)
+        self.position_embeddings = nn.Parameter(torch.zeros(1, self.grid * self.grid, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def position_embeddings_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Position embeddings `(1, grid_h * grid_w, D)` for a patch grid, resized if it is not the trained one."""
+        return resize_position_embeddings(self.position_embeddings, self.grid, grid)
+
+    def prefix_tokens(self, batch_size: int) -> torch.Tensor:
+        """The learned CLS + register tokens, `(batch_size, 1 + R, D)` (they get no position embedding)."""
+        return torch.cat((self.cls_token, self.register_tokens), dim=1).expand(batch_size, -1, -1)
+
+    def embed_all(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Embed every patch: `(B, C, H, W)` -> `(B, (H/p) * (W/p), D)`, position embeddings added."""
+        grid = (pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size)
+        tokens = self.patch_embeddings(pixel_values)
+        return self.dropout(tokens + self.position_embeddings_for(grid).to(tokens.dtype))
+
+    def embed_selected(self, pixel_values: torch.Tensor, indices: torch.LongTensor) -> torch.Tensor:
+        """Embed only the patches at `indices`: `(B, C, H, W)`, `(B, k)` -> `(B, k, D)`, position embeddings added.
+
+        The patches are cut out of the image and projected with the patch-embedding weights; the other
+        `(H/p) * (W/p) - k` patches are never projected.
+        """
+        batch_size, channels, height, width = pixel_values.shape
+        p = self.patch_size
+        grid = (height // p, width // p)
+        projection = self.patch_embeddings.projection
+        if channels != projection.in_channels:
+            raise ValueError(f"Expected {projection.in_channels} image channels, got {channels}.")
+        patches = (
+            pixel_values.to(projection.weight.dtype)
+            .reshape(batch_size, channels, grid[0], p, grid[1], p)
+            .permute(0, 2, 4, 1, 3, 5)
+            .reshape(batch_size, grid[0] * grid[1], channels * p * p)
+        )
+        patches = gather_tokens(patches, indices)
+        tokens = F.linear(patches, projection.weight.reshape(projection.out_channels, -1), projection.bias)
+        positions = self.position_embeddings_for(grid).to(tokens.dtype).expand(batch_size, -1, -1)
+        return self.dropout(tokens + gather_tokens(positions, indices))
+
+
+class LookWhereSelectorHead(nn.Module):
+    """MLP `hidden -> 4 * hidden -> r * r` scoring the `r x r` high-resolution patches under each low-res patch."""
+
+    def __init__(self, hidden_size: int, num_outputs: int, activation: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, 4 * hidden_size)
+        self.act = ACT2FN[activation]
+        self.fc2 = nn.Linear(4 * hidden_size, num_outputs)
+
+    def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """`(B, N_lo, D)` -> `(B, N_lo, r * r)`."""
+        return self.fc2(self.act(self.fc1(patch_tokens)))
+
+
+class LookWhereSelector(nn.Module):
+    """The low-resolution DINOv2-with-registers encoder and the selector head."""
+
+    def __init__(self, config: LookWhereConfig) -> None:
+        super().__init__()
+        self.config = config.selector_config
+        self.embeddings = LookWhereEmbeddings(config.selector_config)
+        self.encoder = Dinov2WithRegistersEncoder(config.selector_config)
+        self.layernorm = nn.LayerNorm(config.selector_config.hidden_size, eps=config.selector_config.layer_norm_eps)
+        r = config.selector_upsample_factor
+        self.head = LookWhereSelectorHead(config.selector_config.hidden_size, r * r, config.selector_head_act)
+
+    def forward(self, low_res_pixel_values: torch.Tensor, grid: tuple[int, int], **kwargs):
+        """Returns `(selector_map (B, G_h*G_w), prefix (B, P, D), patch_tokens (B, N_lo, D), encoder_outputs)`."""
+        batch_size = low_res_pixel_values.shape[0]
+        p = self.embeddings.patch_size
+        low_grid = (low_res_pixel_values.shape[-2] // p, low_res_pixel_values.shape[-1] // p)
+        patches = self.embeddings.embed_all(low_res_pixel_values)
+        hidden = torch.cat((self.embeddings.prefix_tokens(batch_size).to(patches.dtype), patches), dim=1)
+        encoder_outputs = self.encoder(hidden, **kwargs)
+        hidden = self.layernorm(encoder_outputs.last_hidden_state)
+        num_prefix = 1 + self.config.num_register_tokens
+        prefix, patch_tokens = hidden[:, :num_prefix], hidden[:, num_prefix:]
+        selector_map = selector_scores_to_map(self.head(patch_tokens), low_grid, grid)
+        return selector_map, prefix, patch_tokens, encoder_outputs
+
+
+class LookWhereExtractor(nn.Module):
+    """The high-resolution DINOv2-with-registers encoder that runs on the selected patches only."""
+
+    def __init__(self, config: LookWhereConfig) -> None:
+        super().__init__()
+        self.config = config.extractor_config
+        self.embeddings = LookWhereEmbeddings(config.extractor_config)
+        self.encoder = Dinov2WithRegistersEncoder(config.extractor_config)
+        self.layernorm = nn.LayerNorm(config.extractor_config.hidden_size, eps=config.extractor_config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor, indices: torch.LongTensor, prefix: torch.Tensor, **kwargs):
+        """`(B, C, H, W)`, `(B, k)`, `(B, P, D)` -> (normed tokens `(B, P + k, D)`, encoder outputs)."""
+        tokens = self.embeddings.embed_selected(pixel_values, indices)
+        encoder_outputs = self.encoder(torch.cat((prefix.to(tokens.dtype), tokens), dim=1), **kwargs)
+        return self.layernorm(encoder_outputs.last_hidden_state), encoder_outputs
+
+
+# ----------------------------------------------------------------------------------------------------- models
+class LookWherePreTrainedModel(PreTrainedModel):
+    config_class = LookWhereConfig
+    config: LookWhereConfig
+    base_model_prefix = "lookwhere"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LookWhereEmbeddings", "Dinov2WithRegistersLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, LookWhereEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            init.zeros_(module.register_tokens)
+        elif isinstance(module, Dinov2WithRegistersLayerScale):
+            init.constant_(module.lambda1, self.config.extractor_config.layerscale_value)
+
+    # ------------------------------------------------------------------ input checks shared by all heads
+    def _check_inputs(self, pixel_values, low_res_pixel_values) -> tuple[int, int]:
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+            got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(
+                f"`pixel_values` must be a float tensor of shape (batch_size, 3, height, width), got {got}. "
+                "Use LookWhereImageProcessor to turn images into model inputs."
+            )
+        p = self.config.patch_size
+        height, width = pixel_values.shape[-2:]
+        if height % p or width % p:
+            raise ValueError(
+                f"`pixel_values` height and width must be multiples of the patch size {p}, got {height}x{width}. "
+                f"Resize the images (e.g. LookWhereImageProcessor(size={{'height': {height // p * p or p}, "
+                f"'width': {width // p * p or p}}}))."
+            )
+        if low_res_pixel_values is not None:
+            lp = _pair(self.config.selector_config.patch_size)[0]
+            if low_res_pixel_values.ndim != 4 or low_res_pixel_values.shape[:2] != pixel_values.shape[:2]:
+                raise ValueError(
+                    "`low_res_pixel_values` must have shape (batch_size, channels, low_h, low_w) with the batch size "
+                    f"and channels of `pixel_values` {tuple(pixel_values.shape[:2])}, got "
+                    f"{tuple(low_res_pixel_values.shape)}. Omit it to let the model make it from `pixel_values`."
+                )
+            if low_res_pixel_values.shape[-2] % lp or low_res_pixel_values.shape[-1] % lp:
+                raise ValueError(
+                    f"`low_res_pixel_values` height and width must be multiples of the selector patch size {lp}, "
+                    f"got {tuple(low_res_pixel_values.shape[-2:])}."
+                )
+        return height // p, width // p
+
+
+class LookWhereModel(LookWherePreTrainedModel):
+    """The bare LookWhere model: selector + extractor, returning extractor tokens, the selector map and, on request,
+    dense high-resolution features."""
+
+    def __init__(self, config: LookWhereConfig) -> None:
+        super().__init__(config)
+        self.selector = LookWhereSelector(config)
+        self.extractor = LookWhereExtractor(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.extractor.embeddings.patch_embeddings
+
+    def low_res_view(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The selector's input made from `pixel_values` exactly as the official inference does."""
+        size = self.config.low_res_size
+        return make_low_res_view(pixel_values, (size, size), antialias=self.config.low_res_antialias)
+
+    def select(
+        self, pixel_values: torch.Tensor, low_res_pixel_values: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, object]:
+        """Run the selector only: `(selector_map (B, G_h*G_w), prefix (B, P, D), patch_tokens, encoder_outputs)`.
+
+        Runs without gradients when the selector is frozen (`requires_grad=False` on all its parameters).
+        """
+        grid = self._check_inputs(pixel_values, low_res_pixel_values)
+        if low_res_pixel_values is None:
+            low_res_pixel_values = self.low_res_view(pixel_values)
+        trainable = any(p.requires_grad for p in self.selector.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            return self.selector(low_res_pixel_values, grid, **kwargs)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        low_res_pixel_values: torch.Tensor | None = None,
+        k: int | None = None,
+        output_dense_features: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> LookWhereModelOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                Normalized high-resolution images; height and width multiples of the patch size (14).
+            low_res_pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, low_h, low_w)`, *optional*):
+                The selector's view. Made from `pixel_values` (bilinear resize to `config.low_res_size`) if absent.
+            k (`int`, *optional*):
+                Number of high-resolution patches the extractor computes; defaults to
+                `floor(config.k_ratio * num_patches)`.
+            output_dense_features (`bool`, *optional*):
+                Also return `dense_features (batch_size, hidden_size, grid_h, grid_w)`.
+            output_hidden_states / output_attentions (`bool`, *optional*):
+                Return the extractor's (and selector's) per-layer hidden states / attention weights (eager only).
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        capture = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        grid = self._check_inputs(pixel_values, low_res_pixel_values)
+        k = self.config.num_selected(grid[0] * grid[1], k)
+
+        selector_map, prefix, selector_patches, selector_out = self.select(
+            pixel_values, low_res_pixel_values, **capture
+        )
+        indices = select_top_k(selector_map, k)
+        sequence_output, extractor_out = self.extractor(pixel_values, indices, prefix, **capture)
+
+        dense = None
+        if output_dense_features:
+            dense = self.spread(sequence_output[:, self.config.num_prefix_tokens :], indices, grid)
+
+        return LookWhereModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=sequence_output[:, 0],
+            selector_map=selector_map,
+            selected_indices=indices,
+            selector_prefix_tokens=prefix,
+            selector_patch_tokens=selector_patches,
+            dense_features=dense,
+            hidden_states=extractor_out.hidden_states,
+            attentions=extractor_out.attentions,
+            selector_hidden_states=selector_out.hidden_states,
+            selector_attentions=selector_out.attentions,
+        )
+
+    def spread(self, patch_tokens: torch.Tensor, indices: torch.LongTensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Dense features `(B, D, grid_h, grid_w)` from `k` patch tokens `(B, k, D)` at `indices (B, k)`."""
+        dense = spread_to_grid(patch_tokens, indices, grid, self.config.num_spread_neighbors)
+        return dense.transpose(1, 2).reshape(patch_tokens.shape[0], -1, grid[0], grid[1])
+
+
+class _LookWhereTaskModel(LookWherePreTrainedModel):
+    """Shared set-up of the task heads: the LookWhere body (selector frozen if the config says so) and dropout."""
+
+    def __init__(self, config: LookWhereConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.lookwhere = LookWhereModel(config)
+        if config.freeze_selector:
+            self.lookwhere.selector.requires_grad_(False)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = (
+            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+
+
+class LookWhereForImageClassification(_LookWhereTaskModel):
+    """LookWhere with a linear classifier on the extractor's output CLS token."""
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        low_res_pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        k: int | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> LookWhereImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, or `(batch_size, num_labels)` floats, *optional*):
+            Class indices (single-label), multi-hot targets (multi-label) or values (regression, `num_labels == 1`),
+            following `config.problem_type` as transformers' classifiers do.
+
+        Returns `logits (batch_size, num_labels)` and the selection (`selector_map`, `selected_indices`).
+        """
+        outputs = self.lookwhere(
+            pixel_values,
+            low_res_pixel_values=low_res_pixel_values,
+            k=k,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config)
+        return LookWhereImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            selector_map=outputs.selector_map,
+            selected_indices=outputs.selected_indices,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class LookWhereForSemanticSegmentation(_LookWhereTaskModel):
+    """LookWhere with a per-patch linear head on the dense features (the `k` computed tokens spread to the grid)."""
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        low_res_pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        k: int | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> LookWhereSemanticSegmenterOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            Per-pixel class indices; `config.semantic_loss_ignore_index` (255) is ignored. The logits are bilinearly
+            upsampled to the label size for the loss.
+
+        Returns `logits (batch_size, num_labels, grid_h, grid_w)` on the high-resolution patch grid.
+        """
+        outputs = self.lookwhere(
+            pixel_values,
+            low_res_pixel_values=low_res_pixel_values,
+            k=k,
+            output_dense_features=True,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        features = self.dropout(outputs.dense_features.permute(0, 2, 3, 1))  # (B, G_h, G_w, D)
+        logits = self.classifier(features).permute(0, 3, 1, 2)  # (B, C, G_h, G_w)
+        loss = None
+        if labels is not None:
+            loss = self.segmentation_loss(logits, labels)
+        return LookWhereSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            selector_map=outputs.selector_map,
+            selected_indices=outputs.selected_indices,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def segmentation_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of `logits (B, C, G_h, G_w)` upsampled to `labels (B, H, W)`, ignoring the ignore index."""
+        if labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"Segmentation `labels` must have shape (batch_size, height, width), got {tuple(labels.shape)}."
+            )
+        if self.config.num_labels < 2:
+            raise ValueError("Semantic segmentation needs `num_labels >= 2` in the config.")
+        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(upsampled, labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
+
+
+__all__ = [
+    "LookWhereModelOutput",
+    "LookWhereImageClassifierOutput",
+    "LookWhereSemanticSegmenterOutput",
+    "LookWherePreTrainedModel",
+    "LookWhereModel",
+    "LookWhereForImageClassification",
+    "LookWhereForSemanticSegmentation",
+    "resize_position_embeddings",
+]
