@@ -33,7 +33,9 @@ AutoConfig.register("lookwhere", LookWhereConfig, exist_ok=True)
 AutoModel.register(LookWhereConfig, LookWhereModel, exist_ok=True)
 AutoModelForImageClassification.register(LookWhereConfig, LookWhereForImageClassification, exist_ok=True)
 AutoModelForSemanticSegmentation.register(LookWhereConfig, LookWhereForSemanticSegmentation, exist_ok=True)
-AutoImageProcessor.register(LookWhereConfig, LookWhereImageProcessor, exist_ok=True)
+AutoImageProcessor.register(
+    LookWhereConfig, image_processor_classes={"torchvision": LookWhereImageProcessor}, exist_ok=True
+)
 
 LookWhereConfig.register_for_auto_class()
 LookWhereModel.register_for_auto_class("AutoModel")

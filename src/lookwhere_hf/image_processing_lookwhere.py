@@ -68,6 +68,15 @@ class LookWhereImageProcessor(TorchvisionBackend):
         self._sides(size, "size")
         self._sides(low_res_size, "low_res_size")
 
+    def to_dict(self) -> dict:
+        # The processor is found through the model's config.json (`model_type` "lookwhere" locally, its `auto_map`
+        # with trust_remote_code). Writing `image_processor_type` / `auto_map` here as well would make pipelines look
+        # for a remote *video* processor and prompt the user about custom code even when lookwhere_hf is installed.
+        output = super().to_dict()
+        output.pop("image_processor_type", None)
+        output.pop("auto_map", None)
+        return output
+
     def _preprocess(self, images, low_res_size=None, low_res_antialias=None, return_tensors=None, **kwargs) -> BatchFeature:
         outputs = super()._preprocess(images, return_tensors=None, **kwargs)
         low_res_size = low_res_size if low_res_size is not None else self.low_res_size

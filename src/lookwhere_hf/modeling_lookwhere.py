@@ -36,6 +36,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_lookwhere import LookWhereConfig
 from .dense_spreading import spread_to_grid
+from .image_processing_lookwhere import LookWhereImageProcessor
 from .selection import gather_tokens, make_low_res_view, select_top_k, selector_scores_to_map
 
 
@@ -55,6 +56,25 @@ def resize_position_embeddings(position_embeddings: torch.Tensor, source_grid: i
     grid_2d = position_embeddings.reshape(1, source_grid, source_grid, dim).permute(0, 3, 1, 2)
     resized = F.interpolate(grid_2d.float(), size=tuple(grid), mode="bicubic", align_corners=False, antialias=False)
     return resized.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
+
+
+def _load_dinov2(dinov2) -> PreTrainedModel:
+    """A DINOv2(-with-registers) backbone from a model instance (bare or with a task head) or a path / Hub id."""
+    from transformers import AutoModel
+
+    if isinstance(dinov2, (str, bytes)) or hasattr(dinov2, "__fspath__"):
+        dinov2 = AutoModel.from_pretrained(dinov2)
+    if hasattr(dinov2, "embeddings") and hasattr(dinov2, "encoder"):
+        backbone = dinov2
+    else:
+        backbone = getattr(dinov2, "dinov2_with_registers", None) or getattr(dinov2, "dinov2", None)
+    model_type = getattr(getattr(backbone, "config", None), "model_type", None)
+    if model_type not in ("dinov2_with_registers", "dinov2"):
+        raise ValueError(
+            "Expected a DINOv2-with-registers or DINOv2 model (transformers `Dinov2WithRegistersModel` / `Dinov2Model`, "
+            f"or a path to one), got {type(dinov2).__name__} (model_type={model_type!r})."
+        )
+    return backbone
 
 
 # ----------------------------------------------------------------------------------------------------- outputs
@@ -291,6 +311,86 @@ class LookWherePreTrainedModel(PreTrainedModel):
             init.zeros_(module.register_tokens)
         elif isinstance(module, Dinov2WithRegistersLayerScale):
             init.constant_(module.lambda1, self.config.extractor_config.layerscale_value)
+
+    @classmethod
+    def from_dinov2(
+        cls,
+        dinov2,
+        selector_depth: int = 3,
+        low_res_size: int = 154,
+        high_res_size: int | None = None,
+        k_ratio: float = 0.1,
+        **config_kwargs,
+    ) -> "LookWherePreTrainedModel":
+        """Build a LookWhere model from a DINOv2-with-registers (or plain DINOv2) checkpoint.
+
+        The extractor is an exact copy of `dinov2` (weights and architecture; the CLS position embedding is folded into
+        the CLS token, since LookWhere gives CLS no position embedding); the selector takes its patch
+        embedding, CLS/register tokens, first `selector_depth` layers and final norm, with position embeddings resized
+        (bicubic, no antialias) to the low-resolution grid, and a freshly initialized head.
+
+        Args:
+            dinov2 (`Dinov2WithRegistersModel`, `Dinov2Model`, a model with such a `.dinov2*` backbone, or a path /
+                Hub id that `AutoModel.from_pretrained` loads as one).
+            selector_depth (`int`): number of teacher layers the selector keeps (3 in the release).
+            low_res_size (`int`): the selector's input size (154 in the release).
+            high_res_size (`int`, *optional*): the extractor's image size; defaults to the teacher's `image_size`.
+            k_ratio (`float`): fraction of high-res patches the extractor sees.
+            config_kwargs: other [`LookWhereConfig`] fields (`num_labels`, `id2label`, `freeze_selector`, ...).
+        """
+        teacher = _load_dinov2(dinov2)
+        tcfg = teacher.config
+        if not 1 <= selector_depth <= tcfg.num_hidden_layers:
+            raise ValueError(
+                f"`selector_depth` must be between 1 and the teacher's depth {tcfg.num_hidden_layers}, got {selector_depth}."
+            )
+        patch = _pair(tcfg.patch_size)[0]
+        high_res_size = high_res_size if high_res_size is not None else _pair(tcfg.image_size)[0]
+        backbone = {
+            key: getattr(tcfg, key)
+            for key in (
+                "hidden_size", "num_attention_heads", "mlp_ratio", "hidden_act", "layer_norm_eps", "patch_size",
+                "num_channels", "qkv_bias", "layerscale_value", "use_swiglu_ffn",
+            )
+        }
+        backbone["num_register_tokens"] = getattr(tcfg, "num_register_tokens", 0)
+        teacher_grid = _pair(tcfg.image_size)[0] // patch
+        config = LookWhereConfig(
+            selector_config={**backbone, "num_hidden_layers": selector_depth, "image_size": low_res_size},
+            extractor_config={**backbone, "num_hidden_layers": tcfg.num_hidden_layers, "image_size": high_res_size},
+            k_ratio=k_ratio,
+            selector_pretrain_grid=config_kwargs.pop("selector_pretrain_grid", high_res_size // patch),
+            **config_kwargs,
+        )
+        model = cls(config)
+        body = model if isinstance(model, LookWhereModel) else model.lookwhere
+        state = teacher.state_dict()
+        for part in (body.selector, body.extractor):
+            emb = part.embeddings
+            with torch.no_grad():
+                # DINOv2 adds its first position embedding to CLS; LookWhere's CLS gets none, so fold it in.
+                emb.cls_token.copy_(state["embeddings.cls_token"] + state["embeddings.position_embeddings"][:, :1])
+                if emb.register_tokens.numel():
+                    emb.register_tokens.copy_(state["embeddings.register_tokens"])
+                emb.patch_embeddings.projection.load_state_dict(
+                    {n.split(".")[-1]: t for n, t in state.items() if n.startswith("embeddings.patch_embeddings.projection.")}
+                )
+                patch_pos = state["embeddings.position_embeddings"][:, 1:]  # drop the CLS slot
+                emb.position_embeddings.copy_(resize_position_embeddings(patch_pos, teacher_grid, (emb.grid, emb.grid)))
+            depth = len(part.encoder.layer)
+            part.encoder.layer.load_state_dict(
+                {n[len("encoder.layer."):]: t for n, t in state.items() if n.startswith("encoder.layer.") and int(n.split(".")[2]) < depth}
+            )
+            part.layernorm.load_state_dict({n.split(".")[-1]: t for n, t in state.items() if n.startswith("layernorm.")})
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the image processor in `config.json`'s `auto_map` (its code is
+        copied with the modeling code), so the folder also loads with `trust_remote_code=True` alone."""
+        if self._auto_class is not None:
+            processor = f"{LookWhereImageProcessor.__module__.split('.')[-1]}.{LookWhereImageProcessor.__name__}"
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoImageProcessor": processor}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     # ------------------------------------------------------------------ input checks shared by all heads
     def _check_inputs(self, pixel_values, low_res_pixel_values) -> tuple[int, int]:
