@@ -400,8 +400,16 @@ class LookWherePreTrainedModel(PreTrainedModel):
                 f"`pixel_values` must be a float tensor of shape (batch_size, 3, height, width), got {got}. "
                 "Use LookWhereImageProcessor to turn images into model inputs."
             )
+        batch_size, channels, height, width = pixel_values.shape
+        if batch_size == 0:
+            raise ValueError("`pixel_values` is an empty batch (batch_size 0); pass at least one image.")
+        expected_channels = self.config.extractor_config.num_channels
+        if channels != expected_channels:
+            raise ValueError(
+                f"`pixel_values` must have {expected_channels} channels (RGB), got {channels} in shape "
+                f"{tuple(pixel_values.shape)}. Convert grayscale/RGBA images to RGB (LookWhereImageProcessor does)."
+            )
         p = self.config.patch_size
-        height, width = pixel_values.shape[-2:]
         if height % p or width % p:
             raise ValueError(
                 f"`pixel_values` height and width must be multiples of the patch size {p}, got {height}x{width}. "
