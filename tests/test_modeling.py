@@ -401,10 +401,7 @@ def test_trust_remote_code_load_without_package(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, torch
-        sys.path = [p for p in sys.path if "lookwhere" not in p and not p.endswith("/src")]
-        import importlib.util
-        from transformers import AutoModelForImageClassification, AutoImageProcessor
-        assert importlib.util.find_spec("lookwhere_hf") is None or True
+        from transformers import AutoModelForImageClassification
         model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
         assert "lookwhere_hf" not in sys.modules, "lookwhere_hf was imported"
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__

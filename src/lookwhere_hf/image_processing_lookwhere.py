@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import TorchvisionBackend
@@ -23,6 +24,15 @@ class LookWhereImageProcessorKwargs(ImagesKwargs, total=False):
 
     low_res_size: dict[str, int]
     low_res_antialias: bool
+
+
+def _add_channel_to_2d(images):
+    """`(H, W)` grayscale arrays / tensors -> `(H, W, 1)`, which the RGB conversion then expands to 3 channels."""
+    if isinstance(images, (list, tuple)):
+        return type(images)(_add_channel_to_2d(image) for image in images)
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 2:
+        return images[..., None]
+    return images
 
 
 class LookWhereImageProcessor(TorchvisionBackend):
@@ -67,6 +77,10 @@ class LookWhereImageProcessor(TorchvisionBackend):
     def _check_sizes(self, size, low_res_size) -> None:
         self._sides(size, "size")
         self._sides(low_res_size, "low_res_size")
+
+    def preprocess(self, images, *args, **kwargs: Unpack[LookWhereImageProcessorKwargs]) -> BatchFeature:
+        """Preprocess one image or a batch (PIL, numpy or torch; `(H, W)` grayscale arrays are accepted too)."""
+        return super().preprocess(_add_channel_to_2d(images), *args, **kwargs)
 
     def to_dict(self) -> dict:
         # The processor is found through the model's config.json (`model_type` "lookwhere" locally, its `auto_map`
