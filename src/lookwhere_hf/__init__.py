@@ -18,6 +18,8 @@ from .dense_spreading import spread_to_grid
 from .image_processing_lookwhere import LookWhereImageProcessor
 from .modeling_lookwhere import (
     LookWhereForImageClassification,
+    LookWhereForPreTraining,
+    LookWhereForPreTrainingOutput,
     LookWhereForSemanticSegmentation,
     LookWhereImageClassifierOutput,
     LookWhereModel,
@@ -50,6 +52,8 @@ __all__ = [
     "LookWhereModel",
     "LookWhereForImageClassification",
     "LookWhereForSemanticSegmentation",
+    "LookWhereForPreTraining",
+    "LookWhereForPreTrainingOutput",
     "LookWhereModelOutput",
     "LookWhereImageClassifierOutput",
     "LookWhereSemanticSegmenterOutput",

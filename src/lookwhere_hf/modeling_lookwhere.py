@@ -640,6 +640,323 @@ class LookWhereForSemanticSegmentation(_LookWhereTaskModel):
         return F.cross_entropy(upsampled, labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
 
 
+# ----------------------------------------------------------------------------------------------------- pretraining
+PRETRAINING_DEFAULTS = {
+    "k_min": 16,
+    "k_max": 128,
+    "cls_loss_weight": 1.0,
+    "dense_loss_weight": 1.0,
+    "map_loss_weight": 0.1,
+    "k_seed": 0,
+}
+
+
+@dataclass
+class LookWhereForPreTrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`):
+        `cls_loss_weight * loss_cls + dense_loss_weight * loss_dense + map_loss_weight * loss_map`.
+    loss_cls (`torch.FloatTensor` of shape `()`):
+        MSE between the extractor's output CLS token and the teacher's final-normed CLS token (detached).
+    loss_dense (`torch.FloatTensor` of shape `()`):
+        Squared error (mean over channels, then positions and batch) between the extractor's `k` patch tokens spread
+        to every high-resolution position and the teacher's final-normed patch tokens (detached).
+    loss_map (`torch.FloatTensor` of shape `()`):
+        `KL(softmax(teacher_map) || softmax(selector_map))`, averaged over the batch (detached).
+    top_k_agreement (`torch.FloatTensor` of shape `()`):
+        Fraction of the teacher map's top-`k` positions that are among the selector map's top-`k` (this step's `k`).
+    selector_map (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w)`):
+        Selector map logits.
+    teacher_map (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w)`):
+        The teacher's attention-map target (last-layer attention logits averaged over heads and patch queries).
+    selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
+        The high-resolution patches the extractor computed this step.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_cls: torch.FloatTensor | None = None
+    loss_dense: torch.FloatTensor | None = None
+    loss_map: torch.FloatTensor | None = None
+    top_k_agreement: torch.FloatTensor | None = None
+    selector_map: torch.FloatTensor | None = None
+    teacher_map: torch.FloatTensor | None = None
+    selected_indices: torch.LongTensor | None = None
+
+
+class LookWhereForPreTraining(LookWherePreTrainedModel):
+    """LookWhere pretraining by distillation from a frozen DINOv2(-with-registers) teacher.
+
+    The student is a [`LookWhereModel`] stored under `lookwhere.` (as in the task models), so a pretraining
+    checkpoint loads directly with `LookWhereModel.from_pretrained` / `LookWhereForImageClassification.from_pretrained`.
+    The teacher is *not* a registered submodule: it follows the student through `.to()` / `.cuda()` / `.half()`,
+    but it is not in `state_dict()`, `parameters()`, `save_pretrained`, Trainer / accelerate checkpoints, the
+    optimizer or DDP. It stays in eval mode without gradients.
+
+    One forward:
+
+    1. the teacher sees the high-resolution image and gives its CLS, patch tokens and attention map
+       ([`~distillation_losses.compute_teacher_targets`]);
+    2. the selector sees the low-resolution view and predicts the map; the map KL trains it;
+    3. the extractor computes the top-`k` patches of the selector map (sorted by score), seeded with the selector's
+       CLS + register outputs. Patches beyond `k` are not computed at all, which is the exact, cheaper equivalent of
+       masking them out of attention. `k` is drawn per step from `[k_min, k_max]` (clipped to the grid).
+    4. its `k` patch tokens are spread to every position (K-nearest inverse distance, [`LookWhereModel.spread`]) and
+       matched to the teacher's patch tokens; its CLS to the teacher's CLS.
+
+    Gradients reach the selector through the map KL and through its prefix (CLS + register) tokens, which the
+    extractor consumes; the top-k indices themselves carry none.
+
+    Args:
+        config ([`LookWhereConfig`]): the student. Pretraining settings are read from / written to its
+            `pretrain_*` attributes so that they are saved with checkpoints.
+        teacher (`Dinov2WithRegistersModel`, `Dinov2Model` or a path, *optional*): the frozen teacher. Can be set
+            later with [`~LookWhereForPreTraining.set_teacher`]; the forward needs it.
+        teacher_dtype (`torch.dtype` or `str`, *optional*): cast the teacher, e.g. `torch.bfloat16`.
+        k_min, k_max (`int`, *optional*, defaults to 16 and 128): range of the per-step number of extractor patches.
+        cls_loss_weight, dense_loss_weight, map_loss_weight (`float`, *optional*, defaults to 1, 1 and 0.1).
+        k_seed (`int`, *optional*, defaults to 0): seed of the per-step `k` draw (see [`sample_k`]).
+    """
+
+    accepts_loss_kwargs = False
+    _keys_to_ignore_on_load_unexpected = [r"^teacher\."]
+
+    def __init__(
+        self,
+        config: LookWhereConfig,
+        teacher=None,
+        teacher_dtype: torch.dtype | str | None = None,
+        k_min: int | None = None,
+        k_max: int | None = None,
+        cls_loss_weight: float | None = None,
+        dense_loss_weight: float | None = None,
+        map_loss_weight: float | None = None,
+        k_seed: int | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.lookwhere = LookWhereModel(config)
+        self.__dict__["_teacher"] = None
+        self._num_training_forwards = 0
+        given = {
+            "k_min": k_min, "k_max": k_max, "cls_loss_weight": cls_loss_weight, "dense_loss_weight": dense_loss_weight,
+            "map_loss_weight": map_loss_weight, "k_seed": k_seed,
+        }
+        for name, default in PRETRAINING_DEFAULTS.items():
+            value = given[name] if given[name] is not None else getattr(config, f"pretrain_{name}", default)
+            setattr(config, f"pretrain_{name}", value)
+        self._validate_pretraining_settings()
+        self.post_init()
+        if teacher is not None:
+            self.set_teacher(teacher, teacher_dtype=teacher_dtype)
+
+    # ------------------------------------------------------------------ settings
+    def _validate_pretraining_settings(self) -> None:
+        cfg = self.config
+        k_min, k_max = cfg.pretrain_k_min, cfg.pretrain_k_max
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (k_min, k_max)) or not 1 <= k_min <= k_max:
+            raise ValueError(
+                f"The k range must satisfy 1 <= k_min <= k_max (numbers of high-res patches the extractor sees), "
+                f"got k_min={k_min!r}, k_max={k_max!r}."
+            )
+        for name in ("cls_loss_weight", "dense_loss_weight", "map_loss_weight"):
+            weight = getattr(cfg, f"pretrain_{name}")
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise ValueError(f"`{name}` must be a non-negative number, got {weight!r}.")
+
+    def k_range(self, num_patches: int) -> tuple[int, int]:
+        """`(k_min, k_max)` clipped to the number of high-resolution patches."""
+        k_max = min(self.config.pretrain_k_max, num_patches)
+        return min(self.config.pretrain_k_min, k_max), k_max
+
+    def sample_k(self, step: int, num_patches: int) -> int:
+        """The number of extractor patches for training step `step`, uniform in the clipped `[k_min, k_max]`.
+
+        A pure function of `(k_seed, step)`: every process of a distributed run draws the same `k`, micro-batches of
+        one accumulated step share it, and a resumed run draws the same sequence.
+        """
+        import random
+
+        k_min, k_max = self.k_range(num_patches)
+        return random.Random(int(self.config.pretrain_k_seed) * 1_000_003 + int(step)).randint(k_min, k_max)
+
+    # ------------------------------------------------------------------ teacher handling
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher (not a registered submodule, so never saved)."""
+        return self.__dict__.get("_teacher")
+
+    def set_teacher(self, teacher, teacher_dtype: torch.dtype | str | None = None) -> None:
+        """Attach a frozen teacher: a `Dinov2WithRegistersModel` / `Dinov2Model` (or a model holding one) or a path.
+
+        Raises `ValueError` if its patch size or hidden size does not match the student.
+        """
+        if isinstance(teacher, (str, bytes)) or hasattr(teacher, "__fspath__"):
+            # `from_pretrained(..., teacher=path)` builds this model under a meta-device context; load on CPU.
+            with torch.device("cpu"):
+                teacher = _load_dinov2(teacher)
+        teacher = _load_dinov2(teacher)
+        tcfg = teacher.config
+        t_patch, t_hidden = _pair(tcfg.patch_size)[0], tcfg.hidden_size
+        if t_patch != self.config.patch_size:
+            raise ValueError(
+                f"The teacher's patch size ({t_patch}) differs from the student's ({self.config.patch_size}): the "
+                "dense targets must be on the same patch grid. Use a teacher with the student's patch size, or build "
+                "the student from the teacher (`LookWhereForPreTraining.from_teacher`)."
+            )
+        if t_hidden != self.config.hidden_size:
+            raise ValueError(
+                f"The teacher's hidden size ({t_hidden}) differs from the student's ({self.config.hidden_size}): the "
+                "CLS and patch targets are matched feature by feature. Use a teacher of the student's width, or build "
+                "the student from the teacher (`LookWhereForPreTraining.from_teacher`)."
+            )
+        if tcfg.num_channels != self.config.extractor_config.num_channels:
+            raise ValueError(
+                f"The teacher takes {tcfg.num_channels}-channel images, the student "
+                f"{self.config.extractor_config.num_channels}-channel images."
+            )
+        if isinstance(teacher_dtype, str):
+            if not isinstance(getattr(torch, teacher_dtype, None), torch.dtype):
+                raise ValueError(f"`teacher_dtype` must be a torch dtype name such as 'bfloat16', got {teacher_dtype!r}.")
+            teacher_dtype = getattr(torch, teacher_dtype)
+        teacher.requires_grad_(False)
+        teacher.eval()
+        device = next(self.parameters()).device
+        teacher.to(device=device if device.type != "meta" else None, dtype=teacher_dtype)
+        self.__dict__["_teacher"] = teacher
+
+    def _apply(self, fn, *args, **kwargs):
+        # `.to()`, `.cuda()`, `.half()` ... reach the (unregistered) teacher too.
+        super()._apply(fn, *args, **kwargs)
+        if self.teacher is not None:
+            self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    @classmethod
+    def from_teacher(
+        cls,
+        teacher,
+        selector_depth: int = 3,
+        low_res_size: int = 154,
+        high_res_size: int | None = None,
+        teacher_dtype: torch.dtype | str | None = None,
+        init_from_teacher: bool = True,
+        k_min: int = 16,
+        k_max: int = 128,
+        cls_loss_weight: float = 1.0,
+        dense_loss_weight: float = 1.0,
+        map_loss_weight: float = 0.1,
+        k_seed: int = 0,
+        **config_kwargs,
+    ) -> "LookWhereForPreTraining":
+        """Build the student from a teacher ([`LookWherePreTrainedModel.from_dinov2`]: extractor = teacher copy,
+        selector = its first `selector_depth` layers + a new head) and attach the teacher, frozen.
+
+        With `init_from_teacher=False` the student has the same architecture but random weights.
+        """
+        teacher = _load_dinov2(teacher)
+        settings = dict(
+            k_min=k_min, k_max=k_max, cls_loss_weight=cls_loss_weight, dense_loss_weight=dense_loss_weight,
+            map_loss_weight=map_loss_weight, k_seed=k_seed,
+        )
+        for name, value in settings.items():
+            config_kwargs[f"pretrain_{name}"] = value
+        model = cls.from_dinov2(
+            teacher, selector_depth=selector_depth, low_res_size=low_res_size, high_res_size=high_res_size,
+            **config_kwargs,
+        )
+        if not init_from_teacher:
+            model = cls(model.config)
+        model.set_teacher(teacher, teacher_dtype=teacher_dtype)
+        return model
+
+    # ------------------------------------------------------------------ forward
+    def _resolve_k(self, num_patches: int, k: int | None, step: int | None) -> int:
+        if k is not None:
+            return self.config.num_selected(num_patches, int(k) if isinstance(k, torch.Tensor) else k)
+        if step is not None:
+            return self.sample_k(int(step), num_patches)
+        if self.training:
+            self._num_training_forwards += 1
+            return self.sample_k(self._num_training_forwards - 1, num_patches)
+        return self.k_range(num_patches)[1]
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        low_res_pixel_values: torch.Tensor | None = None,
+        k: int | None = None,
+        step: int | None = None,
+    ) -> LookWhereForPreTrainingOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                Normalized high-resolution images (the teacher's and the extractor's input).
+            low_res_pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, low_h, low_w)`, *optional*):
+                The selector's view; made from `pixel_values` like at inference if absent.
+            k (`int`, *optional*):
+                Number of patches the extractor computes. If absent: drawn with [`sample_k`] from `step`; without
+                `step`, from a per-instance count of training forwards; in eval mode `k_max` (clipped).
+            step (`int`, *optional*):
+                The optimizer step, which seeds the `k` draw (the example scripts pass the global step).
+
+        Returns:
+            [`LookWhereForPreTrainingOutput`].
+        """
+        from .distillation_losses import (
+            cls_distillation_loss,
+            compute_teacher_targets,
+            dense_distillation_loss,
+            map_distillation_loss,
+            top_k_agreement,
+        )
+
+        if self.teacher is None:
+            raise ValueError(
+                "LookWhereForPreTraining needs a teacher: pass `teacher=` (a Dinov2WithRegistersModel / Dinov2Model or "
+                "its path) to the constructor / `from_pretrained`, or call `model.set_teacher(...)`."
+            )
+        body = self.lookwhere
+        grid = body._check_inputs(pixel_values, low_res_pixel_values)
+        num_patches = grid[0] * grid[1]
+        k = self._resolve_k(num_patches, k, step)
+
+        targets = compute_teacher_targets(self.teacher, pixel_values)
+        if targets.grid != grid:
+            raise ValueError(f"Teacher grid {targets.grid} differs from the student grid {grid}.")
+
+        selector_map, prefix, _, _ = body.select(pixel_values, low_res_pixel_values)
+        indices = select_top_k(selector_map, k)
+        tokens, _ = body.extractor(pixel_values, indices, prefix)
+        num_prefix = self.config.num_prefix_tokens
+        dense = spread_to_grid(tokens[:, num_prefix:], indices, grid, self.config.num_spread_neighbors)
+
+        loss_cls = cls_distillation_loss(tokens[:, 0], targets.cls_token)
+        loss_dense = dense_distillation_loss(dense, targets.patch_tokens)
+        loss_map = map_distillation_loss(selector_map, targets.attention_map)
+        cfg = self.config
+        loss = (
+            cfg.pretrain_cls_loss_weight * loss_cls
+            + cfg.pretrain_dense_loss_weight * loss_dense
+            + cfg.pretrain_map_loss_weight * loss_map
+        )
+        return LookWhereForPreTrainingOutput(
+            loss=loss,
+            loss_cls=loss_cls.detach(),
+            loss_dense=loss_dense.detach(),
+            loss_map=loss_map.detach(),
+            top_k_agreement=top_k_agreement(selector_map.detach(), targets.attention_map, k),
+            selector_map=selector_map,
+            teacher_map=targets.attention_map,
+            selected_indices=indices,
+        )
+
+
 __all__ = [
     "LookWhereModelOutput",
     "LookWhereImageClassifierOutput",
@@ -648,5 +965,7 @@ __all__ = [
     "LookWhereModel",
     "LookWhereForImageClassification",
     "LookWhereForSemanticSegmentation",
+    "LookWhereForPreTraining",
+    "LookWhereForPreTrainingOutput",
     "resize_position_embeddings",
 ]
