@@ -3,12 +3,14 @@
 Each grid position takes the inverse-distance weighted mean of the tokens of its K nearest selected positions
 (Euclidean distance in grid units, weights `1 / (d + 1e-8)` normalized to sum to one), so a selected position keeps
 its own token up to ~1e-8. The grid is processed in chunks of rows so that the extra memory stays bounded as the
-resolution grows: no `(grid_h * grid_w) x k` tensor is built for large grids.
+resolution grows: no `(grid_h * grid_w) x k` tensor is built for large grids, and the weighted sum is one
+`embedding_bag` over the `k` tokens, so the `(grid_h * grid_w) x K x D` neighbour tokens are never materialized.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 SPREAD_EPS = 1e-8
 # Upper bound on the elements of one chunk's (batch, positions, k) distance tensor.
@@ -48,7 +50,8 @@ def spread_to_grid(
     row_offset = (torch.arange(batch_size, device=tokens.device) * k).view(batch_size, 1, 1)
 
     chunk = max(1, min(num_positions, chunk_elements // max(1, batch_size * k)))
-    out = tokens.new_empty(batch_size, num_positions, hidden)
+    near_idx = torch.empty(batch_size, num_positions, neighbors, dtype=torch.long, device=tokens.device)
+    weights = torch.empty(batch_size, num_positions, neighbors, dtype=torch.float32, device=tokens.device)
     for start in range(0, num_positions, chunk):
         stop = min(start + chunk, num_positions)
         positions = torch.arange(start, stop, device=tokens.device)
@@ -56,9 +59,15 @@ def spread_to_grid(
         dist = torch.cdist(
             target.unsqueeze(0).expand(batch_size, -1, -1), source, compute_mode="donot_use_mm_for_euclid_dist"
         )  # (B, c, k), exact for integer coordinates
-        near_dist, near_idx = torch.topk(dist, neighbors, dim=-1, largest=False, sorted=False)  # (B, c, K)
-        weights = 1.0 / (near_dist + SPREAD_EPS)
-        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(tokens.dtype)
-        gathered = flat_tokens[near_idx + row_offset]  # (B, c, K, D)
-        out[:, start:stop] = torch.einsum("bck,bckd->bcd", weights, gathered)
-    return out
+        near_dist, near = torch.topk(dist, neighbors, dim=-1, largest=False, sorted=False)  # (B, c, K)
+        inverse = 1.0 / (near_dist + SPREAD_EPS)
+        weights[:, start:stop] = inverse / inverse.sum(dim=-1, keepdim=True)
+        near_idx[:, start:stop] = near + row_offset
+    # One weighted bag-sum over the flat (B * k, D) token table: no (B, positions, K, D) gather is materialized.
+    out = F.embedding_bag(
+        near_idx.reshape(-1, neighbors),
+        flat_tokens,
+        per_sample_weights=weights.reshape(-1, neighbors).to(flat_tokens.dtype),
+        mode="sum",
+    )
+    return out.reshape(batch_size, num_positions, hidden)

@@ -37,7 +37,7 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_lookwhere import LookWhereConfig
 from .dense_spreading import spread_to_grid
 from .image_processing_lookwhere import LookWhereImageProcessor
-from .selection import gather_tokens, make_low_res_view, select_top_k, selector_scores_to_map
+from .selection import make_low_res_view, select_top_k, selector_scores_to_map
 
 
 def _pair(value) -> tuple[int, int]:
@@ -184,10 +184,29 @@ class LookWhereEmbeddings(nn.Module):
         self.patch_embeddings = Dinov2WithRegistersPatchEmbeddings(config)
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.grid * self.grid, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # grid -> (weights key, resized position embeddings); inference only, see `position_embeddings_for`.
+        self._resized_position_cache: dict = {}
 
     def position_embeddings_for(self, grid: tuple[int, int]) -> torch.Tensor:
-        """Position embeddings `(1, grid_h * grid_w, D)` for a patch grid, resized if it is not the trained one."""
-        return resize_position_embeddings(self.position_embeddings, self.grid, grid)
+        """Position embeddings `(1, grid_h * grid_w, D)` for a patch grid, resized if it is not the trained one.
+
+        In eval mode without gradients the resized embeddings are cached per grid; the cache entry is keyed on the
+        parameter's storage, dtype, device and version counter, so loading or updating the weights invalidates it.
+        """
+        grid = (int(grid[0]), int(grid[1]))
+        weights = self.position_embeddings
+        if grid == (self.grid, self.grid):
+            return weights
+        if self.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return resize_position_embeddings(weights, self.grid, grid)
+        key = (weights.data_ptr(), weights.dtype, weights.device, weights._version)
+        cached = self._resized_position_cache.get(grid)
+        if cached is None or cached[0] != key:
+            if len(self._resized_position_cache) >= 8:
+                self._resized_position_cache.clear()
+            cached = (key, resize_position_embeddings(weights, self.grid, grid))
+            self._resized_position_cache[grid] = cached
+        return cached[1]
 
     def prefix_tokens(self, batch_size: int) -> torch.Tensor:
         """The learned CLS + register tokens, `(batch_size, 1 + R, D)` (they get no position embedding)."""
@@ -211,16 +230,15 @@ class LookWhereEmbeddings(nn.Module):
         projection = self.patch_embeddings.projection
         if channels != projection.in_channels:
             raise ValueError(f"Expected {projection.in_channels} image channels, got {channels}.")
-        patches = (
-            pixel_values.to(projection.weight.dtype)
-            .reshape(batch_size, channels, grid[0], p, grid[1], p)
-            .permute(0, 2, 4, 1, 3, 5)
-            .reshape(batch_size, grid[0] * grid[1], channels * p * p)
-        )
-        patches = gather_tokens(patches, indices)
+        # (B, G_h, G_w, C, p, p) view of the image; only the k selected patches are copied out of it.
+        patch_view = pixel_values.reshape(batch_size, channels, grid[0], p, grid[1], p).permute(0, 2, 4, 1, 3, 5)
+        rows = torch.div(indices, grid[1], rounding_mode="floor")
+        batch_index = torch.arange(batch_size, device=indices.device).unsqueeze(1)
+        patches = patch_view[batch_index, rows, indices - rows * grid[1]]  # (B, k, C, p, p)
+        patches = patches.reshape(batch_size, indices.shape[1], channels * p * p).to(projection.weight.dtype)
         tokens = F.linear(patches, projection.weight.reshape(projection.out_channels, -1), projection.bias)
-        positions = self.position_embeddings_for(grid).to(tokens.dtype).expand(batch_size, -1, -1)
-        return self.dropout(tokens + gather_tokens(positions, indices))
+        positions = self.position_embeddings_for(grid)[0].to(tokens.dtype)  # (G_h * G_w, D)
+        return self.dropout(tokens + positions[indices])
 
 
 class LookWhereSelectorHead(nn.Module):

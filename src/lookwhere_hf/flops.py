@@ -1,0 +1,217 @@
+"""Analytic FLOPs of LookWhere and of the full-resolution DINOv2 it replaces.
+
+Convention (the same as `torch.utils.flop_counter.FlopCounterMode`, which the tests check these numbers against):
+
+- one multiply-add counts as **2 FLOPs**; a matrix product `(m, n) @ (n, p)` costs `2 * m * n * p`;
+- counted: every linear layer (q/k/v/o projections, MLP or SwiGLU, selector head), both attention matmuls
+  (`q @ k^T` and `attn @ v`, `2 * N^2 * d` each per layer), the patch embedding (for LookWhere's extractor only of
+  the `k` selected patches, since the others are never projected), the selector head, and for dense outputs the
+  inverse-distance spreading (`2 * K * D` per grid position);
+- not counted: biases, layer norms, activations, softmax, residual adds, layer scale, resizes (low-resolution view,
+  position embeddings, selector map) and the top-k / nearest-neighbour search. Together these are well under 1% of
+  the total for ViT-B sizes.
+
+Everything is per forward pass of `batch_size` images (default 1).
+
+Example:
+
+```python
+>>> from lookwhere_hf import LookWhereConfig
+>>> from lookwhere_hf.flops import lookwhere_flops, full_resolution_flops
+>>> config = LookWhereConfig()  # ViT-B/14 selector (depth 3, 154 px) + extractor (depth 12)
+>>> lw = lookwhere_flops(config, image_size=518, k_ratio=0.1)
+>>> full = full_resolution_flops(config, image_size=518)
+>>> round(full / lw.total, 1)  # about 9.8x fewer FLOPs at 518 px, k = 10%
+9.8
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = [
+    "LookWhereFlops",
+    "transformer_layer_flops",
+    "dinov2_flops",
+    "full_resolution_flops",
+    "lookwhere_flops",
+    "format_flops",
+]
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"Expected an int or a (height, width) pair, got {value!r}.")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _mlp_hidden(backbone_config) -> tuple[int, int]:
+    """`(hidden features, number of input-side projections)` of the block's MLP (2 for SwiGLU's gate + up)."""
+    hidden = int(backbone_config.hidden_size * backbone_config.mlp_ratio)
+    if getattr(backbone_config, "use_swiglu_ffn", False):
+        # transformers' Dinov2WithRegistersSwiGLUFFN: two thirds of the MLP size, rounded up to a multiple of 8
+        return (int(hidden * 2 / 3) + 7) // 8 * 8, 2
+    return hidden, 1
+
+
+def transformer_layer_flops(backbone_config, num_tokens: int) -> int:
+    """FLOPs of one DINOv2(-with-registers) block on `num_tokens` tokens (batch 1).
+
+    `2 * N * D * (4 * D_attn)` for q/k/v/o, `2 * 2 * N^2 * D_attn` for the two attention matmuls and the MLP
+    (`2 * N * D * H * 2`, or `* 3` for SwiGLU).
+    """
+    dim = backbone_config.hidden_size
+    heads = backbone_config.num_attention_heads
+    head_dim = getattr(backbone_config, "head_dim", None) or dim // heads
+    attn_dim = heads * head_dim
+    projections = 2 * num_tokens * dim * attn_dim * 4
+    attention = 2 * 2 * num_tokens * num_tokens * attn_dim
+    mlp_hidden, num_in = _mlp_hidden(backbone_config)
+    mlp = 2 * num_tokens * dim * mlp_hidden * (num_in + 1)
+    return projections + attention + mlp
+
+
+def _patch_embed_flops(backbone_config, num_patches: int) -> int:
+    patch_h, patch_w = _pair(backbone_config.patch_size)
+    return 2 * num_patches * backbone_config.num_channels * patch_h * patch_w * backbone_config.hidden_size
+
+
+def dinov2_flops(config, image_size=None, batch_size: int = 1) -> int:
+    """FLOPs of a transformers `Dinov2WithRegistersModel` (or `Dinov2Model`) forward at `image_size`.
+
+    Args:
+        config (`Dinov2WithRegistersConfig` or `Dinov2Config`): the backbone configuration.
+        image_size (`int` or `(height, width)`, *optional*): input size; defaults to `config.image_size`.
+        batch_size (`int`): images per forward.
+
+    Returns:
+        `int`: FLOPs (patch embedding of every patch + all blocks on `1 + registers + patches` tokens).
+    """
+    height, width = _pair(image_size if image_size is not None else config.image_size)
+    patch_h, patch_w = _pair(config.patch_size)
+    _check_size(height, width, patch_h, patch_w)
+    num_patches = (height // patch_h) * (width // patch_w)
+    tokens = 1 + getattr(config, "num_register_tokens", 0) + num_patches
+    per_image = _patch_embed_flops(config, num_patches) + config.num_hidden_layers * transformer_layer_flops(config, tokens)
+    return batch_size * per_image
+
+
+def full_resolution_flops(config, image_size=None, batch_size: int = 1) -> int:
+    """FLOPs of the full-resolution DINOv2 that a LookWhere model replaces: its extractor's architecture run on every
+    high-resolution patch (`config` is a [`LookWhereConfig`]; `image_size` defaults to `config.high_res_size`)."""
+    size = image_size if image_size is not None else config.high_res_size
+    return dinov2_flops(config.extractor_config, size, batch_size)
+
+
+@dataclass
+class LookWhereFlops:
+    """Breakdown of a LookWhere forward's FLOPs (all `int`, for the whole batch)."""
+
+    selector_embedding: int
+    selector_encoder: int
+    selector_head: int
+    extractor_embedding: int
+    extractor_encoder: int
+    spreading: int
+    classifier: int
+    k: int
+    grid: tuple[int, int]
+
+    @property
+    def selector(self) -> int:
+        return self.selector_embedding + self.selector_encoder + self.selector_head
+
+    @property
+    def extractor(self) -> int:
+        return self.extractor_embedding + self.extractor_encoder
+
+    @property
+    def total(self) -> int:
+        return self.selector + self.extractor + self.spreading + self.classifier
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(selector=self.selector, extractor=self.extractor, total=self.total)
+        return out
+
+
+def lookwhere_flops(
+    config,
+    image_size=None,
+    k: int | None = None,
+    k_ratio: float | None = None,
+    mode: str = "cls",
+    batch_size: int = 1,
+    num_labels: int = 0,
+) -> LookWhereFlops:
+    """FLOPs of a LookWhere forward.
+
+    Args:
+        config ([`LookWhereConfig`]): the model configuration.
+        image_size (`int` or `(height, width)`, *optional*): high-resolution input size; defaults to
+            `config.high_res_size`. The selector always sees `config.low_res_size` (square).
+        k (`int`, *optional*): number of selected patches; default `floor(k_ratio * num_patches)`.
+        k_ratio (`float`, *optional*): overrides `config.k_ratio` when `k` is not given.
+        mode (`str`): `"cls"` (image-level output, no spreading) or `"dense"` (adds the spreading of the `k` tokens to
+            every grid position).
+        batch_size (`int`): images per forward.
+        num_labels (`int`): add a linear head with this many outputs (on CLS for `"cls"`, per grid position for
+            `"dense"`); 0 for the bare model.
+
+    Returns:
+        [`LookWhereFlops`]: the breakdown; `.total` is the sum.
+    """
+    if mode not in ("cls", "dense"):
+        raise ValueError(f"`mode` must be 'cls' or 'dense', got {mode!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    sel, ext = config.selector_config, config.extractor_config
+    height, width = _pair(image_size if image_size is not None else config.high_res_size)
+    patch = config.patch_size
+    _check_size(height, width, patch, patch)
+    grid = (height // patch, width // patch)
+    num_patches = grid[0] * grid[1]
+    if k is None:
+        ratio = config.k_ratio if k_ratio is None else k_ratio
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"`k_ratio` must be in (0, 1], got {ratio!r}.")
+        k = max(1, int(ratio * num_patches))
+    elif not 1 <= k <= num_patches:
+        raise ValueError(f"`k` must be between 1 and the number of patches ({num_patches}), got {k}.")
+
+    sel_patch = _pair(sel.patch_size)[0]
+    low_grid = config.low_res_size // sel_patch
+    low_patches = low_grid * low_grid
+    prefix = config.num_prefix_tokens
+    dim = config.hidden_size
+    rr = config.selector_upsample_factor**2
+
+    selector_embedding = _patch_embed_flops(sel, low_patches)
+    selector_encoder = sel.num_hidden_layers * transformer_layer_flops(sel, prefix + low_patches)
+    selector_head = 2 * low_patches * (sel.hidden_size * 4 * sel.hidden_size + 4 * sel.hidden_size * rr)
+    extractor_embedding = _patch_embed_flops(ext, k)
+    extractor_encoder = ext.num_hidden_layers * transformer_layer_flops(ext, prefix + k)
+    spreading = 0
+    classifier = 2 * dim * num_labels
+    if mode == "dense":
+        spreading = 2 * num_patches * min(config.num_spread_neighbors, k) * dim
+        classifier = 2 * num_patches * dim * num_labels
+    parts = [selector_embedding, selector_encoder, selector_head, extractor_embedding, extractor_encoder, spreading, classifier]
+    return LookWhereFlops(*(batch_size * p for p in parts), k=k, grid=grid)
+
+
+def format_flops(flops: float) -> str:
+    """`123456789` -> `'0.12 GFLOPs'` (GFLOPs below 1e12, TFLOPs above)."""
+    if flops >= 1e12:
+        return f"{flops / 1e12:.2f} TFLOPs"
+    return f"{flops / 1e9:.2f} GFLOPs"
+
+
+def _check_size(height: int, width: int, patch_h: int, patch_w: int) -> None:
+    if height < patch_h or width < patch_w or height % patch_h or width % patch_w:
+        raise ValueError(
+            f"The image size ({height}x{width}) must be a positive multiple of the patch size ({patch_h}x{patch_w})."
+        )
