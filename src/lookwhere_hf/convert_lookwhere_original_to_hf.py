@@ -72,6 +72,10 @@ VARIANT_INFO = {
         "checkpoint": "lookwhere_dinov2.pt",
         "mlp": "GELU MLP (ratio 4)",
         "tags": ["dinov2"],
+        "description": (
+            "This variant was distilled from DINOv2 with registers: GELU MLPs, 4 register tokens, so the selector hands "
+            "CLS + 4 registers to the extractor. The authors report it as the stronger of their two released models."
+        ),
     },
     "franca": {
         "title": "LookWhere-Franca",
@@ -80,6 +84,10 @@ VARIANT_INFO = {
         "checkpoint": "lookwhere_franca.pt",
         "mlp": "SwiGLU MLP",
         "tags": ["franca"],
+        "description": (
+            "This variant was distilled from Franca: SwiGLU MLPs and no register tokens, so the selector hands only its "
+            "CLS token to the extractor. The authors report LookWhere-DINOv2 as the stronger of their two released models."
+        ),
     },
     "custom": {
         "title": "LookWhere",
@@ -88,6 +96,7 @@ VARIANT_INFO = {
         "checkpoint": "a LookWhere checkpoint",
         "mlp": "MLP",
         "tags": [],
+        "description": "This checkpoint does not match either official release layout; its architecture is listed below.",
     },
 }
 
@@ -665,11 +674,15 @@ def render_model_card(
         "tags_yaml": "\n".join(f"- {t}" for t in tags),
         "datasets_yaml": "- ILSVRC/imagenet-1k",
         "high_res": str(high_res),
+        "patch_size": str(config.patch_size),
         "low_res": str(config.low_res_size),
         "pretrain_res": str(config.high_res_size),
         "k_ratio": f"{config.k_ratio:g}",
         "num_prefix": str(config.num_prefix_tokens),
         "num_registers": str(config.selector_config.num_register_tokens),
+        "prefix_text": (f"CLS and {config.selector_config.num_register_tokens} register tokens"
+                        if config.selector_config.num_register_tokens else "CLS token"),
+        "variant_description": info["description"],
         "selector_depth": str(config.selector_config.num_hidden_layers),
         "extractor_depth": str(config.extractor_config.num_hidden_layers),
         "upsample_factor": str(config.selector_upsample_factor),
@@ -684,6 +697,34 @@ def render_model_card(
         return string.Template(template).substitute(values)
     except (KeyError, ValueError) as err:
         raise ConversionError(f"Model card template {str(path)!r} has an unknown or malformed placeholder: {err}.") from None
+
+
+RELEASE_CARDS = {"dinov2": "lookwhere-dinov2-vitb14.md", "franca": "lookwhere-franca-vitb14.md"}
+
+
+def release_config(variant: str):
+    """The [`LookWhereConfig`] the official `lookwhere_<variant>.pt` converts to (ViT-B/14, selector depth 3 at 154 px,
+    extractor depth 12 at 518 px; Franca: SwiGLU MLP, no registers)."""
+    from .configuration_lookwhere import EXTRACTOR_DEFAULTS, SELECTOR_DEFAULTS, LookWhereConfig
+
+    if variant not in RELEASE_CARDS:
+        raise ValueError(f"variant must be one of {sorted(RELEASE_CARDS)}, got {variant!r}.")
+    backbone = {} if variant == "dinov2" else {"use_swiglu_ffn": True, "num_register_tokens": 0, "mlp_ratio": 4}
+    return LookWhereConfig(
+        selector_config={**SELECTOR_DEFAULTS, **backbone}, extractor_config={**EXTRACTOR_DEFAULTS, **backbone}
+    )
+
+
+def write_release_cards(directory: str | os.PathLike, repo_owner: str = "your-username") -> list[str]:
+    """(Re)write `model_cards/lookwhere-{dinov2,franca}-vitb14.md` from the template for the two official releases."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for variant, name in RELEASE_CARDS.items():
+        card = render_model_card(release_config(variant), variant, repo_id=f"{repo_owner}/{name[:-3]}")
+        (directory / name).write_text(card, encoding="utf-8")
+        written.append(str(directory / name))
+    return written
 
 
 # --------------------------------------------------------------------------------------------------- conversion
