@@ -560,6 +560,15 @@ class _LookWhereTaskModel(LookWherePreTrainedModel):
         )
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading materializes new parameters (requires_grad=True), which undoes the freezing done in __init__.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if model.config.freeze_selector:
+            model.lookwhere.selector.requires_grad_(False)
+        return loaded
+
 
 class LookWhereForImageClassification(_LookWhereTaskModel):
     """LookWhere with a linear classifier on the extractor's output CLS token."""
