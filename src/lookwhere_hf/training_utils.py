@@ -951,8 +951,13 @@ def report_results(results: dict[str, Any], output_dir: str, print_fn: Callable 
 
 def make_accelerator(args: NoTrainerArguments):
     """An `Accelerator` for the no_trainer scripts: gradient accumulation, optional trackers, and a seedable sampler
-    (the shuffling order depends only on seed and epoch, so resuming reproduces it)."""
-    from accelerate import Accelerator, DataLoaderConfiguration
+    (the shuffling order depends only on seed and epoch, so resuming reproduces it).
+
+    On a machine without GPUs, a multi-process launch (`accelerate launch --multi_gpu --num_processes N`, `torchrun`)
+    trains on CPU processes with the gloo backend. DDP looks for unused parameters: the selector head gets no
+    gradient (top-k is not differentiable) and the extractor's own CLS/register tokens are replaced by the selector's.
+    """
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 
     parse_checkpointing_steps(args.checkpointing_steps)
     if args.gradient_accumulation_steps < 1:
@@ -960,9 +965,14 @@ def make_accelerator(args: NoTrainerArguments):
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise ArgumentError(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
     kwargs = {"log_with": args.report_to, "project_dir": args.output_dir} if args.with_tracking else {}
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    no_accelerator = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    if multi_process and no_accelerator:
+        kwargs["cpu"] = True  # accelerate only sets up CPU (gloo) distributed training when asked for CPU
     return Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         **kwargs,
     )
 
