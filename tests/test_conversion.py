@@ -195,8 +195,9 @@ def converted(request, tmp_path_factory):
     torch.save(official_checkpoint(selector, head, extractor), ckpt)
     messages = []
     result = convert_checkpoint(ckpt, root / "hf", k_ratio=K_RATIO, variant=variant, log=messages.append)
+    model = LookWhereModel.from_pretrained(root / "hf").eval()
     return {"variant": variant, "timm": (selector, head, extractor), "dir": root / "hf", "ckpt": ckpt,
-            "result": result, "log": messages}
+            "result": result, "log": messages, "model": model}
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +236,7 @@ def test_parity_with_timm_reference(converted, photos, size_index):
     v = VARIANTS[converted["variant"]]
     height, width = v["sizes"][size_index]
     selector, head, extractor = converted["timm"]
-    model = LookWhereModel.from_pretrained(converted["dir"]).eval()
+    model = converted["model"]  # loaded with LookWhereModel.from_pretrained from the converted folder
     pixel_values = photo_batch(photos, height, width)
     num_patches = (height // PATCH) * (width // PATCH)
     k = int(K_RATIO * num_patches)
