@@ -38,10 +38,28 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 # (grid 4) -> r = ceil(8/4) = 2 and the 8x8 head map needs no resize at 112. "franca": packed SwiGLU, no registers,
 # extractor at 126 (grid 9) -> r = ceil(9/4) = 3, a 12x12 head map bilinearly resized to 9x9.
 VARIANTS = {
-    "dinov2": dict(dim=128, heads=2, low=56, high=112, sel_depth=2, ext_depth=2, regs=4, swiglu=False,
-                   sizes=[(112, 112), (154, 154), (112, 140)]),
-    "franca": dict(dim=128, heads=2, low=56, high=126, sel_depth=2, ext_depth=2, regs=0, swiglu=True,
-                   sizes=[(126, 126), (98, 98), (140, 112)]),
+    "dinov2": dict(
+        dim=128,
+        heads=2,
+        low=56,
+        high=112,
+        sel_depth=2,
+        ext_depth=2,
+        regs=4,
+        swiglu=False,
+        sizes=[(112, 112), (154, 154), (112, 140)],
+    ),
+    "franca": dict(
+        dim=128,
+        heads=2,
+        low=56,
+        high=126,
+        sel_depth=2,
+        ext_depth=2,
+        regs=0,
+        swiglu=True,
+        sizes=[(126, 126), (98, 98), (140, 112)],
+    ),
 }
 K_RATIO = 0.25
 NUM_NEIGHBORS = 5
@@ -63,8 +81,17 @@ class OfficialSelectorHead(nn.Module):
 def make_timm_vit(img_size: int, depth: int, dim: int, heads: int, regs: int, swiglu: bool) -> VisionTransformer:
     """A timm ViT laid out like vit_base_patch14_reg4_dinov2 (patch-only pos_embed, LayerScale, CLS + registers)."""
     kwargs = dict(
-        img_size=img_size, patch_size=PATCH, embed_dim=dim, depth=depth, num_heads=heads, num_classes=0,
-        class_token=True, no_embed_class=True, reg_tokens=regs, init_values=1.0, dynamic_img_size=False,
+        img_size=img_size,
+        patch_size=PATCH,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        num_classes=0,
+        class_token=True,
+        no_embed_class=True,
+        reg_tokens=regs,
+        init_values=1.0,
+        dynamic_img_size=False,
     )
     if swiglu:
         # Franca: timm SwiGLUPacked with fc1 packing both halves; pick the width transformers builds for mlp_ratio=4.
@@ -170,8 +197,14 @@ def reference_forward(selector, head, extractor, pixel_values, low_res: int, pre
         # Positions whose K-th and (K+1)-th nearest selected patches are at the same distance depend on tie-breaking.
         comparable[b] = (sorted_dist[:, NUM_NEIGHBORS] - sorted_dist[:, NUM_NEIGHBORS - 1]) > 1e-6
     return {
-        "selector_map": selector_map, "indices": indices, "prefix": prefix, "cls": out[:, 0],
-        "patch_tokens": patch_out, "dense": dense, "comparable": comparable, "low_patches": low_patches,
+        "selector_map": selector_map,
+        "indices": indices,
+        "prefix": prefix,
+        "cls": out[:, 0],
+        "patch_tokens": patch_out,
+        "dense": dense,
+        "comparable": comparable,
+        "low_patches": low_patches,
     }
 
 
@@ -196,8 +229,15 @@ def converted(request, tmp_path_factory):
     messages = []
     result = convert_checkpoint(ckpt, root / "hf", k_ratio=K_RATIO, variant=variant, log=messages.append)
     model = LookWhereModel.from_pretrained(root / "hf").eval()
-    return {"variant": variant, "timm": (selector, head, extractor), "dir": root / "hf", "ckpt": ckpt,
-            "result": result, "log": messages, "model": model}
+    return {
+        "variant": variant,
+        "timm": (selector, head, extractor),
+        "dir": root / "hf",
+        "ckpt": ckpt,
+        "result": result,
+        "log": messages,
+        "model": model,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +255,10 @@ def test_converter_inferred_architecture(converted):
     v = VARIANTS[converted["variant"]]
     config = converted["result"].config
     assert converted["result"].variant == converted["variant"]
-    for sub, depth, size in ((config.selector_config, v["sel_depth"], v["low"]),
-                             (config.extractor_config, v["ext_depth"], v["high"])):
+    for sub, depth, size in (
+        (config.selector_config, v["sel_depth"], v["low"]),
+        (config.extractor_config, v["ext_depth"], v["high"]),
+    ):
         assert sub.hidden_size == v["dim"] and sub.num_attention_heads == v["heads"]
         assert sub.num_hidden_layers == depth and sub.image_size == size
         assert sub.num_register_tokens == v["regs"] and sub.use_swiglu_ffn == v["swiglu"]
@@ -227,7 +269,12 @@ def test_converter_inferred_architecture(converted):
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= files
     check = converted["result"].self_check
     assert check["finite"] and check["max_abs_diff_vs_converted"] <= 1e-5
-    assert check["pixel_values"] == (1, 3, v["high"], v["high"]) and check["low_res_pixel_values"] == (1, 3, v["low"], v["low"])
+    assert check["pixel_values"] == (1, 3, v["high"], v["high"]) and check["low_res_pixel_values"] == (
+        1,
+        3,
+        v["low"],
+        v["low"],
+    )
     assert any("Mapped all" in m for m in converted["log"]) and any("Self-check" in m for m in converted["log"])
 
 
@@ -292,12 +339,21 @@ def test_swiglu_split_matches_timm():
     half = (int(int(dim * 4) * 2 / 3) + 7) // 8 * 8
     timm_mlp = SwiGLUPacked(in_features=dim, hidden_features=2 * half)
     randomize_(timm_mlp, torch.Generator().manual_seed(0))
-    hf_mlp = Dinov2WithRegistersSwiGLUFFN(Dinov2WithRegistersConfig(hidden_size=dim, mlp_ratio=mlp_ratio_for(dim, half, True)))
+    hf_mlp = Dinov2WithRegistersSwiGLUFFN(
+        Dinov2WithRegistersConfig(hidden_size=dim, mlp_ratio=mlp_ratio_for(dim, half, True))
+    )
     gate_w, up_w = timm_mlp.fc1.weight.chunk(2)
     gate_b, up_b = timm_mlp.fc1.bias.chunk(2)
-    hf_mlp.load_state_dict({"gate_proj.weight": gate_w, "gate_proj.bias": gate_b, "up_proj.weight": up_w,
-                            "up_proj.bias": up_b, "down_proj.weight": timm_mlp.fc2.weight,
-                            "down_proj.bias": timm_mlp.fc2.bias})
+    hf_mlp.load_state_dict(
+        {
+            "gate_proj.weight": gate_w,
+            "gate_proj.bias": gate_b,
+            "up_proj.weight": up_w,
+            "up_proj.bias": up_b,
+            "down_proj.weight": timm_mlp.fc2.weight,
+            "down_proj.bias": timm_mlp.fc2.bias,
+        }
+    )
     x = torch.randn(3, 7, dim)
     with torch.no_grad():
         assert (hf_mlp(x) - timm_mlp(x)).abs().max() <= 1e-5
@@ -369,13 +425,26 @@ def test_cli_module_end_to_end(dinov2_checkpoint, tmp_path):
     _, path = dinov2_checkpoint
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [sys.executable, "-m", "lookwhere_hf.convert_lookwhere_original_to_hf", "--checkpoint_path", str(path),
-         "--output_dir", str(out), "--high_res", "140", "--k_ratio", "0.2"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lookwhere_hf.convert_lookwhere_original_to_hf",
+            "--checkpoint_path",
+            str(path),
+            "--output_dir",
+            str(out),
+            "--high_res",
+            "140",
+            "--k_ratio",
+            "0.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Mapped all" in proc.stdout and "Self-check" in proc.stdout and str(out) in proc.stdout
-    from transformers import AutoImageProcessor, AutoConfig
+    from transformers import AutoConfig, AutoImageProcessor
 
     processor = AutoImageProcessor.from_pretrained(out)
     assert processor.size["height"] == 140 and processor.low_res_size["height"] == 56
@@ -415,7 +484,9 @@ def test_error_wrong_top_level_and_objects(dinov2_checkpoint, tmp_path):
     with pytest.raises(ConversionError, match="top-level keys \\['model'\\]"):
         _convert(bad, tmp_path)
     bad = tmp_path / "no_head.pt"
-    torch.save({"selector": {"backbone": checkpoint["selector"]["backbone"]}, "extractor": checkpoint["extractor"]}, bad)
+    torch.save(
+        {"selector": {"backbone": checkpoint["selector"]["backbone"]}, "extractor": checkpoint["extractor"]}, bad
+    )
     with pytest.raises(ConversionError, match="'backbone' and 'head'"):
         _convert(bad, tmp_path)
     bad = tmp_path / "pickled.pt"
@@ -425,8 +496,13 @@ def test_error_wrong_top_level_and_objects(dinov2_checkpoint, tmp_path):
 
 
 def _edited(checkpoint, edit):
-    copy = {"selector": {"backbone": dict(checkpoint["selector"]["backbone"]), "head": dict(checkpoint["selector"]["head"])},
-            "extractor": dict(checkpoint["extractor"])}
+    copy = {
+        "selector": {
+            "backbone": dict(checkpoint["selector"]["backbone"]),
+            "head": dict(checkpoint["selector"]["head"]),
+        },
+        "extractor": dict(checkpoint["extractor"]),
+    }
     edit(copy)
     return copy
 
@@ -434,12 +510,18 @@ def _edited(checkpoint, edit):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c["extractor"].__setitem__("blocks.1.attn.qkv.weight", torch.zeros(100, 128)),
-         r"wrong shape: blocks\.1\.attn\.qkv\.weight: \(100, 128\)"),
-        (lambda c: c["extractor"].__setitem__("blocks.0.attn.extra", torch.zeros(3)),
-         r"no place in LookWhereModel.*extractor\.blocks\.0\.attn\.extra"),
-        (lambda c: c["selector"]["head"].__setitem__("w3.weight", torch.zeros(3)),
-         r"no place in LookWhereModel.*selector\.head\.w3\.weight"),
+        (
+            lambda c: c["extractor"].__setitem__("blocks.1.attn.qkv.weight", torch.zeros(100, 128)),
+            r"wrong shape: blocks\.1\.attn\.qkv\.weight: \(100, 128\)",
+        ),
+        (
+            lambda c: c["extractor"].__setitem__("blocks.0.attn.extra", torch.zeros(3)),
+            r"no place in LookWhereModel.*extractor\.blocks\.0\.attn\.extra",
+        ),
+        (
+            lambda c: c["selector"]["head"].__setitem__("w3.weight", torch.zeros(3)),
+            r"no place in LookWhereModel.*selector\.head\.w3\.weight",
+        ),
         (lambda c: c["extractor"].pop("blocks.1.ls2.gamma"), r"lacks \['blocks\.1\.ls2\.gamma'\]"),
         (lambda c: c["selector"]["head"].__setitem__("w2.weight", torch.zeros(5, 512)), r"w2 must be \(r\*r, 512\)"),
         (lambda c: c["extractor"].__setitem__("pos_embed", torch.zeros(1, 65, 128)), r"CLS slot"),

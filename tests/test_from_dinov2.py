@@ -14,8 +14,9 @@ from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, D
 
 from lookwhere_hf import LookWhereForImageClassification, LookWhereModel
 
-BACKBONE = dict(hidden_size=64, num_attention_heads=2, num_hidden_layers=3, patch_size=14, image_size=70,
-                layerscale_value=1.0)
+BACKBONE = dict(
+    hidden_size=64, num_attention_heads=2, num_hidden_layers=3, patch_size=14, image_size=70, layerscale_value=1.0
+)
 
 
 @torch.no_grad()
@@ -58,7 +59,8 @@ def _extractor_reproduces_teacher(lookwhere: LookWhereModel, teacher, pixel_valu
 
 
 @pytest.mark.parametrize(
-    "kind, swiglu", [("registers", False), ("registers", True), ("plain", False)],
+    "kind, swiglu",
+    [("registers", False), ("registers", True), ("plain", False)],
     ids=["dinov2-with-registers", "dinov2-with-registers-swiglu", "dinov2"],
 )
 def test_extractor_reproduces_teacher(kind, swiglu):
@@ -80,8 +82,10 @@ def test_extractor_reproduces_teacher(kind, swiglu):
         for name, tensor in layer.state_dict().items():
             assert torch.equal(tensor, teacher_state[f"encoder.layer.{i}.{name}"]), name
     assert torch.equal(model.selector.layernorm.weight, teacher_state["layernorm.weight"])
-    assert torch.equal(model.selector.embeddings.patch_embeddings.projection.weight,
-                       teacher_state["embeddings.patch_embeddings.projection.weight"])
+    assert torch.equal(
+        model.selector.embeddings.patch_embeddings.projection.weight,
+        teacher_state["embeddings.patch_embeddings.projection.weight"],
+    )
     # ... with the CLS position embedding folded into the CLS token, and patch position embeddings resized 5x5 -> 3x3.
     expected_cls = teacher_state["embeddings.cls_token"] + teacher_state["embeddings.position_embeddings"][:, :1]
     assert torch.equal(model.selector.embeddings.cls_token, expected_cls)

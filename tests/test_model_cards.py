@@ -20,8 +20,14 @@ from lookwhere_hf.convert_lookwhere_original_to_hf import (
 )
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
-SECTIONS = ("## Model details", "## How to use", "## Compute: the k_ratio / resolution trade-off",
-            "## Conversion provenance", "## Limitations", "## Citation")
+SECTIONS = (
+    "## Model details",
+    "## How to use",
+    "## Compute: the k_ratio / resolution trade-off",
+    "## Conversion provenance",
+    "## Limitations",
+    "## Citation",
+)
 
 
 def _check_metadata(data: ModelCardData, variant: str) -> None:
@@ -39,8 +45,9 @@ def _check_metadata(data: ModelCardData, variant: str) -> None:
 def _flops_rows(text: str) -> list[tuple[int, float, int, float, float]]:
     """(resolution, k_ratio, k, LookWhere GFLOPs, full GFLOPs) from the card's FLOPs table."""
     rows = []
-    for match in re.finditer(r"^\| (\d+)x\d+ \| ([\d.]+) \| (\d+) / \d+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \|",
-                             text, flags=re.M):
+    for match in re.finditer(
+        r"^\| (\d+)x\d+ \| ([\d.]+) \| (\d+) / \d+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \|", text, flags=re.M
+    ):
         rows.append((int(match[1]), float(match[2]), int(match[3]), float(match[4]), float(match[5])))
     return rows
 
@@ -85,7 +92,7 @@ def test_release_card(variant):
     # The committed card is exactly what the template renders for the release architecture (nothing stale).
     expected = render_model_card(config, variant, repo_id=f"your-username/{RELEASE_CARDS[variant][:-3]}")
     assert path.read_text(encoding="utf-8") == expected, (
-        "model_cards/ is out of date with TEMPLATE.md: run python -c \"from lookwhere_hf.convert_lookwhere_original_to_hf "
+        'model_cards/ is out of date with TEMPLATE.md: run python -c "from lookwhere_hf.convert_lookwhere_original_to_hf '
         "import write_release_cards; write_release_cards('model_cards')\""
     )
 

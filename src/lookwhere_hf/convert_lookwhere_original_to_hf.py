@@ -115,8 +115,10 @@ def load_original_checkpoint(checkpoint_path: str | os.PathLike) -> dict:
     """
     path = Path(checkpoint_path)
     if not path.exists():
-        raise ConversionError(f"Checkpoint file {str(path)!r} does not exist. Pass the path of lookwhere_dinov2.pt or "
-                              f"lookwhere_franca.pt (download them from {ORIGINAL_WEIGHTS}).")
+        raise ConversionError(
+            f"Checkpoint file {str(path)!r} does not exist. Pass the path of lookwhere_dinov2.pt or "
+            f"lookwhere_franca.pt (download them from {ORIGINAL_WEIGHTS})."
+        )
     if path.is_dir():
         raise ConversionError(f"{str(path)!r} is a directory; --checkpoint_path must be the official .pt file.")
     with open(path, "rb") as handle:
@@ -152,7 +154,9 @@ def load_original_checkpoint(checkpoint_path: str | os.PathLike) -> dict:
 
 def check_checkpoint_layout(checkpoint, name: str = "checkpoint") -> None:
     """Check the top-level structure `{"selector": {"backbone", "head"}, "extractor"}` with tensor leaves."""
-    expected = "{'selector': {'backbone': <timm ViT state dict>, 'head': {w1.*, w2.*}}, 'extractor': <timm ViT state dict>}"
+    expected = (
+        "{'selector': {'backbone': <timm ViT state dict>, 'head': {w1.*, w2.*}}, 'extractor': <timm ViT state dict>}"
+    )
     if not isinstance(checkpoint, dict):
         raise ConversionError(
             f"{name} holds a {type(checkpoint).__name__}, not a dict; an official LookWhere checkpoint is {expected}."
@@ -165,12 +169,18 @@ def check_checkpoint_layout(checkpoint, name: str = "checkpoint") -> None:
     selector = checkpoint["selector"]
     if not isinstance(selector, dict) or set(selector) != {"backbone", "head"}:
         keys = sorted(map(str, selector)) if isinstance(selector, dict) else type(selector).__name__
-        raise ConversionError(f"{name}['selector'] must be a dict with keys 'backbone' and 'head', got {keys}. Expected {expected}.")
-    for part, state in (("selector.backbone", selector["backbone"]), ("selector.head", selector["head"]),
-                        ("extractor", checkpoint["extractor"])):
+        raise ConversionError(
+            f"{name}['selector'] must be a dict with keys 'backbone' and 'head', got {keys}. Expected {expected}."
+        )
+    for part, state in (
+        ("selector.backbone", selector["backbone"]),
+        ("selector.head", selector["head"]),
+        ("extractor", checkpoint["extractor"]),
+    ):
         if not isinstance(state, dict) or not state:
-            raise ConversionError(f"{name}['{part}'] must be a non-empty dict of tensors (a state dict), got "
-                                  f"{type(state).__name__}.")
+            raise ConversionError(
+                f"{name}['{part}'] must be a non-empty dict of tensors (a state dict), got {type(state).__name__}."
+            )
         not_tensors = [str(key) for key, value in state.items() if not isinstance(value, torch.Tensor)]
         if not_tensors:
             raise ConversionError(f"{name}['{part}'] holds non-tensor entries: {not_tensors[:10]}.")
@@ -250,7 +260,14 @@ def _shape(state: dict, key: str) -> tuple:
 
 def infer_backbone_spec(state: dict, name: str, num_attention_heads: int | None = None) -> BackboneSpec:
     """Read the architecture of a timm DINOv2-style ViT from its state dict (`name` is used in error messages)."""
-    required = ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias")
+    required = (
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "norm.bias",
+    )
     missing = [key for key in required if key not in state]
     if missing:
         raise ConversionError(
@@ -259,7 +276,9 @@ def infer_backbone_spec(state: dict, name: str, num_attention_heads: int | None 
         )
     proj = state["patch_embed.proj.weight"]
     if proj.ndim != 4 or proj.shape[2] != proj.shape[3]:
-        raise ConversionError(f"{name}: patch_embed.proj.weight must be (hidden, channels, p, p), got {tuple(proj.shape)}.")
+        raise ConversionError(
+            f"{name}: patch_embed.proj.weight must be (hidden, channels, p, p), got {tuple(proj.shape)}."
+        )
     hidden, channels, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
     if _shape(state, "cls_token") != (1, 1, hidden):
         raise ConversionError(f"{name}: cls_token must be (1, 1, {hidden}), got {_shape(state, 'cls_token')}.")
@@ -274,8 +293,11 @@ def infer_backbone_spec(state: dict, name: str, num_attention_heads: int | None 
         raise ConversionError(f"{name}: pos_embed must be (1, num_patches, {hidden}), got {pos}.")
     grid = math.isqrt(pos[1])
     if grid * grid != pos[1]:
-        hint = " (it seems to include a CLS slot; LookWhere's position embeddings are patch-only)" if math.isqrt(
-            pos[1] - 1) ** 2 == pos[1] - 1 else ""
+        hint = (
+            " (it seems to include a CLS slot; LookWhere's position embeddings are patch-only)"
+            if math.isqrt(pos[1] - 1) ** 2 == pos[1] - 1
+            else ""
+        )
         raise ConversionError(f"{name}: pos_embed has {pos[1]} positions, not a square patch grid{hint}.")
 
     block_ids = set()
@@ -285,7 +307,9 @@ def infer_backbone_spec(state: dict, name: str, num_attention_heads: int | None 
             block_ids.add(int(match.group(1)))
     depth = len(block_ids)
     if depth == 0 or block_ids != set(range(depth)):
-        raise ConversionError(f"{name}: expected transformer blocks blocks.0 ... blocks.N-1, found {sorted(block_ids)}.")
+        raise ConversionError(
+            f"{name}: expected transformer blocks blocks.0 ... blocks.N-1, found {sorted(block_ids)}."
+        )
     for i in range(depth):
         missing = [f"blocks.{i}.{key}" for key in _BLOCK_KEYS if f"blocks.{i}.{key}" not in state]
         if missing:
@@ -293,7 +317,9 @@ def infer_backbone_spec(state: dict, name: str, num_attention_heads: int | None 
 
     fc1, fc2 = _shape(state, "blocks.0.mlp.fc1.weight"), _shape(state, "blocks.0.mlp.fc2.weight")
     if len(fc1) != 2 or len(fc2) != 2 or fc1[1] != hidden or fc2[0] != hidden:
-        raise ConversionError(f"{name}: blocks.0.mlp.fc1/fc2 have shapes {fc1} / {fc2}, which do not fit hidden size {hidden}.")
+        raise ConversionError(
+            f"{name}: blocks.0.mlp.fc1/fc2 have shapes {fc1} / {fc2}, which do not fit hidden size {hidden}."
+        )
     if fc1[0] == 2 * fc2[1]:
         swiglu = True
     elif fc1[0] == fc2[1]:
@@ -329,10 +355,20 @@ def infer_backbone_spec(state: dict, name: str, num_attention_heads: int | None 
     )
     # Every block must have the shapes of block 0.
     expected = {
-        "norm1.weight": (hidden,), "norm1.bias": (hidden,), "attn.qkv.weight": (3 * hidden, hidden),
-        "attn.qkv.bias": (3 * hidden,), "attn.proj.weight": (hidden, hidden), "attn.proj.bias": (hidden,),
-        "ls1.gamma": (hidden,), "norm2.weight": (hidden,), "norm2.bias": (hidden,), "mlp.fc1.weight": fc1,
-        "mlp.fc1.bias": (fc1[0],), "mlp.fc2.weight": fc2, "mlp.fc2.bias": (hidden,), "ls2.gamma": (hidden,),
+        "norm1.weight": (hidden,),
+        "norm1.bias": (hidden,),
+        "attn.qkv.weight": (3 * hidden, hidden),
+        "attn.qkv.bias": (3 * hidden,),
+        "attn.proj.weight": (hidden, hidden),
+        "attn.proj.bias": (hidden,),
+        "ls1.gamma": (hidden,),
+        "norm2.weight": (hidden,),
+        "norm2.bias": (hidden,),
+        "mlp.fc1.weight": fc1,
+        "mlp.fc1.bias": (fc1[0],),
+        "mlp.fc2.weight": fc2,
+        "mlp.fc2.bias": (hidden,),
+        "ls2.gamma": (hidden,),
     }
     wrong = []
     for i in range(depth):
@@ -367,13 +403,22 @@ def detect_variant(spec: BackboneSpec) -> str:
     return "custom"
 
 
-def infer_checkpoint_spec(checkpoint: dict, variant: str = "auto", num_attention_heads: int | None = None) -> CheckpointSpec:
+def infer_checkpoint_spec(
+    checkpoint: dict, variant: str = "auto", num_attention_heads: int | None = None
+) -> CheckpointSpec:
     """Infer both backbones, the selector head size and the variant from an official checkpoint."""
     if variant not in VARIANTS:
         raise ConversionError(f"--variant must be one of {VARIANTS}, got {variant!r}.")
     selector = infer_backbone_spec(checkpoint["selector"]["backbone"], "selector.backbone", num_attention_heads)
     extractor = infer_backbone_spec(checkpoint["extractor"], "extractor", num_attention_heads)
-    for field_name in ("hidden_size", "num_register_tokens", "patch_size", "num_channels", "use_swiglu_ffn", "mlp_hidden"):
+    for field_name in (
+        "hidden_size",
+        "num_register_tokens",
+        "patch_size",
+        "num_channels",
+        "use_swiglu_ffn",
+        "mlp_hidden",
+    ):
         a, b = getattr(selector, field_name), getattr(extractor, field_name)
         if a != b:
             raise ConversionError(
@@ -384,7 +429,9 @@ def infer_checkpoint_spec(checkpoint: dict, variant: str = "auto", num_attention
     hidden = selector.hidden_size
     w1, w2 = tuple(head["w1.weight"].shape), tuple(head["w2.weight"].shape)
     if w1 != (4 * hidden, hidden) or tuple(head["w1.bias"].shape) != (4 * hidden,):
-        raise ConversionError(f"selector.head.w1 must be ({4 * hidden}, {hidden}) (an MLP hidden -> 4*hidden), got {w1}.")
+        raise ConversionError(
+            f"selector.head.w1 must be ({4 * hidden}, {hidden}) (an MLP hidden -> 4*hidden), got {w1}."
+        )
     r = math.isqrt(w2[0]) if len(w2) == 2 else 0
     if len(w2) != 2 or w2[1] != 4 * hidden or r * r != w2[0] or tuple(head["w2.bias"].shape) != (w2[0],):
         raise ConversionError(f"selector.head.w2 must be (r*r, {4 * hidden}) for an integer r, got {w2}.")
@@ -496,8 +543,11 @@ def load_into_model(model, converted: dict[str, torch.Tensor]) -> None:
     target = model.state_dict()
     unfilled = sorted(set(target) - set(converted))
     unknown = sorted(set(converted) - set(target))
-    wrong = [f"{n}: {tuple(converted[n].shape)} vs {tuple(target[n].shape)}" for n in converted
-             if n in target and converted[n].shape != target[n].shape]
+    wrong = [
+        f"{n}: {tuple(converted[n].shape)} vs {tuple(target[n].shape)}"
+        for n in converted
+        if n in target and converted[n].shape != target[n].shape
+    ]
     problems = []
     if unfilled:
         problems.append(f"parameters the checkpoint does not fill: {unfilled}")
@@ -547,8 +597,15 @@ def analytic_flops(config, high_res: int, k_ratio: float) -> dict:
     extractor = _backbone_flops(prefix + k, k, ext)
     full = _backbone_flops(prefix + num_patches, num_patches, ext)
     return {
-        "high_res": high_res, "k_ratio": k_ratio, "k": k, "num_patches": num_patches, "selector": selector,
-        "extractor": extractor, "lookwhere": selector + extractor, "full": full, "reduction": full / (selector + extractor),
+        "high_res": high_res,
+        "k_ratio": k_ratio,
+        "k": k,
+        "num_patches": num_patches,
+        "selector": selector,
+        "extractor": extractor,
+        "lookwhere": selector + extractor,
+        "full": full,
+        "reduction": full / (selector + extractor),
     }
 
 
@@ -586,7 +643,7 @@ def architecture_table(config) -> str:
         f"| hidden size / heads | {sel.hidden_size} / {sel.num_attention_heads} | {ext.hidden_size} / {ext.num_attention_heads} |",
         f"| MLP | {mlp(sel)} | {mlp(ext)} |",
         f"| CLS + registers | 1 + {sel.num_register_tokens} | seeded by the selector's |",
-        f"| head | MLP {sel.hidden_size} -> {4 * sel.hidden_size} -> {config.selector_upsample_factor ** 2} "
+        f"| head | MLP {sel.hidden_size} -> {4 * sel.hidden_size} -> {config.selector_upsample_factor**2} "
         f"(exact GELU) per low-res patch | none (features) |",
     ]
     return "\n".join(rows)
@@ -647,8 +704,15 @@ def render_model_card(
     if template_path is not None and not path.is_file():
         raise ConversionError(f"Model card template {str(path)!r} does not exist.")
     high_res = high_res or config.high_res_size
-    tags = ["lookwhere", "vision", "image-feature-extraction", "vit", "adaptive-computation", "token-selection",
-            "distillation"] + info["tags"]
+    tags = [
+        "lookwhere",
+        "vision",
+        "image-feature-extraction",
+        "vit",
+        "adaptive-computation",
+        "token-selection",
+        "distillation",
+    ] + info["tags"]
     if provenance is None:
         provenance = (
             f"Converted from the official `{info['checkpoint']}` ({ORIGINAL_WEIGHTS}) with\n\n"
@@ -680,8 +744,11 @@ def render_model_card(
         "k_ratio": f"{config.k_ratio:g}",
         "num_prefix": str(config.num_prefix_tokens),
         "num_registers": str(config.selector_config.num_register_tokens),
-        "prefix_text": (f"CLS and {config.selector_config.num_register_tokens} register tokens"
-                        if config.selector_config.num_register_tokens else "CLS token"),
+        "prefix_text": (
+            f"CLS and {config.selector_config.num_register_tokens} register tokens"
+            if config.selector_config.num_register_tokens
+            else "CLS token"
+        ),
         "variant_description": info["description"],
         "selector_depth": str(config.selector_config.num_hidden_layers),
         "extractor_depth": str(config.extractor_config.num_hidden_layers),
@@ -696,7 +763,9 @@ def render_model_card(
     try:
         return string.Template(template).substitute(values)
     except (KeyError, ValueError) as err:
-        raise ConversionError(f"Model card template {str(path)!r} has an unknown or malformed placeholder: {err}.") from None
+        raise ConversionError(
+            f"Model card template {str(path)!r} has an unknown or malformed placeholder: {err}."
+        ) from None
 
 
 RELEASE_CARDS = {"dinov2": "lookwhere-dinov2-vitb14.md", "franca": "lookwhere-franca-vitb14.md"}
@@ -765,7 +834,10 @@ def self_check(output_dir: str | os.PathLike, reference_model=None, log=print) -
     inputs = processor(images=data.astronaut(), return_tensors="pt")
     with torch.no_grad():
         outputs = model(**inputs, output_dense_features=True)
-    grid = (inputs["pixel_values"].shape[-2] // model.config.patch_size, inputs["pixel_values"].shape[-1] // model.config.patch_size)
+    grid = (
+        inputs["pixel_values"].shape[-2] // model.config.patch_size,
+        inputs["pixel_values"].shape[-1] // model.config.patch_size,
+    )
     report = {
         "model_class": type(model).__name__,
         "processor_class": type(processor).__name__,
@@ -790,8 +862,10 @@ def self_check(output_dir: str | os.PathLike, reference_model=None, log=print) -
             float((ref.selector_map - outputs.selector_map).abs().max()),
         )
         if not torch.equal(ref.selected_indices, outputs.selected_indices) or diff > 1e-5:
-            raise ConversionError(f"Self-check failed: the reloaded folder {output_dir} does not reproduce the converted "
-                                  f"model (max abs difference {diff:.3g}).")
+            raise ConversionError(
+                f"Self-check failed: the reloaded folder {output_dir} does not reproduce the converted "
+                f"model (max abs difference {diff:.3g})."
+            )
         report["max_abs_diff_vs_converted"] = diff
     report["seconds"] = round(time.perf_counter() - start, 2)
     log(
@@ -800,8 +874,11 @@ def self_check(output_dir: str | os.PathLike, reference_model=None, log=print) -
         f"map over {grid[0]}x{grid[1]} patches (logits {report['selector_map_range'][0]:.2f} .. "
         f"{report['selector_map_range'][1]:.2f}); extractor ran on k={report['k']} patches, first picks (row, col) "
         f"{report['top_patches_rc']}; CLS norm {report['cls_norm']:.3f}; dense features {report['dense_features']}"
-        + (f"; matches the in-memory model (max abs diff {report['max_abs_diff_vs_converted']:.2g})"
-           if "max_abs_diff_vs_converted" in report else "")
+        + (
+            f"; matches the in-memory model (max abs diff {report['max_abs_diff_vs_converted']:.2g})"
+            if "max_abs_diff_vs_converted" in report
+            else ""
+        )
         + f" [{report['seconds']} s]."
     )
     return report
@@ -814,8 +891,10 @@ def push_folder_to_hub(output_dir: str | os.PathLike, repo_id: str, private: boo
     import huggingface_hub
     from huggingface_hub import constants
 
-    later = (f"The converted model is complete in {str(output_dir)!r}; upload it later with "
-             f"`hf upload {repo_id} {output_dir}` (or `huggingface-cli upload {repo_id} {output_dir}`).")
+    later = (
+        f"The converted model is complete in {str(output_dir)!r}; upload it later with "
+        f"`hf upload {repo_id} {output_dir}` (or `huggingface-cli upload {repo_id} {output_dir}`)."
+    )
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE"):
         raise ConversionError(f"Cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE). {later}")
     try:
@@ -867,7 +946,9 @@ def convert_checkpoint(
     from . import LookWhereImageProcessor, LookWhereModel
 
     if not (isinstance(k_ratio, (int, float)) and 0.0 < k_ratio <= 1.0):
-        raise ConversionError(f"--k_ratio must be in (0, 1] (the fraction of patches the extractor sees), got {k_ratio!r}.")
+        raise ConversionError(
+            f"--k_ratio must be in (0, 1] (the fraction of patches the extractor sees), got {k_ratio!r}."
+        )
     if num_attention_heads is not None and (not isinstance(num_attention_heads, int) or num_attention_heads < 1):
         raise ConversionError(f"--num_attention_heads must be a positive int, got {num_attention_heads!r}.")
     checkpoint_path = Path(checkpoint_path)
@@ -881,15 +962,17 @@ def convert_checkpoint(
     patch = spec.extractor.patch_size
     high_res = spec.extractor.image_size if high_res is None else high_res
     if not isinstance(high_res, int) or high_res < patch or high_res % patch:
-        raise ConversionError(f"--high_res must be a positive multiple of the patch size {patch}, got {high_res!r} "
-                              f"(e.g. {spec.extractor.image_size} or {2 * spec.extractor.image_size}).")
+        raise ConversionError(
+            f"--high_res must be a positive multiple of the patch size {patch}, got {high_res!r} "
+            f"(e.g. {spec.extractor.image_size} or {2 * spec.extractor.image_size})."
+        )
     sel, ext = spec.selector, spec.extractor
     log(
         f"Found the {VARIANT_INFO[spec.variant]['title']} layout: hidden {ext.hidden_size}, {ext.num_attention_heads} "
         f"heads, patch {patch}, {ext.num_register_tokens} registers, {'SwiGLU' if ext.use_swiglu_ffn else 'GELU'} MLP "
         f"(width {ext.mlp_hidden}, mlp_ratio {ext.mlp_ratio:g}); selector {sel.num_hidden_layers} layers at "
         f"{sel.image_size}px ({sel.grid}x{sel.grid} patches), head r={spec.upsample_factor} "
-        f"({spec.upsample_factor ** 2} scores per low-res patch); extractor {ext.num_hidden_layers} layers, position "
+        f"({spec.upsample_factor**2} scores per low-res patch); extractor {ext.num_hidden_layers} layers, position "
         f"embeddings for {ext.image_size}px ({ext.grid}x{ext.grid})."
     )
 
@@ -897,10 +980,14 @@ def convert_checkpoint(
     converted = convert_state_dict(checkpoint, spec)
     model = LookWhereModel(config).eval()
     load_into_model(model, converted)
-    num_source = sum(len(s) for s in (checkpoint["selector"]["backbone"], checkpoint["selector"]["head"], checkpoint["extractor"]))
+    num_source = sum(
+        len(s) for s in (checkpoint["selector"]["backbone"], checkpoint["selector"]["head"], checkpoint["extractor"])
+    )
     num_parameters = sum(p.numel() for p in model.parameters())
-    log(f"Mapped all {num_source} source tensors onto {len(converted)} LookWhereModel parameters "
-        f"({num_parameters / 1e6:.1f}M values); none left over, none missing.")
+    log(
+        f"Mapped all {num_source} source tensors onto {len(converted)} LookWhereModel parameters "
+        f"({num_parameters / 1e6:.1f}M values); none left over, none missing."
+    )
 
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
@@ -910,8 +997,9 @@ def convert_checkpoint(
     )
     processor.save_pretrained(output_dir)
 
-    import lookwhere_hf
     import transformers
+
+    import lookwhere_hf
 
     provenance = (
         f"Converted from `{checkpoint_path.name}` (sha256 `{_sha256(checkpoint_path)}`, {checkpoint_path.stat().st_size:,} bytes; "
@@ -928,8 +1016,9 @@ def convert_checkpoint(
         "`tests/test_conversion.py` of lookwhere_hf (max abs error <= 1e-4 in float32)."
     )
     repo_id = push_to_hub or f"USER/{output_dir.name}"
-    card = render_model_card(config, spec.variant, repo_id=repo_id, provenance=provenance, high_res=high_res,
-                             template_path=card_template)
+    card = render_model_card(
+        config, spec.variant, repo_id=repo_id, provenance=provenance, high_res=high_res, template_path=card_template
+    )
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     files = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file())
     log(f"Wrote {output_dir}: {', '.join(files)}.")
@@ -939,8 +1028,10 @@ def convert_checkpoint(
         result.self_check = self_check(output_dir, reference_model=model, log=log)
     if push_to_hub:
         result.pushed_to = push_folder_to_hub(output_dir, push_to_hub, log=log)
-    log(f"Done. Load it with AutoModel.from_pretrained({str(output_dir)!r}) after `import lookwhere_hf` "
-        "(or with trust_remote_code=True).")
+    log(
+        f"Done. Load it with AutoModel.from_pretrained({str(output_dir)!r}) after `import lookwhere_hf` "
+        "(or with trust_remote_code=True)."
+    )
     return result
 
 
@@ -953,8 +1044,10 @@ class ConversionArguments:
     output_dir: str = field(metadata={"help": "Folder to write the converted model to."})
     high_res: int | None = field(
         default=None,
-        metadata={"help": "Default input size of the image processor (a multiple of 14); defaults to the extractor's "
-                          "pretraining size, 518."},
+        metadata={
+            "help": "Default input size of the image processor (a multiple of 14); defaults to the extractor's "
+            "pretraining size, 518."
+        },
     )
     k_ratio: float = field(default=0.1, metadata={"help": "Fraction of high-res patches the extractor sees."})
     variant: str = field(default="auto", metadata={"help": "auto, dinov2 or franca (checked against the tensors)."})
