@@ -761,6 +761,10 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
     ) -> None:
         super().__init__(config)
         self.lookwhere = LookWhereModel(config)
+        # The extractor's own CLS / register tokens are never used (the selector's outputs take their place); frozen
+        # so that DDP does not wait for their gradients.
+        self.lookwhere.extractor.embeddings.cls_token.requires_grad_(False)
+        self.lookwhere.extractor.embeddings.register_tokens.requires_grad_(False)
         self.__dict__["_teacher"] = None
         self._num_training_forwards = 0
         given = {

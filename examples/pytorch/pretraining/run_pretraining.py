@@ -21,13 +21,14 @@ The output folder (and every `checkpoint-*` in it) holds the *student only* and 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 
 import torch
 import transformers
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from lookwhere_hf import LookWhereForPreTraining, LookWhereImageProcessor
@@ -217,6 +218,32 @@ def validate_dataset(dataset, data_args: DataTrainingArguments, transform) -> No
         raise ValueError(f"The first image of the dataset could not be processed: {type(error).__name__}: {error}.") from error
 
 
+class SeededTransformDataset(torch.utils.data.Dataset):
+    """Map-style dataset that augments image `idx` with the torch RNG seeded from `(seed, epoch, idx)`.
+
+    The augmentation of an image then does not depend on the process, the worker, the batch size or what was drawn
+    before it, so a resumed run sees exactly the augmentations the uninterrupted run saw (accelerate's data loader
+    prefetches one batch, which would otherwise shift the global RNG across a checkpoint), and a run on N processes
+    sees those of a run on one. Call `set_epoch` at the start of each epoch.
+    """
+
+    def __init__(self, dataset, image_column: str, transform, seed: int) -> None:
+        self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        image = self.dataset[int(idx)][self.image_column]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + int(idx)) % (2**63 - 1))
+            return {"pixel_values": self.transform(image.convert("RGB"))}
+
+
 def collate_fn(examples):
     return {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
 
@@ -238,8 +265,7 @@ def prepare_dataset(data_args: DataTrainingArguments, seed: int, cache_dir: str 
         return dataset.with_format("torch")
     if data_args.max_train_samples is not None:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
-    dataset.set_transform(preprocess)
-    return dataset
+    return SeededTransformDataset(dataset, data_args.image_column_name, transform, seed)
 
 
 # ----------------------------------------------------------------------------------------------------- model
@@ -347,6 +373,20 @@ def build_image_processor(model, data_args: DataTrainingArguments) -> LookWhereI
 COMPONENTS = ("loss_cls", "loss_dense", "loss_map", "top_k_agreement")
 
 
+class SetEpochCallback(TrainerCallback):
+    """Tells a `SeededTransformDataset` which epoch starts (the Trainer's epoch loop index)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if hasattr(self.dataset, "set_epoch"):
+            epoch = state.epoch or 0.0
+            # `state.epoch` is `epoch_index + steps_done / steps_per_epoch`; exact at epoch boundaries.
+            nearest = round(epoch)
+            self.dataset.set_epoch(nearest if abs(epoch - nearest) < 1e-6 else math.floor(epoch))
+
+
 class LookWherePreTrainer(Trainer):
     """Trainer that seeds the per-step `k` with the global step and logs every loss component.
 
@@ -415,6 +455,8 @@ def main(argv: list[str] | None = None):
     set_seed(training_args.seed)
     # The loaders pass our pre-processed `pixel_values` through; keep the raw image column for the transform.
     training_args.remove_unused_columns = False
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = False  # every trainable student parameter gets a gradient
     cache_dir = None
 
     model = build_model(model_args, data_args, cache_dir=cache_dir)
@@ -435,6 +477,7 @@ def main(argv: list[str] | None = None):
         train_dataset=train_dataset,
         data_collator=collate_fn,
         processing_class=image_processor,
+        callbacks=[SetEpochCallback(train_dataset)],
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
