@@ -459,6 +459,10 @@ def _convert(path, tmp_path, **kwargs):
 def test_error_missing_and_not_torch(tmp_path):
     with pytest.raises(ConversionError, match="does not exist"):
         _convert(tmp_path / "nope.pt", tmp_path)
+    (tmp_path / "converted").mkdir()
+    (tmp_path / "converted" / "config.json").write_text("{}")
+    with pytest.raises(ConversionError, match="is a directory.*already converted"):
+        _convert(tmp_path / "converted", tmp_path)
     text = tmp_path / "notes.pt"
     text.write_text("this is not a checkpoint\n")
     with pytest.raises(ConversionError, match="not a PyTorch checkpoint"):
@@ -482,6 +486,11 @@ def test_error_wrong_top_level_and_objects(dinov2_checkpoint, tmp_path):
     bad = tmp_path / "model_only.pt"
     torch.save({"model": checkpoint["extractor"]}, bad)
     with pytest.raises(ConversionError, match="top-level keys \\['model'\\]"):
+        _convert(bad, tmp_path)
+    bad = tmp_path / "timm_vit_only.pt"  # a bare timm ViT state dict: the key list is shortened
+    torch.save(checkpoint["extractor"], bad)
+    n = len(checkpoint["extractor"])
+    with pytest.raises(ConversionError, match=rf"top-level keys \['blocks\.0\..*, \.\.\. \({n} in all\)\]"):
         _convert(bad, tmp_path)
     bad = tmp_path / "no_head.pt"
     torch.save(

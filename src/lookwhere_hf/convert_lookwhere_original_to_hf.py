@@ -120,7 +120,12 @@ def load_original_checkpoint(checkpoint_path: str | os.PathLike) -> dict:
             f"lookwhere_franca.pt (download them from {ORIGINAL_WEIGHTS})."
         )
     if path.is_dir():
-        raise ConversionError(f"{str(path)!r} is a directory; --checkpoint_path must be the official .pt file.")
+        hint = (
+            " It looks like an already converted transformers folder: load it with from_pretrained instead."
+            if (path / "config.json").is_file()
+            else ""
+        )
+        raise ConversionError(f"{str(path)!r} is a directory; --checkpoint_path must be the official .pt file.{hint}")
     with open(path, "rb") as handle:
         magic = handle.read(4)
     try:
@@ -135,7 +140,7 @@ def load_original_checkpoint(checkpoint_path: str | os.PathLike) -> dict:
             ) from None
         raise ConversionError(
             f"{str(path)!r} is not a PyTorch checkpoint ({first_line}). Pass the official lookwhere_dinov2.pt or "
-            "lookwhere_franca.pt file."
+            f"lookwhere_franca.pt file.{_safetensors_hint(path)}"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -146,10 +151,25 @@ def load_original_checkpoint(checkpoint_path: str | os.PathLike) -> dict:
             ) from None
         raise ConversionError(
             f"{str(path)!r} is not a PyTorch checkpoint ({first_line}). Pass the official lookwhere_dinov2.pt or "
-            "lookwhere_franca.pt file."
+            f"lookwhere_franca.pt file.{_safetensors_hint(path)}"
         ) from None
     check_checkpoint_layout(checkpoint, str(path))
     return checkpoint
+
+
+def _safetensors_hint(path: Path) -> str:
+    if path.suffix == ".safetensors":
+        return (
+            " A .safetensors file is not an official LookWhere release; if it was written by save_pretrained, load "
+            "its folder with from_pretrained."
+        )
+    return ""
+
+
+def _some(names, limit: int = 12) -> str:
+    names = sorted(map(str, names))
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > limit else ''}]"
 
 
 def check_checkpoint_layout(checkpoint, name: str = "checkpoint") -> None:
@@ -163,12 +183,12 @@ def check_checkpoint_layout(checkpoint, name: str = "checkpoint") -> None:
         )
     if set(checkpoint) != {"selector", "extractor"}:
         raise ConversionError(
-            f"{name} has top-level keys {sorted(map(str, checkpoint))}; an official LookWhere checkpoint has exactly "
+            f"{name} has top-level keys {_some(checkpoint)}; an official LookWhere checkpoint has exactly "
             f"'selector' and 'extractor': {expected}."
         )
     selector = checkpoint["selector"]
     if not isinstance(selector, dict) or set(selector) != {"backbone", "head"}:
-        keys = sorted(map(str, selector)) if isinstance(selector, dict) else type(selector).__name__
+        keys = _some(selector) if isinstance(selector, dict) else type(selector).__name__
         raise ConversionError(
             f"{name}['selector'] must be a dict with keys 'backbone' and 'head', got {keys}. Expected {expected}."
         )
