@@ -587,3 +587,11 @@ def test_analytic_flops_release_numbers():
     full = 2 * 1369 * 3 * 14 * 14 * d + 12 * (2 * n * (4 * d * d + 2 * d * 3072) + 4 * n * n * d)
     assert f["full"] == full and f["k"] == 136
     assert 250e9 < f["full"] < 350e9 and f["reduction"] > 8  # ~152 GMACs
+
+
+def test_self_check_needs_scikit_image(dinov2_checkpoint, tmp_path, monkeypatch):
+    _, path = dinov2_checkpoint
+    monkeypatch.setitem(sys.modules, "skimage", None)  # as if scikit-image were not installed
+    with pytest.raises(ConversionError, match="pip install scikit-image.*--skip_self_check"):
+        convert_checkpoint(path, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()  # it stops before writing anything

@@ -971,6 +971,14 @@ def convert_checkpoint(
         )
     if num_attention_heads is not None and (not isinstance(num_attention_heads, int) or num_attention_heads < 1):
         raise ConversionError(f"--num_attention_heads must be a positive int, got {num_attention_heads!r}.")
+    if run_self_check:
+        try:
+            import skimage.data  # noqa: F401  (the self-check's real photo)
+        except ImportError:
+            raise ConversionError(
+                "The self-check runs the converted model on scikit-image's astronaut photo, but scikit-image is not "
+                "installed: `pip install scikit-image`, or pass --skip_self_check."
+            ) from None
     checkpoint_path = Path(checkpoint_path)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
