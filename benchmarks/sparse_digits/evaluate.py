@@ -1,0 +1,455 @@
+#!/usr/bin/env python
+"""Evaluate *where to look* on Sparse Digits: a fine-tuned LookWhere against its full-resolution teacher.
+
+On the test split (digit boxes from `annotations.jsonl`) it measures, for every `k_ratio`:
+
+- **hit rate** of the selector: share of test images where at least one of the top-k patches overlaps the digit's
+  box; also the mean share of the box area the top-k patches cover, and the share of images where *every* patch
+  touching the box is selected. The same for the teacher's own attention map (the target the selector was distilled
+  from) and the chance level of k random patches (exact, per image);
+- **accuracy** of LookWhere (selector top-k), of LookWhere fed k *random* patches (what the selector is worth), and
+  of the teacher fed only the selector's top-k patch tokens (the teacher's own layers on the kept tokens), next to the
+  teacher at full resolution (all patches);
+- **FLOPs** (analytic, `lookwhere_hf.flops`, checked against `torch.utils.flop_counter.FlopCounterMode`) and
+  **latency** (median of repeated forwards after warm-up, teacher and LookWhere interleaved in one process, same
+  threads, same attention implementation) of LookWhere against the full-resolution teacher.
+
+Writes `results.json`, `results.md` (tables) and, with matplotlib, `sparse_digits.png` (accuracy and hit rate vs
+k_ratio) and `selection_examples.png` (where the model looked on a few test images) to `--output_dir`.
+
+Example:
+
+    python benchmarks/sparse_digits/evaluate.py --data_dir data/sparse_digits \\
+        --lookwhere_model runs/lookwhere-finetuned --teacher_model runs/teacher --output_dir runs/eval
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+
+import lookwhere_hf  # noqa: F401  (registers the LookWhere Auto classes)
+from lookwhere_hf import LookWhereForImageClassification, LookWhereImageProcessor
+from lookwhere_hf.distillation_losses import compute_teacher_targets
+from lookwhere_hf.selection import gather_tokens, select_top_k
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_dataset import read_annotations  # noqa: E402
+
+DEFAULT_K_RATIOS = "0.02,0.05,0.1,0.15,0.25,0.5,1.0"
+
+
+@dataclass
+class EvaluationArguments:
+    data_dir: str = field(metadata={"help": "Sparse Digits folder (with annotations.jsonl)."})
+    lookwhere_model: str = field(metadata={"help": "Fine-tuned LookWhereForImageClassification folder."})
+    teacher_model: str = field(metadata={"help": "The full-resolution Dinov2WithRegistersForImageClassification."})
+    output_dir: str = field(metadata={"help": "Where results.json / results.md / figures go."})
+    split: str = field(default="test", metadata={"help": "Split to evaluate (test, validation, train)."})
+    k_ratios: str = field(default=DEFAULT_K_RATIOS, metadata={"help": "Comma-separated k_ratio values in (0, 1]."})
+    batch_size: int = field(default=50, metadata={"help": "Evaluation batch size."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N images."})
+    latency_batch_sizes: str = field(default="1,16", metadata={"help": "Batch sizes of the latency measurement."})
+    latency_runs: int = field(default=20, metadata={"help": "Timed forwards per model and batch size."})
+    latency_warmup: int = field(default=3, metadata={"help": "Untimed warm-up forwards."})
+    num_threads: int | None = field(default=None, metadata={"help": "torch threads (default: torch's choice)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random-patch baseline."})
+    num_example_images: int = field(default=6, metadata={"help": "Test images drawn in selection_examples.png."})
+
+    def __post_init__(self):
+        for path, what in ((self.lookwhere_model, "--lookwhere_model"), (self.teacher_model, "--teacher_model")):
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise ValueError(f"{what} {path!r} is not a saved model folder (no config.json).")
+        ratios = self.parsed_k_ratios()
+        if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
+            raise ValueError(f"--k_ratios must be comma-separated numbers in (0, 1], got {self.k_ratios!r}.")
+        if self.batch_size < 1 or self.latency_runs < 1 or self.latency_warmup < 0:
+            raise ValueError("--batch_size and --latency_runs must be >= 1, --latency_warmup >= 0.")
+        if any(b < 1 for b in self.parsed_latency_batch_sizes()):
+            raise ValueError(f"--latency_batch_sizes must be positive ints, got {self.latency_batch_sizes!r}.")
+
+    def parsed_k_ratios(self) -> list[float]:
+        try:
+            return sorted({float(r) for r in self.k_ratios.split(",") if r.strip()})
+        except ValueError:
+            raise ValueError(f"--k_ratios must be comma-separated numbers, got {self.k_ratios!r}.") from None
+
+    def parsed_latency_batch_sizes(self) -> list[int]:
+        try:
+            return [int(b) for b in self.latency_batch_sizes.split(",") if b.strip()]
+        except ValueError:
+            raise ValueError(f"--latency_batch_sizes must be comma-separated ints, got {self.latency_batch_sizes!r}.") from None
+
+
+# ----------------------------------------------------------------------------------------------------- geometry
+def patch_overlaps(box: np.ndarray, grid: int, patch: int) -> np.ndarray:
+    """Intersection area (pixels) of a box `[x0, y0, x1, y1]` with every patch of a `grid x grid` map, `(grid * grid,)`
+    row-major."""
+    edges = np.arange(grid + 1) * patch
+    ox = np.clip(np.minimum(edges[1:], box[2]) - np.maximum(edges[:-1], box[0]), 0, None)
+    oy = np.clip(np.minimum(edges[1:], box[3]) - np.maximum(edges[:-1], box[1]), 0, None)
+    return (oy[:, None] * ox[None, :]).reshape(-1).astype(np.float64)
+
+
+def selection_hits(indices: np.ndarray, overlaps: np.ndarray) -> dict[str, np.ndarray]:
+    """Per image: `hit` (a selected patch overlaps the box), `coverage` (share of box area under selected patches),
+    `full` (every overlapping patch is selected). `indices (B, k)`, `overlaps (B, N)`."""
+    selected = np.take_along_axis(overlaps, indices, axis=1)
+    touching = (overlaps > 0).sum(axis=1)
+    return {
+        "hit": (selected > 0).any(axis=1),
+        "coverage": selected.sum(axis=1) / overlaps.sum(axis=1),
+        "full": (selected > 0).sum(axis=1) == touching,
+    }
+
+
+def random_hit_probability(num_patches: int, num_touching: int, k: int) -> float:
+    """P(at least one of k distinct random patches is among `num_touching`) = 1 - C(N - m, k) / C(N, k)."""
+    if k > num_patches - num_touching:
+        return 1.0
+    return 1.0 - math.comb(num_patches - num_touching, k) / math.comb(num_patches, k)
+
+
+# ----------------------------------------------------------------------------------------------------- models
+@torch.no_grad()
+def teacher_logits_on_tokens(teacher, pixel_values: torch.Tensor, indices: torch.LongTensor | None) -> torch.Tensor:
+    """The teacher's logits when its encoder sees CLS + registers + only the patches at `indices (B, k)` (all
+    patches when `indices` is None). Mirrors `Dinov2WithRegistersForImageClassification.forward`: the classifier
+    reads `[CLS, mean of the patch tokens]`."""
+    backbone = teacher.dinov2_with_registers
+    num_prefix = 1 + teacher.config.num_register_tokens
+    hidden = backbone.embeddings(pixel_values)
+    if indices is not None:
+        hidden = torch.cat((hidden[:, :num_prefix], gather_tokens(hidden[:, num_prefix:], indices)), dim=1)
+    hidden = backbone.layernorm(backbone.encoder(hidden).last_hidden_state)
+    return teacher.classifier(torch.cat((hidden[:, 0], hidden[:, num_prefix:].mean(dim=1)), dim=1))
+
+
+@torch.no_grad()
+def lookwhere_logits_on_indices(model, pixel_values, prefix, indices) -> torch.Tensor:
+    """LookWhere's logits when the extractor computes the patches at `indices` (any selection rule)."""
+    tokens, _ = model.lookwhere.extractor(pixel_values, indices, prefix)
+    return model.classifier(tokens[:, 0])
+
+
+def measure_flops(model, teacher, pixel_values: torch.Tensor, k: int) -> dict[str, int]:
+    """FLOPs of one forward counted by `torch.utils.flop_counter.FlopCounterMode` (matmuls, convs, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = {}
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            teacher(pixel_values=pixel_values)
+        counts["teacher"] = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            model(pixel_values=pixel_values, k=k)
+        counts["lookwhere"] = counter.get_total_flops()
+    return counts
+
+
+def analytic_flops(model, teacher, image_size: int, k_ratio: float) -> dict[str, int] | None:
+    try:
+        from lookwhere_hf.flops import dinov2_flops, lookwhere_flops
+    except ImportError:
+        return None
+    lw = lookwhere_flops(model.config, image_size=image_size, k_ratio=k_ratio, num_labels=model.config.num_labels)
+    classifier = 2 * 2 * teacher.config.hidden_size * teacher.config.num_labels
+    return {"teacher": dinov2_flops(teacher.config, image_size) + classifier, "lookwhere": lw.total, "k": lw.k}
+
+
+@torch.inference_mode()
+def measure_latency(model, teacher, pixel_values, k: int, runs: int, warmup: int) -> dict[str, float]:
+    """Median seconds per forward of the teacher (all patches) and of LookWhere (selector + top-k extractor, low-res
+    view made inside the model), interleaved so both see the same machine load."""
+    for _ in range(warmup):
+        teacher(pixel_values=pixel_values)
+        model(pixel_values=pixel_values, k=k)
+    times = {"teacher": [], "lookwhere": []}
+    for _ in range(runs):
+        start = time.perf_counter()
+        teacher(pixel_values=pixel_values)
+        times["teacher"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        model(pixel_values=pixel_values, k=k)
+        times["lookwhere"].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def load_split(args: EvaluationArguments) -> list[dict]:
+    rows = sorted(read_annotations(args.data_dir, args.split).values(), key=lambda r: r["file_name"])
+    if not rows:
+        raise ValueError(f"No {args.split!r} images in {args.data_dir}/annotations.jsonl.")
+    return rows[: args.max_samples] if args.max_samples else rows
+
+
+def evaluate(args: EvaluationArguments) -> dict:
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    torch.manual_seed(args.seed)
+    rng = torch.Generator().manual_seed(args.seed)
+    model = LookWhereForImageClassification.from_pretrained(args.lookwhere_model).eval()
+    teacher = AutoModelForImageClassification.from_pretrained(args.teacher_model).eval()
+    processor = LookWhereImageProcessor.from_pretrained(args.lookwhere_model)
+    teacher_processor = AutoImageProcessor.from_pretrained(args.teacher_model)
+    if model.config.label2id != {str(k): v for k, v in teacher.config.label2id.items()}:
+        print(f"warning: label maps differ: LookWhere {model.config.label2id}, teacher {teacher.config.label2id}")
+
+    rows = load_split(args)
+    image_size = processor.size["height"]
+    patch = model.config.patch_size
+    grid = image_size // patch
+    num_patches = grid * grid
+    ratios = args.parsed_k_ratios()
+    ks = {r: max(1, int(r * num_patches)) for r in ratios}  # floor, as LookWhereConfig.num_selected
+    canvas = Image.open(os.path.join(args.data_dir, rows[0]["file_name"])).size[0]
+    scale = image_size / canvas
+    label_of = {name: int(i) for name, i in model.config.label2id.items()}
+
+    from tqdm.auto import tqdm
+
+    preds = {name: {r: [] for r in ratios} for name in ("lookwhere", "lookwhere_random", "teacher_topk")}
+    preds["teacher_full"] = []
+    hits = {name: {r: {"hit": [], "coverage": [], "full": []} for r in ratios} for name in ("selector", "teacher_map")}
+    random_hit = {r: [] for r in ratios}
+    labels, consistency_checked = [], False
+    for start in tqdm(range(0, len(rows), args.batch_size), desc=f"Evaluating on {args.split}", unit="batch"):
+        batch = rows[start : start + args.batch_size]
+        images = [Image.open(os.path.join(args.data_dir, r["file_name"])).convert("RGB") for r in batch]
+        labels.extend(label_of[str(r["label"])] for r in batch)
+        inputs = processor(images, return_tensors="pt")
+        pixel_values, low_res = inputs["pixel_values"], inputs["low_res_pixel_values"]
+        teacher_pixels = teacher_processor(images, return_tensors="pt")["pixel_values"]
+        overlaps = np.stack([patch_overlaps(np.asarray(r["box"]) * scale, grid, patch) for r in batch])
+        with torch.no_grad():
+            preds["teacher_full"].append(teacher(pixel_values=teacher_pixels).logits.argmax(-1))
+            teacher_map = compute_teacher_targets(teacher.dinov2_with_registers, teacher_pixels).attention_map
+            selector_map, prefix, _, _ = model.lookwhere.select(pixel_values, low_res)
+            for r in ratios:
+                k = ks[r]
+                indices = select_top_k(selector_map, k)
+                logits = lookwhere_logits_on_indices(model, pixel_values, prefix, indices)
+                if not consistency_checked:  # the decomposed forward is exactly the model's forward
+                    reference = model(pixel_values=pixel_values, low_res_pixel_values=low_res, k=k).logits
+                    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+                preds["lookwhere"][r].append(logits.argmax(-1))
+                random_idx = torch.stack([torch.randperm(num_patches, generator=rng)[:k] for _ in batch])
+                preds["lookwhere_random"][r].append(
+                    lookwhere_logits_on_indices(model, pixel_values, prefix, random_idx).argmax(-1)
+                )
+                preds["teacher_topk"][r].append(teacher_logits_on_tokens(teacher, teacher_pixels, indices).argmax(-1))
+                for name, score_map in (("selector", selector_map), ("teacher_map", teacher_map)):
+                    found = selection_hits(select_top_k(score_map, k).numpy(), overlaps)
+                    for key, values in found.items():
+                        hits[name][r][key].extend(values.tolist())
+                random_hit[r].extend(random_hit_probability(num_patches, int((o > 0).sum()), k) for o in overlaps)
+            consistency_checked = True
+
+    labels = torch.tensor(labels)
+
+    def accuracy(chunks):
+        return float((torch.cat(chunks) == labels).float().mean())
+
+    per_k = []
+    for r in ratios:
+        per_k.append({
+            "k_ratio": r,
+            "k": ks[r],
+            "selector_hit_rate": float(np.mean(hits["selector"][r]["hit"])),
+            "selector_box_coverage": float(np.mean(hits["selector"][r]["coverage"])),
+            "selector_full_cover_rate": float(np.mean(hits["selector"][r]["full"])),
+            "teacher_map_hit_rate": float(np.mean(hits["teacher_map"][r]["hit"])),
+            "teacher_map_box_coverage": float(np.mean(hits["teacher_map"][r]["coverage"])),
+            "random_hit_rate": float(np.mean(random_hit[r])),
+            "random_box_coverage": ks[r] / num_patches,
+            "accuracy_lookwhere": accuracy(preds["lookwhere"][r]),
+            "accuracy_lookwhere_random_patches": accuracy(preds["lookwhere_random"][r]),
+            "accuracy_teacher_on_selected_patches": accuracy(preds["teacher_topk"][r]),
+        })
+
+    # cost: FLOPs and latency at the model's own k_ratio (and the measured FLOPs at every k)
+    k_default = model.config.num_selected(num_patches)
+    sample = processor(
+        [Image.open(os.path.join(args.data_dir, rows[0]["file_name"])).convert("RGB")], return_tensors="pt"
+    )["pixel_values"]
+    flop_rows = []
+    for r in ratios:
+        counted = measure_flops(model, teacher, sample, ks[r])
+        row = {"k_ratio": r, "k": ks[r], "counted_teacher": counted["teacher"], "counted_lookwhere": counted["lookwhere"]}
+        analytic = analytic_flops(model, teacher, image_size, r)
+        if analytic is not None:
+            row.update(analytic_teacher=analytic["teacher"], analytic_lookwhere=analytic["lookwhere"])
+        flop_rows.append(row)
+    latency = []
+    pool = [Image.open(os.path.join(args.data_dir, r["file_name"])).convert("RGB") for r in rows[: max(args.parsed_latency_batch_sizes())]]
+    for batch_size in tqdm(args.parsed_latency_batch_sizes(), desc="Latency", unit="batch size"):
+        pixels = processor((pool * batch_size)[:batch_size], return_tensors="pt")["pixel_values"]
+        seconds = measure_latency(model, teacher, pixels, k_default, args.latency_runs, args.latency_warmup)
+        latency.append({"batch_size": batch_size, "k": k_default, "teacher_s": seconds["teacher"],
+                        "lookwhere_s": seconds["lookwhere"], "speedup": seconds["teacher"] / seconds["lookwhere"]})
+
+    results = {
+        "split": args.split,
+        "num_images": len(rows),
+        "image_size": image_size,
+        "patch_size": patch,
+        "grid": grid,
+        "low_res_size": model.config.low_res_size,
+        "model_k_ratio": model.config.k_ratio,
+        "accuracy_teacher_full_resolution": accuracy(preds["teacher_full"]),
+        "per_k_ratio": per_k,
+        "flops": flop_rows,
+        "latency": latency,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        },
+        "models": {"lookwhere": os.path.abspath(args.lookwhere_model), "teacher": os.path.abspath(args.teacher_model)},
+        "parameters": {
+            "lookwhere": sum(p.numel() for p in model.parameters()),
+            "teacher": sum(p.numel() for p in teacher.parameters()),
+        },
+        "arguments": asdict(args),
+    }
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(format_markdown(results))
+    try:
+        plot_results(results, os.path.join(args.output_dir, "sparse_digits.png"))
+        plot_examples(model, processor, rows[: args.num_example_images], args.data_dir,
+                      os.path.join(args.output_dir, "selection_examples.png"))
+    except ImportError:
+        print("matplotlib is not installed: no figures (pip install matplotlib)")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------- reports
+def format_markdown(results: dict) -> str:
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [
+        f"Test split: {results['num_images']} images, {results['image_size']} px, patch {results['patch_size']} "
+        f"({results['grid']}x{results['grid']} = {results['grid'] ** 2} patches); selector at "
+        f"{results['low_res_size']} px. Teacher at full resolution (all patches): "
+        f"**{pct(results['accuracy_teacher_full_resolution'])}%** accuracy.",
+        "",
+        "| k_ratio | k | selector hit rate | box covered | all box patches | teacher-map hit rate | random hit rate "
+        "| LookWhere acc. | LookWhere, random patches | teacher on selected patches |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["per_k_ratio"]:
+        lines.append(
+            f"| {row['k_ratio']:g} | {row['k']} | {pct(row['selector_hit_rate'])}% | {pct(row['selector_box_coverage'])}% "
+            f"| {pct(row['selector_full_cover_rate'])}% | {pct(row['teacher_map_hit_rate'])}% "
+            f"| {pct(row['random_hit_rate'])}% | **{pct(row['accuracy_lookwhere'])}%** "
+            f"| {pct(row['accuracy_lookwhere_random_patches'])}% | {pct(row['accuracy_teacher_on_selected_patches'])}% |"
+        )
+    lines += ["", "| k_ratio | k | teacher FLOPs | LookWhere FLOPs | FLOPs ratio (counted) | FLOPs ratio (analytic) |",
+              "|---|---|---|---|---|---|"]
+    for row in results["flops"]:
+        analytic = (f"{row['analytic_teacher'] / row['analytic_lookwhere']:.1f}x" if "analytic_lookwhere" in row else "n/a")
+        lines.append(
+            f"| {row['k_ratio']:g} | {row['k']} | {row['counted_teacher'] / 1e9:.3f} G | {row['counted_lookwhere'] / 1e9:.3f} G "
+            f"| {row['counted_teacher'] / row['counted_lookwhere']:.1f}x | {analytic} |"
+        )
+    lines += ["", "| batch | k | teacher (full res) | LookWhere | measured speedup |", "|---|---|---|---|---|"]
+    for row in results["latency"]:
+        lines.append(
+            f"| {row['batch_size']} | {row['k']} | {1000 * row['teacher_s']:.1f} ms | {1000 * row['lookwhere_s']:.1f} ms "
+            f"| **{row['speedup']:.1f}x** |"
+        )
+    machine = results["machine"]
+    lines += ["", f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, "
+              f"torch {machine['torch']}, attention {machine['attn_implementation']}. Latency: median of "
+              f"{results['arguments']['latency_runs']} forwards after {results['arguments']['latency_warmup']} warm-up, "
+              "teacher and LookWhere interleaved in one process.", ""]
+    return "\n".join(lines)
+
+
+def plot_results(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["per_k_ratio"]
+    x = [r["k_ratio"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(x, [r["accuracy_lookwhere"] for r in rows], "o-", label="LookWhere (selector top-k)")
+    axes[0].plot(x, [r["accuracy_lookwhere_random_patches"] for r in rows], "s--", label="LookWhere, random k patches")
+    axes[0].plot(x, [r["accuracy_teacher_on_selected_patches"] for r in rows], "^:", label="teacher on selected patches")
+    axes[0].axhline(results["accuracy_teacher_full_resolution"], color="k", lw=1, label="teacher, full resolution")
+    axes[0].set(xscale="log", xlabel="k_ratio (share of high-res patches computed)", ylabel="test accuracy",
+                title="Accuracy vs k_ratio", ylim=(0, 1.02))
+    axes[0].legend(fontsize=8)
+    axes[1].plot(x, [r["selector_hit_rate"] for r in rows], "o-", label="selector: hits the digit")
+    axes[1].plot(x, [r["selector_box_coverage"] for r in rows], "o--", label="selector: share of digit box covered")
+    axes[1].plot(x, [r["teacher_map_hit_rate"] for r in rows], "^:", label="teacher attention map: hits")
+    axes[1].plot(x, [r["random_hit_rate"] for r in rows], "s:", color="gray", label="random patches: hits")
+    axes[1].set(xscale="log", xlabel="k_ratio", ylabel="share of test images", title="Where to look", ylim=(0, 1.02))
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_examples(model, processor, rows: list[dict], data_dir: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.patches as mpatches
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    images = [Image.open(os.path.join(data_dir, r["file_name"])).convert("RGB") for r in rows]
+    inputs = processor(images, return_tensors="pt")
+    out = model(**inputs)
+    size, patch = processor.size["height"], model.config.patch_size
+    grid = size // patch
+    scale = size / images[0].size[0]
+    fig, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 3.3))
+    axes = np.atleast_1d(axes)
+    for ax, image, row, indices, logits in zip(axes, images, rows, out.selected_indices, out.logits):
+        ax.imshow(image.resize((size, size)))
+        for idx in indices.tolist():
+            r, c = divmod(idx, grid)
+            ax.add_patch(mpatches.Rectangle((c * patch, r * patch), patch, patch, fill=False, ec="yellow", lw=0.8))
+        x0, y0, x1, y1 = (v * scale for v in row["box"])
+        ax.add_patch(mpatches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
+        pred = model.config.id2label[int(logits.argmax())]
+        ax.set_title(f"true {row['label']}, predicted {pred}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"yellow: the {out.selected_indices.shape[1]} patches LookWhere computed; red: the digit", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
+    results = evaluate(args)
+    print(format_markdown(results))
+    print(f"Wrote results.json, results.md and figures to {args.output_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

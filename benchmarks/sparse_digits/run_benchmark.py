@@ -1,0 +1,299 @@
+#!/usr/bin/env python
+"""Sparse Digits, end to end, with one command: data -> teacher -> LookWhere pretraining -> fine-tuning -> evaluation.
+
+Stages (each one a script of this repository, run as a subprocess with this Python):
+
+1. `benchmarks/sparse_digits/make_dataset.py`: the Sparse Digits imagefolder + digit boxes;
+2. `benchmarks/sparse_digits/train_teacher.py`: a small full-resolution DINOv2-with-registers ViT teacher, trained
+   **supervised** from scratch (there is no self-supervised DINOv2 of this size to download here);
+3. `examples/pytorch/pretraining/run_pretraining.py --teacher_name_or_path <teacher>`: LookWhere distilled from the
+   teacher (no labels: selector <- teacher attention map, extractor <- teacher CLS / patch tokens);
+4. `examples/pytorch/image-classification/run_image_classification.py --model_name_or_path <pretrained>`: fine-tuned
+   with labels, selector frozen;
+5. `benchmarks/sparse_digits/evaluate.py`: hit rate, accuracy vs k_ratio, FLOPs and latency against the teacher.
+
+Optional: `--export_demo` copies the fine-tuned model and a few correctly classified test images to
+`src/lookwhere_hf/assets/` (the checkpoint `lookwhere-hf demo` ships); `--update_results` writes the section
+"## Where to look: sparse digits" of `benchmarks/RESULTS.md`.
+
+Example (the configuration reported in RESULTS.md):
+
+    python benchmarks/sparse_digits/run_benchmark.py --output_dir runs/sparse_digits
+
+Every stage prints its wall-clock and CPU time; `summary.json` in `--output_dir` keeps them with all results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+PRETRAIN_SCRIPT = os.path.join(REPO, "examples", "pytorch", "pretraining", "run_pretraining.py")
+FINETUNE_SCRIPT = os.path.join(REPO, "examples", "pytorch", "image-classification", "run_image_classification.py")
+ASSETS = os.path.join(REPO, "src", "lookwhere_hf", "assets")
+RESULTS_MD = os.path.join(REPO, "benchmarks", "RESULTS.md")
+SECTION = "## Where to look: sparse digits"
+DEMO_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--output_dir", default="runs/sparse_digits", help="Everything goes here (data, models, results).")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("data")
+    g.add_argument("--canvas_size", type=int, default=448)
+    g.add_argument("--num_train", type=int, default=3000)
+    g.add_argument("--num_validation", type=int, default=300)
+    g.add_argument("--num_test", type=int, default=600)
+    g.add_argument("--reuse_data", action="store_true", help="Keep OUTPUT_DIR/data if it exists (else regenerate).")
+    g = p.add_argument_group("models")
+    g.add_argument("--patch_size", type=int, default=28)
+    g.add_argument("--hidden_size", type=int, default=96)
+    g.add_argument("--num_hidden_layers", type=int, default=4)
+    g.add_argument("--num_attention_heads", type=int, default=3)
+    g.add_argument("--selector_depth", type=int, default=2)
+    g.add_argument("--low_res_size", type=int, default=224)
+    g.add_argument("--k_ratio", type=float, default=0.1, help="The fine-tuned model's (and the demo's) k_ratio.")
+    g = p.add_argument_group("training")
+    g.add_argument("--teacher_epochs", type=float, default=8)
+    g.add_argument("--teacher_lr", type=float, default=1e-3)
+    g.add_argument("--pretrain_epochs", type=float, default=3)
+    g.add_argument("--pretrain_lr", type=float, default=5e-4)
+    g.add_argument("--k_min", type=int, default=8)
+    g.add_argument("--k_max", type=int, default=64)
+    g.add_argument("--finetune_epochs", type=float, default=3)
+    g.add_argument("--finetune_lr", type=float, default=3e-4)
+    g.add_argument("--batch_size", type=int, default=32)
+    g.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
+    g = p.add_argument_group("evaluation and outputs")
+    g.add_argument("--k_ratios", default="0.02,0.05,0.1,0.15,0.25,0.5,1.0")
+    g.add_argument("--latency_runs", type=int, default=20)
+    g.add_argument("--export_demo", action="store_true", help="Copy the fine-tuned model + demo images to the package.")
+    g.add_argument("--num_demo_images", type=int, default=6)
+    g.add_argument("--update_results", action="store_true", help=f"Rewrite '{SECTION}' in benchmarks/RESULTS.md.")
+    g.add_argument("--stages", default="data,teacher,pretrain,finetune,evaluate",
+                   help="Comma-separated subset of stages to run (later stages reuse earlier outputs).")
+    args = p.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(stages) - {"data", "teacher", "pretrain", "finetune", "evaluate"}
+    if unknown:
+        p.error(f"--stages has unknown stages {sorted(unknown)}; use data, teacher, pretrain, finetune, evaluate.")
+    args.stages = stages
+    if args.canvas_size % args.patch_size or args.low_res_size % args.patch_size:
+        p.error(f"--canvas_size ({args.canvas_size}) and --low_res_size ({args.low_res_size}) must be multiples of "
+                f"--patch_size ({args.patch_size}).")
+    if not 0 < args.k_ratio <= 1:
+        p.error(f"--k_ratio must be in (0, 1], got {args.k_ratio}.")
+    return args
+
+
+def run_stage(name: str, command: list[str], log_path: str, env: dict, timings: dict) -> None:
+    """Run one stage as a subprocess, teeing its output to `log_path`; record wall-clock and CPU seconds."""
+    print(f"\n=== [{name}] {' '.join(command)}\n    log: {log_path}", flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.time()
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                   bufsize=1, cwd=REPO)
+        for line in process.stdout:
+            log.write(line)
+            sys.stdout.write(line)
+        process.wait()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    timings[name] = {
+        "wall_s": round(time.time() - start, 1),
+        "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
+    }
+    print(f"=== [{name}] done in {timings[name]['wall_s']:.0f} s wall, {timings[name]['cpu_s']:.0f} s CPU "
+          f"(exit code {process.returncode})", flush=True)
+    if process.returncode != 0:
+        raise SystemExit(f"Stage {name!r} failed (exit code {process.returncode}); see {log_path}.")
+
+
+def common_training_flags(args, output_dir: str, epochs: float, lr: float) -> list[str]:
+    return [
+        "--output_dir", output_dir, "--num_train_epochs", str(epochs), "--learning_rate", str(lr),
+        "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", "64",
+        "--weight_decay", "0.05", "--warmup_steps", "0.1", "--lr_scheduler_type", "cosine",
+        "--logging_steps", "20", "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed),
+        "--dataloader_num_workers", "0", "--disable_tqdm", "false",
+    ]
+
+
+def export_demo(args, finetuned: str, data_dir: str) -> list[str]:
+    """Copy the fine-tuned checkpoint and `--num_demo_images` test images it classifies correctly (distinct labels,
+    label in the file name) into the package assets."""
+    import torch
+    from PIL import Image
+
+    import lookwhere_hf  # noqa: F401
+    from lookwhere_hf import LookWhereForImageClassification, LookWhereImageProcessor
+
+    sys.path.insert(0, HERE)
+    from make_dataset import read_annotations
+
+    model_dir, image_dir = os.path.join(ASSETS, "demo_model"), os.path.join(ASSETS, "demo_images")
+    for folder in (model_dir, image_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+    for name in DEMO_FILES:
+        shutil.copy2(os.path.join(finetuned, name), os.path.join(model_dir, name))
+    model = LookWhereForImageClassification.from_pretrained(model_dir).eval()
+    processor = LookWhereImageProcessor.from_pretrained(model_dir)
+    rows = sorted(read_annotations(data_dir, "test").values(), key=lambda r: r["file_name"])
+    rows.sort(key=lambda r: int(r["file_name"].rsplit("_", 1)[1].split(".")[0]))  # test order, not label order
+    chosen, labels_used = [], set()
+    for row in rows:
+        if row["label"] in labels_used:
+            continue
+        image = Image.open(os.path.join(data_dir, row["file_name"])).convert("RGB")
+        with torch.no_grad():
+            pred = model.config.id2label[int(model(**processor(image, return_tensors="pt")).logits.argmax())]
+        if pred == str(row["label"]):
+            index = row["file_name"].rsplit("_", 1)[1].split(".")[0]
+            target = os.path.join(image_dir, f"digit_{row['label']}_test_{index}.png")
+            image.save(target, format="PNG", optimize=True)
+            chosen.append(target)
+            labels_used.add(row["label"])
+        if len(chosen) == args.num_demo_images:
+            break
+    size = sum(os.path.getsize(os.path.join(model_dir, f)) for f in DEMO_FILES)
+    print(f"Exported the demo model ({size / 1e6:.2f} MB) to {model_dir} and {len(chosen)} images to {image_dir}")
+    return chosen
+
+
+def update_results_md(args, summary: dict, eval_md: str) -> None:
+    """Replace (or append) this benchmark's section of benchmarks/RESULTS.md, leaving the rest of the file alone."""
+    t = summary["timings"]
+    total_wall = sum(v["wall_s"] for v in t.values())
+    total_cpu = sum(v["cpu_s"] for v in t.values())
+    stage_times = ", ".join(f"{k} {v['wall_s'] / 60:.1f} min" for k, v in t.items())
+    body = [
+        SECTION,
+        "",
+        "The paper's Traffic Signs experiment in miniature: one real handwritten digit (scikit-learn's 8x8 scans, "
+        f"scaled to 40-64 px) somewhere on a {args.canvas_size}x{args.canvas_size} canvas full of clutter (lines, blobs, "
+        "digit-like stroke fragments); the label is the digit. Train / validation / test use disjoint source digits. "
+        f"Teacher: DINOv2-with-registers ViT, {args.num_hidden_layers} layers, width {args.hidden_size}, patch "
+        f"{args.patch_size} ({args.canvas_size // args.patch_size}x{args.canvas_size // args.patch_size} patches), "
+        "**trained supervised from scratch** (no self-supervised teacher is available offline). LookWhere: distilled "
+        f"from it without labels (selector depth {args.selector_depth} at {args.low_res_size} px), then fine-tuned with "
+        f"labels at k_ratio {args.k_ratio}, selector frozen. Hit rate = share of test images where at least one chosen "
+        "patch overlaps the digit's box.",
+        "",
+        "Command (one command, all stages; the numbers below are from this run):",
+        "",
+        "```bash",
+        summary["command"],
+        "```",
+        "",
+        f"Run time: {total_wall / 60:.1f} min wall ({stage_times}), {total_cpu / 60:.1f} min of CPU time. The 2 CPU cores "
+        "were shared with other jobs during this run, so the wall time is pessimistic; CPU time / 2 estimates an "
+        "unshared run.",
+        "",
+        eval_md.strip(),
+        "",
+    ]
+    if os.path.isfile(os.path.join(args.output_dir, "eval", "sparse_digits.png")):
+        body.insert(-1, "Figures of this run: `sparse_digits.png` (accuracy and hit rate vs k_ratio) and "
+                        "`selection_examples.png` in the evaluation folder.\n")
+    text = open(RESULTS_MD, encoding="utf-8").read() if os.path.isfile(RESULTS_MD) else "# Results\n"
+    section = "\n".join(body)
+    if SECTION in text:
+        start = text.index(SECTION)
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(RESULTS_MD, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"Updated '{SECTION}' in {RESULTS_MD}")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    for script in (PRETRAIN_SCRIPT, FINETUNE_SCRIPT):
+        if not os.path.isfile(script):
+            raise SystemExit(f"Missing {script}: this benchmark runs the repository's example scripts.")
+    out = os.path.abspath(args.output_dir)
+    os.makedirs(out, exist_ok=True)
+    paths = {name: os.path.join(out, name) for name in ("data", "teacher", "pretrained", "finetuned", "eval", "logs")}
+    os.makedirs(paths["logs"], exist_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    if args.num_threads:
+        env["OMP_NUM_THREADS"] = str(args.num_threads)
+    py = sys.executable
+    timings: dict = {}
+    command = "python benchmarks/sparse_digits/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    start = time.time()
+    log = lambda name: os.path.join(paths["logs"], f"{name}.log")  # noqa: E731
+
+    if "data" in args.stages:
+        if args.reuse_data and os.path.isfile(os.path.join(paths["data"], "dataset_info.json")):
+            print(f"Reusing the data in {paths['data']}")
+        else:
+            run_stage("data", [py, os.path.join(HERE, "make_dataset.py"), "--output_dir", paths["data"],
+                               "--seed", str(args.seed), "--canvas_size", str(args.canvas_size),
+                               "--num_train", str(args.num_train), "--num_validation", str(args.num_validation),
+                               "--num_test", str(args.num_test), "--overwrite"], log("data"), env, timings)
+    if "teacher" in args.stages:
+        run_stage("teacher", [py, os.path.join(HERE, "train_teacher.py"), "--data_dir", paths["data"],
+                              "--image_size", str(args.canvas_size), "--patch_size", str(args.patch_size),
+                              "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.num_hidden_layers),
+                              "--num_attention_heads", str(args.num_attention_heads),
+                              "--do_train", "--do_eval", "--eval_strategy", "no",
+                              *common_training_flags(args, paths["teacher"], args.teacher_epochs, args.teacher_lr)],
+                  log("teacher"), env, timings)
+    if "pretrain" in args.stages:
+        run_stage("pretrain", [py, PRETRAIN_SCRIPT, "--teacher_name_or_path", paths["teacher"],
+                               "--train_dir", paths["data"], "--image_size", str(args.canvas_size),
+                               "--low_res_size", str(args.low_res_size), "--selector_depth", str(args.selector_depth),
+                               "--k_min", str(args.k_min), "--k_max", str(args.k_max), "--no_augment",
+                               "--do_train",
+                               *common_training_flags(args, paths["pretrained"], args.pretrain_epochs, args.pretrain_lr)],
+                  log("pretrain"), env, timings)
+    if "finetune" in args.stages:
+        run_stage("finetune", [py, FINETUNE_SCRIPT, "--model_name_or_path", paths["pretrained"],
+                               "--dataset_name", paths["data"], "--image_size", str(args.canvas_size),
+                               "--low_res_size", str(args.low_res_size), "--k_ratio", str(args.k_ratio),
+                               "--do_train", "--do_eval", "--eval_strategy", "no",
+                               *common_training_flags(args, paths["finetuned"], args.finetune_epochs, args.finetune_lr)],
+                  log("finetune"), env, timings)
+    if "evaluate" in args.stages:
+        run_stage("evaluate", [py, os.path.join(HERE, "evaluate.py"), "--data_dir", paths["data"],
+                               "--lookwhere_model", paths["finetuned"], "--teacher_model", paths["teacher"],
+                               "--output_dir", paths["eval"], "--k_ratios", args.k_ratios,
+                               "--latency_runs", str(args.latency_runs), "--seed", str(args.seed)],
+                  log("evaluate"), env, timings)
+
+    summary = {"command": command, "timings": timings, "total_wall_s": round(time.time() - start, 1),
+               "arguments": vars(args)}
+    results_path = os.path.join(paths["eval"], "results.json")
+    if os.path.isfile(results_path):
+        with open(results_path, encoding="utf-8") as f:
+            summary["results"] = json.load(f)
+    if args.export_demo:
+        summary["demo_images"] = [os.path.relpath(p, REPO) for p in export_demo(args, paths["finetuned"], paths["data"])]
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    if args.update_results:
+        if "results" not in summary:
+            raise SystemExit("--update_results needs the evaluate stage's results.json.")
+        with open(os.path.join(paths["eval"], "results.md"), encoding="utf-8") as f:
+            update_results_md(args, summary, f.read())
+    print(f"\nSparse Digits benchmark finished in {summary['total_wall_s'] / 60:.1f} min; summary: "
+          f"{os.path.join(out, 'summary.json')}, results: {os.path.join(paths['eval'], 'results.md')}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

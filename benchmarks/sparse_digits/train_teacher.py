@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Train a small full-resolution ViT teacher on an imagefolder (Sparse Digits) with `Trainer`.
+
+The teacher is a transformers `Dinov2WithRegistersForImageClassification` trained from scratch, **supervised**
+(cross-entropy on the labels): this machine has no model hub, so there is no self-supervised DINOv2 to start from.
+It is saved with `save_pretrained` together with an image processor, so that
+
+- `run_pretraining.py --teacher_name_or_path OUTPUT_DIR` can distil a LookWhere from it (its backbone is a regular
+  DINOv2-with-registers checkpoint), and
+- `pipeline("image-classification", model=OUTPUT_DIR)` classifies images with it at full resolution.
+
+Example (the sizes the Sparse Digits benchmark uses):
+
+    python benchmarks/sparse_digits/train_teacher.py \\
+        --data_dir data/sparse_digits --output_dir runs/teacher \\
+        --image_size 448 --patch_size 28 --hidden_size 96 --num_hidden_layers 4 --num_attention_heads 3 \\
+        --num_train_epochs 8 --learning_rate 1e-3 --per_device_train_batch_size 32
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import load_dataset
+from PIL import Image
+from transformers import (
+    BitImageProcessor,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherArguments:
+    """Data and architecture of the teacher."""
+
+    data_dir: str = field(metadata={"help": "An imagefolder with train/ and validation/ (and optionally test/)."})
+    image_size: int = field(default=448, metadata={"help": "Input resolution (square); a multiple of patch_size."})
+    patch_size: int = field(default=28, metadata={"help": "ViT patch size in pixels."})
+    hidden_size: int = field(default=96, metadata={"help": "Transformer width."})
+    num_hidden_layers: int = field(default=4, metadata={"help": "Transformer depth."})
+    num_attention_heads: int = field(default=3, metadata={"help": "Attention heads (must divide hidden_size)."})
+    num_register_tokens: int = field(default=4, metadata={"help": "DINOv2 register tokens."})
+    mlp_ratio: int = field(default=4, metadata={"help": "MLP hidden size / hidden_size."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+
+    def __post_init__(self):
+        if not os.path.isdir(os.path.join(self.data_dir, "train")):
+            raise ValueError(
+                f"--data_dir {self.data_dir!r} has no train/ folder; generate the data first, e.g. "
+                "python benchmarks/sparse_digits/make_dataset.py --output_dir data/sparse_digits"
+            )
+        if self.patch_size < 1 or self.image_size % self.patch_size:
+            raise ValueError(f"--image_size ({self.image_size}) must be a multiple of --patch_size ({self.patch_size}).")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"--num_attention_heads ({self.num_attention_heads}) must divide --hidden_size ({self.hidden_size})."
+            )
+
+
+def build_processor(image_size: int) -> BitImageProcessor:
+    """Resize to `image_size` x `image_size`, rescale, ImageNet-normalize (the same numbers LookWhereImageProcessor
+    gives at that size), no crop."""
+    return BitImageProcessor(
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=IMAGENET_DEFAULT_MEAN,
+        image_std=IMAGENET_DEFAULT_STD,
+        do_convert_rgb=True,
+    )
+
+
+def main(argv=None) -> dict:
+    parser = HfArgumentParser((TeacherArguments, TrainingArguments))
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        args, training_args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
+    else:
+        args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+
+    splits = {
+        name: os.path.join(args.data_dir, name, "**")
+        for name in ("train", "validation", "test")
+        if os.path.isdir(os.path.join(args.data_dir, name))
+    }
+    dataset = load_dataset("imagefolder", data_files=splits)
+    if "validation" not in dataset:
+        raise ValueError(f"--data_dir {args.data_dir!r} needs a validation/ folder for evaluation.")
+    labels = dataset["train"].features["label"].names
+    id2label = dict(enumerate(labels))
+    label2id = {name: i for i, name in id2label.items()}
+    if args.max_train_samples:
+        dataset["train"] = dataset["train"].shuffle(seed=training_args.seed).select(range(args.max_train_samples))
+    for name in ("validation", "test"):
+        if args.max_eval_samples and name in dataset:
+            dataset[name] = dataset[name].select(range(min(args.max_eval_samples, len(dataset[name]))))
+
+    config = Dinov2WithRegistersConfig(
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        num_register_tokens=args.num_register_tokens,
+        mlp_ratio=args.mlp_ratio,
+        layerscale_value=1.0,
+        num_labels=len(labels),
+        id2label=id2label,
+        label2id=label2id,
+    )
+    model = Dinov2WithRegistersForImageClassification(config)
+    processor = build_processor(args.image_size)
+    num_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "Teacher: Dinov2WithRegistersForImageClassification, %d layers, width %d, patch %d at %dpx (%dx%d patches), "
+        "%.2fM parameters, trained from scratch with labels (supervised).",
+        args.num_hidden_layers, args.hidden_size, args.patch_size, args.image_size,
+        args.image_size // args.patch_size, args.image_size // args.patch_size, num_params / 1e6,
+    )
+
+    # Fast path with the processor's exact numbers: decode to uint8 (resize only if needed, bicubic like the
+    # processor), then rescale + normalize the whole batch at once in the collator.
+    mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def transform(batch):
+        pixels = []
+        for image in batch["image"]:
+            image = image.convert("RGB")
+            if image.size != (args.image_size, args.image_size):
+                image = image.resize((args.image_size, args.image_size), Image.BICUBIC)
+            pixels.append(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1))
+        return {"pixel_values": pixels, "labels": batch["label"]}
+
+    for split in dataset.values():
+        split.set_transform(transform)
+
+    def collate(examples):
+        pixels = torch.stack([e["pixel_values"] for e in examples]).float().div_(255.0)
+        return {
+            "pixel_values": (pixels - mean) / std,
+            "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long),
+        }
+
+    def compute_metrics(eval_pred):
+        predictions = np.argmax(eval_pred.predictions, axis=-1)
+        return {"accuracy": float(np.mean(predictions == eval_pred.label_ids))}
+
+    training_args.remove_unused_columns = False
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"] if training_args.do_train else None,
+        eval_dataset=dataset["validation"],
+        data_collator=collate,
+        compute_metrics=compute_metrics,
+        processing_class=processor,
+    )
+    results = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        processor.save_pretrained(training_args.output_dir)
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        results.update(train_result.metrics)
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+    if training_args.do_predict and "test" in dataset:
+        metrics = trainer.evaluate(dataset["test"], metric_key_prefix="test")
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+        results.update(metrics)
+    print(f"Teacher saved to {training_args.output_dir} (config.json, model.safetensors, preprocessor_config.json)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
