@@ -138,3 +138,14 @@ def test_converter_card_parses_and_its_usage_code_runs(tmp_path, monkeypatch, ph
     outputs = namespace["outputs"]
     assert outputs.selected_indices.shape == (1, 300) and outputs.pooler_output.shape == (1, 128)
     assert outputs.selector_map.shape == (1, (1036 // 14) ** 2)
+
+
+def test_card_for_a_non_release_checkpoint():
+    """A checkpoint in the official layout that is neither release gets a card without release-specific metadata."""
+    from conftest import make_tiny_config
+
+    text = render_model_card(make_tiny_config(), "custom", repo_id="someone/my-lookwhere")
+    card = ModelCard(text)
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-feature-extraction"
+    assert card.data.base_model is None and card.data.datasets is None
+    assert "(ViT, hidden 32, depth 2, patch 14)" in text and "someone/my-lookwhere" in text and "${" not in text

@@ -67,7 +67,7 @@ PAPER = "https://arxiv.org/abs/2505.18051"
 VARIANT_INFO = {
     "dinov2": {
         "title": "LookWhere-DINOv2",
-        "teacher": "DINOv2 with registers, ViT-B/14",
+        "teacher": "DINOv2 with registers",
         "base_model": "antofuller/lookwhere",
         "checkpoint": "lookwhere_dinov2.pt",
         "mlp": "GELU MLP (ratio 4)",
@@ -79,7 +79,7 @@ VARIANT_INFO = {
     },
     "franca": {
         "title": "LookWhere-Franca",
-        "teacher": "Franca, ViT-B/14",
+        "teacher": "Franca",
         "base_model": "antofuller/lookwhere",
         "checkpoint": "lookwhere_franca.pt",
         "mlp": "SwiGLU MLP",
@@ -92,7 +92,7 @@ VARIANT_INFO = {
     "custom": {
         "title": "LookWhere",
         "teacher": "a self-supervised ViT",
-        "base_model": "antofuller/lookwhere",
+        "base_model": None,  # not one of the official releases: no known base model
         "checkpoint": "a LookWhere checkpoint",
         "mlp": "MLP",
         "tags": [],
@@ -669,6 +669,16 @@ def architecture_table(config) -> str:
     return "\n".join(rows)
 
 
+def _vit_name(config) -> str:
+    """"ViT-B/14" and the like for the extractor's size."""
+    sizes = {(384, 12): "S", (768, 12): "B", (1024, 24): "L", (1536, 40): "g"}
+    ext = config.extractor_config
+    size = sizes.get((ext.hidden_size, ext.num_hidden_layers))
+    if size is None:
+        return f"ViT, hidden {ext.hidden_size}, depth {ext.num_hidden_layers}, patch {config.patch_size}"
+    return f"ViT-{size}/{config.patch_size}"
+
+
 def default_template_path() -> Path:
     """`model_cards/TEMPLATE.md` of a source checkout (the converter falls back to a short card without it)."""
     return Path(__file__).resolve().parents[2] / "model_cards" / "TEMPLATE.md"
@@ -682,12 +692,9 @@ library_name: transformers
 pipeline_tag: image-feature-extraction
 tags:
 ${tags_yaml}
-base_model: ${base_model}
-datasets:
-${datasets_yaml}
----
+${base_model_yaml}${datasets_yaml}---
 
-# ${title} (ViT-B/14) for transformers
+# ${title} (${vit_name}) for transformers
 
 LookWhere (Fuller et al., 2025, arXiv:2505.18051) converted with `lookwhere_hf`. Load it with
 `AutoModel.from_pretrained("${repo_id}", trust_remote_code=True)`.
@@ -749,14 +756,16 @@ def render_model_card(
         "title": info["title"],
         "teacher": info["teacher"],
         "variant": variant,
-        "base_model": info["base_model"],
+        "base_model": info["base_model"] or "",
+        "base_model_yaml": f"base_model: {info['base_model']}\n" if info["base_model"] else "",
         "checkpoint": info["checkpoint"],
         "repo_id": repo_id,
         "license": "other",
         "license_name": "lookwhere-upstream",
         "license_link": ORIGINAL_REPO,
         "tags_yaml": "\n".join(f"- {t}" for t in tags),
-        "datasets_yaml": "- ILSVRC/imagenet-1k",
+        "datasets_yaml": "datasets:\n- ILSVRC/imagenet-1k\n" if variant != "custom" else "",
+        "vit_name": _vit_name(config),
         "high_res": str(high_res),
         "patch_size": str(config.patch_size),
         "low_res": str(config.low_res_size),
@@ -1078,7 +1087,10 @@ class ConversionArguments:
         },
     )
     k_ratio: float = field(default=0.1, metadata={"help": "Fraction of high-res patches the extractor sees."})
-    variant: str = field(default="auto", metadata={"help": "auto, dinov2 or franca (checked against the tensors)."})
+    variant: str = field(
+        default="auto",
+        metadata={"help": "auto, dinov2 or franca (checked against the tensors).", "choices": list(VARIANTS)},
+    )
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id (USER/NAME) to upload the folder to."})
     num_attention_heads: int | None = field(
         default=None, metadata={"help": "Attention heads; inferred as hidden_size // 64 when not given."}
