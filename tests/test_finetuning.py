@@ -33,7 +33,12 @@ from lookwhere_hf import (
 )
 from lookwhere_hf.training_utils import (
     ArgumentError,
+    DataTrainingArguments,
     ModelArguments,
+    SegmentationDataArguments,
+    load_datasets,
+    prepare_classification_labels,
+    prepare_segmentation_labels,
     SegmentationTransform,
     build_model_and_processor,
     load_image_mask_pairs,
@@ -288,6 +293,9 @@ def _run_in_process(script: Path, args, monkeypatch, capsys) -> str:
         (SEG_NT_SCRIPT, {"--low_res_size": "50"}, "--low_res_size 50 is not a positive multiple"),
         (SEG_SCRIPT, {"--model_name_or_path": None}, "No model given"),
         (CLS_SCRIPT, {"--init_from_dinov2": "{root}/tiny"}, "Pass either --model_name_or_path or --init_from_dinov2"),
+        (SEG_SCRIPT, {"--model_name_or_path": "{root}/colours"}, "could not load its config.json"),
+        (CLS_NT_SCRIPT, {"--push_to_hub": "true"}, "--push_to_hub needs the Hub, but HF_HUB_OFFLINE is set"),
+        (SEG_NT_SCRIPT, {"--checkpointing_steps": "often"}, "--checkpointing_steps must be a positive number"),
     ],
 )
 def test_bad_arguments_stop_before_training(workspace, monkeypatch, capsys, script, change, message):
@@ -389,3 +397,46 @@ def test_segmentation_transform_keeps_masks_aligned(tmp_path):
     masks[0].save(tmp_path / "masks" / "a.png")
     pairs = load_image_mask_pairs(tmp_path)
     assert pairs.column_names == ["image", "label"] and len(pairs) == 1
+
+
+def test_load_datasets_from_saved_folders_train_dirs_and_held_out_split(workspace, tmp_path):
+    import datasets
+
+    root = workspace["root"]
+    model_args = ModelArguments(model_name_or_path=str(root / "tiny"), cache_dir=str(tmp_path / "cache"))
+    # A dataset saved with save_to_disk, string labels in another column, no validation split.
+    images = [Image.fromarray(np.full((20, 20, 3), c, np.uint8)) for c in (0, 100, 200, 250) * 5]
+    saved = datasets.Dataset.from_dict({"picture": images, "species": ["cat", "dog", "emu", "dog"] * 5})
+    saved.save_to_disk(tmp_path / "saved")
+    data_args = DataTrainingArguments(
+        dataset_name=str(tmp_path / "saved"), image_column_name="picture", label_column_name="species",
+        train_val_split=0.25, max_train_samples=10,
+    )
+    dataset = load_datasets(data_args, model_args, task="image-classification", seed=0)
+    assert len(dataset["train"]) == 10 and len(dataset["validation"]) == 5  # 25% of 20 held out, then 10 kept
+    dataset, id2label = prepare_classification_labels(dataset, "species")
+    assert id2label == {0: "cat", 1: "dog", 2: "emu"}
+    assert isinstance(dataset["validation"].features["species"], datasets.ClassLabel)
+
+    # --train_dir / --validation_dir imagefolders.
+    data_args = DataTrainingArguments(
+        train_dir=str(root / "colours" / "train"), validation_dir=str(root / "colours" / "validation"), max_eval_samples=5
+    )
+    dataset = load_datasets(data_args, model_args, task="image-classification")
+    assert len(dataset["train"]) == 24 and len(dataset["validation"]) == 5
+    assert prepare_classification_labels(dataset, "label")[1] == {0: "blue", 1: "green", 2: "red"}
+
+    # Segmentation: a saved dataset with an "annotation" column is found without --label_column_name, and the
+    # classes are counted from the masks (no id2label.json), after --reduce_labels.
+    pairs = load_image_mask_pairs(root / "squares" / "validation").rename_column("label", "annotation")
+    pairs = pairs.map(lambda ex: {"annotation": Image.fromarray(np.array(ex["annotation"]) + 1)})
+    datasets.DatasetDict({"train": pairs, "validation": pairs}).save_to_disk(tmp_path / "saved_seg")
+    seg_args = SegmentationDataArguments(dataset_name=str(tmp_path / "saved_seg"), reduce_labels=True)
+    dataset = load_datasets(seg_args, model_args, task="semantic-segmentation")
+    assert seg_args.label_column_name == "annotation" and len(dataset["validation"]) == 8
+    assert prepare_segmentation_labels(dataset, seg_args) == {0: "class_0", 1: "class_1"}
+    # The local images/ + masks/ layout with train/ and validation/ and an id2label.json.
+    seg_args = SegmentationDataArguments(dataset_name=str(root / "squares"))
+    dataset = load_datasets(seg_args, model_args, task="semantic-segmentation")
+    assert (len(dataset["train"]), len(dataset["validation"])) == (24, 8)
+    assert prepare_segmentation_labels(dataset, seg_args) == {0: "background", 1: "square"}
