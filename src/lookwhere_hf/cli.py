@@ -1,0 +1,475 @@
+"""The `lookwhere-hf` command line: demo, predict, visualize, convert, benchmark.
+
+```bash
+lookwhere-hf demo                                   # LookWhere vs full-resolution DINOv2: speed + where it looked
+lookwhere-hf predict photo.jpg --model MODEL_DIR    # top-5 classes per image
+lookwhere-hf visualize photo.jpg --model MODEL_DIR --output where.png
+lookwhere-hf convert --checkpoint_path lookwhere_dinov2.pt --output_dir lookwhere-dinov2-hf
+lookwhere-hf benchmark --quick                      # benchmarks/bench_inference.py (source checkout)
+```
+
+Every subcommand has `--help`. Bad inputs (missing files, out-of-range values) end with exit status 2 and a
+one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+__all__ = [
+    "main",
+    "default_demo_model_path",
+    "demo_image_paths",
+    "fast_random_init",
+    "build_full_resolution_model",
+    "median_latency",
+]
+
+PROG = "lookwhere-hf"
+ASSETS = Path(__file__).resolve().parent / "assets"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class CLIError(Exception):
+    """A user error: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`lookwhere-hf predict: error: ... (see --help)`) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def default_demo_model_path() -> str | None:
+    """The trained demo checkpoint shipped in the package (`lookwhere_hf/assets/demo_model/`), or None if absent."""
+    folder = ASSETS / "demo_model"
+    return str(folder) if (folder / "config.json").is_file() else None
+
+
+def demo_image_paths() -> list[str]:
+    """The example images shipped with the demo checkpoint (`lookwhere_hf/assets/demo_images/`), sorted by name."""
+    folder = ASSETS / "demo_images"
+    if not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _k_ratio(value: str) -> float:
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {value!r}") from None
+    if not 0.0 < ratio <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (the fraction of high-res patches kept), got {value}")
+    return ratio
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _check_image_files(paths) -> list[Path]:
+    files = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise CLIError(f"image file not found: {path}")
+        if not path.is_file():
+            raise CLIError(f"not a file: {path} (pass image files, e.g. photo.jpg)")
+        files.append(path)
+    return files
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise CLIError(f"cannot read {path} as an image ({type(err).__name__}); pass a PNG/JPEG/... file") from None
+
+
+def _resolve_model_path(model: str | None) -> str:
+    if model is None:
+        model = default_demo_model_path()
+        if model is None:
+            raise CLIError(
+                "no --model given and no demo checkpoint is shipped in this installation; pass --model with a folder "
+                "written by save_pretrained (or by `lookwhere-hf convert`)"
+            )
+        return model
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise CLIError(f"{model} has no config.json; pass a folder written by save_pretrained")
+        return model
+    if os.path.exists(model) or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise CLIError(f"model folder not found: {model}")
+    return model  # a Hub id
+
+
+def _load(auto_class, model_path: str, k_ratio: float | None):
+    """Load a LookWhere model (with `auto_class`) and its image processor; errors become one-line CLIErrors."""
+    import lookwhere_hf  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoImageProcessor
+
+    from .image_processing_lookwhere import LookWhereImageProcessor
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # e.g. the "unexpected classifier weights" report when loading the bare model
+    try:
+        model = auto_class.from_pretrained(model_path).eval()
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CLIError(f"could not load a LookWhere model from {model_path!r}: {first}") from None
+    if getattr(model.config, "model_type", None) != "lookwhere":
+        raise CLIError(f"{model_path!r} holds a {model.config.model_type!r} model, not a LookWhere model")
+    if k_ratio is not None:
+        model.config.k_ratio = k_ratio
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_path)
+    except (OSError, ValueError):
+        size, low = model.config.high_res_size, model.config.low_res_size
+        processor = LookWhereImageProcessor(
+            size={"height": size, "width": size}, low_res_size={"height": low, "width": low}
+        )
+    return model, processor
+
+
+def fast_random_init(model, seed: int = 0):
+    """Fill a model's parameters quickly with random values (normal(0, 0.02) for matrices, ones for norm weights and
+    layer scales, zeros for biases). For speed measurements: the values do not change the cost of a forward pass."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0.0, 0.02, generator=generator)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                param.fill_(1.0)
+    return model
+
+
+def _random_model(model_class, config, seed: int = 0):
+    """Instantiate without the (slow) default initialization, then `fast_random_init`."""
+    import torch
+
+    with torch.device("meta"):
+        model = model_class(config)
+    return fast_random_init(model.to_empty(device="cpu"), seed).eval()
+
+
+def build_full_resolution_model(lookwhere_config, image_size: int, attn_implementation: str = "sdpa", seed: int = 0):
+    """transformers' `Dinov2WithRegistersModel` with the LookWhere extractor's architecture at `image_size`, random
+    weights: the full-resolution model LookWhere is compared with."""
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    fields = lookwhere_config.extractor_config.to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "auto_map"):
+        fields.pop(key, None)
+    config = Dinov2WithRegistersConfig(**{**fields, "image_size": image_size})
+    config._attn_implementation = attn_implementation
+    return _random_model(Dinov2WithRegistersModel, config, seed)
+
+
+def median_latency(fn, repeats: int, warmup: int = 1, desc: str | None = None) -> float:
+    """Median wall time of `fn()` over `repeats` runs after `warmup` runs, in seconds (tqdm progress on stderr)."""
+    from tqdm.auto import tqdm
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in tqdm(range(repeats), desc=desc, leave=False, disable=desc is None, file=sys.stderr):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _tiny_demo_config():
+    from .configuration_lookwhere import LookWhereConfig
+
+    backbone = dict(hidden_size=64, num_attention_heads=2, patch_size=14, num_register_tokens=4, mlp_ratio=4)
+    return LookWhereConfig(
+        selector_config=dict(backbone, num_hidden_layers=1, image_size=56),
+        extractor_config=dict(backbone, num_hidden_layers=2, image_size=224),
+        selector_pretrain_grid=16,
+        k_ratio=0.1,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- commands
+def cmd_demo(args) -> int:
+    import torch
+    from PIL import Image
+
+    from .flops import format_flops, full_resolution_flops, lookwhere_flops
+    from .image_processing_lookwhere import LookWhereImageProcessor
+    from .modeling_lookwhere import LookWhereModel
+    from .visualization import save_selection_figure
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model_path = None if args.tiny else (_resolve_model_path(args.model) if args.model else default_demo_model_path())
+
+    trained = model_path is not None
+    if trained:
+        from transformers import AutoModelForImageClassification
+
+        print(f"Loading the LookWhere model from {model_path}")
+        model, processor = _load(AutoModelForImageClassification, model_path, args.k_ratio)
+        body = model.lookwhere if hasattr(model, "lookwhere") else model
+    else:
+        from .configuration_lookwhere import LookWhereConfig
+
+        config = _tiny_demo_config() if args.tiny else LookWhereConfig()
+        if args.k_ratio is not None:
+            config.k_ratio = args.k_ratio
+        config._attn_implementation = "sdpa"
+        what = "a tiny" if args.tiny else "a ViT-B/14"
+        print(f"Building {what} LookWhere model with RANDOM weights (no trained checkpoint is shipped yet).")
+        model = body = _random_model(LookWhereModel, config, seed=0)
+        size, low = config.high_res_size, config.low_res_size
+        processor = LookWhereImageProcessor(size={"height": size, "width": size}, low_res_size={"height": low, "width": low})
+    config = body.config
+    size = processor.size["height"] if isinstance(processor.size, dict) else processor.size.height
+    width = processor.size["width"] if isinstance(processor.size, dict) else processor.size.width
+    if size != width:
+        raise CLIError(f"the demo expects a square processor size, got {size}x{width}")
+
+    # 1. classify the shipped example images (trained checkpoint only)
+    images = [Path(p) for p in demo_image_paths()] if trained else []
+    pictures = []
+    if trained and getattr(model.config, "num_labels", 0) and images:
+        print(f"\nClassifying {len(images)} example images from {images[0].parent}:")
+        for path in images:
+            image = _open_image(path)
+            with torch.inference_mode():
+                outputs = model(**processor(image, return_tensors="pt"))
+            probs = outputs.logits.softmax(-1)[0]
+            score, label = probs.max(0)
+            print(f"  {path.name:<28} -> {model.config.id2label[int(label)]} ({float(score):.1%})")
+            pictures.append((path.stem, image, outputs.selector_map[0], outputs.selected_indices[0]))
+
+    # 2. time LookWhere against the full-resolution model on a real photo
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut())
+    inputs = processor(photo, return_tensors="pt")
+    grid = (size // config.patch_size, size // config.patch_size)
+    k = config.num_selected(grid[0] * grid[1])
+    print(f"\nTiming on a {size}x{size} photo (skimage astronaut), batch 1, {torch.get_num_threads()} threads, "
+          f"k = {k} of {grid[0] * grid[1]} patches ({config.k_ratio:.0%}):")
+    full = build_full_resolution_model(config, size)
+    with torch.inference_mode():
+        lookwhere_time = median_latency(lambda: body(**inputs), args.repeats, desc="LookWhere")
+        full_time = median_latency(lambda: full(pixel_values=inputs["pixel_values"]), args.repeats, desc="full DINOv2")
+        outputs = body(**inputs)
+    lw_flops = lookwhere_flops(config, size).total
+    full_flops = full_resolution_flops(config, size)
+    print(f"  LookWhere                      {lookwhere_time * 1e3:8.1f} ms   {format_flops(lw_flops)}")
+    print(f"  full-resolution DINOv2-reg     {full_time * 1e3:8.1f} ms   {format_flops(full_flops)}"
+          "   (transformers Dinov2WithRegistersModel, same size, SDPA, random weights: speed does not depend on them)")
+    print(f"  speedup {full_time / lookwhere_time:.1f}x measured, {full_flops / lw_flops:.1f}x fewer FLOPs")
+    if not pictures:
+        pictures.append(("astronaut", photo, outputs.selector_map[0], outputs.selected_indices[0]))
+
+    # 3. pictures of where the selector looked
+    print()
+    note = "" if trained else " (random weights: the selection is arbitrary)"
+    for stem, image, selector_map, indices in pictures:
+        path = output_dir / f"where_{stem}.png"
+        title = f"LookWhere on {stem}{note}"
+        save_selection_figure(image, selector_map, indices, grid, path, title=title)
+        print(f"Saved where the selector looked: {path}")
+    if not trained:
+        print("\nNOTE: the LookWhere weights are RANDOM, so the selection and features are meaningless; the timings "
+              "and FLOPs are representative. Pass --model with a trained checkpoint for real predictions.")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForImageClassification, pipeline
+
+    files = _check_image_files(args.images)
+    images = [_open_image(path) for path in files]  # fail on unreadable files before loading the model
+    model_path = _resolve_model_path(args.model)
+    model, processor = _load(AutoModelForImageClassification, model_path, args.k_ratio)
+    if not getattr(model.config, "num_labels", 0) or not hasattr(model, "classifier"):
+        raise CLIError(f"{model_path!r} is not an image-classification model (no classifier head)")
+    classifier = pipeline("image-classification", model=model, image_processor=processor, device=args.device)
+    top_k = min(args.top_k, model.config.num_labels)
+    results = []
+    for path, image in tqdm(list(zip(files, images)), desc="predicting", disable=len(files) < 2, file=sys.stderr):
+        with torch.inference_mode():
+            predictions = classifier(image, top_k=top_k)
+        results.append({"image": str(path), "predictions": predictions})
+        if not args.json:
+            best = ", ".join(f"{p['label']} ({p['score']:.1%})" for p in predictions)
+            print(f"{path}: {best}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    import torch
+    from transformers import AutoModel
+
+    from .visualization import save_selection_figure
+
+    (path,) = _check_image_files([args.image])
+    output = Path(args.output)
+    if output.suffix.lower() != ".png":
+        raise CLIError(f"--output must be a .png file, got {output}")
+    image = _open_image(path)
+    model_path = _resolve_model_path(args.model)
+    model, processor = _load(AutoModel, model_path, args.k_ratio)
+    inputs = processor(image, return_tensors="pt")
+    with torch.inference_mode():
+        outputs = model(**inputs)
+    p = model.config.patch_size
+    grid = (inputs["pixel_values"].shape[-2] // p, inputs["pixel_values"].shape[-1] // p)
+    k = outputs.selected_indices.shape[1]
+    width, height = save_selection_figure(
+        image, outputs.selector_map[0], outputs.selected_indices[0], grid, output,
+        title=f"{path.name}: k = {k} of {grid[0] * grid[1]} patches",
+    )
+    print(f"Saved the selector heat map and the {k} chosen patches ({width}x{height} px): {output}")
+    return 0
+
+
+def _benchmark_script() -> Path | None:
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_inference.py"
+    return script if script.is_file() else None
+
+
+def cmd_benchmark(argv: list[str]) -> int:
+    script = _benchmark_script()
+    if script is None:
+        raise CLIError(
+            "the benchmark script (benchmarks/bench_inference.py) ships with the source repository, not the installed "
+            "package; clone the repository and `pip install -e .` it"
+        )
+    spec = importlib.util.spec_from_file_location("lookwhere_bench_inference", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def cmd_convert(argv: list[str]) -> int:
+    try:
+        from .convert_lookwhere_original_to_hf import main as convert_main
+    except ImportError as err:
+        raise CLIError(f"the converter is not available in this installation ({err})") from None
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {PROG} convert [converter arguments]  (the arguments of convert_lookwhere_original_to_hf)\n")
+    return convert_main(argv) or 0
+
+
+# ----------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="LookWhere: learning where to look. Demo, inference and tools.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = sub.add_parser(
+        "demo",
+        help="time LookWhere against a full-resolution DINOv2 and save a picture of where it looked",
+        description=(
+            "Runs LookWhere and a same-size full-resolution transformers Dinov2WithRegistersModel (random weights, SDPA) "
+            "on a real photo, prints both latencies and the speedup, and saves a picture of where the selector looked. "
+            "Uses the trained checkpoint shipped in the package (and classifies its example images) when there is one, "
+            "otherwise a ViT-B/14 LookWhere with random weights (and says so)."
+        ),
+    )
+    demo.add_argument("--output-dir", default="lookwhere_demo", help="where the pictures go (default: ./lookwhere_demo)")
+    demo.add_argument("--model", default=None, help="a LookWhere image-classification folder to use instead of the shipped one")
+    demo.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke test; seconds)")
+    demo.add_argument("--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]")
+    demo.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per model after one warm-up (default 3)")
+    demo.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+
+    predict = sub.add_parser(
+        "predict",
+        help="classify images with a LookWhere image-classification model",
+        description="Prints the top classes of each image (or JSON with --json).",
+    )
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    predict.add_argument("--model", default=None, help="model folder or Hub id (default: the shipped demo checkpoint)")
+    predict.add_argument("--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]")
+    predict.add_argument("--top-k", type=_positive_int, default=5, help="classes printed per image (default 5)")
+    predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    predict.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+
+    visualize = sub.add_parser(
+        "visualize",
+        help="save the selector heat map and the chosen patches over an image as PNG",
+        description="Runs the selector and extractor on IMAGE and saves a two-panel PNG (1000x500 px).",
+    )
+    visualize.add_argument("image", metavar="IMAGE", help="image file")
+    visualize.add_argument("--model", required=True, help="LookWhere model folder or Hub id")
+    visualize.add_argument("--output", required=True, metavar="PNG", help="output .png file")
+    visualize.add_argument("--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]")
+
+    sub.add_parser(
+        "convert",
+        help="convert an official LookWhere .pt checkpoint to a save_pretrained folder (see `convert --help`)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "benchmark",
+        help="LookWhere vs full-resolution DINOv2: latency, FLOPs, memory (see `benchmark --help`)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `lookwhere-hf` console script; returns the exit status."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "convert":
+            return cmd_convert(argv[1:])
+        if argv and argv[0] == "benchmark":
+            return cmd_benchmark(argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return {"demo": cmd_demo, "predict": cmd_predict, "visualize": cmd_visualize}[args.command](args)
+    except CLIError as err:
+        command = argv[0] if argv else ""
+        print(f"{PROG} {command}: error: {err}".replace("  ", " "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
