@@ -245,7 +245,9 @@ class SeededTransformDataset(torch.utils.data.Dataset):
 
 
 def collate_fn(examples):
-    return {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+    # torchvision returns `tv_tensors.Image`; hand the model plain tensors
+    pixels = [torch.as_tensor(example["pixel_values"]).as_subclass(torch.Tensor) for example in examples]
+    return {"pixel_values": torch.stack(pixels)}
 
 
 def prepare_dataset(data_args: DataTrainingArguments, seed: int, cache_dir: str | None = None):
@@ -261,8 +263,7 @@ def prepare_dataset(data_args: DataTrainingArguments, seed: int, cache_dir: str 
             dataset = dataset.take(data_args.max_train_samples)
         dataset = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
         dataset = dataset.map(preprocess, batched=True, remove_columns=list(dataset.column_names or []) or None)
-        dataset = dataset.select_columns(["pixel_values"]) if dataset.column_names else dataset
-        return dataset.with_format("torch")
+        return dataset
     if data_args.max_train_samples is not None:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
     return SeededTransformDataset(dataset, data_args.image_column_name, transform, seed)
