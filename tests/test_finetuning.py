@@ -296,6 +296,10 @@ def _run_in_process(script: Path, args, monkeypatch, capsys) -> str:
         (SEG_SCRIPT, {"--model_name_or_path": "{root}/colours"}, "could not load its config.json"),
         (CLS_NT_SCRIPT, {"--push_to_hub": "true"}, "--push_to_hub needs the Hub, but HF_HUB_OFFLINE is set"),
         (SEG_NT_SCRIPT, {"--checkpointing_steps": "often"}, "--checkpointing_steps must be a positive number"),
+        (CLS_NT_SCRIPT, {"--resume_from_checkpoint": "{root}/colours"}, "expected a checkpoint folder named step_<N>"),
+        (CLS_SCRIPT, {"--dataset_name": None}, "No dataset given"),
+        (CLS_NT_SCRIPT, {"--dataset_name": "someone/not_a_cached_dataset"}, "could not load it"),
+        (SEG_SCRIPT, {"--model_name_or_path": "someone/not_a_cached_model"}, "unreachable offline"),
     ],
 )
 def test_bad_arguments_stop_before_training(workspace, monkeypatch, capsys, script, change, message):

@@ -961,6 +961,8 @@ def make_accelerator(args: NoTrainerArguments):
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 
     parse_checkpointing_steps(args.checkpointing_steps)
+    if args.resume_from_checkpoint not in (None, "latest"):
+        resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)  # a wrong path fails before loading anything
     if args.gradient_accumulation_steps < 1:
         raise ArgumentError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}.")
     if args.max_train_steps is not None and args.max_train_steps < 1:
