@@ -36,12 +36,12 @@ from lookwhere_hf.training_utils import (
     DataTrainingArguments,
     ModelArguments,
     SegmentationDataArguments,
-    load_datasets,
-    prepare_classification_labels,
-    prepare_segmentation_labels,
     SegmentationTransform,
     build_model_and_processor,
+    load_datasets,
     load_image_mask_pairs,
+    prepare_classification_labels,
+    prepare_segmentation_labels,
     reduce_mask_labels,
     set_model_resolution,
 )
@@ -119,7 +119,7 @@ TRAINER_COMMON = ["--report_to", "none", "--save_strategy", "no", "--eval_strate
 
 def _run(workspace, args, launcher=None) -> str:
     command = (launcher or [sys.executable]) + [str(a) for a in args]
-    done = subprocess.run(command, env=workspace["env"], capture_output=True, text=True, timeout=300, cwd=workspace["root"])
+    done = subprocess.run(command, check=False, env=workspace["env"], capture_output=True, text=True, timeout=300, cwd=workspace["root"])
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{output[-6000:]}"
     return output

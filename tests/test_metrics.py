@@ -69,7 +69,7 @@ def test_mean_iou_matches_hand_computation():
 
 
 def test_mean_iou_nan_to_num_label_map_and_reduce_labels():
-    predictions, references, expected_iou, _, _ = _hand_case()
+    predictions, references, _, _, _ = _hand_case()
     metric = load_metric("mean_iou", keep_in_memory=True)
     filled = metric.compute(predictions=predictions, references=references, num_labels=4, ignore_index=255, nan_to_num=-1)
     np.testing.assert_allclose(filled["per_category_iou"], [9 / 11, 7 / 10, 0.0, -1.0])

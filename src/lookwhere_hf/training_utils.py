@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -510,8 +511,8 @@ def prepare_segmentation_labels(dataset, data_args: SegmentationDataArguments) -
             from huggingface_hub import hf_hub_download
 
             candidates.append(hf_hub_download(data_args.dataset_name, "id2label.json", repo_type="dataset"))
-        except Exception:
-            pass
+        except Exception as error:  # noqa: BLE001 (any Hub failure: fall back to counting the classes)
+            print(f"No id2label.json in the Hub repo {data_args.dataset_name!r} ({type(error).__name__}).")
     if candidates:
         with open(candidates[0], encoding="utf-8") as handle:
             try:

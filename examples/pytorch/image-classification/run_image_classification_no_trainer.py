@@ -19,8 +19,8 @@ the folder holds the model, the image processor, `all_results.json` and `eval_re
 import os
 import sys
 
-from transformers import HfArgumentParser
 from accelerate.utils import set_seed
+from transformers import HfArgumentParser
 
 from lookwhere_hf import LookWhereForImageClassification
 from lookwhere_hf.training_utils import (
