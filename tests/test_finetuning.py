@@ -238,7 +238,7 @@ def test_semantic_segmentation_trainer_learns_the_square(workspace):
     output = _run(workspace, [
         SEG_SCRIPT, "--model_name_or_path", root / "tiny", "--dataset_name", root / "squares", "--output_dir", out,
         "--do_train", "--do_eval", "--num_train_epochs", "10", "--learning_rate", "3e-3", "--k_ratio", "0.5",
-        *COMMON, *TRAINER_COMMON,
+        "--freeze_selector", "False", *COMMON, *TRAINER_COMMON,
     ])
     results = _results(out)
     # Predicting background everywhere gives mean IoU 0.43 (square IoU 0); the square covers 14% of the image.
@@ -246,7 +246,13 @@ def test_semantic_segmentation_trainer_learns_the_square(workspace):
     assert results["eval_iou_square"] >= 0.4 and results["eval_iou_background"] >= 0.85, results
     assert "mean_iou = " in output and str(out) in output
     config = json.loads((out / "config.json").read_text())
-    assert config["id2label"] == {"0": "background", "1": "square"}
+    assert config["id2label"] == {"0": "background", "1": "square"} and config["freeze_selector"] is False
+    # --freeze_selector False: the selector backbone trained (through the CLS/register tokens it hands the
+    # extractor); its scoring head gets no gradient (top-k is not differentiable) and stays as it was.
+    start = LookWhereModel.from_pretrained(root / "tiny").selector.state_dict()
+    tuned = LookWhereForSemanticSegmentation.from_pretrained(out).lookwhere.selector.state_dict()
+    assert (tuned["encoder.layer.0.mlp.fc1.weight"] - start["encoder.layer.0.mlp.fc1.weight"]).abs().max() > 1e-3
+    torch.testing.assert_close(tuned["head.fc2.weight"], start["head.fc2.weight"], rtol=0, atol=0)
     _check_segmentation_pipeline(out, _validation_images(root, "segmentation"))
 
 
