@@ -9,7 +9,8 @@ Stages (each one a script of this repository, run as a subprocess with this Pyth
 3. `examples/pytorch/pretraining/run_pretraining.py --teacher_name_or_path <teacher>`: LookWhere distilled from the
    teacher (no labels: selector <- teacher attention map, extractor <- teacher CLS / patch tokens);
 4. `examples/pytorch/image-classification/run_image_classification.py --model_name_or_path <pretrained>`: fine-tuned
-   with labels, selector frozen;
+   with labels, selector frozen (through `finetune.py`, which only switches off the script's photo augmentation:
+   random crops cut the small digit out of view and mirrored digits change meaning);
 5. `benchmarks/sparse_digits/evaluate.py`: hit rate, accuracy vs k_ratio, FLOPs and latency against the teacher.
 
 Optional: `--export_demo` copies the fine-tuned model and a few correctly classified test images to
@@ -50,26 +51,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("data")
     g.add_argument("--canvas_size", type=int, default=448)
-    g.add_argument("--num_train", type=int, default=3000)
-    g.add_argument("--num_validation", type=int, default=300)
-    g.add_argument("--num_test", type=int, default=600)
+    g.add_argument("--num_train", type=int, default=2000)
+    g.add_argument("--num_validation", type=int, default=200)
+    g.add_argument("--num_test", type=int, default=500)
     g.add_argument("--reuse_data", action="store_true", help="Keep OUTPUT_DIR/data if it exists (else regenerate).")
     g = p.add_argument_group("models")
     g.add_argument("--patch_size", type=int, default=28)
-    g.add_argument("--hidden_size", type=int, default=96)
+    g.add_argument("--hidden_size", type=int, default=64)
     g.add_argument("--num_hidden_layers", type=int, default=4)
-    g.add_argument("--num_attention_heads", type=int, default=3)
+    g.add_argument("--num_attention_heads", type=int, default=2)
     g.add_argument("--selector_depth", type=int, default=2)
     g.add_argument("--low_res_size", type=int, default=224)
     g.add_argument("--k_ratio", type=float, default=0.1, help="The fine-tuned model's (and the demo's) k_ratio.")
     g = p.add_argument_group("training")
-    g.add_argument("--teacher_epochs", type=float, default=8)
+    g.add_argument("--teacher_epochs", type=float, default=4)
+    g.add_argument("--teacher_batch_size", type=int, default=16)
     g.add_argument("--teacher_lr", type=float, default=1e-3)
-    g.add_argument("--pretrain_epochs", type=float, default=3)
+    g.add_argument("--teacher_zoom_curriculum", type=float, default=0.6,
+                   help="Share of teacher training on zoomed crops around the digit (train_teacher.py; 0 = off).")
+    g.add_argument("--pretrain_epochs", type=float, default=2)
     g.add_argument("--pretrain_lr", type=float, default=5e-4)
     g.add_argument("--k_min", type=int, default=8)
     g.add_argument("--k_max", type=int, default=64)
-    g.add_argument("--finetune_epochs", type=float, default=3)
+    g.add_argument("--finetune_epochs", type=float, default=2)
     g.add_argument("--finetune_lr", type=float, default=3e-4)
     g.add_argument("--batch_size", type=int, default=32)
     g.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
@@ -250,8 +254,10 @@ def main(argv=None) -> dict:
                               "--image_size", str(args.canvas_size), "--patch_size", str(args.patch_size),
                               "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.num_hidden_layers),
                               "--num_attention_heads", str(args.num_attention_heads),
+                              "--zoom_curriculum", str(args.teacher_zoom_curriculum),
                               "--do_train", "--do_eval", "--eval_strategy", "no",
-                              *common_training_flags(args, paths["teacher"], args.teacher_epochs, args.teacher_lr)],
+                              *common_training_flags(args, paths["teacher"], args.teacher_epochs, args.teacher_lr),
+                              "--per_device_train_batch_size", str(args.teacher_batch_size)],
                   log("teacher"), env, timings)
     if "pretrain" in args.stages:
         run_stage("pretrain", [py, PRETRAIN_SCRIPT, "--teacher_name_or_path", paths["teacher"],
@@ -262,7 +268,7 @@ def main(argv=None) -> dict:
                                *common_training_flags(args, paths["pretrained"], args.pretrain_epochs, args.pretrain_lr)],
                   log("pretrain"), env, timings)
     if "finetune" in args.stages:
-        run_stage("finetune", [py, FINETUNE_SCRIPT, "--model_name_or_path", paths["pretrained"],
+        run_stage("finetune", [py, os.path.join(HERE, "finetune.py"), "--model_name_or_path", paths["pretrained"],
                                "--dataset_name", paths["data"], "--image_size", str(args.canvas_size),
                                "--low_res_size", str(args.low_res_size), "--k_ratio", str(args.k_ratio),
                                "--do_train", "--do_eval", "--eval_strategy", "no",

@@ -19,6 +19,8 @@ Example (the sizes the Sparse Digits benchmark uses):
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import sys
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from datasets import Image as DatasetImage
 from datasets import load_dataset
 from PIL import Image
 from transformers import (
@@ -34,6 +37,7 @@ from transformers import (
     Dinov2WithRegistersForImageClassification,
     HfArgumentParser,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -54,6 +58,19 @@ class TeacherArguments:
     num_attention_heads: int = field(default=3, metadata={"help": "Attention heads (must divide hidden_size)."})
     num_register_tokens: int = field(default=4, metadata={"help": "DINOv2 register tokens."})
     mlp_ratio: int = field(default=4, metadata={"help": "MLP hidden size / hidden_size."})
+    zoom_curriculum: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of training (0 = off) during which training images are zoomed crops around the digit: "
+            "a window that contains the digit's box (annotations.jsonl) grows linearly from --zoom_start_size px to "
+            "the full canvas, then full images only. Breaks the long chance-level plateau a from-scratch ViT has on "
+            "sparse images. Uses the digit boxes of the training set (say so when you report the teacher)."
+        },
+    )
+    zoom_start_size: int = field(default=160, metadata={"help": "Window side (canvas px) at the curriculum's start."})
+    zoom_full_image_prob: float = field(
+        default=0.25, metadata={"help": "Probability of a full, unzoomed image during the curriculum."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
 
@@ -65,10 +82,68 @@ class TeacherArguments:
             )
         if self.patch_size < 1 or self.image_size % self.patch_size:
             raise ValueError(f"--image_size ({self.image_size}) must be a multiple of --patch_size ({self.patch_size}).")
+        if not 0.0 <= self.zoom_curriculum <= 1.0 or not 0.0 <= self.zoom_full_image_prob <= 1.0:
+            raise ValueError("--zoom_curriculum and --zoom_full_image_prob must be in [0, 1].")
+        if self.zoom_curriculum > 0 and not os.path.isfile(os.path.join(self.data_dir, "annotations.jsonl")):
+            raise ValueError(
+                f"--zoom_curriculum needs the digit boxes in {self.data_dir}/annotations.jsonl (written by "
+                "make_dataset.py); pass --zoom_curriculum 0 for other imagefolders."
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"--num_attention_heads ({self.num_attention_heads}) must divide --hidden_size ({self.hidden_size})."
             )
+
+
+def open_image(item: dict) -> Image.Image:
+    """An undecoded `datasets.Image` value (`{"path", "bytes"}`) as an RGB PIL image."""
+    source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
+    return Image.open(source).convert("RGB")
+
+
+class ZoomCurriculum:
+    """Zoomed training crops around the digit that widen to the full canvas over the first part of training.
+
+    At training progress `t` (0..1, set by a `TrainerCallback`), a window of side
+    `w = start + (canvas - start) * t / zoom_curriculum` (the full canvas once `t >= zoom_curriculum`) is placed at a
+    random position that contains the digit's `placed_box`, cropped and resized to the model input. With probability
+    `zoom_full_image_prob` the full image is used instead.
+    """
+
+    def __init__(self, args: TeacherArguments, seed: int) -> None:
+        self.boxes = {}
+        with open(os.path.join(args.data_dir, "annotations.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                self.boxes[os.path.normpath(os.path.join(args.data_dir, row["file_name"]))] = row["placed_box"]
+        self.args, self.progress = args, 0.0
+        self.rng = np.random.default_rng(seed)
+
+    def callback(self) -> TrainerCallback:
+        curriculum = self
+
+        class _Progress(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                curriculum.progress = state.global_step / max(1, state.max_steps)
+
+        return _Progress()
+
+    def window(self, canvas: int) -> int:
+        if self.progress >= self.args.zoom_curriculum:
+            return canvas
+        start = min(self.args.zoom_start_size, canvas)
+        return int(round(start + (canvas - start) * self.progress / self.args.zoom_curriculum))
+
+    def __call__(self, image: Image.Image, path: str | None) -> Image.Image:
+        canvas = image.size[0]
+        size = self.window(canvas)
+        box = self.boxes.get(os.path.normpath(path)) if path else None
+        if box is None or size >= canvas or self.rng.random() < self.args.zoom_full_image_prob:
+            return image
+        size = max(size, box[2] - box[0], box[3] - box[1])
+        x = int(self.rng.integers(max(0, box[2] - size), min(box[0], canvas - size) + 1))
+        y = int(self.rng.integers(max(0, box[3] - size), min(box[1], canvas - size) + 1))
+        return image.crop((x, y, x + size, y + size))
 
 
 def build_processor(image_size: int) -> BitImageProcessor:
@@ -100,7 +175,7 @@ def main(argv=None) -> dict:
         for name in ("train", "validation", "test")
         if os.path.isdir(os.path.join(args.data_dir, name))
     }
-    dataset = load_dataset("imagefolder", data_files=splits)
+    dataset = load_dataset("imagefolder", data_files=splits).cast_column("image", DatasetImage(decode=False))
     if "validation" not in dataset:
         raise ValueError(f"--data_dir {args.data_dir!r} needs a validation/ folder for evaluation.")
     labels = dataset["train"].features["label"].names
@@ -140,17 +215,25 @@ def main(argv=None) -> dict:
     mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    def transform(batch):
-        pixels = []
-        for image in batch["image"]:
-            image = image.convert("RGB")
-            if image.size != (args.image_size, args.image_size):
-                image = image.resize((args.image_size, args.image_size), Image.BICUBIC)
-            pixels.append(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1))
-        return {"pixel_values": pixels, "labels": batch["label"]}
+    curriculum = ZoomCurriculum(args, training_args.seed) if args.zoom_curriculum > 0 else None
 
-    for split in dataset.values():
-        split.set_transform(transform)
+    def to_tensor(image):
+        if image.size != (args.image_size, args.image_size):
+            image = image.resize((args.image_size, args.image_size), Image.BICUBIC)
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+    def transform(batch):
+        images = [open_image(item) for item in batch["image"]]
+        return {"pixel_values": [to_tensor(image) for image in images], "labels": batch["label"]}
+
+    def train_transform(batch):
+        images = [open_image(item) for item in batch["image"]]
+        if curriculum is not None:
+            images = [curriculum(image, item["path"]) for image, item in zip(images, batch["image"])]
+        return {"pixel_values": [to_tensor(image) for image in images], "labels": batch["label"]}
+
+    for name, split in dataset.items():
+        split.set_transform(train_transform if name == "train" else transform)
 
     def collate(examples):
         pixels = torch.stack([e["pixel_values"] for e in examples]).float().div_(255.0)
@@ -165,6 +248,7 @@ def main(argv=None) -> dict:
 
     training_args.remove_unused_columns = False
     trainer = Trainer(
+        callbacks=[curriculum.callback()] if curriculum is not None else None,
         model=model,
         args=training_args,
         train_dataset=dataset["train"] if training_args.do_train else None,
