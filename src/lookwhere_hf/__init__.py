@@ -10,6 +10,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForPreTraining,
     AutoModelForSemanticSegmentation,
 )
 
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 AutoConfig.register("lookwhere", LookWhereConfig, exist_ok=True)
 AutoModel.register(LookWhereConfig, LookWhereModel, exist_ok=True)
 AutoModelForImageClassification.register(LookWhereConfig, LookWhereForImageClassification, exist_ok=True)
+AutoModelForPreTraining.register(LookWhereConfig, LookWhereForPreTraining, exist_ok=True)
 AutoModelForSemanticSegmentation.register(LookWhereConfig, LookWhereForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(
     LookWhereConfig, image_processor_classes={"torchvision": LookWhereImageProcessor}, exist_ok=True

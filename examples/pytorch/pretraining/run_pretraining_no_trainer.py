@@ -206,14 +206,14 @@ def main(argv: list[str] | None = None):
 
     no_decay = ("bias", "layernorm", "norm1", "norm2", "cls_token", "register_tokens", "position_embeddings")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for n, p in named if not any(key in n for key in no_decay)], "weight_decay": args.weight_decay},
-            {"params": [p for n, p in named if any(key in n for key in no_decay)], "weight_decay": 0.0},
-        ],
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-    )
+    groups = [
+        {"params": [p for n, p in named if not any(key in n for key in no_decay)], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in named if any(key in n for key in no_decay)], "weight_decay": 0.0},
+    ]
+    try:  # fused AdamW (CPU / CUDA) is several times faster than the per-parameter loop on a ViT-B student
+        optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), fused=True)
+    except (RuntimeError, ValueError):
+        optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
 
     if args.streaming:
         num_update_steps_per_epoch = args.max_train_steps
