@@ -170,7 +170,7 @@ def main(argv=None):
     }
     total = median["step_total"]
     student = total - median["teacher_forward"]
-    print(f"\n| part | median s / step | share |\n|---|---|---|")
+    print("\n| part | median s / step | share |\n|---|---|---|")
     for name, seconds in groups.items():
         print(f"| {name} | {seconds:.3f} | {100 * seconds / total:.1f}% |")
     print(f"| **step total** | {total:.3f} | 100% |")

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import (
+    Dinov2Config,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+)
 
 from lookwhere_hf import (
     LookWhereForImageClassification,
@@ -12,9 +17,10 @@ from lookwhere_hf import (
 )
 from lookwhere_hf.distillation_losses import compute_teacher_targets, top_k_agreement
 
-TINY_TEACHER = dict(
-    hidden_size=32, num_attention_heads=2, mlp_ratio=4, patch_size=14, image_size=112, num_register_tokens=4
-)
+TINY_TEACHER = {
+    "hidden_size": 32, "num_attention_heads": 2, "mlp_ratio": 4, "patch_size": 14, "image_size": 112,
+    "num_register_tokens": 4,
+}
 
 
 @pytest.fixture(autouse=True, scope="module")

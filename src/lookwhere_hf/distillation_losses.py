@@ -164,11 +164,11 @@ def top_k_agreement(selector_map: torch.Tensor, teacher_map: torch.Tensor, k: in
 
 __all__ = [
     "TeacherTargets",
+    "cls_distillation_loss",
     "compute_teacher_targets",
+    "dense_distillation_loss",
+    "map_distillation_loss",
     "mean_query_attention_logits",
     "teacher_num_prefix_tokens",
-    "map_distillation_loss",
-    "cls_distillation_loss",
-    "dense_distillation_loss",
     "top_k_agreement",
 ]

@@ -745,7 +745,6 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
     """
 
     accepts_loss_kwargs = False
-    _keys_to_ignore_on_load_unexpected = [r"^teacher\."]
 
     def __init__(
         self,
@@ -845,9 +844,9 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
                 f"{self.config.extractor_config.num_channels}-channel images."
             )
         if isinstance(teacher_dtype, str):
-            if not isinstance(getattr(torch, teacher_dtype, None), torch.dtype):
-                raise ValueError(f"`teacher_dtype` must be a torch dtype name such as 'bfloat16', got {teacher_dtype!r}.")
-            teacher_dtype = getattr(torch, teacher_dtype)
+            teacher_dtype = getattr(torch, teacher_dtype, teacher_dtype)
+        if teacher_dtype is not None and not isinstance(teacher_dtype, torch.dtype):
+            raise ValueError(f"`teacher_dtype` must be a torch dtype such as 'bfloat16', got {teacher_dtype!r}.")
         teacher.requires_grad_(False)
         teacher.eval()
         device = next(self.parameters()).device
@@ -883,17 +882,17 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         map_loss_weight: float = 0.1,
         k_seed: int = 0,
         **config_kwargs,
-    ) -> "LookWhereForPreTraining":
+    ) -> LookWhereForPreTraining:
         """Build the student from a teacher ([`LookWherePreTrainedModel.from_dinov2`]: extractor = teacher copy,
         selector = its first `selector_depth` layers + a new head) and attach the teacher, frozen.
 
         With `init_from_teacher=False` the student has the same architecture but random weights.
         """
         teacher = _load_dinov2(teacher)
-        settings = dict(
-            k_min=k_min, k_max=k_max, cls_loss_weight=cls_loss_weight, dense_loss_weight=dense_loss_weight,
-            map_loss_weight=map_loss_weight, k_seed=k_seed,
-        )
+        settings = {
+            "k_min": k_min, "k_max": k_max, "cls_loss_weight": cls_loss_weight, "dense_loss_weight": dense_loss_weight,
+            "map_loss_weight": map_loss_weight, "k_seed": k_seed,
+        }
         for name, value in settings.items():
             config_kwargs[f"pretrain_{name}"] = value
         model = cls.from_dinov2(

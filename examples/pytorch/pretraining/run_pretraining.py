@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 
 import torch
 import transformers
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import (
+    HfArgumentParser,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import get_last_checkpoint
 
 from lookwhere_hf import LookWhereForPreTraining, LookWhereImageProcessor
@@ -317,13 +323,13 @@ def build_model(model_args: ModelArguments, data_args: DataTrainingArguments, ca
     patch = teacher.config.patch_size
     patch = patch[0] if isinstance(patch, (list, tuple)) else patch
     check_sizes_and_k(model_args, data_args, patch)
-    settings = dict(
-        k_min=model_args.k_min,
-        k_max=model_args.k_max,
-        cls_loss_weight=model_args.cls_loss_weight,
-        dense_loss_weight=model_args.dense_loss_weight,
-        map_loss_weight=model_args.map_loss_weight,
-    )
+    settings = {
+        "k_min": model_args.k_min,
+        "k_max": model_args.k_max,
+        "cls_loss_weight": model_args.cls_loss_weight,
+        "dense_loss_weight": model_args.dense_loss_weight,
+        "map_loss_weight": model_args.map_loss_weight,
+    }
     if model_args.model_name_or_path:
         student_kwargs = {"cache_dir": cache_dir}
         if model_args.attn_implementation:

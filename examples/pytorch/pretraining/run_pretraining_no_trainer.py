@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_pretraining import (  # noqa: E402  (shared data / model helpers of the Trainer script)
+from run_pretraining import (
     COMPONENTS,
     DataTrainingArguments,
     ModelArguments,
