@@ -205,24 +205,24 @@ def test_image_classification_trainer_learns_colours_and_saves_a_pipeline_folder
 
 @pytest.mark.slow
 def test_image_classification_no_trainer_resumes_to_the_same_weights(workspace):
-    """An uninterrupted 6-step run saves `step_3` (end of epoch 1: 24 images / batch 8); a second run resumes from that
-    checkpoint to step 6. With a constant learning rate, `step_3` holds exactly what a run stopped at step 3 would have
-    saved. The resumed run must end at the same weights (data order, augmentation RNG, optimizer and scheduler state
-    all restored)."""
+    """An uninterrupted 6-step run saves `step_2`, `step_4`, `step_6` (3 steps per epoch: 24 images / batch 8); a
+    second run resumes from `step_4`, in the middle of the second epoch, and trains to step 6. With a constant learning
+    rate `step_4` holds exactly what a run stopped at step 4 would have saved. The resumed run must end at the same
+    weights: data order, skipped batches, augmentation RNG, optimizer and scheduler state all restored."""
     root = workspace["root"]
     full, resumed = root / "cls_nt_full", root / "cls_nt_resumed"
     args = [
         CLS_NT_SCRIPT, "--model_name_or_path", root / "tiny", "--dataset_name", root / "colours",
         "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", "--max_train_steps", "6", *COMMON,
     ]
-    _run(workspace, args + ["--output_dir", full, "--checkpointing_steps", "3"])
-    assert sorted(p.name for p in full.glob("step_*")) == ["step_3", "step_6"]
-    output = _run(workspace, args + ["--output_dir", resumed, "--resume_from_checkpoint", full / "step_3"])
+    _run(workspace, args + ["--output_dir", full, "--checkpointing_steps", "2"])
+    assert sorted(p.name for p in full.glob("step_*")) == ["step_2", "step_4", "step_6"]
+    output = _run(workspace, args + ["--output_dir", resumed, "--resume_from_checkpoint", full / "step_4"])
     assert "Resuming from" in output
 
-    final, again, halfway = (load_file(p / "model.safetensors") for p in (full, resumed, full / "step_3"))
+    final, again, halfway = (load_file(p / "model.safetensors") for p in (full, resumed, full / "step_4"))
     moved = max((final[k] - halfway[k]).abs().max().item() for k in final)
-    assert moved > 1e-3  # the second half of training changed the weights ...
+    assert moved > 1e-3  # the last two steps changed the weights ...
     for name in final:  # ... and the resumed run made exactly the same changes
         torch.testing.assert_close(again[name], final[name], rtol=0, atol=1e-6)
     results_full, results_resumed = _results(full), _results(resumed)

@@ -981,6 +981,35 @@ def make_accelerator(args: NoTrainerArguments):
     )
 
 
+class _RngBeforeFetch(torch.utils.data.Dataset):
+    """Wraps the training set and remembers the torch RNG state from before each batch is fetched and augmented.
+
+    accelerate's data loader fetches one batch ahead, so when a checkpoint is saved mid-epoch the global RNG has
+    already drawn the random crops of the next batch. Saving the state from before that fetch lets a resumed run draw
+    the same crops again (`num_workers=0`; with worker processes, augmentation RNG lives in the workers).
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.fetched = 0
+        self.state_before_last_fetch: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+    def __getitems__(self, indices):
+        self.state_before_last_fetch = torch.get_rng_state()
+        self.fetched += 1
+        return self.dataset.__getitems__(indices) if hasattr(self.dataset, "__getitems__") else [self.dataset[i] for i in indices]
+
+
+def _data_rng_file(checkpoint: str | os.PathLike, process_index: int) -> str:
+    return os.path.join(checkpoint, f"data_rng_state_{process_index}.pt")
+
+
 def _optimizer(model: nn.Module, args: NoTrainerArguments) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -1025,9 +1054,12 @@ def accelerate_train(
 
     checkpointing = parse_checkpointing_steps(args.checkpointing_steps)
     loader_kwargs = {"collate_fn": collate_fn, "num_workers": args.dataloader_num_workers}
-    train_dataloader = DataLoader(train_dataset, shuffle=True, batch_size=args.per_device_train_batch_size, **loader_kwargs)
-    # Evaluation gets its own generator: iterating a DataLoader draws a seed from the global RNG otherwise, and the
-    # training augmentation after an evaluation would then differ between a resumed and an uninterrupted run.
+    recorder = _RngBeforeFetch(train_dataset)
+    # Own generators: iterating a DataLoader otherwise draws a seed from the global RNG, which the augmentation uses.
+    train_dataloader = DataLoader(
+        recorder, shuffle=True, batch_size=args.per_device_train_batch_size,
+        generator=torch.Generator().manual_seed(args.seed), **loader_kwargs,
+    )
     eval_dataloader = DataLoader(
         eval_dataset, batch_size=args.per_device_eval_batch_size, generator=torch.Generator().manual_seed(args.seed),
         **loader_kwargs,
@@ -1060,14 +1092,20 @@ def accelerate_train(
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
         accelerator.load_state(str(checkpoint))
+        if os.path.isfile(_data_rng_file(checkpoint, accelerator.process_index)):
+            torch.set_rng_state(torch.load(_data_rng_file(checkpoint, accelerator.process_index)))
         completed_steps, starting_epoch = checkpoint_position(checkpoint, steps_per_epoch)
         skip_batches = (completed_steps - starting_epoch * steps_per_epoch) * args.gradient_accumulation_steps
         if completed_steps >= max_train_steps:
             accelerator.print(f"The checkpoint is at step {completed_steps} >= {max_train_steps} steps: nothing to train.")
 
-    def save_checkpoint(name: str) -> None:
+    def save_checkpoint(name: str, batches_in_epoch: int = 0) -> None:
         path = os.path.join(args.output_dir, name)
         accelerator.save_state(path)
+        # The RNG state a resumed run must continue from: before the batch the loader has fetched ahead, if any.
+        fetched_ahead = recorder.fetched > batches_in_epoch
+        state = recorder.state_before_last_fetch if fetched_ahead else torch.get_rng_state()
+        torch.save(state, _data_rng_file(path, accelerator.process_index))
         accelerator.print(f"Saved the training state to {path}")
 
     progress = tqdm(range(max_train_steps), disable=not accelerator.is_local_main_process, desc="Training")
@@ -1083,6 +1121,7 @@ def accelerate_train(
         if epoch == starting_epoch and skip_batches:
             loader = accelerator.skip_first_batches(train_dataloader, skip_batches)
         loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+        recorder.fetched = 0
         for batch in loader:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
@@ -1096,7 +1135,7 @@ def accelerate_train(
                 progress.update(1)
                 completed_steps += 1
                 if isinstance(checkpointing, int) and completed_steps % checkpointing == 0:
-                    save_checkpoint(f"step_{completed_steps}")
+                    save_checkpoint(f"step_{completed_steps}", batches_in_epoch=loss_count)
             if completed_steps >= max_train_steps:
                 break
         train_loss = accelerator.gather(loss_sum).sum().item() / max(1, loss_count * accelerator.num_processes)
@@ -1107,7 +1146,7 @@ def accelerate_train(
         if args.with_tracking:
             accelerator.log({"train_loss": train_loss, "epoch": epoch, **eval_metrics}, step=completed_steps)
         if checkpointing == "epoch":
-            save_checkpoint(f"epoch_{epoch}")
+            save_checkpoint(f"epoch_{epoch}", batches_in_epoch=loss_count)
     progress.close()
     if not eval_metrics:  # nothing trained (resumed at the end): still evaluate
         eval_metrics = accelerate_evaluate(accelerator, model, eval_dataloader, predict, metric, compute_metrics)
