@@ -236,6 +236,20 @@ def test_teacher_moves_but_is_not_saved(tmp_path):
         LookWhereForPreTraining(again.config)(x)
 
 
+def test_bfloat16_teacher_gives_close_float32_targets():
+    teacher = make_teacher(attn="sdpa")
+    x = torch.randn(2, 3, 112, 112)
+    reference = compute_teacher_targets(teacher, x)
+    model = build(teacher, teacher_dtype=torch.bfloat16)  # casts this teacher in place
+    targets = compute_teacher_targets(model.teacher, x)
+    assert targets.patch_tokens.dtype == torch.float32  # targets always come back in float32
+    torch.testing.assert_close(targets.patch_tokens, reference.patch_tokens, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(targets.attention_map, reference.attention_map, atol=0.05, rtol=0.05)
+    out = model.train()(x, step=0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.lookwhere.selector.head.fc2.weight.grad.dtype == torch.float32
+
+
 def test_teacher_that_does_not_fit_is_rejected():
     model = build()
     with pytest.raises(ValueError, match="hidden size"):
