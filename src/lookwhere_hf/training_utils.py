@@ -942,7 +942,8 @@ def run_trainer(trainer, training_args, *, task: str, model_args: ModelArguments
 
 def report_results(results: dict[str, Any], output_dir: str, print_fn: Callable = print) -> None:
     """Print the evaluation numbers and where the outputs are."""
-    evals = {k: v for k, v in results.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+    timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    evals = {k: v for k, v in results.items() if k.startswith("eval_") and k not in timing and isinstance(v, (int, float))}
     if evals:
         print_fn("Evaluation: " + ", ".join(f"{k[5:]} = {v:.4f}" for k, v in sorted(evals.items())))
     print_fn(
