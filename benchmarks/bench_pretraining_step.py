@@ -11,6 +11,10 @@ extractor's output tokens receive their gradient, the extractor part when the se
 the rest is the selector's backward.
 
     python benchmarks/bench_pretraining_step.py --threads 2 --steps 3 --output pretraining_step.json
+
+On a CPU shared with other jobs, set `OMP_WAIT_POLICY=PASSIVE` in the environment: with OpenMP's default spin-waiting
+the small student matmuls wait for a descheduled second thread and the split measures contention instead of the
+method (see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
