@@ -244,10 +244,13 @@ class SeededTransformDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        image = self.dataset[int(idx)][self.image_column]
+        try:
+            image = self.dataset[int(idx)][self.image_column].convert("RGB")
+        except Exception as error:  # a corrupt file deep in a large dataset: say which one
+            raise ValueError(f"Training image {idx} could not be decoded: {type(error).__name__}: {error}") from error
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + int(idx)) % (2**63 - 1))
-            return {"pixel_values": self.transform(image.convert("RGB"))}
+            return {"pixel_values": self.transform(image)}
 
 
 def collate_fn(examples):
