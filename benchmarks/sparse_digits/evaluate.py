@@ -61,6 +61,10 @@ class EvaluationArguments:
     batch_size: int = field(default=50, metadata={"help": "Evaluation batch size."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N images."})
     latency_batch_sizes: str = field(default="1,16", metadata={"help": "Batch sizes of the latency measurement."})
+    latency_threads: str = field(
+        default="1,2",
+        metadata={"help": "torch thread counts to time with (1 thread is the least disturbed on a shared machine)."},
+    )
     latency_runs: int = field(default=20, metadata={"help": "Timed forwards per model and batch size."})
     latency_warmup: int = field(default=3, metadata={"help": "Untimed warm-up forwards."})
     num_threads: int | None = field(default=None, metadata={"help": "torch threads (default: torch's choice)."})
@@ -76,6 +80,8 @@ class EvaluationArguments:
             raise ValueError(f"--k_ratios must be comma-separated numbers in (0, 1], got {self.k_ratios!r}.")
         if self.batch_size < 1 or self.latency_runs < 1 or self.latency_warmup < 0:
             raise ValueError("--batch_size and --latency_runs must be >= 1, --latency_warmup >= 0.")
+        if any(t < 1 for t in self.parsed_latency_threads()):
+            raise ValueError(f"--latency_threads must be positive ints, got {self.latency_threads!r}.")
         if any(b < 1 for b in self.parsed_latency_batch_sizes()):
             raise ValueError(f"--latency_batch_sizes must be positive ints, got {self.latency_batch_sizes!r}.")
 
@@ -84,6 +90,12 @@ class EvaluationArguments:
             return sorted({float(r) for r in self.k_ratios.split(",") if r.strip()})
         except ValueError:
             raise ValueError(f"--k_ratios must be comma-separated numbers, got {self.k_ratios!r}.") from None
+
+    def parsed_latency_threads(self) -> list[int]:
+        try:
+            return [int(t) for t in self.latency_threads.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError(f"--latency_threads must be comma-separated ints, got {self.latency_threads!r}.") from None
 
     def parsed_latency_batch_sizes(self) -> list[int]:
         try:
@@ -293,11 +305,15 @@ def evaluate(args: EvaluationArguments) -> dict:
         flop_rows.append(row)
     latency = []
     pool = [Image.open(os.path.join(args.data_dir, r["file_name"])).convert("RGB") for r in rows[: max(args.parsed_latency_batch_sizes())]]
-    for batch_size in tqdm(args.parsed_latency_batch_sizes(), desc="Latency", unit="batch size"):
+    threads_before = torch.get_num_threads()
+    settings = [(t, b) for t in args.parsed_latency_threads() for b in args.parsed_latency_batch_sizes()]
+    for threads, batch_size in tqdm(settings, desc="Latency", unit="setting"):
+        torch.set_num_threads(threads)
         pixels = processor((pool * batch_size)[:batch_size], return_tensors="pt")["pixel_values"]
         seconds = measure_latency(model, teacher, pixels, k_default, args.latency_runs, args.latency_warmup)
-        latency.append({"batch_size": batch_size, "k": k_default, "teacher_s": seconds["teacher"],
+        latency.append({"threads": threads, "batch_size": batch_size, "k": k_default, "teacher_s": seconds["teacher"],
                         "lookwhere_s": seconds["lookwhere"], "speedup": seconds["teacher"] / seconds["lookwhere"]})
+    torch.set_num_threads(threads_before)
 
     results = {
         "split": args.split,
@@ -368,14 +384,14 @@ def format_markdown(results: dict) -> str:
             f"| {row['k_ratio']:g} | {row['k']} | {row['counted_teacher'] / 1e9:.3f} G | {row['counted_lookwhere'] / 1e9:.3f} G "
             f"| {row['counted_teacher'] / row['counted_lookwhere']:.1f}x | {analytic} |"
         )
-    lines += ["", "| batch | k | teacher (full res) | LookWhere | measured speedup |", "|---|---|---|---|---|"]
+    lines += ["", "| threads | batch | k | teacher (full res) | LookWhere | measured speedup |", "|---|---|---|---|---|---|"]
     for row in results["latency"]:
         lines.append(
-            f"| {row['batch_size']} | {row['k']} | {1000 * row['teacher_s']:.1f} ms | {1000 * row['lookwhere_s']:.1f} ms "
+            f"| {row.get('threads', '')} | {row['batch_size']} | {row['k']} | {1000 * row['teacher_s']:.1f} ms | {1000 * row['lookwhere_s']:.1f} ms "
             f"| **{row['speedup']:.1f}x** |"
         )
     machine = results["machine"]
-    lines += ["", f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, "
+    lines += ["", f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
               f"torch {machine['torch']}, attention {machine['attn_implementation']}. Latency: median of "
               f"{results['arguments']['latency_runs']} forwards after {results['arguments']['latency_warmup']} warm-up, "
               "teacher and LookWhere interleaved in one process.", ""]

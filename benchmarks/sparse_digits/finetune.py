@@ -48,5 +48,9 @@ if __name__ == "__main__":
         print("Sparse Digits fine-tuning: training augmentation (random resized crop + horizontal flip) disabled.")
     else:
         print("warning: could not disable the script's training augmentation; running it unchanged.")
+    # Run it as `python SCRIPT ...` would: its own folder first on sys.path, not this one (whose evaluate.py would
+    # shadow the `evaluate` library).
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [os.path.dirname(SCRIPT)] + [p for p in sys.path if os.path.abspath(p or ".") != here]
     sys.argv = [SCRIPT, *sys.argv[1:]]
     runpy.run_path(SCRIPT, run_name="__main__")

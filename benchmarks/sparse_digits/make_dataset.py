@@ -8,10 +8,11 @@ Source digits are scikit-learn's handwritten digits (`sklearn.datasets.load_digi
 values 0..16, shipped with scikit-learn, no download). Each image:
 
 - a dark background with a smooth random colour gradient and sparse speckles;
-- distractor clutter: random line strokes, filled blobs, and *fragments* (short blocky strokes rendered exactly like
-  the digits, but not digits), never placed over the digit's box (lines may cross it, under the digit);
-- one source digit upscaled (bicubic) to a random size (`--min_digit_size` .. `--max_digit_size` px) in a random
-  bright ink colour, alpha-blended on top of everything at a random position;
+- distractor clutter in clearly coloured (never white) paint: random line strokes, filled blobs, and *fragments*
+  (short blocky strokes rendered exactly like the digits, but not digits), never placed over the digit's box (lines
+  may cross it, under the digit);
+- one source digit upscaled (bicubic) to a random size (`--min_digit_size` .. `--max_digit_size` px) in near-white
+  ink (the salient colour, like a traffic sign's), alpha-blended on top of everything at a random position;
 - the label is the digit's class.
 
 The source digits are split per class into disjoint train / validation / test pools, so no test digit was seen
@@ -63,6 +64,7 @@ class SparseDigitsConfig:
     num_train: int = 3000
     num_validation: int = 300
     num_test: int = 600
+    align_to_grid: int = 0
     source_fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
     num_lines: tuple[int, int] = (4, 9)
     num_blobs: tuple[int, int] = (2, 5)
@@ -74,6 +76,11 @@ class SparseDigitsConfig:
         if not 8 <= self.min_digit_size <= self.max_digit_size:
             raise ValueError(
                 f"Need 8 <= --min_digit_size <= --max_digit_size, got {self.min_digit_size} and {self.max_digit_size}."
+            )
+        if self.align_to_grid and (self.canvas_size % self.align_to_grid or self.max_digit_size > self.align_to_grid):
+            raise ValueError(
+                f"--align_to_grid {self.align_to_grid} must divide --canvas_size ({self.canvas_size}) and be at least "
+                f"--max_digit_size ({self.max_digit_size}): each digit is drawn inside one grid cell."
             )
         if self.max_digit_size > self.canvas_size // 2:
             raise ValueError(
@@ -138,9 +145,15 @@ def ink_box(alpha: np.ndarray, threshold: float = INK_THRESHOLD) -> tuple[int, i
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _bright_color(rng: np.random.Generator) -> np.ndarray:
-    color = rng.uniform(0.55, 1.0, size=3)
-    color[rng.integers(3)] = rng.uniform(0.85, 1.0)
+def _ink_color(rng: np.random.Generator) -> np.ndarray:
+    """The digit's ink: near-white (every channel 0.85-1), the salient colour of the sign, as on a traffic sign."""
+    return rng.uniform(0.85, 1.0, size=3).astype(np.float32)
+
+
+def _clutter_color(rng: np.random.Generator, low: float = 0.15) -> np.ndarray:
+    """A clearly coloured (never near-white) colour: one channel at most 0.5."""
+    color = rng.uniform(low, 1.0, size=3)
+    color[rng.integers(3)] = rng.uniform(low / 2, 0.5)
     return color.astype(np.float32)
 
 
@@ -200,7 +213,13 @@ def render_sample(
     size = config.canvas_size
     canvas = _background(rng, size)
     digit_size = int(rng.integers(config.min_digit_size, config.max_digit_size + 1))
-    dx, dy = int(rng.integers(0, size - digit_size + 1)), int(rng.integers(0, size - digit_size + 1))
+    if config.align_to_grid:  # inside one random cell of the grid (a ViT patch when the grid is the patch size)
+        cell, cells = config.align_to_grid, size // config.align_to_grid
+        jitter = cell - digit_size
+        dx = int(rng.integers(0, cells)) * cell + int(rng.integers(0, jitter + 1))
+        dy = int(rng.integers(0, cells)) * cell + int(rng.integers(0, jitter + 1))
+    else:
+        dx, dy = int(rng.integers(0, size - digit_size + 1)), int(rng.integers(0, size - digit_size + 1))
     placed_box = (dx, dy, dx + digit_size, dy + digit_size)
     alpha = scale_digit(digit, digit_size)
 
@@ -214,7 +233,7 @@ def render_sample(
             cx, cy = int(rng.integers(rx, size - rx)), int(rng.integers(ry, size - ry))
             box = (cx - rx, cy - ry, cx + rx, cy + ry)
             if not any(_overlaps(box, other, 4) for other in occupied):
-                color = tuple(int(c) for c in rng.integers(30, 200, size=3))
+                color = tuple(int(round(c * 255)) for c in _clutter_color(rng))
                 draw.ellipse(box, fill=color)
                 occupied.append(box)
                 break
@@ -223,7 +242,7 @@ def render_sample(
         x0, y0 = (int(v) for v in rng.integers(0, size, 2))
         length, angle = rng.uniform(30, 220), rng.uniform(0, 2 * np.pi)
         x1, y1 = int(x0 + length * np.cos(angle)), int(y0 + length * np.sin(angle))
-        color = tuple(int(c) for c in rng.integers(40, 256, size=3))
+        color = tuple(int(round(c * 255)) for c in _clutter_color(rng))
         draw.line((x0, y0, x1, y1), fill=color, width=int(rng.integers(2, 7)))
     canvas = np.asarray(layer, dtype=np.float32) / 255.0
 
@@ -233,10 +252,10 @@ def render_sample(
             fx, fy = int(rng.integers(0, size - frag_size + 1)), int(rng.integers(0, size - frag_size + 1))
             box = (fx, fy, fx + frag_size, fy + frag_size)
             if not _overlaps(box, placed_box, 4):
-                _blend(canvas, scale_digit(_fragment(rng), frag_size), _bright_color(rng), fx, fy)
+                _blend(canvas, scale_digit(_fragment(rng), frag_size), _clutter_color(rng, 0.5), fx, fy)
                 break
 
-    ink_color = _bright_color(rng)
+    ink_color = _ink_color(rng)
     _blend(canvas, alpha, ink_color, dx, dy)
     x0, y0, x1, y1 = ink_box(alpha)
     image = (np.clip(canvas, 0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -372,13 +391,16 @@ def parse_args(argv=None) -> tuple[str, SparseDigitsConfig, bool, int]:
     parser.add_argument("--num_train", type=int, default=3000)
     parser.add_argument("--num_validation", type=int, default=300)
     parser.add_argument("--num_test", type=int, default=600)
+    parser.add_argument("--align_to_grid", type=int, default=0,
+                        help="Draw each digit inside one cell of a grid with this cell size (e.g. the ViT patch size); "
+                        "0 = anywhere.")
     parser.add_argument("--num_workers", type=int, default=2, help="Processes that render/write images.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing, non-empty --output_dir.")
     args = parser.parse_args(argv)
     config = SparseDigitsConfig(
         seed=args.seed, canvas_size=args.canvas_size, min_digit_size=args.min_digit_size,
         max_digit_size=args.max_digit_size, num_train=args.num_train, num_validation=args.num_validation,
-        num_test=args.num_test,
+        num_test=args.num_test, align_to_grid=args.align_to_grid,
     )
     return args.output_dir, config, args.overwrite, args.num_workers
 

@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("data")
     g.add_argument("--canvas_size", type=int, default=448)
+    g.add_argument("--min_digit_size", type=int, default=72)
+    g.add_argument("--max_digit_size", type=int, default=112)
     g.add_argument("--num_train", type=int, default=2000)
     g.add_argument("--num_validation", type=int, default=200)
     g.add_argument("--num_test", type=int, default=500)
@@ -64,12 +66,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--low_res_size", type=int, default=224)
     g.add_argument("--k_ratio", type=float, default=0.1, help="The fine-tuned model's (and the demo's) k_ratio.")
     g = p.add_argument_group("training")
-    g.add_argument("--teacher_epochs", type=float, default=4)
+    g.add_argument("--teacher_epochs", type=float, default=3)
     g.add_argument("--teacher_batch_size", type=int, default=16)
     g.add_argument("--teacher_lr", type=float, default=1e-3)
     g.add_argument("--teacher_zoom_curriculum", type=float, default=0.6,
                    help="Share of teacher training on zoomed crops around the digit (train_teacher.py; 0 = off).")
-    g.add_argument("--pretrain_epochs", type=float, default=2)
+    g.add_argument("--pretrain_epochs", type=float, default=1.5)
     g.add_argument("--pretrain_lr", type=float, default=5e-4)
     g.add_argument("--k_min", type=int, default=8)
     g.add_argument("--k_max", type=int, default=64)
@@ -184,7 +186,7 @@ def update_results_md(args, summary: dict, eval_md: str) -> None:
         SECTION,
         "",
         "The paper's Traffic Signs experiment in miniature: one real handwritten digit (scikit-learn's 8x8 scans, "
-        f"scaled to 40-64 px) somewhere on a {args.canvas_size}x{args.canvas_size} canvas full of clutter (lines, blobs, "
+        f"scaled to {args.min_digit_size}-{args.max_digit_size} px, white ink) somewhere on a {args.canvas_size}x{args.canvas_size} canvas full of clutter (lines, blobs, "
         "digit-like stroke fragments); the label is the digit. Train / validation / test use disjoint source digits. "
         f"Teacher: DINOv2-with-registers ViT, {args.num_hidden_layers} layers, width {args.hidden_size}, patch "
         f"{args.patch_size} ({args.canvas_size // args.patch_size}x{args.canvas_size // args.patch_size} patches), "
@@ -247,6 +249,7 @@ def main(argv=None) -> dict:
         else:
             run_stage("data", [py, os.path.join(HERE, "make_dataset.py"), "--output_dir", paths["data"],
                                "--seed", str(args.seed), "--canvas_size", str(args.canvas_size),
+                               "--min_digit_size", str(args.min_digit_size), "--max_digit_size", str(args.max_digit_size),
                                "--num_train", str(args.num_train), "--num_validation", str(args.num_validation),
                                "--num_test", str(args.num_test), "--overwrite"], log("data"), env, timings)
     if "teacher" in args.stages:
