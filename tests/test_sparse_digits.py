@@ -171,6 +171,38 @@ def test_bad_generation_settings_are_rejected(md, generated):
     assert md.main(["--output_dir", folder, "--canvas_size", "20"]) == 2
 
 
+def test_aligned_digits_stay_inside_one_grid_cell(md, tmp_path):
+    config = md.SparseDigitsConfig(
+        seed=2, canvas_size=160, min_digit_size=24, max_digit_size=32, align_to_grid=40, num_train=10,
+        num_validation=2, num_test=2,
+    )
+    md.write_dataset(str(tmp_path), config, progress=False)
+    rows = md.read_annotations(str(tmp_path)).values()
+    cells = set()
+    for row in rows:
+        x0, y0, x1, y1 = row["placed_box"]
+        assert x0 // 40 == (x1 - 1) // 40 and y0 // 40 == (y1 - 1) // 40
+        cells.add((x0 // 40, y0 // 40))
+    assert len(cells) > 5  # the cells themselves are random
+    with pytest.raises(ValueError, match="align_to_grid"):
+        md.SparseDigitsConfig(canvas_size=160, max_digit_size=48, align_to_grid=40).validate()
+
+
+def test_teacher_patch_targets():
+    tt = _load("train_teacher")
+    # box [30, 30, 50, 50) on a 4x4 grid of 20 px patches: patches (1,1) and (1,2), (2,1), (2,2) each 10x10 = 25%
+    targets = tt.patch_token_labels([30, 30, 50, 50], (0, 0, 80), image_size=80, patch=20, label=7, background=10)
+    expected = torch.full((16,), 10)
+    expected[[5, 6, 9, 10]] = 7
+    assert torch.equal(targets, expected)
+    # zoomed windows: through (20, 20, side 40) the box becomes [20, 60) x 2 -> four whole patches; through
+    # (30, 30, side 20) it fills the whole input
+    zoomed = tt.patch_token_labels([30, 30, 50, 50], (20, 20, 40), image_size=80, patch=20, label=3, background=10)
+    assert torch.equal(zoomed, torch.where(expected == 7, 3, 10))
+    full = tt.patch_token_labels([30, 30, 50, 50], (30, 30, 20), image_size=80, patch=20, label=3, background=10)
+    assert torch.equal(full, torch.full((16,), 3))
+
+
 # ----------------------------------------------------------------------------------------------------- hit rate
 def test_hit_rate_geometry():
     ev = _load("evaluate")

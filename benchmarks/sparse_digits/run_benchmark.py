@@ -51,8 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("data")
     g.add_argument("--canvas_size", type=int, default=448)
-    g.add_argument("--min_digit_size", type=int, default=72)
-    g.add_argument("--max_digit_size", type=int, default=112)
+    g.add_argument("--min_digit_size", type=int, default=24)
+    g.add_argument("--max_digit_size", type=int, default=28)
+    g.add_argument("--align_to_grid", type=int, default=28,
+                   help="Draw each digit inside one cell of this grid (the patch size); 0 = anywhere.")
     g.add_argument("--num_train", type=int, default=2000)
     g.add_argument("--num_validation", type=int, default=200)
     g.add_argument("--num_test", type=int, default=500)
@@ -66,10 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--low_res_size", type=int, default=224)
     g.add_argument("--k_ratio", type=float, default=0.1, help="The fine-tuned model's (and the demo's) k_ratio.")
     g = p.add_argument_group("training")
-    g.add_argument("--teacher_epochs", type=float, default=3)
+    g.add_argument("--teacher_epochs", type=float, default=5)
     g.add_argument("--teacher_batch_size", type=int, default=16)
     g.add_argument("--teacher_lr", type=float, default=1e-3)
-    g.add_argument("--teacher_zoom_curriculum", type=float, default=0.6,
+    g.add_argument("--teacher_token_loss_weight", type=float, default=1.0,
+                   help="Auxiliary per-patch 'which digit / no digit' loss of the teacher (train_teacher.py; 0 = off).")
+    g.add_argument("--teacher_zoom_curriculum", type=float, default=0.0,
                    help="Share of teacher training on zoomed crops around the digit (train_teacher.py; 0 = off).")
     g.add_argument("--pretrain_epochs", type=float, default=1.5)
     g.add_argument("--pretrain_lr", type=float, default=5e-4)
@@ -250,6 +254,7 @@ def main(argv=None) -> dict:
             run_stage("data", [py, os.path.join(HERE, "make_dataset.py"), "--output_dir", paths["data"],
                                "--seed", str(args.seed), "--canvas_size", str(args.canvas_size),
                                "--min_digit_size", str(args.min_digit_size), "--max_digit_size", str(args.max_digit_size),
+                               "--align_to_grid", str(args.align_to_grid),
                                "--num_train", str(args.num_train), "--num_validation", str(args.num_validation),
                                "--num_test", str(args.num_test), "--overwrite"], log("data"), env, timings)
     if "teacher" in args.stages:
@@ -258,6 +263,7 @@ def main(argv=None) -> dict:
                               "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.num_hidden_layers),
                               "--num_attention_heads", str(args.num_attention_heads),
                               "--zoom_curriculum", str(args.teacher_zoom_curriculum),
+                              "--token_loss_weight", str(args.teacher_token_loss_weight),
                               "--do_train", "--do_eval", "--eval_strategy", "no",
                               *common_training_flags(args, paths["teacher"], args.teacher_epochs, args.teacher_lr),
                               "--per_device_train_batch_size", str(args.teacher_batch_size)],

@@ -71,6 +71,14 @@ class TeacherArguments:
     zoom_full_image_prob: float = field(
         default=0.25, metadata={"help": "Probability of a full, unzoomed image during the curriculum."}
     )
+    token_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an auxiliary per-patch loss (0 = off): a linear head on the final patch tokens predicts, "
+            "for every patch, the digit's class if the patch overlaps the digit's box by at least 20%% of its area, "
+            "else 'no digit'. Uses the training boxes (annotations.jsonl); the head is dropped before saving."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
 
@@ -84,9 +92,9 @@ class TeacherArguments:
             raise ValueError(f"--image_size ({self.image_size}) must be a multiple of --patch_size ({self.patch_size}).")
         if not 0.0 <= self.zoom_curriculum <= 1.0 or not 0.0 <= self.zoom_full_image_prob <= 1.0:
             raise ValueError("--zoom_curriculum and --zoom_full_image_prob must be in [0, 1].")
-        if self.zoom_curriculum > 0 and not os.path.isfile(os.path.join(self.data_dir, "annotations.jsonl")):
+        if (self.zoom_curriculum > 0 or self.token_loss_weight > 0) and not os.path.isfile(os.path.join(self.data_dir, "annotations.jsonl")):
             raise ValueError(
-                f"--zoom_curriculum needs the digit boxes in {self.data_dir}/annotations.jsonl (written by "
+                f"--zoom_curriculum / --token_loss_weight need the digit boxes in {self.data_dir}/annotations.jsonl (written by "
                 "make_dataset.py); pass --zoom_curriculum 0 for other imagefolders."
             )
         if self.hidden_size % self.num_attention_heads:
@@ -134,16 +142,58 @@ class ZoomCurriculum:
         start = min(self.args.zoom_start_size, canvas)
         return int(round(start + (canvas - start) * self.progress / self.args.zoom_curriculum))
 
-    def __call__(self, image: Image.Image, path: str | None) -> Image.Image:
+    def __call__(self, image: Image.Image, path: str | None) -> tuple[Image.Image, tuple[int, int, int]]:
+        """Returns the (possibly cropped) image and the window `(x, y, side)` it was cut from."""
         canvas = image.size[0]
-        size = self.window(canvas)
+        size = self.window(canvas) if self.args.zoom_curriculum > 0 else canvas
         box = self.boxes.get(os.path.normpath(path)) if path else None
         if box is None or size >= canvas or self.rng.random() < self.args.zoom_full_image_prob:
-            return image
+            return image, (0, 0, canvas)
         size = max(size, box[2] - box[0], box[3] - box[1])
         x = int(self.rng.integers(max(0, box[2] - size), min(box[0], canvas - size) + 1))
         y = int(self.rng.integers(max(0, box[3] - size), min(box[1], canvas - size) + 1))
-        return image.crop((x, y, x + size, y + size))
+        return image.crop((x, y, x + size, y + size)), (x, y, size)
+
+
+def patch_token_labels(box, window, image_size: int, patch: int, label: int, background: int) -> torch.Tensor:
+    """Per-patch targets `(grid * grid,)`: `label` where the digit box (canvas pixels) covers >= 20% of the patch in
+    the model input made from `window = (x, y, side)`, else `background`."""
+    x, y, side = window
+    scale = image_size / side
+    x0, y0, x1, y1 = ((box[0] - x) * scale, (box[1] - y) * scale, (box[2] - x) * scale, (box[3] - y) * scale)
+    grid = image_size // patch
+    edges = np.arange(grid + 1) * patch
+    ox = np.clip(np.minimum(edges[1:], x1) - np.maximum(edges[:-1], x0), 0, None)
+    oy = np.clip(np.minimum(edges[1:], y1) - np.maximum(edges[:-1], y0), 0, None)
+    cover = (oy[:, None] * ox[None, :]).reshape(-1) / (patch * patch)
+    targets = np.full(grid * grid, background, dtype=np.int64)
+    targets[cover >= 0.2] = label
+    return torch.from_numpy(targets)
+
+
+class TokenLossTrainer(Trainer):
+    """Adds the auxiliary per-patch loss (`token_labels` in the batch) to the classification loss."""
+
+    def __init__(self, *args, token_loss_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.token_loss_weight = token_loss_weight
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        token_labels = inputs.pop("token_labels", None)
+        if token_labels is None or not self.token_loss_weight:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        outputs = model(**inputs, output_hidden_states=True)
+        backbone = model.dinov2_with_registers
+        tokens = backbone.layernorm(outputs.hidden_states[-1])[:, 1 + model.config.num_register_tokens :]
+        logits = model.token_head(tokens)
+        num_classes = logits.shape[-1]
+        weight = torch.ones(num_classes, device=logits.device)
+        weight[-1] = 0.1  # "no digit" patches outnumber digit patches ~50:1
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, num_classes), token_labels.reshape(-1), weight=weight
+        )
+        loss = outputs.loss + self.token_loss_weight * token_loss
+        return (loss, outputs) if return_outputs else loss
 
 
 def build_processor(image_size: int) -> BitImageProcessor:
@@ -215,7 +265,10 @@ def main(argv=None) -> dict:
     mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    curriculum = ZoomCurriculum(args, training_args.seed) if args.zoom_curriculum > 0 else None
+    needs_boxes = args.zoom_curriculum > 0 or args.token_loss_weight > 0
+    curriculum = ZoomCurriculum(args, training_args.seed) if needs_boxes else None
+    if args.token_loss_weight > 0:
+        model.token_head = torch.nn.Linear(args.hidden_size, len(labels) + 1)  # + "no digit"; dropped before saving
 
     def to_tensor(image):
         if image.size != (args.image_size, args.image_size):
@@ -227,27 +280,43 @@ def main(argv=None) -> dict:
         return {"pixel_values": [to_tensor(image) for image in images], "labels": batch["label"]}
 
     def train_transform(batch):
-        images = [open_image(item) for item in batch["image"]]
-        if curriculum is not None:
-            images = [curriculum(image, item["path"]) for image, item in zip(images, batch["image"])]
-        return {"pixel_values": [to_tensor(image) for image in images], "labels": batch["label"]}
+        images, windows = [], []
+        for item in batch["image"]:
+            image = open_image(item)
+            image, window = curriculum(image, item["path"]) if curriculum is not None else (image, None)
+            images.append(image)
+            windows.append(window)
+        out = {"pixel_values": [to_tensor(image) for image in images], "labels": batch["label"]}
+        if args.token_loss_weight > 0:
+            out["token_labels"] = [
+                patch_token_labels(
+                    curriculum.boxes[os.path.normpath(item["path"])], window, args.image_size, args.patch_size,
+                    label, len(labels),
+                )
+                for item, window, label in zip(batch["image"], windows, batch["label"])
+            ]
+        return out
 
     for name, split in dataset.items():
         split.set_transform(train_transform if name == "train" else transform)
 
     def collate(examples):
         pixels = torch.stack([e["pixel_values"] for e in examples]).float().div_(255.0)
-        return {
+        batch = {
             "pixel_values": (pixels - mean) / std,
             "labels": torch.tensor([e["labels"] for e in examples], dtype=torch.long),
         }
+        if "token_labels" in examples[0]:
+            batch["token_labels"] = torch.stack([e["token_labels"] for e in examples])
+        return batch
 
     def compute_metrics(eval_pred):
         predictions = np.argmax(eval_pred.predictions, axis=-1)
         return {"accuracy": float(np.mean(predictions == eval_pred.label_ids))}
 
     training_args.remove_unused_columns = False
-    trainer = Trainer(
+    trainer = TokenLossTrainer(
+        token_loss_weight=args.token_loss_weight,
         callbacks=[curriculum.callback()] if curriculum is not None else None,
         model=model,
         args=training_args,
@@ -260,6 +329,8 @@ def main(argv=None) -> dict:
     results = {}
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        if hasattr(model, "token_head"):
+            del model.token_head  # the saved teacher is a plain Dinov2WithRegistersForImageClassification
         trainer.save_model()
         processor.save_pretrained(training_args.output_dir)
         trainer.log_metrics("train", train_result.metrics)
