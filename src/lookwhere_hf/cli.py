@@ -205,6 +205,17 @@ def median_latency(fn, repeats: int, warmup: int = 1, desc: str | None = None) -
     return statistics.median(times)
 
 
+def _warn_if_busy() -> None:
+    """Timings on an oversubscribed CPU mostly measure the other processes; say so."""
+    try:
+        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    except (OSError, AttributeError):
+        return
+    if load > cpus:
+        print(f"  (the machine is busy: load average {load:.1f} on {cpus} CPUs, so the timings are noisy; many "
+              "small multi-threaded ops suffer most, try --threads 1)")
+
+
 def _tiny_demo_config():
     from .configuration_lookwhere import LookWhereConfig
 
@@ -281,6 +292,7 @@ def cmd_demo(args) -> int:
     k = config.num_selected(grid[0] * grid[1])
     print(f"\nTiming on a {size}x{size} photo (skimage astronaut), batch 1, {torch.get_num_threads()} threads, "
           f"k = {k} of {grid[0] * grid[1]} patches ({config.k_ratio:.0%}):")
+    _warn_if_busy()
     full = build_full_resolution_model(config, size)
     with torch.inference_mode():
         lookwhere_time = median_latency(lambda: body(**inputs), args.repeats, desc="LookWhere")

@@ -197,7 +197,13 @@ class LookWhereEmbeddings(nn.Module):
         weights = self.position_embeddings
         if grid == (self.grid, self.grid):
             return weights
-        if self.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if (
+            self.training
+            or torch.is_grad_enabled()
+            or weights.is_inference()  # no version counter to detect updates
+            or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()
+        ):
             return resize_position_embeddings(weights, self.grid, grid)
         key = (weights.data_ptr(), weights.dtype, weights.device, weights._version)
         cached = self._resized_position_cache.get(grid)

@@ -3,7 +3,7 @@
 Used by `lookwhere-hf visualize` and `lookwhere-hf demo`; needs matplotlib (`pip install -e ".[plots]"`).
 
 ```python
->>> from lookwhere_hf.visualization import selection_figure_data, save_selection_figure
+>>> from lookwhere_hf.visualization import save_selection_figure
 >>> outputs = model(**processor(image, return_tensors="pt"))
 >>> save_selection_figure(image, outputs.selector_map[0], outputs.selected_indices[0], grid=(37, 37), path="where.png")
 ```
@@ -65,8 +65,8 @@ def selection_figure_data(image, selector_map, selected_indices, grid: tuple[int
     """Put one image's selection on its patch grid.
 
     Args:
-        image: the photo (PIL image, numpy array or tensor); resized to `grid * 14`-like input size is not required,
-            it is resized to `(grid_h * s, grid_w * s)` for the smallest integer `s` keeping at least its resolution.
+        image: the photo (PIL image, `(H, W[, C])` numpy array or `(C, H, W)` tensor) at any size; it is resized to
+            `(grid_h * s, grid_w * s)` pixels, `s` (at most 32) the smallest cell size keeping its resolution.
         selector_map (`torch.Tensor` of shape `(grid_h * grid_w,)`): selector map logits of one image.
         selected_indices (`torch.LongTensor` of shape `(k,)`): row-major indices of the computed patches.
         grid (`tuple[int, int]`): `(grid_h, grid_w)`.
