@@ -292,6 +292,16 @@ def main(argv=None) -> dict:
 
     summary = {"command": command, "timings": timings, "total_wall_s": round(time.time() - start, 1),
                "arguments": vars(args)}
+    previous_path = os.path.join(out, "summary.json")
+    if os.path.isfile(previous_path):  # a partial rerun (e.g. only --export_demo): keep the earlier stages' record
+        with open(previous_path, encoding="utf-8") as f:
+            previous = json.load(f)
+        ran_now = bool(timings)
+        for name, value in previous.get("timings", {}).items():
+            timings.setdefault(name, value)
+        if not ran_now:
+            summary["command"] = previous.get("command", command)
+            summary["total_wall_s"] = previous.get("total_wall_s", summary["total_wall_s"])
     results_path = os.path.join(paths["eval"], "results.json")
     if os.path.isfile(results_path):
         with open(results_path, encoding="utf-8") as f:
