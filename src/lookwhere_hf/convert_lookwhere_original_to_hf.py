@@ -43,6 +43,8 @@ from pathlib import Path
 
 import torch
 
+from .flops import full_resolution_flops, lookwhere_flops
+
 VARIANTS = ("auto", "dinov2", "franca")
 # Where the timm checkpoints use a key, which backbone tensors every block must have.
 _BLOCK_KEYS = (
@@ -581,41 +583,16 @@ def load_into_model(model, converted: dict[str, torch.Tensor]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- FLOPs + card
-def _backbone_flops(num_tokens: int, num_patches: int, cfg) -> float:
-    """FLOPs of one ViT pass: patch embedding of `num_patches` patches and `cfg.num_hidden_layers` blocks on
-    `num_tokens` tokens (multiply-adds counted as 2 FLOPs; norms, softmax, residuals and biases ignored)."""
-    d = cfg.hidden_size
-    p = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
-    if getattr(cfg, "use_swiglu_ffn", False):
-        mlp_macs = 3 * d * _swiglu_hidden(d, cfg.mlp_ratio)
-    else:
-        mlp_macs = 2 * d * int(d * cfg.mlp_ratio)
-    per_layer = 2 * num_tokens * (4 * d * d + mlp_macs) + 4 * num_tokens * num_tokens * d
-    return 2 * num_patches * cfg.num_channels * p * p * d + cfg.num_hidden_layers * per_layer
-
-
 def analytic_flops(config, high_res: int, k_ratio: float) -> dict:
     """Analytic FLOPs of LookWhere (selector at `config.low_res_size` + extractor on `P + k` tokens) and of the full
     teacher-sized ViT on all patches at `high_res`, both per image.
 
-    Convention: one multiply-add = 2 FLOPs; per transformer layer on N tokens of width D with MLP width M:
-    `2*N*(4*D^2 + 2*D*M) + 4*N^2*D` (for a SwiGLU MLP, `2*D*M` becomes `3*D*M`); plus the patch embedding
-    (`2 * patches * 3 * p^2 * D`) and the selector head (`2 * N_lo * (D*4D + 4D*r^2)`). Layer norms, softmax,
-    the map resize, top-k and dense spreading are not counted.
+    Counted by `lookwhere_hf.flops` (one multiply-add = 2 FLOPs; patch embedding, attention and MLP matmuls and the
+    selector head; layer norms, softmax, the map resize and top-k are not counted), CLS mode.
     """
-    sel, ext = config.selector_config, config.extractor_config
-    patch = config.patch_size
-    grid = high_res // patch
-    num_patches = grid * grid
-    k = max(1, int(k_ratio * num_patches))
-    prefix = config.num_prefix_tokens
-    low_grid = config.low_res_size // patch
-    n_low = low_grid * low_grid
-    r = config.selector_upsample_factor
-    d = sel.hidden_size
-    selector = _backbone_flops(prefix + n_low, n_low, sel) + 2 * n_low * (d * 4 * d + 4 * d * r * r)
-    extractor = _backbone_flops(prefix + k, k, ext)
-    full = _backbone_flops(prefix + num_patches, num_patches, ext)
+    lookwhere = lookwhere_flops(config, high_res, k_ratio=k_ratio)
+    selector, extractor, full = lookwhere.selector, lookwhere.extractor, full_resolution_flops(config, high_res)
+    k, num_patches = lookwhere.k, lookwhere.grid[0] * lookwhere.grid[1]
     return {
         "high_res": high_res,
         "k_ratio": k_ratio,
