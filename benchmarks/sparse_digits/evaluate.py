@@ -360,7 +360,8 @@ def evaluate(args: EvaluationArguments) -> dict:
         f.write(format_markdown(results))
     try:
         plot_results(results, os.path.join(args.output_dir, "sparse_digits.png"))
-        plot_examples(model, processor, rows[: args.num_example_images], args.data_dir,
+        by_index = sorted(rows, key=lambda r: r["file_name"].rsplit("_", 1)[-1])  # test order: mixed digits
+        plot_examples(model, processor, by_index[: args.num_example_images], args.data_dir,
                       os.path.join(args.output_dir, "selection_examples.png"))
     except ImportError:
         print("matplotlib is not installed: no figures (pip install matplotlib)")
@@ -370,23 +371,34 @@ def evaluate(args: EvaluationArguments) -> dict:
 # ----------------------------------------------------------------------------------------------------- reports
 def format_markdown(results: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    same = all(
+        row["selector_hit_rate"] == row["selector_box_coverage"] == row["selector_full_cover_rate"]
+        for row in results["per_k_ratio"]
+    )
     lines = [
         f"Test split: {results['num_images']} images, {results['image_size']} px, patch {results['patch_size']} "
         f"({results['grid']}x{results['grid']} = {results['grid'] ** 2} patches); selector at "
         f"{results['low_res_size']} px. Teacher at full resolution (all patches): "
         f"**{pct(results['accuracy_teacher_full_resolution'])}%** accuracy.",
         "",
-        "| k_ratio | k | selector hit rate | box covered | all box patches | teacher-map hit rate | random hit rate "
-        "| LookWhere acc. | LookWhere, random patches | teacher on selected patches |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| k_ratio | k | selector hit rate |" + ("" if same else " box covered | all box patches |")
+        + " teacher-map hit rate | random hit rate | LookWhere acc. | LookWhere, random patches "
+        "| teacher on selected patches |",
+        "|---|---|---|---|---|---|---|---|" + ("" if same else "---|---|"),
     ]
     for row in results["per_k_ratio"]:
+        coverage = "" if same else (
+            f" {pct(row['selector_box_coverage'])}% | {pct(row['selector_full_cover_rate'])}% |"
+        )
         lines.append(
-            f"| {row['k_ratio']:g} | {row['k']} | {pct(row['selector_hit_rate'])}% | {pct(row['selector_box_coverage'])}% "
-            f"| {pct(row['selector_full_cover_rate'])}% | {pct(row['teacher_map_hit_rate'])}% "
+            f"| {row['k_ratio']:g} | {row['k']} | {pct(row['selector_hit_rate'])}% |{coverage}"
+            f" {pct(row['teacher_map_hit_rate'])}% "
             f"| {pct(row['random_hit_rate'])}% | **{pct(row['accuracy_lookwhere'])}%** "
             f"| {pct(row['accuracy_lookwhere_random_patches'])}% | {pct(row['accuracy_teacher_on_selected_patches'])}% |"
         )
+    if same:
+        lines += ["", "(Every digit lies inside one patch here, so the share of the digit box covered and the share of "
+                  "images with every box patch selected equal the hit rate.)"]
     lines += ["", "| k_ratio | k | teacher FLOPs | LookWhere FLOPs | FLOPs ratio (counted) | FLOPs ratio (analytic) |",
               "|---|---|---|---|---|---|"]
     for row in results["flops"]:
