@@ -93,7 +93,7 @@ def test_digit_lies_in_its_box_and_clutter_does_not_erase_it(md, generated):
     folder, _ = generated
     from PIL import Image
 
-    images, labels = md.load_source_digits()
+    images, _ = md.load_source_digits()
     rows = md.read_annotations(folder)
     assert len(rows) == 22
     for row in rows.values():
@@ -139,7 +139,7 @@ def test_splits_use_disjoint_source_digits(md, generated):
     assert not sets["train"] & sets["validation"] and not sets["train"] & sets["test"]
     assert not sets["validation"] & sets["test"]
     assert len(sets["train"] | sets["validation"] | sets["test"]) == len(labels) == 1797
-    for name, pool in sets.items():  # stratified: every class in every split
+    for pool in sets.values():  # stratified: every class in every split
         assert {int(labels[i]) for i in pool} == set(range(10))
     assert info["source_indices"] == {name: sorted(pool) for name, pool in sets.items()}
     for row in md.read_annotations(folder).values():
@@ -233,7 +233,8 @@ def test_demo_checkpoint_is_small_and_complete():
     files = {"config.json", "model.safetensors", "preprocessor_config.json"}
     assert files <= set(os.listdir(folder)), "run the Sparse Digits benchmark with --export_demo to create it"
     assert sum(os.path.getsize(os.path.join(folder, f)) for f in files) < 10 * 2**20
-    config = json.load(open(os.path.join(folder, "config.json")))
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
     assert config["model_type"] == "lookwhere" and len(config["id2label"]) == 10
     assert len(_demo_images()) >= 5
 

@@ -37,7 +37,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+)
 
 import lookwhere_hf  # noqa: F401  (registers the LookWhere Auto classes)
 from lookwhere_hf import LookWhereForImageClassification, LookWhereImageProcessor
@@ -45,7 +49,7 @@ from lookwhere_hf.distillation_losses import compute_teacher_targets
 from lookwhere_hf.selection import gather_tokens, select_top_k
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_dataset import read_annotations  # noqa: E402
+from make_dataset import read_annotations
 
 DEFAULT_K_RATIOS = "0.02,0.05,0.1,0.15,0.25,0.5,1.0"
 
@@ -370,16 +374,16 @@ def evaluate(args: EvaluationArguments) -> dict:
 
 # ----------------------------------------------------------------------------------------------------- reports
 def format_markdown(results: dict) -> str:
-    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    pct = lambda v: f"{100 * v:.1f}"
     same = all(
         row["selector_hit_rate"] == row["selector_box_coverage"] == row["selector_full_cover_rate"]
         for row in results["per_k_ratio"]
     )
     lines = [
-        f"Test split: {results['num_images']} images, {results['image_size']} px, patch {results['patch_size']} "
+        (f"Test split: {results['num_images']} images, {results['image_size']} px, patch {results['patch_size']} "
         f"({results['grid']}x{results['grid']} = {results['grid'] ** 2} patches); selector at "
         f"{results['low_res_size']} px. Teacher at full resolution (all patches): "
-        f"**{pct(results['accuracy_teacher_full_resolution'])}%** accuracy.",
+        f"**{pct(results['accuracy_teacher_full_resolution'])}%** accuracy."),
         "",
         "| k_ratio | k | selector hit rate |" + ("" if same else " box covered | all box patches |")
         + " teacher-map hit rate | random hit rate | LookWhere acc. | LookWhere, random patches "
@@ -397,8 +401,8 @@ def format_markdown(results: dict) -> str:
             f"| {pct(row['accuracy_lookwhere_random_patches'])}% | {pct(row['accuracy_teacher_on_selected_patches'])}% |"
         )
     if same:
-        lines += ["", "(Every digit lies inside one patch here, so the share of the digit box covered and the share of "
-                  "images with every box patch selected equal the hit rate.)"]
+        lines += ["", ("(Every digit lies inside one patch here, so the share of the digit box covered and the share of "
+                  "images with every box patch selected equal the hit rate.)")]
     lines += ["", "| k_ratio | k | teacher FLOPs | LookWhere FLOPs | FLOPs ratio (counted) | FLOPs ratio (analytic) |",
               "|---|---|---|---|---|---|"]
     for row in results["flops"]:
@@ -407,8 +411,8 @@ def format_markdown(results: dict) -> str:
             f"| {row['k_ratio']:g} | {row['k']} | {row['counted_teacher'] / 1e9:.3f} G | {row['counted_lookwhere'] / 1e9:.3f} G "
             f"| {row['counted_teacher'] / row['counted_lookwhere']:.1f}x | {analytic} |"
         )
-    lines += ["", "| threads | batch | k | teacher (full res) | LookWhere (makes its low-res view) | speedup "
-              "| LookWhere (low-res view from the processor, as in `pipeline`) | speedup |",
+    lines += ["", ("| threads | batch | k | teacher (full res) | LookWhere (makes its low-res view) | speedup "
+              "| LookWhere (low-res view from the processor, as in `pipeline`) | speedup |"),
               "|---|---|---|---|---|---|---|---|"]
     for row in results["latency"]:
         lines.append(
@@ -417,11 +421,11 @@ def format_markdown(results: dict) -> str:
             f"| {1000 * row['lookwhere_given_low_res_s']:.1f} ms | **{row['speedup_given_low_res']:.1f}x** |"
         )
     machine = results["machine"]
-    lines += ["", f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
+    lines += ["", (f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
               f"torch {machine['torch']}, attention {machine['attn_implementation']}. Latency: median of "
               f"{results['arguments']['latency_runs']} forwards after {results['arguments']['latency_warmup']} warm-up, "
               "teacher and LookWhere interleaved in one process. FLOPs counted with eager attention "
-              "(FlopCounterMode does not see the CPU SDPA kernel).", ""]
+              "(FlopCounterMode does not see the CPU SDPA kernel)."), ""]
     return "\n".join(lines)
 
 

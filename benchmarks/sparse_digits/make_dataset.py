@@ -115,8 +115,8 @@ def split_sources(labels: np.ndarray, seed: int, fractions=(0.6, 0.15, 0.25)) ->
     pools = {name: [] for name in SPLITS}
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        n_val = max(1, int(round(fractions[1] * len(members))))
-        n_test = max(1, int(round(fractions[2] * len(members))))
+        n_val = max(1, int(round(fractions[1] * len(members))))  # noqa: RUF046 (numpy float)
+        n_test = max(1, int(round(fractions[2] * len(members))))  # noqa: RUF046
         pools["validation"].extend(members[:n_val])
         pools["test"].extend(members[n_val : n_val + n_test])
         pools["train"].extend(members[n_val + n_test :])
@@ -233,7 +233,7 @@ def render_sample(
             cx, cy = int(rng.integers(rx, size - rx)), int(rng.integers(ry, size - ry))
             box = (cx - rx, cy - ry, cx + rx, cy + ry)
             if not any(_overlaps(box, other, 4) for other in occupied):
-                color = tuple(int(round(c * 255)) for c in _clutter_color(rng))
+                color = tuple(int(round(c * 255)) for c in _clutter_color(rng))  # noqa: RUF046
                 draw.ellipse(box, fill=color)
                 occupied.append(box)
                 break
@@ -242,7 +242,7 @@ def render_sample(
         x0, y0 = (int(v) for v in rng.integers(0, size, 2))
         length, angle = rng.uniform(30, 220), rng.uniform(0, 2 * np.pi)
         x1, y1 = int(x0 + length * np.cos(angle)), int(y0 + length * np.sin(angle))
-        color = tuple(int(round(c * 255)) for c in _clutter_color(rng))
+        color = tuple(int(round(c * 255)) for c in _clutter_color(rng))  # noqa: RUF046
         draw.line((x0, y0, x1, y1), fill=color, width=int(rng.integers(2, 7)))
     canvas = np.asarray(layer, dtype=np.float32) / 255.0
 
@@ -325,7 +325,7 @@ def write_dataset(
         raise FileExistsError(
             f"{output_dir} exists and is not empty; pass --overwrite to replace it or choose another --output_dir."
         )
-    images, labels = load_source_digits()
+    _, labels = load_source_digits()
     pools = split_sources(labels, config.seed, config.source_fractions)
     tasks = [
         (split, index, int(source))

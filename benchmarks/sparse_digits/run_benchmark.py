@@ -199,7 +199,7 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
     body = [
         SECTION,
         "",
-        "The paper's Traffic Signs experiment in miniature: one real handwritten digit (scikit-learn's 8x8 scans, "
+        ("The paper's Traffic Signs experiment in miniature: one real handwritten digit (scikit-learn's 8x8 scans, "
         f"scaled to {args.min_digit_size}-{args.max_digit_size} px, white ink) somewhere on a {args.canvas_size}x{args.canvas_size} canvas full of clutter (lines, blobs, "
         "digit-like stroke fragments); the label is the digit. Train / validation / test use disjoint source digits. "
         f"Teacher: DINOv2-with-registers ViT, {args.num_hidden_layers} layers, width {args.hidden_size}, patch "
@@ -207,16 +207,16 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
         "**trained supervised from scratch** (no self-supervised teacher is available offline). LookWhere: distilled "
         f"from it without labels (selector depth {args.selector_depth} at {args.low_res_size} px), then fine-tuned with "
         f"labels at k_ratio {args.k_ratio}, selector frozen. Hit rate = share of test images where at least one chosen "
-        "patch overlaps the digit's box.",
+        "patch overlaps the digit's box."),
         "",
-        "What it took for a from-scratch ViT teacher to learn this within CPU minutes (measured: with digits anywhere, "
+        ("What it took for a from-scratch ViT teacher to learn this within CPU minutes (measured: with digits anywhere, "
         "of 40-112 px, it stayed at chance for 300-600 steps in every variant we tried): each digit lies inside one "
         "random cell of the 28 px patch grid (`make_dataset.py --align_to_grid 28`), and the teacher gets an auxiliary "
         "per-patch loss (`train_teacher.py --token_loss_weight 1`: each patch token predicts the digit class if it "
         "overlaps the digit box, else 'no digit'), which uses the training boxes. LookWhere itself never sees boxes, "
         "and its pretraining no labels. The fine-tuning runs `run_image_classification.py` through "
         "`benchmarks/sparse_digits/finetune.py`, which only switches off the script's photo augmentation (random "
-        "crops cut the digit out of view; mirrored digits change meaning). Details: `benchmarks/sparse_digits/README.md`.",
+        "crops cut the digit out of view; mirrored digits change meaning). Details: `benchmarks/sparse_digits/README.md`."),
         "",
         "Command (one command, all stages; the numbers below are from this run):",
         "",
@@ -224,13 +224,13 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
         summary["command"],
         "```",
         "",
-        f"Run time: {total_wall / 60:.1f} min wall ({stage_times}), {total_cpu / 60:.1f} min of CPU time. The 2 CPU cores "
+        (f"Run time: {total_wall / 60:.1f} min wall ({stage_times}), {total_cpu / 60:.1f} min of CPU time. The 2 CPU cores "
         "were shared with other jobs during this run, so the wall time is pessimistic; CPU time / 2 estimates an "
         "unshared run. For the same reason the 1-thread latencies are the reliable ones: with 2 threads on a busy "
         "machine the threads wait for each other and the figures swing by several times between runs. The column "
         "'makes its low-res view' includes LookWhere's bilinear 448->224 resize of the input batch, which on this CPU "
         "costs about as much as the whole model (PyTorch's NCHW bilinear kernel; the processor makes the view once in "
-        "preprocessing, as `pipeline` does).",
+        "preprocessing, as `pipeline` does)."),
         "",
         eval_md.strip(),
         "",
@@ -240,7 +240,10 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
     if all(os.path.isfile(os.path.join(HERE, name)) for name in FIGURES):
         body += ["![Sparse Digits: accuracy and hit rate vs k_ratio](sparse_digits/sparse_digits.png)", "",
                  "![Where LookWhere looked on test images](sparse_digits/selection_examples.png)", ""]
-    text = open(RESULTS_MD, encoding="utf-8").read() if os.path.isfile(RESULTS_MD) else "# Results\n"
+    text = "# Results\n"
+    if os.path.isfile(RESULTS_MD):
+        with open(RESULTS_MD, encoding="utf-8") as f:
+            text = f.read()
     section = "\n".join(body)
     if SECTION in text:
         start = text.index(SECTION)
@@ -270,7 +273,7 @@ def main(argv=None) -> dict:
     timings: dict = {}
     command = "python benchmarks/sparse_digits/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.time()
-    log = lambda name: os.path.join(paths["logs"], f"{name}.log")  # noqa: E731
+    log = lambda name: os.path.join(paths["logs"], f"{name}.log")
 
     if "data" in args.stages:
         if args.reuse_data and os.path.isfile(os.path.join(paths["data"], "dataset_info.json")):

@@ -140,7 +140,7 @@ class ZoomCurriculum:
         if self.progress >= self.args.zoom_curriculum:
             return canvas
         start = min(self.args.zoom_start_size, canvas)
-        return int(round(start + (canvas - start) * self.progress / self.args.zoom_curriculum))
+        return round(start + (canvas - start) * self.progress / self.args.zoom_curriculum)
 
     def __call__(self, image: Image.Image, path: str | None) -> tuple[Image.Image, tuple[int, int, int]]:
         """Returns the (possibly cropped) image and the window `(x, y, side)` it was cut from."""
