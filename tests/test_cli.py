@@ -219,9 +219,11 @@ def test_benchmark_rewrites_only_its_own_section(tmp_path):
 def test_benchmark_summary_checks_the_targets():
     bench = _bench_module()
     row = dict(resolution=1036, batch_size=1, k_ratio=0.1, k=547, lw_s=0.5, lw_cls_s=0.49, full_s=10.0,
-               full_flops=2.04e12, lw_flops=1.12e11, lw_peak_mb=80.0, lw_cls_peak_mb=60.0, grid_mb=16.0)
-    lines = bench.summary_lines([dict(row, mode="cls", lw_s=0.49), dict(row, mode="dense")])
+               full_flops=2.04e12, lw_flops=1.12e11, lw_peak_mb=80.0, lw_cls_peak_mb=60.0, grid_mb=16.0,
+               lw_cpu_s=1.0, lw_cls_cpu_s=1.0, full_cpu_s=19.0)
+    lines = bench.summary_lines([dict(row, mode="cls", lw_s=0.49), dict(row, mode="dense", lw_cpu_s=1.03)])
     text = "\n".join(lines)
     assert "1036 px, k = 10%, batch 1: 20.4x faster (target >= 18x: met" in text
-    assert "+2.0% (target <= +5%: met)" in text
+    assert "CPU-time ratio 19.0x" in text
+    assert "+2.0% wall (target <= +5%: met); CPU time +3.0%" in text
     assert "1.25" in text  # (80 - 60) / 16

@@ -386,10 +386,16 @@ def cmd_benchmark(argv: list[str]) -> int:
             "the benchmark script (benchmarks/bench_inference.py) ships with the source repository, not the installed "
             "package; clone the repository and `pip install -e .` it"
         )
-    spec = importlib.util.spec_from_file_location("lookwhere_bench_inference", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    if any(a in ("-h", "--help") for a in argv):  # cheap: no new interpreter
+        spec = importlib.util.spec_from_file_location("lookwhere_bench_inference", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main(argv)
+    # A fresh interpreter, so that OpenMP settings the script makes (--omp-wait-policy) take effect before torch loads.
+    import subprocess
+
+    print(f"Running {script} {' '.join(argv)}", file=sys.stderr)
+    return subprocess.call([sys.executable, str(script), *argv])
 
 
 def cmd_convert(argv: list[str]) -> int:
