@@ -154,6 +154,7 @@ def test_selection_picture_marks_the_selected_patches(workdir):
         (["visualize", "{img}", "--model", "{model}", "--output", "{dir}/out.jpg"], [".png"]),
         (["visualize", "{img}", "--output", "{dir}/out.png"], ["--model"]),
         (["demo", "--repeats", "0"], ["--repeats", "positive"]),
+        (["demo", "--tiny", "--vit-b"], ["exclude each other"]),
         (["predict"], ["IMAGE"]),
     ],
 )

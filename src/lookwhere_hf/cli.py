@@ -242,7 +242,12 @@ def cmd_demo(args) -> int:
         torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_path = None if args.tiny else (_resolve_model_path(args.model) if args.model else default_demo_model_path())
+    if args.tiny and args.vit_b:
+        raise CLIError("--tiny and --vit-b exclude each other; pick one")
+    if args.model and (args.tiny or args.vit_b):
+        raise CLIError("--model cannot be combined with --tiny / --vit-b (those use random weights)")
+    random_weights = args.tiny or args.vit_b
+    model_path = None if random_weights else (_resolve_model_path(args.model) if args.model else default_demo_model_path())
 
     trained = model_path is not None
     if trained:
@@ -259,7 +264,8 @@ def cmd_demo(args) -> int:
             config.k_ratio = args.k_ratio
         config._attn_implementation = "sdpa"
         what = "a tiny" if args.tiny else "a ViT-B/14"
-        print(f"Building {what} LookWhere model with RANDOM weights (no trained checkpoint is shipped yet).")
+        why = "as asked" if random_weights else "no trained checkpoint is shipped in this installation"
+        print(f"Building {what} LookWhere model with RANDOM weights ({why}).")
         model = body = _random_model(LookWhereModel, config, seed=0)
         size, low = config.high_res_size, config.low_res_size
         processor = LookWhereImageProcessor(size={"height": size, "width": size}, low_res_size={"height": low, "width": low})
@@ -286,11 +292,14 @@ def cmd_demo(args) -> int:
     # 2. time LookWhere against the full-resolution model on a real photo
     from skimage import data
 
-    photo = Image.fromarray(data.astronaut())
+    if pictures:
+        photo_name, photo = images[0].name, pictures[0][1]
+    else:
+        photo_name, photo = "skimage astronaut", Image.fromarray(data.astronaut())
     inputs = processor(photo, return_tensors="pt")
     grid = (size // config.patch_size, size // config.patch_size)
     k = config.num_selected(grid[0] * grid[1])
-    print(f"\nTiming on a {size}x{size} photo (skimage astronaut), batch 1, {torch.get_num_threads()} threads, "
+    print(f"\nTiming on {photo_name} at {size}x{size}, batch 1, {torch.get_num_threads()} threads, "
           f"k = {k} of {grid[0] * grid[1]} patches ({config.k_ratio:.0%}):")
     _warn_if_busy()
     full = build_full_resolution_model(config, size)
@@ -426,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="lookwhere_demo", help="where the pictures go (default: ./lookwhere_demo)")
     demo.add_argument("--model", default=None, help="a LookWhere image-classification folder to use instead of the shipped one")
     demo.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke test; seconds)")
+    demo.add_argument(
+        "--vit-b", action="store_true",
+        help="ignore the shipped checkpoint: time a random-weight ViT-B/14 LookWhere (the released size) against a "
+        "ViT-B/14 DINOv2 at 518 px",
+    )
     demo.add_argument("--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]")
     demo.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per model after one warm-up (default 3)")
     demo.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
