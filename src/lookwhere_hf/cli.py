@@ -290,11 +290,13 @@ def cmd_demo(args) -> int:
             pictures.append((path.stem, image, outputs.selector_map[0], outputs.selected_indices[0]))
 
     # 2. time LookWhere against the full-resolution model on a real photo
-    from skimage import data
-
     if pictures:
         photo_name, photo = images[0].name, pictures[0][1]
     else:
+        try:
+            from skimage import data
+        except ImportError as err:
+            raise CLIError("the random-weights demo times a scikit-image photo: pip install scikit-image") from err
         photo_name, photo = "skimage astronaut", Image.fromarray(data.astronaut())
     inputs = processor(photo, return_tensors="pt")
     grid = (size // config.patch_size, size // config.patch_size)
