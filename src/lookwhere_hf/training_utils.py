@@ -115,6 +115,13 @@ class DataTrainingArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many evaluation examples."})
+    no_augment: bool = field(
+        default=False,
+        metadata={
+            "help": "Train without the random crop / horizontal flip (for data where a crop can lose the object or a "
+            "mirror image changes the label, e.g. digits); training images are then only resized, as in evaluation."
+        },
+    )
 
 
 @dataclass

@@ -76,7 +76,12 @@ def main() -> dict:
     for split, train in (("train", True), ("validation", False)):
         if split in dataset:
             dataset[split].set_transform(
-                ClassificationTransform(image_processor, data_args.image_column_name, data_args.label_column_name, train)
+                ClassificationTransform(
+                    image_processor,
+                    data_args.image_column_name,
+                    data_args.label_column_name,
+                    train=train and not data_args.no_augment,
+                )
             )
 
     training_args.remove_unused_columns = False  # the transforms need the raw image column

@@ -65,7 +65,12 @@ def main() -> dict:
 
     for split, train in (("train", True), ("validation", False)):
         dataset[split].set_transform(
-            ClassificationTransform(image_processor, data_args.image_column_name, data_args.label_column_name, train)
+            ClassificationTransform(
+                image_processor,
+                data_args.image_column_name,
+                data_args.label_column_name,
+                train=train and not data_args.no_augment,
+            )
         )
     metric, compute_metrics = task_metric(TASK, id2label)
     return accelerate_train(

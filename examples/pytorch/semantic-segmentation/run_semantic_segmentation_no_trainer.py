@@ -66,7 +66,8 @@ def main() -> dict:
     for split, train in (("train", True), ("validation", False)):
         dataset[split].set_transform(
             SegmentationTransform(
-                image_processor, data_args.image_column_name, data_args.label_column_name, train,
+                image_processor, data_args.image_column_name, data_args.label_column_name,
+                train=train and not data_args.no_augment,
                 reduce_labels=data_args.reduce_labels,
             )
         )
