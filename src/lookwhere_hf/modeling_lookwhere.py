@@ -482,6 +482,10 @@ class LookWhereModel(LookWherePreTrainedModel):
         Runs without gradients when the selector is frozen (`requires_grad=False` on all its parameters).
         """
         grid = self._check_inputs(pixel_values, low_res_pixel_values)
+        return self._run_selector(pixel_values, low_res_pixel_values, grid, **kwargs)
+
+    def _run_selector(self, pixel_values, low_res_pixel_values, grid: tuple[int, int], **kwargs):
+        """[`select`] on already validated inputs."""
         if low_res_pixel_values is None:
             low_res_pixel_values = self.low_res_view(pixel_values)
         trainable = any(p.requires_grad for p in self.selector.parameters())
@@ -521,8 +525,8 @@ class LookWhereModel(LookWherePreTrainedModel):
         grid = self._check_inputs(pixel_values, low_res_pixel_values)
         k = self.config.num_selected(grid[0] * grid[1], k)
 
-        selector_map, prefix, selector_patches, selector_out = self.select(
-            pixel_values, low_res_pixel_values, **capture
+        selector_map, prefix, selector_patches, selector_out = self._run_selector(
+            pixel_values, low_res_pixel_values, grid, **capture
         )
         indices = select_top_k(selector_map, k)
         sequence_output, extractor_out = self.extractor(pixel_values, indices, prefix, **capture)
@@ -966,7 +970,7 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         if targets.grid != grid:
             raise ValueError(f"Teacher grid {targets.grid} differs from the student grid {grid}.")
 
-        selector_map, prefix, _, _ = body.select(pixel_values, low_res_pixel_values)
+        selector_map, prefix, _, _ = body._run_selector(pixel_values, low_res_pixel_values, grid)
         indices = select_top_k(selector_map, k)
         tokens, _ = body.extractor(pixel_values, indices, prefix)
         num_prefix = self.config.num_prefix_tokens

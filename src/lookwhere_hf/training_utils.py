@@ -893,6 +893,35 @@ def write_results(output_dir: str, results: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- run loops
+def parse_script_arguments(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
+    """Parse a script's argument dataclasses from the command line, or from a single `.json` file argument.
+
+    When the last dataclass is a `TrainingArguments`, also set up logging at its per-process log level (the main
+    process logs, the others warn), as transformers' example scripts do.
+    """
+    import logging
+    import os
+    import sys
+
+    import transformers
+    from transformers import HfArgumentParser, TrainingArguments
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser(dataclass_types)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        parsed = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    if isinstance(parsed[-1], TrainingArguments):
+        logging.basicConfig(
+            format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+        )
+        log_level = parsed[-1].get_process_log_level()
+        logging.getLogger("__main__").setLevel(log_level)
+        transformers.utils.logging.set_verbosity(log_level)
+    return tuple(parsed)
+
+
 def run_cli(main: Callable[[], Any], prog: str) -> Any:
     """Run a script's `main`, turning an [`ArgumentError`] into `prog: error: <message>` and exit status 2."""
     import sys

@@ -21,10 +21,8 @@ The output folder loads with `pipeline("image-classification", model="outputs/lo
 
 import logging
 import os
-import sys
 
-import transformers
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 
 from lookwhere_hf import LookWhereForImageClassification
 from lookwhere_hf.training_utils import (
@@ -38,6 +36,7 @@ from lookwhere_hf.training_utils import (
     load_datasets,
     make_compute_metrics,
     prepare_classification_labels,
+    parse_script_arguments,
     run_cli,
     run_trainer,
     validate_arguments,
@@ -48,16 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 def main() -> dict:
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses()
-
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
+    model_args, data_args, training_args = parse_script_arguments((ModelArguments, DataTrainingArguments, TrainingArguments))
 
     # Everything that can be wrong with the arguments is checked before data or weights are loaded.
     validate_arguments(model_args, data_args, push_to_hub=training_args.push_to_hub)

@@ -17,10 +17,8 @@ the folder holds the model, the image processor, `all_results.json` and `eval_re
 """
 
 import os
-import sys
 
 from accelerate.utils import set_seed
-from transformers import HfArgumentParser
 
 from lookwhere_hf import LookWhereForSemanticSegmentation
 from lookwhere_hf.training_utils import (
@@ -34,6 +32,7 @@ from lookwhere_hf.training_utils import (
     load_datasets,
     make_accelerator,
     prepare_segmentation_labels,
+    parse_script_arguments,
     run_cli,
     segmentation_predictions,
     task_metric,
@@ -44,11 +43,7 @@ TASK = "semantic-segmentation"
 
 
 def main() -> dict:
-    parser = HfArgumentParser((ModelArguments, SegmentationDataArguments, NoTrainerArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    else:
-        model_args, data_args, args = parser.parse_args_into_dataclasses()
+    model_args, data_args, args = parse_script_arguments((ModelArguments, SegmentationDataArguments, NoTrainerArguments))
 
     # Everything that can be wrong with the arguments is checked before data or weights are loaded.
     validate_arguments(model_args, data_args, push_to_hub=args.push_to_hub)
