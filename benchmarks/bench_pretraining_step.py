@@ -73,14 +73,14 @@ def build(args):
 
 def timed_step(model, optimizer, pixel_values, k):
     """One full step, returning seconds per phase."""
-    from lookwhere_hf.dense_spreading import spread_to_grid
-    from lookwhere_hf.distillation_losses import (
+    from lookwhere_hf.models.lookwhere.dense_spreading import spread_to_grid
+    from lookwhere_hf.models.lookwhere.distillation_losses import (
         cls_distillation_loss,
         compute_teacher_targets,
         dense_distillation_loss,
         map_distillation_loss,
     )
-    from lookwhere_hf.selection import select_top_k
+    from lookwhere_hf.models.lookwhere.selection import select_top_k
 
     body, cfg = model.lookwhere, model.config
     times, marks = {}, {}

@@ -22,7 +22,7 @@ from timm.layers import SwiGLUPacked  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 from lookwhere_hf import LookWhereModel  # noqa: E402
-from lookwhere_hf.convert_lookwhere_original_to_hf import (  # noqa: E402
+from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import (  # noqa: E402
     ConversionError,
     analytic_flops,
     convert_checkpoint,
@@ -428,7 +428,7 @@ def test_cli_module_end_to_end(dinov2_checkpoint, tmp_path):
         [
             sys.executable,
             "-m",
-            "lookwhere_hf.convert_lookwhere_original_to_hf",
+            "lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf",
             "--checkpoint_path",
             str(path),
             "--output_dir",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 
-from lookwhere_hf.convert_lookwhere_original_to_hf import (
+from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import (
     RELEASE_CARDS,
     analytic_flops,
     convert_checkpoint,
@@ -92,7 +92,7 @@ def test_release_card(variant):
     # The committed card is exactly what the template renders for the release architecture (nothing stale).
     expected = render_model_card(config, variant, repo_id=f"your-username/{RELEASE_CARDS[variant][:-3]}")
     assert path.read_text(encoding="utf-8") == expected, (
-        'model_cards/ is out of date with TEMPLATE.md: run python -c "from lookwhere_hf.convert_lookwhere_original_to_hf '
+        'model_cards/ is out of date with TEMPLATE.md: run python -c "from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf '
         "import write_release_cards; write_release_cards('model_cards')\""
     )
 

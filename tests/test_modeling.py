@@ -19,7 +19,7 @@ from lookwhere_hf import (
     LookWhereModel,
     spread_to_grid,
 )
-from lookwhere_hf.modeling_lookwhere import resize_position_embeddings
+from lookwhere_hf.models.lookwhere.modeling_lookwhere import resize_position_embeddings
 
 
 def _randomize(model: torch.nn.Module) -> torch.nn.Module:

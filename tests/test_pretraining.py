@@ -15,7 +15,7 @@ from lookwhere_hf import (
     LookWhereForPreTraining,
     LookWhereModel,
 )
-from lookwhere_hf.distillation_losses import compute_teacher_targets, top_k_agreement
+from lookwhere_hf.models.lookwhere.distillation_losses import compute_teacher_targets, top_k_agreement
 
 TINY_TEACHER = {
     "hidden_size": 32, "num_attention_heads": 2, "mlp_ratio": 4, "patch_size": 14, "image_size": 112,

@@ -45,8 +45,8 @@ from transformers import (
 
 import lookwhere_hf  # noqa: F401  (registers the LookWhere Auto classes)
 from lookwhere_hf import LookWhereForImageClassification, LookWhereImageProcessor
-from lookwhere_hf.distillation_losses import compute_teacher_targets
-from lookwhere_hf.selection import gather_tokens, select_top_k
+from lookwhere_hf.models.lookwhere.distillation_losses import compute_teacher_targets
+from lookwhere_hf.models.lookwhere.selection import gather_tokens, select_top_k
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_dataset import read_annotations

@@ -14,21 +14,23 @@ from transformers import (
     AutoModelForSemanticSegmentation,
 )
 
-from .configuration_lookwhere import LookWhereConfig
-from .dense_spreading import spread_to_grid
-from .image_processing_lookwhere import LookWhereImageProcessor
-from .modeling_lookwhere import (
+from .models.lookwhere import (
+    LookWhereConfig,
     LookWhereForImageClassification,
     LookWhereForPreTraining,
     LookWhereForPreTrainingOutput,
     LookWhereForSemanticSegmentation,
     LookWhereImageClassifierOutput,
+    LookWhereImageProcessor,
     LookWhereModel,
     LookWhereModelOutput,
     LookWherePreTrainedModel,
     LookWhereSemanticSegmenterOutput,
+    make_low_res_view,
+    select_top_k,
+    selector_scores_to_map,
+    spread_to_grid,
 )
-from .selection import make_low_res_view, select_top_k, selector_scores_to_map
 
 __version__ = "0.1.0"
 

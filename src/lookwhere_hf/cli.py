@@ -128,7 +128,7 @@ def _load(auto_class, model_path: str, k_ratio: float | None):
     import lookwhere_hf  # noqa: F401  (registers the Auto classes)
     from transformers import AutoImageProcessor
 
-    from .image_processing_lookwhere import LookWhereImageProcessor
+    from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
 
     from transformers.utils import logging as hf_logging
 
@@ -217,7 +217,7 @@ def _warn_if_busy() -> None:
 
 
 def _tiny_demo_config():
-    from .configuration_lookwhere import LookWhereConfig
+    from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 
     backbone = dict(hidden_size=64, num_attention_heads=2, patch_size=14, num_register_tokens=4, mlp_ratio=4)
     return LookWhereConfig(
@@ -234,8 +234,8 @@ def cmd_demo(args) -> int:
     from PIL import Image
 
     from .flops import format_flops, full_resolution_flops, lookwhere_flops
-    from .image_processing_lookwhere import LookWhereImageProcessor
-    from .modeling_lookwhere import LookWhereModel
+    from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
+    from .models.lookwhere.modeling_lookwhere import LookWhereModel
     from .visualization import save_selection_figure
 
     if args.threads:
@@ -257,7 +257,7 @@ def cmd_demo(args) -> int:
         model, processor = _load(AutoModelForImageClassification, model_path, args.k_ratio)
         body = model.lookwhere if hasattr(model, "lookwhere") else model
     else:
-        from .configuration_lookwhere import LookWhereConfig
+        from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 
         config = _tiny_demo_config() if args.tiny else LookWhereConfig()
         if args.k_ratio is not None:
@@ -411,7 +411,7 @@ def cmd_benchmark(argv: list[str]) -> int:
 
 def cmd_convert(argv: list[str]) -> int:
     try:
-        from .convert_lookwhere_original_to_hf import main as convert_main
+        from .models.lookwhere.convert_lookwhere_original_to_hf import main as convert_main
     except ImportError as err:
         raise CLIError(f"the converter is not available in this installation ({err})") from None
     if any(a in ("-h", "--help") for a in argv):

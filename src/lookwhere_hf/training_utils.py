@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .modeling_lookwhere import resize_position_embeddings
+from .models.lookwhere.modeling_lookwhere import resize_position_embeddings
 
 IGNORE_INDEX = 255
 EVAL_SPLIT_NAMES = ("validation", "val", "valid")
@@ -592,7 +592,7 @@ def build_model_and_processor(model_class, model_args: ModelArguments, id2label:
     """
     from transformers import AutoConfig, AutoImageProcessor
 
-    from .image_processing_lookwhere import LookWhereImageProcessor
+    from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
 
     label2id = {name: i for i, name in enumerate(id2label.values())}
     id2label = {i: name for i, name in enumerate(id2label.values())}

@@ -20,7 +20,7 @@ filled-in model card `README.md`). It then reloads the folder and runs a forward
 Usage:
 
 ```bash
-python -m lookwhere_hf.convert_lookwhere_original_to_hf \
+python -m lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf \
     --checkpoint_path lookwhere_dinov2.pt --output_dir lookwhere-dinov2-vitb14 [--high_res 518] [--k_ratio 0.1] \
     [--variant auto|dinov2|franca] [--push_to_hub USER/lookwhere-dinov2-vitb14]
 ```
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from .flops import full_resolution_flops, lookwhere_flops
+from ...flops import full_resolution_flops, lookwhere_flops
 
 VARIANTS = ("auto", "dinov2", "franca")
 # Where the timm checkpoints use a key, which backbone tensors every block must have.
@@ -658,7 +658,7 @@ def _vit_name(config) -> str:
 
 def default_template_path() -> Path:
     """`model_cards/TEMPLATE.md` of a source checkout (the converter falls back to a short card without it)."""
-    return Path(__file__).resolve().parents[2] / "model_cards" / "TEMPLATE.md"
+    return Path(__file__).resolve().parents[4] / "model_cards" / "TEMPLATE.md"
 
 
 _FALLBACK_TEMPLATE = """---
@@ -721,7 +721,7 @@ def render_model_card(
         provenance = (
             f"Converted from the official `{info['checkpoint']}` ({ORIGINAL_WEIGHTS}) with\n\n"
             "```bash\n"
-            f"python -m lookwhere_hf.convert_lookwhere_original_to_hf --checkpoint_path {info['checkpoint']} "
+            f"python -m lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf --checkpoint_path {info['checkpoint']} "
             f"--output_dir {repo_id.split('/')[-1]} --variant {variant if variant != 'custom' else 'auto'}\n"
             "```\n\n"
             "The converter maps every tensor of the original file (and refuses to write a model if any tensor is "
@@ -1020,7 +1020,7 @@ def convert_checkpoint(
         f"official weights: {ORIGINAL_WEIGHTS}) on {datetime.date.today().isoformat()} with lookwhere_hf "
         f"{lookwhere_hf.__version__}, transformers {transformers.__version__}, torch {torch.__version__}:\n\n"
         "```bash\n"
-        f"python -m lookwhere_hf.convert_lookwhere_original_to_hf --checkpoint_path {checkpoint_path.name} "
+        f"python -m lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf --checkpoint_path {checkpoint_path.name} "
         f"--output_dir {output_dir.name} --high_res {high_res} --k_ratio {k_ratio:g} --variant {variant}\n"
         "```\n\n"
         f"All {num_source} source tensors were mapped (timm's fused `qkv` split into q/k/v"
@@ -1052,7 +1052,7 @@ def convert_checkpoint(
 # --------------------------------------------------------------------------------------------------- CLI
 @dataclass
 class ConversionArguments:
-    """Arguments of `python -m lookwhere_hf.convert_lookwhere_original_to_hf`."""
+    """Arguments of `python -m lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf`."""
 
     checkpoint_path: str = field(metadata={"help": "The official lookwhere_dinov2.pt / lookwhere_franca.pt file."})
     output_dir: str = field(metadata={"help": "Folder to write the converted model to."})
