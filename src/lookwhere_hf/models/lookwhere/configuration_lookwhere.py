@@ -22,13 +22,21 @@ EXTRACTOR_DEFAULTS = {**_VIT_B14, "num_hidden_layers": 12, "image_size": 518}
 SELECTOR_HEAD_ACTIVATIONS = ("gelu", "gelu_pytorch_tanh")
 
 
+def to_pair(value) -> tuple[int, int]:
+    """An int or a `(height, width)` pair (list / tuple) -> `(height, width)` ints."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"Expected an int or a (height, width) pair, got {value!r}.")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
 def _side(image_size) -> int:
     """The config stores square sizes; accept `[s, s]` / `(s, s)` for compatibility with DINOv2 configs."""
-    if isinstance(image_size, (list, tuple)):
-        if len(image_size) != 2 or image_size[0] != image_size[1]:
-            raise ValueError(f"LookWhere configs store square image sizes, got image_size={image_size}.")
-        return int(image_size[0])
-    return int(image_size)
+    height, width = to_pair(image_size)
+    if height != width:
+        raise ValueError(f"LookWhere configs store square image sizes, got image_size={image_size}.")
+    return height
 
 
 class LookWhereConfig(PreTrainedConfig):
@@ -173,4 +181,4 @@ class LookWhereConfig(PreTrainedConfig):
             )
 
 
-__all__ = ["LookWhereConfig"]
+__all__ = ["LookWhereConfig", "to_pair"]

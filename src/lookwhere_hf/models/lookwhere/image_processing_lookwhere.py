@@ -66,6 +66,18 @@ class LookWhereImageProcessor(TorchvisionBackend):
         super().__init__(**kwargs)
         self._check_sizes(self.size, self.low_res_size)
 
+    @classmethod
+    def from_lookwhere_config(cls, config, **kwargs) -> "LookWhereImageProcessor":
+        """The processor that matches a [`LookWhereConfig`]: `size` = the extractor's image size, `low_res_size` = the
+        selector's, `low_res_antialias` as the config says. `kwargs` override any processor setting."""
+        high, low = config.high_res_size, config.low_res_size
+        settings = {
+            "size": {"height": high, "width": high},
+            "low_res_size": {"height": low, "width": low},
+            "low_res_antialias": config.low_res_antialias,
+        }
+        return cls(**{**settings, **kwargs})
+
     @staticmethod
     def _sides(size, name: str) -> tuple[int, int]:
         height = size.height if isinstance(size, SizeDict) else (size or {}).get("height")
