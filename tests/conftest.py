@@ -7,6 +7,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import random  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -37,8 +39,56 @@ def tiny_config():
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Every test starts from the same random state (torch, NumPy's legacy global generator, Python's `random`)."""
     torch.manual_seed(0)
     np.random.seed(0)
+    random.seed(0)
+
+
+# ----------------------------------------------------------------------------------------------------- tolerances
+# Tolerances come from the arithmetic, never from what one CPU printed. A float rounds each result to within half an
+# ulp, u = eps / 2 relative; a sum of n terms computed in any order is off by at most (n - 1) u sum|terms| (Higham,
+# "Accuracy and Stability of Numerical Algorithms", 2nd ed., eq. 4.4). The bounds below round that up to n * eps.
+EPS32 = torch.finfo(torch.float32).eps  # 2**-23 ~= 1.19e-7
+EPS64 = torch.finfo(torch.float64).eps  # 2**-52 ~= 2.22e-16
+
+# Two float64 evaluations of one tiny network (hidden <= 128, sequences <= 150 tokens, <= 4 layers) by a different
+# operation order (eager vs SDPA, batched vs single, our modules vs a reference written out by hand) differ by at most
+# (reduction length <= 1e3) * EPS64 ~= 2e-13 per layer, times the layers and what LayerNorm / softmax amplify
+# (< 1e2 for these random weights): < 1e-10. 1e-9 keeps a 10x margin on that, while float32 rounding anywhere on
+# the way (>= 6e-8 relative) or any real difference is far above it.
+FLOAT64_TOLERANCE = {"atol": 1e-9, "rtol": 1e-9}
+
+
+def sum_rtol(num_terms: int, eps: float = EPS32) -> float:
+    """Relative error bound of a sum / mean of `num_terms` non-negative values, each computed within a few ulps.
+
+    Each term carries <= 3u (a subtraction and a square, say), the sum (n - 1) u and a mean's division u:
+    (n + 3) u <= n * eps for n >= 3.
+    """
+    return max(num_terms, 3) * eps
+
+
+def assert_top_k_margin(scores: torch.Tensor, k: int, margin: float, ordered: bool = False) -> None:
+    """Fail unless every row's k-th and (k+1)-th largest scores differ by more than `margin`.
+
+    Two computations that each stay within `margin / 2` of `scores` then select the same top-`k` set, so comparing
+    their selections cannot depend on a near-tie. With `ordered`, every gap among the top k + 1 must exceed `margin`,
+    so the selections also come in the same order.
+
+    Args:
+        scores (`torch.Tensor` of shape `(batch_size, num_positions)`): one computation's scores.
+        k (`int`): the number selected.
+        margin (`float`): twice the largest difference allowed between the computations' scores.
+    """
+    top = scores.detach().double().topk(min(k + 1, scores.shape[-1]), dim=-1).values
+    gaps = top[:, :-1] - top[:, 1:]
+    if not ordered:
+        gaps = gaps[:, k - 1 :]
+    smallest = gaps.min().item() if gaps.numel() else float("inf")
+    assert smallest > margin, (
+        f"near-tie: top-{k} score gap {smallest:.3g} is not above {margin:.3g}; choose another seed or input"
+    )
 
 
 @pytest.fixture(scope="session")
