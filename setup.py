@@ -9,7 +9,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"lookwhere_hf": ["metrics/*/*.py", "assets/**/*"]},
+    package_data={"lookwhere_hf": ["metrics/*/*.py", "assets/**/*", "templates/*.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

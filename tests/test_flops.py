@@ -7,7 +7,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 from lookwhere_hf import LookWhereConfig, LookWhereForImageClassification, LookWhereModel
-from lookwhere_hf.flops import dinov2_flops, format_flops, full_resolution_flops, lookwhere_flops
+from lookwhere_hf.flops import (
+    dinov2_flops,
+    flops_comparison,
+    flops_table,
+    format_flops,
+    full_resolution_flops,
+    lookwhere_flops,
+    mlp_width,
+)
 
 
 def counted_flops(model, *args, **kwargs) -> int:
@@ -91,6 +99,33 @@ def test_release_size_flops_ratios():
     # full DINOv2-reg ViT-B/14 at 518 px: ~304 GFLOPs (2 x ~152 GMACs)
     assert full_resolution_flops(config, 518) == pytest.approx(304.2e9, rel=1e-3)
     assert format_flops(3.1e10) == "31.00 GFLOPs"
+
+
+def test_flops_comparison_by_hand():
+    """The model cards' comparison follows the stated convention: the full ViT-B/14 at 518 px written out by hand."""
+    config = LookWhereConfig()
+    f = flops_comparison(config, 518, 0.1)
+    n, d = 1369 + 5, 768
+    full = 2 * 1369 * 3 * 14 * 14 * d + 12 * (2 * n * (4 * d * d + 2 * d * 3072) + 4 * n * n * d)
+    assert f["full"] == full and f["k"] == 136 and f["num_patches"] == 1369
+    assert f["lookwhere"] == f["selector"] + f["extractor"] == lookwhere_flops(config, 518, k_ratio=0.1).total
+    assert f["reduction"] == f["full"] / f["lookwhere"]
+    table = flops_table(config, resolutions=(518,), k_ratios=(0.1,)).splitlines()
+    assert len(table) == 3 and table[2].startswith("| 518x518 | 0.1 | 136 / 1369 |")
+    assert f"| {full / 1e9:.1f} | {full / f['lookwhere']:.1f}x |" in table[2]
+
+
+@pytest.mark.parametrize("hidden,ratio", [(768, 4), (128, 4), (96, 3), (64, 2)])
+def test_mlp_width_is_what_transformers_builds(hidden, ratio):
+    from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
+        Dinov2WithRegistersMLP,
+        Dinov2WithRegistersSwiGLUFFN,
+    )
+
+    config = Dinov2WithRegistersConfig(hidden_size=hidden, num_attention_heads=1, mlp_ratio=ratio)
+    assert mlp_width(hidden, ratio) == Dinov2WithRegistersMLP(config).fc1.out_features
+    assert mlp_width(hidden, ratio, use_swiglu_ffn=True) == Dinov2WithRegistersSwiGLUFFN(config).gate_proj.out_features
+    assert mlp_width(768, 4, use_swiglu_ffn=True) == 2048  # Franca's ViT-B MLP
 
 
 def test_bad_arguments_are_rejected():

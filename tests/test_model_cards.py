@@ -11,13 +11,9 @@ import pytest
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 
-from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import (
-    RELEASE_CARDS,
-    analytic_flops,
-    convert_checkpoint,
-    release_config,
-    render_model_card,
-)
+from lookwhere_hf.flops import flops_comparison
+from lookwhere_hf.model_cards import RELEASE_CARDS, release_config, render_model_card, write_release_cards
+from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import convert_checkpoint
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 SECTIONS = (
@@ -54,10 +50,8 @@ def _flops_rows(text: str) -> list[tuple[int, float, int, float, float]]:
 
 def test_every_card_in_the_folder_parses():
     cards = sorted(CARDS_DIR.glob("*.md"))
-    assert {p.name for p in cards} >= {"TEMPLATE.md", *RELEASE_CARDS.values()}
+    assert {p.name for p in cards} >= set(RELEASE_CARDS.values())
     for path in cards:
-        if path.name == "TEMPLATE.md":
-            continue  # holds placeholders; rendered and parsed below
         card = ModelCard.load(path, ignore_metadata_errors=False)
         assert card.data.library_name == "transformers", path.name
 
@@ -79,7 +73,7 @@ def test_release_card(variant):
     rows = _flops_rows(text)
     assert [(r[0], r[1]) for r in rows] == [(res, ratio) for res in (518, 1036) for ratio in (0.05, 0.1, 0.25)]
     for res, ratio, k, lookwhere, full in rows:
-        flops = analytic_flops(config, res, ratio)
+        flops = flops_comparison(config, res, ratio)
         assert k == flops["k"]
         assert lookwhere == pytest.approx(flops["lookwhere"] / 1e9, abs=0.051)
         assert full == pytest.approx(flops["full"] / 1e9, abs=0.051)
@@ -89,12 +83,38 @@ def test_release_card(variant):
         assert rows[1][4] == pytest.approx(304.2, abs=0.1) and rows[1][4] / rows[1][3] == pytest.approx(9.8, abs=0.1)
     assert "one multiply-add = 2 FLOPs" in text
 
-    # The committed card is exactly what the template renders for the release architecture (nothing stale).
+    # The committed card is exactly what the shipped template renders for the release architecture (nothing stale).
     expected = render_model_card(config, variant, repo_id=f"your-username/{RELEASE_CARDS[variant][:-3]}")
     assert path.read_text(encoding="utf-8") == expected, (
-        'model_cards/ is out of date with TEMPLATE.md: run python -c "from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf '
-        "import write_release_cards; write_release_cards('model_cards')\""
+        "model_cards/ is out of date with lookwhere_hf/templates/model_card.md: run "
+        "python -m lookwhere_hf.model_cards --output_dir model_cards"
     )
+
+
+def test_regenerating_the_release_cards(tmp_path, capsys):
+    from lookwhere_hf.model_cards import main
+
+    assert main(["--output_dir", str(tmp_path), "--repo_owner", "someone"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(RELEASE_CARDS.values())
+    assert str(tmp_path / RELEASE_CARDS["dinov2"]) in capsys.readouterr().out
+    text = (tmp_path / RELEASE_CARDS["franca"]).read_text(encoding="utf-8")
+    assert text == render_model_card(release_config("franca"), "franca", repo_id="someone/lookwhere-franca-vitb14")
+    assert write_release_cards(tmp_path) == [str(tmp_path / name) for name in RELEASE_CARDS.values()]
+
+
+def test_custom_template_and_its_errors(tmp_path):
+    config = release_config("dinov2")
+    template = tmp_path / "card.md"
+    template.write_text("---\nlibrary_name: transformers\n---\n# ${title}: k_ratio ${k_ratio}, ${repo_id}\n")
+    text = render_model_card(config, "dinov2", repo_id="a/b", template_path=template)
+    assert text.endswith("# LookWhere-DINOv2: k_ratio 0.1, a/b\n")
+    template.write_text("${no_such_value}")
+    with pytest.raises(ValueError, match="unknown or malformed placeholder.*known ones"):
+        render_model_card(config, "dinov2", template_path=template)
+    with pytest.raises(ValueError, match="does not exist"):
+        render_model_card(config, "dinov2", template_path=tmp_path / "missing.md")
+    with pytest.raises(ValueError, match="`variant` must be one of"):
+        render_model_card(config, "dinov3")
 
 
 def test_release_configs_match_the_official_architecture():

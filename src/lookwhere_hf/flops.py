@@ -30,31 +30,36 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .models.lookwhere.configuration_lookwhere import to_pair
+
 __all__ = [
     "LookWhereFlops",
+    "mlp_width",
     "transformer_layer_flops",
     "dinov2_flops",
     "full_resolution_flops",
     "lookwhere_flops",
+    "flops_comparison",
+    "flops_table",
     "format_flops",
 ]
 
 
-def _pair(value) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ValueError(f"Expected an int or a (height, width) pair, got {value!r}.")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+def mlp_width(hidden_size: int, mlp_ratio: float, use_swiglu_ffn: bool = False) -> int:
+    """Hidden width of the MLP that transformers' DINOv2(-with-registers) layer builds.
+
+    Plain MLP (`fc1` / `fc2`): `int(hidden_size * mlp_ratio)`. SwiGLU (`Dinov2WithRegistersSwiGLUFFN`, gate + up
+    projections of this width each): two thirds of that, rounded up to a multiple of 8, e.g. 2048 for ViT-B with
+    `mlp_ratio=4` (Franca's MLP).
+    """
+    hidden = int(hidden_size * mlp_ratio)
+    return (int(hidden * 2 / 3) + 7) // 8 * 8 if use_swiglu_ffn else hidden
 
 
 def _mlp_hidden(backbone_config) -> tuple[int, int]:
     """`(hidden features, number of input-side projections)` of the block's MLP (2 for SwiGLU's gate + up)."""
-    hidden = int(backbone_config.hidden_size * backbone_config.mlp_ratio)
-    if getattr(backbone_config, "use_swiglu_ffn", False):
-        # transformers' Dinov2WithRegistersSwiGLUFFN: two thirds of the MLP size, rounded up to a multiple of 8
-        return (int(hidden * 2 / 3) + 7) // 8 * 8, 2
-    return hidden, 1
+    swiglu = bool(getattr(backbone_config, "use_swiglu_ffn", False))
+    return mlp_width(backbone_config.hidden_size, backbone_config.mlp_ratio, swiglu), 2 if swiglu else 1
 
 
 def transformer_layer_flops(backbone_config, num_tokens: int) -> int:
@@ -75,7 +80,7 @@ def transformer_layer_flops(backbone_config, num_tokens: int) -> int:
 
 
 def _patch_embed_flops(backbone_config, num_patches: int) -> int:
-    patch_h, patch_w = _pair(backbone_config.patch_size)
+    patch_h, patch_w = to_pair(backbone_config.patch_size)
     return 2 * num_patches * backbone_config.num_channels * patch_h * patch_w * backbone_config.hidden_size
 
 
@@ -90,8 +95,8 @@ def dinov2_flops(config, image_size=None, batch_size: int = 1) -> int:
     Returns:
         `int`: FLOPs (patch embedding of every patch + all blocks on `1 + registers + patches` tokens).
     """
-    height, width = _pair(image_size if image_size is not None else config.image_size)
-    patch_h, patch_w = _pair(config.patch_size)
+    height, width = to_pair(image_size if image_size is not None else config.image_size)
+    patch_h, patch_w = to_pair(config.patch_size)
     _check_size(height, width, patch_h, patch_w)
     num_patches = (height // patch_h) * (width // patch_w)
     tokens = 1 + getattr(config, "num_register_tokens", 0) + num_patches
@@ -169,7 +174,7 @@ def lookwhere_flops(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
     sel, ext = config.selector_config, config.extractor_config
-    height, width = _pair(image_size if image_size is not None else config.high_res_size)
+    height, width = to_pair(image_size if image_size is not None else config.high_res_size)
     patch = config.patch_size
     _check_size(height, width, patch, patch)
     grid = (height // patch, width // patch)
@@ -182,7 +187,7 @@ def lookwhere_flops(
     elif not 1 <= k <= num_patches:
         raise ValueError(f"`k` must be between 1 and the number of patches ({num_patches}), got {k}.")
 
-    sel_patch = _pair(sel.patch_size)[0]
+    sel_patch = to_pair(sel.patch_size)[0]
     low_grid = config.low_res_size // sel_patch
     low_patches = low_grid * low_grid
     prefix = config.num_prefix_tokens
@@ -199,8 +204,50 @@ def lookwhere_flops(
     if mode == "dense":
         spreading = 2 * num_patches * min(config.num_spread_neighbors, k) * dim
         classifier = 2 * num_patches * dim * num_labels
-    parts = [selector_embedding, selector_encoder, selector_head, extractor_embedding, extractor_encoder, spreading, classifier]
+    parts = [
+        selector_embedding, selector_encoder, selector_head, extractor_embedding, extractor_encoder, spreading, classifier
+    ]
     return LookWhereFlops(*(batch_size * p for p in parts), k=k, grid=grid)
+
+
+def flops_comparison(config, image_size: int, k_ratio: float) -> dict:
+    """LookWhere (CLS path, per image) against the full-resolution ViT of its extractor's size at `image_size`.
+
+    Returns:
+        `dict` with `image_size`, `k_ratio`, `k`, `num_patches`, the FLOPs of the `selector`, the `extractor`, their
+        sum `lookwhere` and the `full` model, and `reduction` = full / lookwhere.
+    """
+    lookwhere = lookwhere_flops(config, image_size, k_ratio=k_ratio)
+    full = full_resolution_flops(config, image_size)
+    return {
+        "image_size": image_size,
+        "k_ratio": k_ratio,
+        "k": lookwhere.k,
+        "num_patches": lookwhere.grid[0] * lookwhere.grid[1],
+        "selector": lookwhere.selector,
+        "extractor": lookwhere.extractor,
+        "lookwhere": lookwhere.total,
+        "full": full,
+        "reduction": full / lookwhere.total,
+    }
+
+
+def flops_table(config, resolutions=(518, 1036), k_ratios=(0.05, 0.1, 0.25)) -> str:
+    """Markdown table of [`flops_comparison`] over square `resolutions` x `k_ratios` (the model cards' FLOPs table)."""
+    rows = [
+        "| resolution | k_ratio | k / patches | selector GFLOPs | extractor GFLOPs | LookWhere GFLOPs | full ViT GFLOPs "
+        "| reduction |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for size in resolutions:
+        for ratio in k_ratios:
+            f = flops_comparison(config, size, ratio)
+            rows.append(
+                f"| {size}x{size} | {ratio:g} | {f['k']} / {f['num_patches']} | {f['selector'] / 1e9:.1f} | "
+                f"{f['extractor'] / 1e9:.1f} | {f['lookwhere'] / 1e9:.1f} | {f['full'] / 1e9:.1f} | "
+                f"{f['reduction']:.1f}x |"
+            )
+    return "\n".join(rows)
 
 
 def format_flops(flops: float) -> str:
