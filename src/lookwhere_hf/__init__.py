@@ -12,6 +12,7 @@ from transformers import (
     AutoModelForImageClassification,
     AutoModelForPreTraining,
     AutoModelForSemanticSegmentation,
+    AutoVideoProcessor,
 )
 
 from .models.lookwhere import (
@@ -42,6 +43,10 @@ AutoModelForSemanticSegmentation.register(LookWhereConfig, LookWhereForSemanticS
 AutoImageProcessor.register(
     LookWhereConfig, image_processor_classes={"torchvision": LookWhereImageProcessor}, exist_ok=True
 )
+# LookWhere has no video processor, and says so. Without this, pipelines (which also try `AutoVideoProcessor`) take
+# the processor's `auto_map` entry "...LookWhereImageProcessor" for a remote "...LookWhereVideoProcessor" and, as
+# no video processor is known locally for this config, prompt for `trust_remote_code` although lookwhere_hf is here.
+AutoVideoProcessor.register(LookWhereConfig, video_processor_classes={"torchvision": None}, exist_ok=True)
 
 LookWhereConfig.register_for_auto_class()
 LookWhereModel.register_for_auto_class("AutoModel")

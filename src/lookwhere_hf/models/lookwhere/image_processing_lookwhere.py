@@ -6,11 +6,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import TorchvisionBackend
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    PILImageResampling,
+    SizeDict,
+    is_pil_image,
+    make_flat_list_of_images,
+)
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .selection import make_low_res_view
+
+# PIL modes whose pixels do not fit 8 bits: read as arrays so that their real value range is used (PIL's own
+# conversion to RGB would clip them to 255).
+_PIL_16_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_PIL_WIDE_MODES = (*_PIL_16_BIT_MODES, "I", "F")
+_CHANNEL_COUNTS = (1, 3, 4)  # grayscale, RGB, RGBA
 
 
 class LookWhereImageProcessorKwargs(ImagesKwargs, total=False):
@@ -26,13 +41,88 @@ class LookWhereImageProcessorKwargs(ImagesKwargs, total=False):
     low_res_antialias: bool
 
 
-def _add_channel_to_2d(images):
-    """`(H, W)` grayscale arrays / tensors -> `(H, W, 1)`, which the RGB conversion then expands to 3 channels."""
-    if isinstance(images, (list, tuple)):
-        return type(images)(_add_channel_to_2d(image) for image in images)
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 2:
-        return images[..., None]
-    return images
+def _describe(image) -> str:
+    if is_pil_image(image):
+        return f"PIL image (mode {image.mode!r}, size {image.width}x{image.height})"
+    return f"{type(image).__name__} of shape {tuple(image.shape)} and dtype {image.dtype}"
+
+
+def _is_single_image(image) -> bool:
+    return is_pil_image(image) or (isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim in (2, 3))
+
+
+def _as_tensor(image) -> torch.Tensor:
+    """A numpy array (any byte order) or PIL image in a mode wider than 8 bits -> a torch tensor, dtype kept."""
+    if is_pil_image(image):
+        image = np.array(image)  # a writable copy (np.asarray of a PIL image is read-only)
+    if isinstance(image, np.ndarray):
+        if image.dtype.kind not in "buif":
+            raise ValueError(
+                f"Images must hold numbers (uint8, uint16, other integers in [0, 255], or floats), got a numpy array "
+                f"of dtype {image.dtype}. Convert it with `.astype(np.uint8)` or `.astype(np.float32)`."
+            )
+        image = torch.from_numpy(np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("=")))
+    return image
+
+
+def _channel_layout(image: torch.Tensor, input_data_format) -> ChannelDimension:
+    """Where the channels of a 3-D array are: given by `input_data_format`, else the only axis (first or last) whose
+    size is a channel count (1, 3 or 4). Shapes where both could be refuse to guess."""
+    if input_data_format is not None:
+        return ChannelDimension(input_data_format)
+    first, last = image.shape[0] in _CHANNEL_COUNTS, image.shape[-1] in _CHANNEL_COUNTS
+    if first and last:
+        raise ValueError(
+            f"Cannot tell where the channels of an image of shape {tuple(image.shape)} are: it reads as "
+            f"{image.shape[0]} channels of {image.shape[1]}x{image.shape[2]} pixels (channels first) and as "
+            f"{image.shape[2]} channels of {image.shape[0]}x{image.shape[1]} pixels (channels last). Pass "
+            "`input_data_format='channels_last'` for (height, width, channels) or `'channels_first'` for "
+            "(channels, height, width)."
+        )
+    if not (first or last):
+        raise ValueError(
+            f"Found no channel axis in an image of shape {tuple(image.shape)}: the first or the last axis must have "
+            "1 (grayscale), 3 (RGB) or 4 (RGBA) entries. Pass (height, width, channels) or (channels, height, width) "
+            "arrays, or 2-D (height, width) grayscale arrays."
+        )
+    return ChannelDimension.FIRST if first else ChannelDimension.LAST
+
+
+def _full_scale(image: torch.Tensor, source: str) -> int | None:
+    """The value of a fully white pixel in `image`, which `do_rescale` maps to 1: 65535 for 16-bit images, 255 for
+    8-bit data (uint8, other integers within [0, 255], floats within [0, 255]); `None` for uint8 (the standard path).
+    Raises a `ValueError` for values that fit no such range, for booleans and for non-finite floats."""
+    if image.dtype == torch.uint8:
+        return None
+    if image.dtype == torch.uint16:
+        return 65535
+    if image.dtype == torch.bool or image.is_complex():
+        raise ValueError(
+            f"Got a {source}; images must be uint8, uint16, other integers in [0, 255] or floats. Convert masks with "
+            "`.astype(np.uint8) * 255`."
+        )
+    low, high = image.min().item(), image.max().item()
+    if not image.is_floating_point():
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"Got a {source} with values in [{low}, {high}]. Integer images other than uint16 are read as 8-bit "
+                "and must lie in [0, 255]. Pass 16-bit images as uint16 (numpy / torch, or PIL mode 'I;16') to "
+                "have them scaled by 65535, or scale the values to [0, 255] yourself."
+            )
+        return 255
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"Got a {source} with values in [{low:g}, {high:g}]. With `do_rescale=True` (the default) float images "
+            "must be on the 8-bit scale [0, 255]. Scale them to [0, 255], or to [0, 1] and pass `do_rescale=False` "
+            "(already normalized inputs also need `do_normalize=False`)."
+        )
+    if 0 < high <= 1:
+        raise ValueError(
+            f"Got a {source} whose values all lie in [0, 1] while `do_rescale=True` (the default) reads float images "
+            "on the 8-bit scale [0, 255], which would make it almost black. Pass `do_rescale=False` for images "
+            "already scaled to [0, 1], or multiply them by 255."
+        )
+    return 255
 
 
 class LookWhereImageProcessor(TorchvisionBackend):
@@ -42,8 +132,22 @@ class LookWhereImageProcessor(TorchvisionBackend):
     high-resolution tensor by a bilinear resize exactly as [`LookWhereModel`] makes it when it is not given, so both
     paths give the same numbers.
 
-    Accepts PIL images, numpy arrays and torch tensors, single or batched; grayscale and RGBA inputs are converted to
-    RGB. `size` may be non-square; its sides must be multiples of the model's patch size (14).
+    Accepts PIL images, numpy arrays and torch tensors, single or batched; grayscale (also 2-D `(height, width)`
+    arrays) and RGBA inputs are converted to RGB. `size` may be non-square; its sides must be multiples of the
+    model's patch size (14).
+
+    Input rules (anything else raises a `ValueError` that says what to change):
+
+    - Value range, with `do_rescale=True` (the default): uint8 is divided by 255; **16-bit** images (uint16 arrays /
+      tensors, PIL modes `I;16*`) by 65535, their real range, so they give the numbers of the same picture in 8 bits;
+      other integers (int32 arrays, PIL mode `I`, int64 tensors) and floats (PIL mode `F`) are read on the 8-bit
+      scale and must lie in [0, 255]. A float image whose values all lie in [0, 1] is refused (it would come out
+      black): pass `do_rescale=False` for images already scaled to [0, 1]. With `do_rescale=False` values are used
+      as given.
+    - NaN or infinite values, boolean masks, empty lists and images without pixels are refused.
+    - Channel layout of 3-D arrays: `input_data_format` if given, else the first or last axis, whichever has 1, 3
+      or 4 entries. When both have (e.g. `(1, 1, 3)` or `(4, 4000, 3)`), the layout cannot be told from the shape and
+      `input_data_format` is required.
     """
 
     valid_kwargs = LookWhereImageProcessorKwargs
@@ -90,18 +194,53 @@ class LookWhereImageProcessor(TorchvisionBackend):
         self._sides(size, "size")
         self._sides(low_res_size, "low_res_size")
 
-    def preprocess(self, images, *args, **kwargs: Unpack[LookWhereImageProcessorKwargs]) -> BatchFeature:
-        """Preprocess one image or a batch (PIL, numpy or torch; `(H, W)` grayscale arrays are accepted too)."""
-        return super().preprocess(_add_channel_to_2d(images), *args, **kwargs)
+    def _prepare_images_structure(self, images, expected_ndims: int = 3) -> list:
+        """One image or a (nested) batch -> a flat, non-empty list of single images; 2-D grayscale arrays stay 2-D
+        (the backend adds their channel axis, so their layout is never guessed)."""
+        images = self.fetch_images(images)
+        if _is_single_image(images):
+            images = [images]
+        elif not (isinstance(images, (list, tuple)) and images and all(_is_single_image(i) for i in images)):
+            try:
+                images = make_flat_list_of_images(images, expected_ndims=expected_ndims)
+            except ValueError:
+                got = _describe(images) if isinstance(images, (np.ndarray, torch.Tensor)) else type(images).__name__
+                raise ValueError(
+                    f"Could not read images from a {got}. Pass one image or a list of images: PIL images, or "
+                    "numpy arrays / torch tensors of shape (height, width), (height, width, channels) or "
+                    "(channels, height, width), or 4-D batches of those."
+                ) from None
+        if len(images) == 0:
+            raise ValueError("Got no images (an empty list or batch); pass at least one image.")
+        return list(images)
 
-    def to_dict(self) -> dict:
-        # The processor is found through the model's config.json (`model_type` "lookwhere" locally, its `auto_map`
-        # with trust_remote_code). Writing `image_processor_type` / `auto_map` here as well would make pipelines look
-        # for a remote *video* processor and prompt the user about custom code even when lookwhere_hf is installed.
-        output = super().to_dict()
-        output.pop("image_processor_type", None)
-        output.pop("auto_map", None)
-        return output
+    def process_image(
+        self, image, do_convert_rgb: bool | None = None, input_data_format=None, do_rescale: bool | None = None, **kwargs
+    ) -> torch.Tensor:
+        """One PIL image / array / tensor -> a channels-first RGB tensor for the resize and rescale steps, after the
+        checks of the class docstring. Images that are not uint8 are brought to the 8-bit scale [0, 255] here."""
+        source = _describe(image)
+        if 0 in ((image.width, image.height) if is_pil_image(image) else tuple(image.shape)):
+            raise ValueError(f"Got an image without pixels: {source}. Pass images of at least 1x1 pixel.")
+        if is_pil_image(image) and image.mode not in _PIL_WIDE_MODES:  # 8-bit modes: PIL converts them to RGB
+            return super().process_image(image, do_convert_rgb=do_convert_rgb, device=kwargs.get("device"))
+        image = _as_tensor(image)
+        if image.is_floating_point() and not torch.isfinite(image).all():
+            raise ValueError(f"Got a {source} with NaN or infinite values; replace them (e.g. `np.nan_to_num`).")
+        if image.ndim == 3:
+            input_data_format = _channel_layout(image, input_data_format)
+        full_scale = _full_scale(image, source) if do_rescale else None
+        if full_scale is None:
+            return super().process_image(
+                image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=kwargs.get("device")
+            )
+        # In [0, 1] for the RGB conversion (it composites RGBA over white on that scale), then back on the 8-bit
+        # scale that `rescale_factor` (1/255) expects.
+        unit = image.to(torch.float32) / full_scale
+        rgb = super().process_image(
+            unit, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=kwargs.get("device")
+        )
+        return rgb * 255
 
     def _preprocess(self, images, low_res_size=None, low_res_antialias=None, return_tensors=None, **kwargs) -> BatchFeature:
         outputs = super()._preprocess(images, return_tensors=None, **kwargs)
@@ -115,32 +254,52 @@ class LookWhereImageProcessor(TorchvisionBackend):
         )
 
     def post_process_semantic_segmentation(
-        self, outputs, target_sizes: list[tuple[int, int]] | torch.Tensor | None = None
-    ) -> list[torch.Tensor]:
-        """Turn [`LookWhereForSemanticSegmentation`] logits into per-pixel class maps.
+        self,
+        outputs,
+        target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+        return_segmentation_scores: bool = False,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
+        """Turn [`LookWhereForSemanticSegmentation`] logits into per-pixel class maps (the API of transformers'
+        segmentation processors, e.g. Segformer's).
 
         Args:
-            outputs: model outputs with `logits (batch_size, num_labels, grid_h, grid_w)`.
-            target_sizes (`list[tuple[int, int]]`, *optional*): `(height, width)` per image; the logits are
-                bilinearly upsampled to it before the argmax. Without it, the maps stay on the patch grid.
+            outputs: model outputs with `logits` of shape `(batch_size, num_labels, grid_height, grid_width)`.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape `(batch_size, 2)`, *optional*):
+                `(height, width)` per image; the logits are bilinearly upsampled (`align_corners=False`) to it before
+                the argmax. Without it, the maps stay on the patch grid.
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Also return the (upsampled) logits the maps were taken from.
 
         Returns:
-            `list[torch.LongTensor]` of length `batch_size`, each `(height, width)` of class ids.
+            `list[torch.LongTensor]` of length `batch_size`, each `(height, width)` of class ids; with
+            `return_segmentation_scores=True`, a list of `SemanticSegmentationPostProcessorOutput` with `segmentation`
+            `(height, width)` and `segmentation_scores` `(num_labels, height, width)` (float32 logits).
         """
         logits = outputs.logits if hasattr(outputs, "logits") else outputs["logits"]
         if target_sizes is None:
-            return list(logits.argmax(dim=1))
-        if len(target_sizes) != logits.shape[0]:
+            target_sizes = [None] * logits.shape[0]
+        elif len(target_sizes) != logits.shape[0]:
             raise ValueError(
                 f"`target_sizes` has {len(target_sizes)} entries but the logits hold {logits.shape[0]} images; "
                 "pass one (height, width) per image."
             )
-        maps = []
+        results = []
         for image_logits, size in zip(logits, target_sizes):
-            size = tuple(int(s) for s in size)
-            upsampled = F.interpolate(image_logits[None].float(), size=size, mode="bilinear", align_corners=False)
-            maps.append(upsampled[0].argmax(dim=0))
-        return maps
+            scores = image_logits.float()
+            if size is not None:
+                size = tuple(int(s) for s in size)
+                if len(size) != 2 or min(size) < 1:
+                    raise ValueError(f"Each target size must be a positive (height, width) pair, got {size}.")
+                scores = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
+            segmentation = scores.argmax(dim=0)
+            results.append(
+                SemanticSegmentationPostProcessorOutput(
+                    data={"segmentation": segmentation, "segmentation_scores": scores}
+                )
+                if return_segmentation_scores
+                else segmentation
+            )
+        return results
 
 
 __all__ = ["LookWhereImageProcessor"]

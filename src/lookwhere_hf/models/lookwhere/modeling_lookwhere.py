@@ -36,7 +36,6 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_lookwhere import LookWhereConfig
 from .dense_spreading import spread_to_grid
-from .image_processing_lookwhere import LookWhereImageProcessor
 from .selection import make_low_res_view, select_top_k, selector_scores_to_map
 
 
@@ -408,16 +407,12 @@ class LookWherePreTrainedModel(PreTrainedModel):
             part.layernorm.load_state_dict({n.split(".")[-1]: t for n, t in state.items() if n.startswith("layernorm.")})
         return model
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the image processor in `config.json`'s `auto_map` (its code is
-        copied with the modeling code), so the folder also loads with `trust_remote_code=True` alone."""
-        if self._auto_class is not None:
-            processor = f"{LookWhereImageProcessor.__module__.split('.')[-1]}.{LookWhereImageProcessor.__name__}"
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoImageProcessor": processor}
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
     # ------------------------------------------------------------------ input checks shared by all heads
     def _check_inputs(self, pixel_values, low_res_pixel_values) -> tuple[int, int]:
+        """Shape checks of the inputs (Python-level, on shapes only: free under torch.compile and torch.export).
+        NaN / inf values are not checked here: that needs a reduction and a device-to-host sync on every forward (a
+        stall of the GPU queue) and a data-dependent branch that `torch.compile(fullgraph=True)` / `torch.export`
+        cannot trace; `LookWhereImageProcessor` refuses such images instead. Returns the high-resolution grid."""
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
             got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
             raise ValueError(
@@ -434,6 +429,11 @@ class LookWherePreTrainedModel(PreTrainedModel):
                 f"{tuple(pixel_values.shape)}. Convert grayscale/RGBA images to RGB (LookWhereImageProcessor does)."
             )
         p = self.config.patch_size
+        if height < p or width < p:
+            raise ValueError(
+                f"`pixel_values` of shape {tuple(pixel_values.shape)} are smaller than one {p}x{p} patch; resize the "
+                f"images to at least {p}x{p} pixels (LookWhereImageProcessor does, and refuses images without pixels)."
+            )
         if height % p or width % p:
             raise ValueError(
                 f"`pixel_values` height and width must be multiples of the patch size {p}, got {height}x{width}. "
@@ -447,6 +447,11 @@ class LookWherePreTrainedModel(PreTrainedModel):
                     "`low_res_pixel_values` must have shape (batch_size, channels, low_h, low_w) with the batch size "
                     f"and channels of `pixel_values` {tuple(pixel_values.shape[:2])}, got "
                     f"{tuple(low_res_pixel_values.shape)}. Omit it to let the model make it from `pixel_values`."
+                )
+            if min(low_res_pixel_values.shape[-2:]) < lp:
+                raise ValueError(
+                    f"`low_res_pixel_values` of shape {tuple(low_res_pixel_values.shape)} are smaller than one "
+                    f"{lp}x{lp} selector patch. Omit it to let the model make it from `pixel_values`."
                 )
             if low_res_pixel_values.shape[-2] % lp or low_res_pixel_values.shape[-1] % lp:
                 raise ValueError(
