@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import EPS32, sum_rtol
+from conftest import EPS32, FLOAT64_TOLERANCE, sum_rtol
 from transformers import (
     Dinov2Config,
     Dinov2Model,
@@ -65,33 +65,49 @@ def build(teacher=None, **kwargs):
 
 
 # ----------------------------------------------------------------------------------------------------- targets
+def _absolute_attention_logits(teacher, hidden_states, num_prefix):
+    """`sum_d |q_d| |k_d| * scaling / heads` of the last layer's mean-query logits: the scale of their rounding error."""
+    last = teacher.encoder.layer[-1]
+    normed = last.norm1(hidden_states)[:, num_prefix:]
+    query, keys = last.attention.q_proj(normed.mean(1)), last.attention.k_proj(normed)
+    return torch.einsum("bd,bnd->bn", query.abs(), keys.abs()) * last.attention.scaling / last.attention.num_attention_heads
+
+
 @pytest.mark.parametrize("plain", [False, True], ids=["dinov2_with_registers", "dinov2"])
 def test_teacher_targets_equal_direct_computation(plain):
-    teacher = make_teacher(plain=plain)
-    x = torch.randn(2, 3, 112, 112)
+    teacher = make_teacher(plain=plain).double()  # float64 teacher: its own rounding is below FLOAT64_TOLERANCE
+    x = torch.randn(2, 3, 112, 112, dtype=torch.float64)
     with torch.no_grad():
-        ref = teacher(x, output_attentions=True)
+        ref = teacher(x, output_attentions=True, output_hidden_states=True)
+        absolute_logits = _absolute_attention_logits(teacher, ref.hidden_states[-2], 1 if plain else 5)
     num_prefix = 1 if plain else 5
     targets = compute_teacher_targets(teacher, x)
 
-    torch.testing.assert_close(targets.cls_token, ref.last_hidden_state[:, 0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(targets.patch_tokens, ref.last_hidden_state[:, num_prefix:], atol=1e-5, rtol=0)
+    # The targets come back in float32: float64 values rounded once (u = EPS32 / 2 relative).
+    tokens = {"rtol": EPS32 / 2, "atol": FLOAT64_TOLERANCE["atol"]}
+    torch.testing.assert_close(targets.cls_token.double(), ref.last_hidden_state[:, 0], **tokens)
+    torch.testing.assert_close(targets.patch_tokens.double(), ref.last_hidden_state[:, num_prefix:], **tokens)
     assert targets.grid == (8, 8) and targets.attention_map.shape == (2, 64)
 
     # Definition from the full last-layer attention matrix: log-probabilities averaged over heads and patch queries,
     # restricted to patch keys; differs from the averaged logits only by a per-image constant.
     log_probs = ref.attentions[-1].log()[:, :, num_prefix:, num_prefix:].mean(dim=(1, 2))  # (B, N)
+    # The map's q and k are rounded to float32 and their D = 32 products summed in float32: each logit is off by
+    # <= (D + 3) u sum_d |q_d k_d| scaling / heads; a log-softmax moves each value by <= twice the largest such error.
+    map_error = (32 + 3) * EPS32 / 2 * absolute_logits.max().item()
     torch.testing.assert_close(
-        torch.log_softmax(targets.attention_map, -1), torch.log_softmax(log_probs, -1), atol=1e-5, rtol=0
+        torch.log_softmax(targets.attention_map.double(), -1), torch.log_softmax(log_probs, -1), atol=2 * map_error, rtol=0
     )
-    # ... and the constant really is there (the raw maps are not equal), so the test is not vacuous.
+    # ... the constant really is there (the raw maps are not equal), and the map varies far more than its error.
     assert (targets.attention_map - log_probs).abs().min() > 1e-3
+    assert (targets.attention_map.max(-1).values - targets.attention_map.min(-1).values).min() > 1000 * map_error
 
-    # Same targets with the SDPA kernel (the cheap path never asks for attention weights).
+    # Same targets with the SDPA kernel (the cheap path never asks for attention weights): two float32 roundings
+    # of float64 values that agree to FLOAT64_TOLERANCE.
     teacher.config._attn_implementation = "sdpa"
     sdpa = compute_teacher_targets(teacher, x)
-    torch.testing.assert_close(sdpa.attention_map, targets.attention_map, atol=1e-5, rtol=0)
-    torch.testing.assert_close(sdpa.patch_tokens, targets.patch_tokens, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sdpa.attention_map, targets.attention_map, atol=2 * map_error, rtol=0)
+    torch.testing.assert_close(sdpa.patch_tokens, targets.patch_tokens, rtol=EPS32, atol=FLOAT64_TOLERANCE["atol"])
 
 
 def test_each_loss_component_equals_its_definition():
@@ -154,15 +170,21 @@ def test_extractor_sees_full_image_equals_teacher_at_init():
     """Student initialized from the teacher, k = all patches: the extractor reproduces the teacher's tokens (so the
     CLS/dense losses vanish up to the selector-prefix difference; with the teacher's own prefix they are exact)."""
     teacher = make_teacher()
-    model = build(teacher).eval()
-    x = torch.randn(2, 3, 112, 112)
+    model = build(teacher).eval().double()
+    teacher.double()  # float64 on both sides: two operation orders agree to FLOAT64_TOLERANCE
+    x = torch.randn(2, 3, 112, 112, dtype=torch.float64)
     with torch.no_grad():
         ref = teacher(x).last_hidden_state
         emb = model.lookwhere.extractor.embeddings
         indices = torch.arange(64).expand(2, -1)
-        tokens, _ = model.lookwhere.extractor(x, indices, emb.prefix_tokens(2))
-    torch.testing.assert_close(tokens[:, 0], ref[:, 0], atol=1e-4, rtol=0)
-    torch.testing.assert_close(tokens[:, 5:], ref[:, 5:], atol=1e-4, rtol=0)
+        # The student's CLS is the teacher's CLS + CLS position embedding, added once in float32 when it was built
+        # (one correctly rounded sum: equal to the float64 sum rounded); the extractor gets the unrounded prefix.
+        t_emb = teacher.embeddings
+        prefix = torch.cat((t_emb.cls_token + t_emb.position_embeddings[:, :1], t_emb.register_tokens), 1).expand(2, -1, -1)
+        assert torch.equal(emb.prefix_tokens(2).float(), prefix.float())
+        tokens, _ = model.lookwhere.extractor(x, indices, prefix)
+    torch.testing.assert_close(tokens[:, 0], ref[:, 0], **FLOAT64_TOLERANCE)
+    torch.testing.assert_close(tokens[:, 5:], ref[:, 5:], **FLOAT64_TOLERANCE)
 
 
 # ----------------------------------------------------------------------------------------------------- gradients
@@ -244,15 +266,16 @@ def test_teacher_moves_but_is_not_saved(tmp_path):
         torch.testing.assert_close(clf.lookwhere.state_dict()[name], tensor, atol=0, rtol=0)
     x = torch.randn(1, 3, 112, 112)
     with torch.no_grad():
-        torch.testing.assert_close(base(x, k=8).pooler_output, model.lookwhere(x, k=8).pooler_output)
+        # same weights, same kernels, same input: bit-identical
+        torch.testing.assert_close(base(x, k=8).pooler_output, model.lookwhere(x, k=8).pooler_output, atol=0, rtol=0)
 
     # The pretraining class reloads with a teacher path (settings come back from config.json).
     teacher.save_pretrained(tmp_path / "teacher")
     again = LookWhereForPreTraining.from_pretrained(tmp_path / "ckpt", teacher=str(tmp_path / "teacher"))
     assert again.config.pretrain_k_max == 24 and again.teacher is not None
-    torch.testing.assert_close(again.teacher.embeddings.cls_token, teacher.embeddings.cls_token)
+    torch.testing.assert_close(again.teacher.embeddings.cls_token, teacher.embeddings.cls_token, atol=0, rtol=0)  # loaded
     with torch.no_grad():
-        torch.testing.assert_close(again.eval()(x, k=8).loss, model.eval()(x, k=8).loss)
+        torch.testing.assert_close(again.eval()(x, k=8).loss, model.eval()(x, k=8).loss, atol=0, rtol=0)  # as above
     with pytest.raises(ValueError, match="needs a teacher"):
         LookWhereForPreTraining(again.config)(x)
 
@@ -261,11 +284,21 @@ def test_bfloat16_teacher_gives_close_float32_targets():
     teacher = make_teacher(attn="sdpa")
     x = torch.randn(2, 3, 112, 112)
     reference = compute_teacher_targets(teacher, x)
+    with torch.no_grad():
+        hidden = teacher(x, output_hidden_states=True).hidden_states[-2]
+        absolute_logits = _absolute_attention_logits(teacher, hidden, 5)
     model = build(teacher, teacher_dtype=torch.bfloat16)  # casts this teacher in place
     targets = compute_teacher_targets(model.teacher, x)
     assert targets.patch_tokens.dtype == torch.float32  # targets always come back in float32
-    torch.testing.assert_close(targets.patch_tokens, reference.patch_tokens, atol=0.1, rtol=0.05)
-    torch.testing.assert_close(targets.attention_map, reference.attention_map, atol=0.05, rtol=0.05)
+    # bfloat16 keeps 8 significant bits (u = 2**-9). A value on the teacher's path is rounded ~8 times per layer (norm,
+    # q/k/v, attention, projection, norm, 2 MLP layers) x 3 layers: relative error <= rho = 24 u ~= 4.7% of the
+    # magnitude involved; a map logit (q . k) carries it from both q and k.
+    rho = 24 * 2**-9
+    atol = rho * reference.patch_tokens.abs().max().item()
+    torch.testing.assert_close(targets.patch_tokens, reference.patch_tokens, atol=atol, rtol=0)
+    map_error = 2 * rho * absolute_logits
+    assert ((targets.attention_map - reference.attention_map).abs() <= map_error).all()
+    assert (map_error < reference.attention_map.max(-1, keepdim=True).values - reference.attention_map.min(-1, keepdim=True).values).all()
     out = model.train()(x, step=0)
     out.loss.backward()
     assert torch.isfinite(out.loss) and model.lookwhere.selector.head.fc2.weight.grad.dtype == torch.float32
