@@ -1,12 +1,20 @@
 """LookWhereImageProcessor and the transformers pipelines on real photographs."""
 
+import builtins
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tiny_config
 from PIL import Image
-from transformers import AutoImageProcessor, pipeline
+from transformers import AutoImageProcessor, SegformerImageProcessor, pipeline
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
 from lookwhere_hf import (
     LookWhereForImageClassification,
@@ -76,15 +84,31 @@ def test_processor_rejects_bad_sizes():
         LookWhereImageProcessor(low_res_size={"height": 0, "width": 154})
 
 
-def test_post_process_semantic_segmentation():
-    logits = torch.randn(2, 4, 8, 8)
-    processor = _processor()
-    maps = processor.post_process_semantic_segmentation(type("O", (), {"logits": logits})(), target_sizes=[(30, 40), (8, 8)])
-    assert maps[0].shape == (30, 40) and torch.equal(maps[1], logits[1].argmax(0))
-    up = F.interpolate(logits[:1], size=(30, 40), mode="bilinear", align_corners=False)
-    assert torch.equal(maps[0], up[0].argmax(0))
+def test_post_process_semantic_segmentation_matches_segformer_api():
+    """Same signature and numbers as transformers' Segformer post-processing (maps, scores, tensor target sizes)."""
+    torch.manual_seed(0)
+    outputs = type("O", (), {"logits": torch.randn(2, 4, 8, 8)})()
+    processor, segformer = _processor(), SegformerImageProcessor()
+    sizes = [(30, 40), (8, 8)]
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
+    assert [m.shape for m in maps] == [(30, 40), (8, 8)]
+    for ours, theirs in zip(maps, segformer.post_process_semantic_segmentation(outputs, target_sizes=sizes)):
+        assert torch.equal(ours, theirs)
+    scored = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=torch.tensor(sizes), return_segmentation_scores=True
+    )
+    reference = segformer.post_process_semantic_segmentation(outputs, target_sizes=sizes, return_segmentation_scores=True)
+    for ours, theirs in zip(scored, reference):
+        assert isinstance(ours, SemanticSegmentationPostProcessorOutput)
+        assert torch.equal(ours.segmentation, theirs.segmentation)
+        assert torch.equal(ours.segmentation_scores, theirs.segmentation_scores)
+    on_grid = processor.post_process_semantic_segmentation(outputs, return_segmentation_scores=True)
+    assert torch.equal(on_grid[1].segmentation, outputs.logits[1].argmax(0))
+    assert torch.equal(on_grid[1].segmentation_scores, outputs.logits[1])
     with pytest.raises(ValueError, match="target_sizes"):
-        processor.post_process_semantic_segmentation(type("O", (), {"logits": logits})(), target_sizes=[(1, 1)])
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(1, 1)])
+    with pytest.raises(ValueError, match="positive"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(0, 5), (8, 8)])
 
 
 def _save(tmp_path, cls, **config_kwargs):
@@ -102,6 +126,110 @@ def _save(tmp_path, cls, **config_kwargs):
 def test_auto_image_processor_found_from_model_folder(tmp_path):
     _save(tmp_path, LookWhereModel)
     assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), LookWhereImageProcessor)
+
+
+def test_processor_saved_alone_loads_with_auto_image_processor(tmp_path, photos):
+    processor = LookWhereImageProcessor(size={"height": 126, "width": 84}, low_res_size={"height": 42, "width": 28})
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "LookWhereImageProcessor"
+    assert saved["auto_map"] == {"AutoImageProcessor": "image_processing_lookwhere.LookWhereImageProcessor"}
+    assert (tmp_path / "image_processing_lookwhere.py").is_file() and (tmp_path / "selection.py").is_file()
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is LookWhereImageProcessor and loaded.to_dict() == processor.to_dict()
+    expected = processor(photos["coffee"], return_tensors="pt")
+    got = loaded(photos["coffee"], return_tensors="pt")
+    assert all(torch.equal(got[key], expected[key]) for key in ("pixel_values", "low_res_pixel_values"))
+
+
+def test_model_folder_holds_no_processor_code_of_its_own(tmp_path):
+    """The model's config.json no longer names the image processor: the processor's own file does."""
+    _tiny = LookWhereForImageClassification(make_tiny_config(num_labels=2))
+    _tiny.save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert "AutoImageProcessor" not in auto_map and auto_map["AutoModelForImageClassification"].startswith("modeling_")
+    assert not (tmp_path / "image_processing_lookwhere.py").exists()
+    _processor().save_pretrained(tmp_path)
+    assert (tmp_path / "image_processing_lookwhere.py").is_file()
+
+
+@pytest.fixture
+def no_prompt(monkeypatch):
+    """Fails the test if anything asks the user whether to run custom code."""
+    prompts = []
+    monkeypatch.setattr(builtins, "input", lambda *args: prompts.append(args) or "n")
+    yield prompts
+    assert prompts == [], f"prompted: {prompts}"
+
+
+@pytest.mark.parametrize("task", ["image-classification", "image-segmentation", "image-feature-extraction"])
+def test_pipelines_load_without_prompting(tmp_path, photos, no_prompt, task):
+    """With lookwhere_hf imported, no pipeline asks about remote code: the processor's auto_map entry is not taken for
+    a remote video processor (LookWhere registers that it has none)."""
+    cls = {"image-classification": LookWhereForImageClassification, "image-segmentation": LookWhereForSemanticSegmentation}
+    _save(tmp_path, cls.get(task, LookWhereModel), num_labels=3)
+    assert "auto_map" in json.loads((tmp_path / "preprocessor_config.json").read_text())
+    runner = pipeline(task, model=str(tmp_path))
+    assert isinstance(runner.image_processor, LookWhereImageProcessor)
+    assert getattr(runner, "video_processor", None) is None
+    runner(Image.fromarray(photos["coffee"]))
+
+
+def test_folder_saved_before_the_processor_carried_its_auto_map_still_loads(tmp_path, photos, no_prompt):
+    """Folders written by earlier versions: the processor named only in config.json's auto_map, not in its file."""
+    model = _save(tmp_path, LookWhereForImageClassification, num_labels=3)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"]["AutoImageProcessor"] = "image_processing_lookwhere.LookWhereImageProcessor"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    settings = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    del settings["image_processor_type"], settings["auto_map"]
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
+    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), LookWhereImageProcessor)
+    image = Image.fromarray(photos["chelsea"])
+    scores = pipeline("image-classification", model=str(tmp_path))(image, top_k=3)
+    with torch.no_grad():
+        probs = model(**_processor()(image, return_tensors="pt")).logits.softmax(-1)[0]
+    np.testing.assert_allclose(sorted(r["score"] for r in scores), sorted(probs.tolist()), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_processor_folder_and_pipeline_with_trust_remote_code_alone(tmp_path, photos):
+    """In a fresh process that never imports lookwhere_hf: a processor folder loads on its own, and a model folder
+    runs in pipeline() with trust_remote_code=True, same numbers as here, and nothing prompts."""
+    processor = _processor(low_res_antialias=True)
+    processor.save_pretrained(tmp_path / "processor")
+    model = _save(tmp_path / "model", LookWhereForImageClassification, num_labels=3)
+    image = photos["astronaut"]
+    np.save(tmp_path / "image.npy", image)
+    expected_pixels = processor(image, return_tensors="pt")
+    with torch.no_grad():
+        expected_probs = model(**_processor()(image, return_tensors="pt")).logits.softmax(-1)[0]
+    script = textwrap.dedent(
+        f"""
+        import builtins, os, sys, json
+        import numpy as np, torch
+        builtins.input = lambda *args: os._exit(3)  # a prompt for remote code fails the test
+        from transformers import AutoImageProcessor, pipeline
+        image = np.load({str(tmp_path / "image.npy")!r})
+        processor = AutoImageProcessor.from_pretrained({str(tmp_path / "processor")!r}, trust_remote_code=True)
+        assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+        out = processor(image, return_tensors="pt")
+        torch.save({{k: out[k] for k in ("pixel_values", "low_res_pixel_values")}}, {str(tmp_path / "pixels.pt")!r})
+        classifier = pipeline("image-classification", model={str(tmp_path / "model")!r}, trust_remote_code=True)
+        result = classifier(image, top_k=3)
+        assert "lookwhere_hf" not in sys.modules, "lookwhere_hf was imported"
+        json.dump(result, open({str(tmp_path / "result.json")!r}, "w"))
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pixels = torch.load(tmp_path / "pixels.pt")
+    assert all(torch.equal(pixels[k], expected_pixels[k]) for k in ("pixel_values", "low_res_pixel_values"))
+    scores = json.loads((tmp_path / "result.json").read_text())
+    labels = model.config.id2label
+    expected = {labels[i]: p for i, p in enumerate(expected_probs.tolist())}
+    np.testing.assert_allclose([r["score"] for r in scores], [expected[r["label"]] for r in scores], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee"])

@@ -54,14 +54,15 @@ def _is_single_image(image) -> bool:
 def _as_tensor(image) -> torch.Tensor:
     """A numpy array (any byte order) or PIL image in a mode wider than 8 bits -> a torch tensor, dtype kept."""
     if is_pil_image(image):
-        image = np.array(image)  # a writable copy (np.asarray of a PIL image is read-only)
+        image = np.asarray(image)
     if isinstance(image, np.ndarray):
         if image.dtype.kind not in "buif":
             raise ValueError(
                 f"Images must hold numbers (uint8, uint16, other integers in [0, 255], or floats), got a numpy array "
                 f"of dtype {image.dtype}. Convert it with `.astype(np.uint8)` or `.astype(np.float32)`."
             )
-        image = torch.from_numpy(np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("=")))
+        # native byte order (PIL's 'I;16B' is big-endian) and writable memory, as torch.from_numpy needs
+        image = torch.from_numpy(np.require(image, dtype=image.dtype.newbyteorder("="), requirements=["C", "W"]))
     return image
 
 
@@ -88,14 +89,15 @@ def _channel_layout(image: torch.Tensor, input_data_format) -> ChannelDimension:
     return ChannelDimension.FIRST if first else ChannelDimension.LAST
 
 
-def _full_scale(image: torch.Tensor, source: str) -> int | None:
-    """The value of a fully white pixel in `image`, which `do_rescale` maps to 1: 65535 for 16-bit images, 255 for
-    8-bit data (uint8, other integers within [0, 255], floats within [0, 255]); `None` for uint8 (the standard path).
-    Raises a `ValueError` for values that fit no such range, for booleans and for non-finite floats."""
+def _on_8_bit_scale(image: torch.Tensor, source: str) -> tuple[torch.Tensor, int | None]:
+    """For `do_rescale`: `(image, full_scale)`, where `full_scale` is the value of a white pixel when the image must be
+    brought to the 8-bit scale [0, 255] first (65535 for 16-bit images, 255 for floats), or `None` when it is 8-bit
+    already (uint8, or other integers within [0, 255], returned as uint8). Raises a `ValueError` for values that fit
+    no such range and for booleans."""
     if image.dtype == torch.uint8:
-        return None
+        return image, None
     if image.dtype == torch.uint16:
-        return 65535
+        return image, 65535
     if image.dtype == torch.bool or image.is_complex():
         raise ValueError(
             f"Got a {source}; images must be uint8, uint16, other integers in [0, 255] or floats. Convert masks with "
@@ -109,7 +111,7 @@ def _full_scale(image: torch.Tensor, source: str) -> int | None:
                 "and must lie in [0, 255]. Pass 16-bit images as uint16 (numpy / torch, or PIL mode 'I;16') to "
                 "have them scaled by 65535, or scale the values to [0, 255] yourself."
             )
-        return 255
+        return image.to(torch.uint8), None
     if low < 0 or high > 255:
         raise ValueError(
             f"Got a {source} with values in [{low:g}, {high:g}]. With `do_rescale=True` (the default) float images "
@@ -122,7 +124,7 @@ def _full_scale(image: torch.Tensor, source: str) -> int | None:
             "on the 8-bit scale [0, 255], which would make it almost black. Pass `do_rescale=False` for images "
             "already scaled to [0, 1], or multiply them by 255."
         )
-    return 255
+    return image, 255
 
 
 class LookWhereImageProcessor(TorchvisionBackend):
@@ -229,7 +231,9 @@ class LookWhereImageProcessor(TorchvisionBackend):
             raise ValueError(f"Got a {source} with NaN or infinite values; replace them (e.g. `np.nan_to_num`).")
         if image.ndim == 3:
             input_data_format = _channel_layout(image, input_data_format)
-        full_scale = _full_scale(image, source) if do_rescale else None
+        full_scale = None
+        if do_rescale:
+            image, full_scale = _on_8_bit_scale(image, source)
         if full_scale is None:
             return super().process_image(
                 image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=kwargs.get("device")
