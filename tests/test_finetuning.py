@@ -1,4 +1,4 @@
-"""The fine-tuning example scripts end to end (subprocesses), and the shared pieces in lookwhere_hf.training_utils.
+"""The fine-tuning example scripts end to end (subprocesses), and the shared pieces in lookwhere_hf.training.
 
 Data are generated into tmp_path as local folders:
 
@@ -31,20 +31,25 @@ from lookwhere_hf import (
     LookWhereImageProcessor,
     LookWhereModel,
 )
-from lookwhere_hf.training_utils import (
+from lookwhere_hf.training import (
+    TRAINER_CHECKPOINT,
     ArgumentError,
+    ClassificationTransform,
     DataTrainingArguments,
     ModelArguments,
+    SeededDataset,
     SegmentationDataArguments,
     SegmentationTransform,
     build_model_and_processor,
+    collate_fn,
     load_datasets,
     load_image_mask_pairs,
     prepare_classification_labels,
     prepare_segmentation_labels,
-    reduce_mask_labels,
+    resolve_checkpoint,
     set_model_resolution,
 )
+from lookwhere_hf.training.data import reduce_mask_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 CLS_SCRIPT = ROOT / "examples/pytorch/image-classification/run_image_classification.py"

@@ -5,8 +5,9 @@ written to tmp dirs. One-process runs happen in-process (fast); the two-process 
 `accelerate launch` with the gloo backend on CPU.
 """
 
-import importlib.util
+import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -42,21 +43,10 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses (and the no_trainer script's import) look the module up by name
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    return module
-
-
 @pytest.fixture(scope="module")
 def scripts():
-    return _load_script("run_pretraining"), _load_script("run_pretraining_no_trainer")
+    """The `main` functions of the two scripts (each script stands alone: no imports between them)."""
+    return tuple(runpy.run_path(str(SCRIPTS / f"{name}.py"))["main"] for name in ("run_pretraining", "run_pretraining_no_trainer"))
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +98,10 @@ def weights(folder):
     return load_file(Path(folder) / "model.safetensors")
 
 
+def trainer_state(folder):
+    return json.loads((Path(folder) / "trainer_state.json").read_text())
+
+
 def max_diff(a, b):
     assert set(a) == set(b)
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
@@ -116,8 +110,8 @@ def max_diff(a, b):
 @pytest.fixture(scope="module")
 def trainer_run(scripts, assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("trainer") / "out"
-    trainer = scripts[0].main(common_args(assets, out) + TRAINER_ARGS)
-    return out, trainer.state.log_history
+    scripts[0](common_args(assets, out) + TRAINER_ARGS)
+    return out, trainer_state(out)["log_history"]
 
 
 # ----------------------------------------------------------------------------------------------------- Trainer
@@ -154,8 +148,8 @@ def test_trainer_resume_matches_uninterrupted_run(scripts, assets, trainer_run, 
     out = tmp_path / "resumed"
     out.mkdir()
     shutil.copytree(full / "checkpoint-3", out / "checkpoint-3")
-    trainer = scripts[0].main(common_args(assets, out) + TRAINER_ARGS + ["--resume_from_checkpoint", "last"])
-    assert trainer.state.global_step == 6
+    scripts[0](common_args(assets, out) + TRAINER_ARGS + ["--resume_from_checkpoint", "last"])
+    assert trainer_state(out)["global_step"] == 6
     # Exact in practice (augmentation is seeded per image and epoch, k per step); tolerance for float reorderings.
     assert max_diff(weights(out), weights(full)) < 1e-6
 
@@ -177,9 +171,10 @@ def test_trainer_streaming_from_a_saved_dataset(scripts, assets, tmp_path):
     out = tmp_path / "stream"
     args = common_args(assets, out) + ["--max_steps", "2", "--logging_steps", "1", "--use_cpu", "--report_to", "none"]
     args[args.index("--train_dir") : args.index("--train_dir") + 2] = ["--dataset_name", str(assets / "saved")]
-    trainer = scripts[0].main(args + ["--streaming", "--no_augment"])
-    assert trainer.state.global_step == 2
-    assert [e["step"] for e in trainer.state.log_history if "loss_map" in e] == [1, 2]
+    scripts[0](args + ["--streaming", "--no_augment"])
+    state = trainer_state(out)
+    assert state["global_step"] == 2
+    assert [e["step"] for e in state["log_history"] if "loss_map" in e] == [1, 2]
     assert all(name.startswith("lookwhere.") for name in weights(out))
 
 
@@ -187,15 +182,18 @@ def test_trainer_streaming_from_a_saved_dataset(scripts, assets, tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"--train_dir": "{root}/missing"}, "is not a folder"),
-        ({"--train_dir": "{root}/empty"}, "Could not load the training data"),
-        ({"--train_dir": None, "--dataset_name": "{root}/wrong_column"}, "has no column 'image'.*picture"),
-        ({"--train_dir": None, "--dataset_name": "{root}/saved", "--image_column_name": "pixels"}, "has no column"),
+        ({"--train_dir": "{root}/missing"}, "--train_dir '.*missing': no such folder"),
+        ({"--train_dir": "{root}/empty"}, "--train_dir '.*empty': could not load it"),
+        ({"--train_dir": None, "--dataset_name": "{root}/wrong_column"}, "'image' is not a column.*picture"),
+        ({"--train_dir": None, "--dataset_name": "{root}/saved", "--image_column_name": "pixels"}, "is not a column"),
+        ({"--train_dir": None, "--dataset_name": "{root}/saved", "--train_split": "test"}, "no split 'test'.*'train'"),
         ({"--k_min": "40", "--k_max": "20"}, "k_min <= --k_max"),
         ({"--k_min": "80", "--k_max": "90"}, "exceeds the 64 patches"),
-        ({"--image_size": "120"}, "multiple of the teacher's patch size 14"),
-        ({"--teacher_name_or_path": "{root}/vit"}, "must be a DINOv2"),
-        ({"--teacher_name_or_path": "{root}/nowhere"}, "Could not load the teacher"),
+        ({"--image_size": "120"}, "--image_size 120 is not a positive multiple of the patch size 14: use e.g. 112"),
+        ({"--low_res_size": "126"}, "--low_res_size 126 must not exceed --image_size 112"),
+        ({"--teacher_name_or_path": "{root}/vit"}, "is a 'vit' model; it needs a DINOv2-with-registers"),
+        ({"--teacher_name_or_path": "{root}/nowhere"}, "--teacher_name_or_path '.*nowhere': no such folder"),
+        ({"--teacher_name_or_path": None}, "No teacher given"),
         ({"--selector_depth": "5"}, "selector_depth"),
         ({"--streaming": ""}, "needs --max_steps"),
     ],
@@ -211,7 +209,7 @@ def test_bad_inputs_fail_before_training(scripts, assets, tmp_path, change, mess
         if value is not None:
             args += [flag] + ([value.format(root=assets)] if value else [])
     with pytest.raises(ValueError, match=message):
-        scripts[0].main(args)
+        scripts[0](args)
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
@@ -224,7 +222,7 @@ def test_student_that_does_not_fit_the_teacher_is_rejected(scripts, assets, trai
     args = common_args(assets, tmp_path / "out") + ["--max_steps", "1", "--use_cpu", "--report_to", "none"]
     args[args.index("--teacher_name_or_path") + 1] = str(tmp_path / "wide")
     with pytest.raises(ValueError, match="hidden size"):
-        scripts[0].main(args + ["--model_name_or_path", str(trainer_run[0])])
+        scripts[0](args + ["--model_name_or_path", str(trainer_run[0])])
 
 
 # ----------------------------------------------------------------------------------------------------- no_trainer
@@ -232,7 +230,7 @@ def test_student_that_does_not_fit_the_teacher_is_rejected(scripts, assets, trai
 def test_no_trainer_resume_and_two_processes(scripts, assets, tmp_path, capsys):
     no_trainer = scripts[1]
     full = tmp_path / "full"
-    no_trainer.main(common_args(assets, full) + NO_TRAINER_ARGS)
+    no_trainer(common_args(assets, full) + NO_TRAINER_ARGS)
     log = capsys.readouterr().out
     assert '"loss_map"' in log and '"top_k_agreement"' in log and "Saved the pretrained student" in log
     assert set(weights(full / "step_3")) == set(weights(full))  # student only in the accelerate checkpoints too
@@ -241,7 +239,7 @@ def test_no_trainer_resume_and_two_processes(scripts, assets, tmp_path, capsys):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(full / "step_3", resumed / "step_3")
-    no_trainer.main(common_args(assets, resumed) + NO_TRAINER_ARGS + ["--resume_from_checkpoint", "last"])
+    no_trainer(common_args(assets, resumed) + NO_TRAINER_ARGS + ["--resume_from_checkpoint", "last"])
     assert max_diff(weights(resumed), weights(full)) < 1e-6
 
     ddp = tmp_path / "ddp"

@@ -3,7 +3,8 @@
 
 Same data, model and LookWhere flags as `run_image_classification.py`; training flags follow transformers'
 no_trainer examples (`--max_train_steps`, `--checkpointing_steps`, `--resume_from_checkpoint`, `--with_tracking`).
-Runs on one CPU / GPU with `python`, or on several processes / GPUs with `accelerate launch`:
+The loop itself (`lookwhere_hf.training.train_loop`) is the one the pretraining script uses. Runs on one CPU / GPU
+with `python`, or on several processes / GPUs with `accelerate launch`:
 
     accelerate launch --num_processes 2 run_image_classification_no_trainer.py \\
         --model_name_or_path path/to/lookwhere-checkpoint \\
@@ -21,29 +22,31 @@ import os
 from accelerate.utils import set_seed
 
 from lookwhere_hf import LookWhereForImageClassification
-from lookwhere_hf.training_utils import (
+from lookwhere_hf.training import (
+    IMAGE_CLASSIFICATION,
     ClassificationTransform,
     DataTrainingArguments,
     ModelArguments,
     NoTrainerArguments,
-    accelerate_train,
+    SeededDataset,
+    TaskMetric,
     build_model_and_processor,
-    classification_predictions,
+    collate_fn,
     describe_setup,
     load_datasets,
     make_accelerator,
-    prepare_classification_labels,
     parse_script_arguments,
+    prepare_classification_labels,
+    report_results,
     run_cli,
-    task_metric,
+    save_outputs,
+    train_loop,
     validate_arguments,
 )
 
-TASK = "image-classification"
 
-
-def main() -> dict:
-    model_args, data_args, args = parse_script_arguments((ModelArguments, DataTrainingArguments, NoTrainerArguments))
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, args = parse_script_arguments((ModelArguments, DataTrainingArguments, NoTrainerArguments), argv)
 
     # Everything that can be wrong with the arguments is checked before data or weights are loaded.
     validate_arguments(model_args, data_args, push_to_hub=args.push_to_hub)
@@ -53,26 +56,27 @@ def main() -> dict:
         os.makedirs(args.output_dir, exist_ok=True)
 
     with accelerator.main_process_first():
-        dataset = load_datasets(data_args, model_args, task=TASK, do_train=True, do_eval=True, seed=args.seed)
+        dataset = load_datasets(data_args, model_args, task=IMAGE_CLASSIFICATION, seed=args.seed)
         dataset, id2label = prepare_classification_labels(dataset, data_args.label_column_name)
     model, image_processor = build_model_and_processor(LookWhereForImageClassification, model_args, id2label)
     describe_setup(model, image_processor, dataset, accelerator.print)
 
-    for split, train in (("train", True), ("validation", False)):
-        dataset[split].set_transform(
-            ClassificationTransform(
-                image_processor,
-                data_args.image_column_name,
-                data_args.label_column_name,
-                train=train and not data_args.no_augment,
-            )
-        )
-    metric, compute_metrics = task_metric(TASK, id2label)
-    return accelerate_train(
-        accelerator, args, model, image_processor, dataset["train"], dataset["validation"],
-        predict=classification_predictions, metric=metric, compute_metrics=compute_metrics, task=TASK,
-        model_args=model_args,
-    )
+    columns = (image_processor, data_args.image_column_name, data_args.label_column_name)
+    dataset["train"].set_transform(ClassificationTransform(*columns, train=not data_args.no_augment))
+    dataset["validation"].set_transform(ClassificationTransform(*columns, train=False))
+
+    model, results = train_loop(
+        accelerator, args, model, SeededDataset(dataset["train"], args.seed), collate_fn=collate_fn,
+        eval_dataset=dataset["validation"], metric=TaskMetric(IMAGE_CLASSIFICATION, id2label),
+        project_name="image_classification_no_trainer",
+    )  # fmt: skip
+    save_outputs(accelerator, args, model, image_processor, results)
+    if accelerator.is_main_process:
+        report_results(
+            results, args.output_dir, "the model, image processor and results (all_results.json)",
+            "pipeline('image-classification', model=<that folder>)", accelerator.print,
+        )  # fmt: skip
+    return results
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ Data: a Hub dataset with an image column and a mask column (`label` / `annotatio
 
 Masks are single-channel images of class ids with the image's size; 255 is ignored (`--reduce_labels` turns 0 into
 255 and shifts the other ids down, for datasets where 0 means "unlabelled"). Image and mask get the same
-RandomResizedCrop + flip (torchvision v2, nearest-neighbour for the mask), then `LookWhereImageProcessor` makes both
-views. Mean IoU / per-class IoU come from the offline `evaluate` module shipped in `lookwhere_hf.metrics`.
+RandomResizedCrop + flip (torchvision v2, nearest-neighbour for the mask, seeded per image and epoch), then
+`LookWhereImageProcessor` makes both views. Mean IoU / per-class IoU come from the offline `evaluate` module shipped
+in `lookwhere_hf.metrics`.
 
 Example (runs offline on a local folder):
 
@@ -33,66 +34,85 @@ import os
 from transformers import Trainer, TrainingArguments, set_seed
 
 from lookwhere_hf import LookWhereForSemanticSegmentation
-from lookwhere_hf.training_utils import (
+from lookwhere_hf.training import (
+    SEMANTIC_SEGMENTATION,
+    TRAINER_CHECKPOINT,
     ModelArguments,
+    SeededDataset,
     SegmentationDataArguments,
     SegmentationTransform,
+    SetEpochCallback,
+    TaskMetric,
     build_model_and_processor,
     collate_fn,
     describe_setup,
     load_datasets,
-    make_compute_metrics,
-    prepare_segmentation_labels,
     parse_script_arguments,
+    prepare_segmentation_labels,
+    report_results,
+    resolve_checkpoint,
     run_cli,
     run_trainer,
-    segmentation_predictions,
     validate_arguments,
 )
 
-TASK = "semantic-segmentation"
 logger = logging.getLogger(__name__)
 
 
-def main() -> dict:
-    model_args, data_args, training_args = parse_script_arguments((ModelArguments, SegmentationDataArguments, TrainingArguments))
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_script_arguments(
+        (ModelArguments, SegmentationDataArguments, TrainingArguments), argv
+    )
 
     # Everything that can be wrong with the arguments is checked before data or weights are loaded.
     validate_arguments(model_args, data_args, push_to_hub=training_args.push_to_hub)
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir, TRAINER_CHECKPOINT)
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="loading the dataset"):
         dataset = load_datasets(
-            data_args, model_args, task=TASK, do_train=training_args.do_train, do_eval=training_args.do_eval,
-            seed=training_args.seed,
-        )
+            data_args, model_args, task=SEMANTIC_SEGMENTATION, do_train=training_args.do_train,
+            do_eval=training_args.do_eval, seed=training_args.seed,
+        )  # fmt: skip
         id2label = prepare_segmentation_labels(dataset, data_args)
     model, image_processor = build_model_and_processor(LookWhereForSemanticSegmentation, model_args, id2label)
     if training_args.should_log:
-        describe_setup(model, image_processor, dataset)
+        describe_setup(model, image_processor, dataset, logger.info)
 
-    for split, train in (("train", True), ("validation", False)):
-        if split in dataset:
-            dataset[split].set_transform(
-                SegmentationTransform(
-                    image_processor, data_args.image_column_name, data_args.label_column_name,
-                    train=train and not data_args.no_augment,
-                    reduce_labels=data_args.reduce_labels,
-                )
-            )
+    columns = (image_processor, data_args.image_column_name, data_args.label_column_name)
+    train_dataset = eval_dataset = None
+    if "train" in dataset:
+        transform = SegmentationTransform(*columns, train=not data_args.no_augment, reduce_labels=data_args.reduce_labels)
+        dataset["train"].set_transform(transform)
+        train_dataset = SeededDataset(dataset["train"], training_args.seed)
+    if "validation" in dataset:
+        dataset["validation"].set_transform(SegmentationTransform(*columns, train=False, reduce_labels=data_args.reduce_labels))
+        eval_dataset = dataset["validation"]
 
+    metric = TaskMetric(SEMANTIC_SEGMENTATION, id2label)
     training_args.remove_unused_columns = False  # the transforms need the raw image and mask columns
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=dataset.get("train"),
-        eval_dataset=dataset.get("validation"),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         data_collator=collate_fn,
         processing_class=image_processor,
-        compute_metrics=make_compute_metrics(TASK, id2label),
-        preprocess_logits_for_metrics=segmentation_predictions,
+        compute_metrics=metric.compute_metrics,
+        preprocess_logits_for_metrics=metric.predict,
+        callbacks=[SetEpochCallback(train_dataset)],
     )
-    return run_trainer(trainer, training_args, task=TASK, model_args=model_args, data_args=data_args)
+    results = run_trainer(
+        trainer, do_train=training_args.do_train, do_eval=training_args.do_eval, resume_from_checkpoint=checkpoint,
+        finetuned_from=model_args.model_name_or_path or model_args.init_from_dinov2, task=SEMANTIC_SEGMENTATION,
+        dataset_name=data_args.dataset_name,
+    )  # fmt: skip
+    if trainer.is_world_process_zero():
+        report_results(
+            results, training_args.output_dir, "the model, image processor and results (all_results.json)",
+            "pipeline('image-segmentation', model=<that folder>)", logger.info,
+        )  # fmt: skip
+    return results
 
 
 if __name__ == "__main__":

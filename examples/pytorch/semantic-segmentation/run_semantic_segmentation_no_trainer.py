@@ -3,7 +3,9 @@
 
 Same data layout, model and LookWhere flags as `run_semantic_segmentation.py` (image / mask pairs, `--reduce_labels`,
 `id2label.json`); training flags follow transformers' no_trainer examples (`--max_train_steps`,
-`--checkpointing_steps`, `--resume_from_checkpoint`, `--with_tracking`). Runs with `python` or `accelerate launch`:
+`--checkpointing_steps`, `--resume_from_checkpoint`, `--with_tracking`). The loop itself
+(`lookwhere_hf.training.train_loop`) is the one the pretraining script uses. Runs with `python` or
+`accelerate launch`:
 
     accelerate launch --num_processes 2 run_semantic_segmentation_no_trainer.py \\
         --model_name_or_path path/to/lookwhere-checkpoint \\
@@ -21,29 +23,33 @@ import os
 from accelerate.utils import set_seed
 
 from lookwhere_hf import LookWhereForSemanticSegmentation
-from lookwhere_hf.training_utils import (
+from lookwhere_hf.training import (
+    SEMANTIC_SEGMENTATION,
     ModelArguments,
     NoTrainerArguments,
+    SeededDataset,
     SegmentationDataArguments,
     SegmentationTransform,
-    accelerate_train,
+    TaskMetric,
     build_model_and_processor,
+    collate_fn,
     describe_setup,
     load_datasets,
     make_accelerator,
-    prepare_segmentation_labels,
     parse_script_arguments,
+    prepare_segmentation_labels,
+    report_results,
     run_cli,
-    segmentation_predictions,
-    task_metric,
+    save_outputs,
+    train_loop,
     validate_arguments,
 )
 
-TASK = "semantic-segmentation"
 
-
-def main() -> dict:
-    model_args, data_args, args = parse_script_arguments((ModelArguments, SegmentationDataArguments, NoTrainerArguments))
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, args = parse_script_arguments(
+        (ModelArguments, SegmentationDataArguments, NoTrainerArguments), argv
+    )
 
     # Everything that can be wrong with the arguments is checked before data or weights are loaded.
     validate_arguments(model_args, data_args, push_to_hub=args.push_to_hub)
@@ -53,25 +59,28 @@ def main() -> dict:
         os.makedirs(args.output_dir, exist_ok=True)
 
     with accelerator.main_process_first():
-        dataset = load_datasets(data_args, model_args, task=TASK, do_train=True, do_eval=True, seed=args.seed)
+        dataset = load_datasets(data_args, model_args, task=SEMANTIC_SEGMENTATION, seed=args.seed)
         id2label = prepare_segmentation_labels(dataset, data_args)
     model, image_processor = build_model_and_processor(LookWhereForSemanticSegmentation, model_args, id2label)
     describe_setup(model, image_processor, dataset, accelerator.print)
 
-    for split, train in (("train", True), ("validation", False)):
-        dataset[split].set_transform(
-            SegmentationTransform(
-                image_processor, data_args.image_column_name, data_args.label_column_name,
-                train=train and not data_args.no_augment,
-                reduce_labels=data_args.reduce_labels,
-            )
-        )
-    metric, compute_metrics = task_metric(TASK, id2label)
-    return accelerate_train(
-        accelerator, args, model, image_processor, dataset["train"], dataset["validation"],
-        predict=segmentation_predictions, metric=metric, compute_metrics=compute_metrics, task=TASK,
-        model_args=model_args,
-    )
+    columns = (image_processor, data_args.image_column_name, data_args.label_column_name)
+    transform = SegmentationTransform(*columns, train=not data_args.no_augment, reduce_labels=data_args.reduce_labels)
+    dataset["train"].set_transform(transform)
+    dataset["validation"].set_transform(SegmentationTransform(*columns, train=False, reduce_labels=data_args.reduce_labels))
+
+    model, results = train_loop(
+        accelerator, args, model, SeededDataset(dataset["train"], args.seed), collate_fn=collate_fn,
+        eval_dataset=dataset["validation"], metric=TaskMetric(SEMANTIC_SEGMENTATION, id2label),
+        project_name="semantic_segmentation_no_trainer",
+    )  # fmt: skip
+    save_outputs(accelerator, args, model, image_processor, results)
+    if accelerator.is_main_process:
+        report_results(
+            results, args.output_dir, "the model, image processor and results (all_results.json)",
+            "pipeline('image-segmentation', model=<that folder>)", accelerator.print,
+        )  # fmt: skip
+    return results
 
 
 if __name__ == "__main__":

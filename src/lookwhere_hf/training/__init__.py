@@ -1,0 +1,88 @@
+"""What the example scripts in `examples/pytorch/` share, for fine-tuning and pretraining alike.
+
+- `arguments`: the argument dataclasses, their validation (an [`ArgumentError`] that says what to change) and parsing.
+- `data`: datasets from the Hub, imagefolders, `save_to_disk` folders or image / mask pairs; labels; and
+  [`SeededDataset`] (per-example seeded augmentation, for exact resumes and N-process = 1-process runs).
+- `transforms`: torchvision augmentation + the LookWhere image processor, and the collate function.
+- `model_setup`: the task model or pretraining student and its image processor.
+- `metrics`: accuracy / mean IoU ([`TaskMetric`]) and running means of the logged losses.
+- `loop`: the one `accelerate` training loop and checkpoint / resume routine of every `*_no_trainer.py` script.
+- `trainer`: the `Trainer` pieces of the other scripts.
+"""
+
+from .arguments import (
+    ArgumentError,
+    DataTrainingArguments,
+    ModelArguments,
+    NoTrainerArguments,
+    PretrainingDataArguments,
+    PretrainingModelArguments,
+    PretrainingNoTrainerArguments,
+    SegmentationDataArguments,
+    parse_script_arguments,
+    run_cli,
+    validate_arguments,
+    validate_pretraining_arguments,
+)
+from .data import (
+    SeededDataset,
+    load_datasets,
+    load_image_mask_pairs,
+    load_pretraining_dataset,
+    prepare_classification_labels,
+    prepare_segmentation_labels,
+)
+from .loop import (
+    TRAINER_CHECKPOINT,
+    make_accelerator,
+    report_results,
+    resolve_checkpoint,
+    save_outputs,
+    train_loop,
+)
+from .metrics import IMAGE_CLASSIFICATION, PRETRAINING_LOSS_COMPONENTS, SEMANTIC_SEGMENTATION, TaskMetric
+from .model_setup import build_model_and_processor, build_pretraining_model, describe_setup, set_model_resolution
+from .trainer import PretrainingTrainer, SetEpochCallback, run_trainer
+from .transforms import ClassificationTransform, PretrainingTransform, SegmentationTransform, collate_fn
+
+__all__ = [
+    "ArgumentError",
+    "ModelArguments",
+    "DataTrainingArguments",
+    "SegmentationDataArguments",
+    "NoTrainerArguments",
+    "PretrainingModelArguments",
+    "PretrainingDataArguments",
+    "PretrainingNoTrainerArguments",
+    "parse_script_arguments",
+    "run_cli",
+    "validate_arguments",
+    "validate_pretraining_arguments",
+    "SeededDataset",
+    "load_datasets",
+    "load_image_mask_pairs",
+    "load_pretraining_dataset",
+    "prepare_classification_labels",
+    "prepare_segmentation_labels",
+    "TRAINER_CHECKPOINT",
+    "make_accelerator",
+    "report_results",
+    "resolve_checkpoint",
+    "save_outputs",
+    "train_loop",
+    "IMAGE_CLASSIFICATION",
+    "SEMANTIC_SEGMENTATION",
+    "PRETRAINING_LOSS_COMPONENTS",
+    "TaskMetric",
+    "build_model_and_processor",
+    "build_pretraining_model",
+    "describe_setup",
+    "set_model_resolution",
+    "PretrainingTrainer",
+    "SetEpochCallback",
+    "run_trainer",
+    "ClassificationTransform",
+    "PretrainingTransform",
+    "SegmentationTransform",
+    "collate_fn",
+]
