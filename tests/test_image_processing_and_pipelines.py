@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from conftest import make_tiny_config
 from PIL import Image
 from transformers import AutoImageProcessor, SegformerImageProcessor, pipeline
-from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+from transformers.image_processing_outputs import (
+    SemanticSegmentationPostProcessorOutput,
+)
 
 from lookwhere_hf import (
     LookWhereForImageClassification,
@@ -28,7 +30,9 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 def _processor(**kwargs):
-    return LookWhereImageProcessor(size={"height": 112, "width": 112}, low_res_size={"height": 56, "width": 56}, **kwargs)
+    return LookWhereImageProcessor(
+        size={"height": 112, "width": 112}, low_res_size={"height": 56, "width": 56}, **kwargs
+    )
 
 
 def test_processor_defaults_are_the_release_sizes():
@@ -59,7 +63,9 @@ def test_processor_input_kinds_and_modes(photos):
     processor = _processor()
     reference = processor(image, return_tensors="pt")["pixel_values"]
     for variant in (Image.fromarray(image), torch.from_numpy(image).permute(2, 0, 1), image.transpose(2, 0, 1)):
-        torch.testing.assert_close(processor(variant, return_tensors="pt")["pixel_values"], reference, atol=0.02, rtol=0)
+        torch.testing.assert_close(
+            processor(variant, return_tensors="pt")["pixel_values"], reference, atol=0.02, rtol=0
+        )
     batch = processor([image, photos["chelsea"]], return_tensors="pt")
     assert batch["pixel_values"].shape == (2, 3, 112, 112) and batch["low_res_pixel_values"].shape == (2, 3, 56, 56)
     gray = processor(Image.fromarray(image).convert("L"), return_tensors="pt")["pixel_values"]
@@ -97,7 +103,9 @@ def test_post_process_semantic_segmentation_matches_segformer_api():
     scored = processor.post_process_semantic_segmentation(
         outputs, target_sizes=torch.tensor(sizes), return_segmentation_scores=True
     )
-    reference = segformer.post_process_semantic_segmentation(outputs, target_sizes=sizes, return_segmentation_scores=True)
+    reference = segformer.post_process_semantic_segmentation(
+        outputs, target_sizes=sizes, return_segmentation_scores=True
+    )
     for ours, theirs in zip(scored, reference):
         assert isinstance(ours, SemanticSegmentationPostProcessorOutput)
         assert torch.equal(ours.segmentation, theirs.segmentation)
@@ -166,7 +174,10 @@ def no_prompt(monkeypatch):
 def test_pipelines_load_without_prompting(tmp_path, photos, no_prompt, task):
     """With lookwhere_hf imported, no pipeline asks about remote code: the processor's auto_map entry is not taken for
     a remote video processor (LookWhere registers that it has none)."""
-    cls = {"image-classification": LookWhereForImageClassification, "image-segmentation": LookWhereForSemanticSegmentation}
+    cls = {
+        "image-classification": LookWhereForImageClassification,
+        "image-segmentation": LookWhereForSemanticSegmentation,
+    }
     _save(tmp_path, cls.get(task, LookWhereModel), num_labels=3)
     assert "auto_map" in json.loads((tmp_path / "preprocessor_config.json").read_text())
     runner = pipeline(task, model=str(tmp_path))
@@ -222,7 +233,9 @@ def test_processor_folder_and_pipeline_with_trust_remote_code_alone(tmp_path, ph
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     pixels = torch.load(tmp_path / "pixels.pt")
     assert all(torch.equal(pixels[k], expected_pixels[k]) for k in ("pixel_values", "low_res_pixel_values"))
@@ -235,7 +248,13 @@ def test_processor_folder_and_pipeline_with_trust_remote_code_alone(tmp_path, ph
 @pytest.mark.parametrize("name", ["astronaut", "coffee"])
 def test_image_classification_pipeline_equals_manual_forward(tmp_path, photos, name):
     labels = {0: "cat", 1: "dog", 2: "person", 3: "cup"}
-    model = _save(tmp_path, LookWhereForImageClassification, num_labels=4, id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = _save(
+        tmp_path,
+        LookWhereForImageClassification,
+        num_labels=4,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     classifier = pipeline("image-classification", model=str(tmp_path))
     image = Image.fromarray(photos[name])
     result = classifier(image, top_k=4)
@@ -247,12 +266,20 @@ def test_image_classification_pipeline_equals_manual_forward(tmp_path, photos, n
 
 def test_image_segmentation_pipeline_equals_manual_forward(tmp_path, photos):
     labels = {0: "background", 1: "sky", 2: "person"}
-    model = _save(tmp_path, LookWhereForSemanticSegmentation, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = _save(
+        tmp_path,
+        LookWhereForSemanticSegmentation,
+        num_labels=3,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     segmenter = pipeline("image-segmentation", model=str(tmp_path))
     image = Image.fromarray(photos["chelsea"])
     result = segmenter(image)
     logits = model(**_processor()(image, return_tensors="pt")).logits
-    expected = F.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)[0].argmax(0)
+    expected = F.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)[0].argmax(
+        0
+    )
     assert {r["label"] for r in result} == {labels[i] for i in expected.unique().tolist()}
     for r in result:
         class_id = {v: k for k, v in labels.items()}[r["label"]]

@@ -16,7 +16,9 @@ FLOAT_PATH_ATOL = 1e-5
 
 
 def _processor(**kwargs):
-    return LookWhereImageProcessor(size={"height": 112, "width": 112}, low_res_size={"height": 56, "width": 56}, **kwargs)
+    return LookWhereImageProcessor(
+        size={"height": 112, "width": 112}, low_res_size={"height": 56, "width": 56}, **kwargs
+    )
 
 
 def _pixels(image, **kwargs):
@@ -120,7 +122,9 @@ def test_integers_within_8_bit_range_are_8_bit(photos):
     assert torch.equal(_pixels(torch.from_numpy(photos["chelsea"]).permute(2, 0, 1).long()), _pixels(photos["chelsea"]))
 
 
-@pytest.mark.parametrize("scale, match", [(300.0, r"\[0, 255\]"), (-1.0, r"\[0, 255\]"), (1.0, "all lie in \\[0, 1\\]")])
+@pytest.mark.parametrize(
+    "scale, match", [(300.0, r"\[0, 255\]"), (-1.0, r"\[0, 255\]"), (1.0, "all lie in \\[0, 1\\]")]
+)
 def test_float_images_outside_the_8_bit_scale(scale, match):
     rng = np.random.default_rng(1)
     image = (rng.random((20, 20, 3)) * scale).astype(np.float32)
@@ -194,7 +198,10 @@ def test_pipeline_16_bit(classifier, photos):
     [
         ({"pixel_values": torch.zeros(1, 3, 0, 0)}, "smaller than one 14x14 patch"),
         ({"pixel_values": torch.zeros(1, 3, 0, 112)}, "smaller than one 14x14 patch"),
-        ({"pixel_values": torch.zeros(1, 3, 112, 112), "low_res_pixel_values": torch.zeros(1, 3, 0, 0)}, "selector patch"),
+        (
+            {"pixel_values": torch.zeros(1, 3, 112, 112), "low_res_pixel_values": torch.zeros(1, 3, 0, 0)},
+            "selector patch",
+        ),
     ],
 )
 def test_model_zero_size_inputs(kwargs, match):

@@ -6,7 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import TorchvisionBackend
-from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+from transformers.image_processing_outputs import (
+    SemanticSegmentationPostProcessorOutput,
+)
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
@@ -173,7 +175,7 @@ class LookWhereImageProcessor(TorchvisionBackend):
         self._check_sizes(self.size, self.low_res_size)
 
     @classmethod
-    def from_lookwhere_config(cls, config, **kwargs) -> "LookWhereImageProcessor":
+    def from_lookwhere_config(cls, config, **kwargs) -> LookWhereImageProcessor:
         """The processor that matches a [`LookWhereConfig`]: `size` = the extractor's image size, `low_res_size` = the
         selector's, `low_res_antialias` as the config says. `kwargs` override any processor setting."""
         high, low = config.high_res_size, config.low_res_size
@@ -217,7 +219,12 @@ class LookWhereImageProcessor(TorchvisionBackend):
         return list(images)
 
     def process_image(
-        self, image, do_convert_rgb: bool | None = None, input_data_format=None, do_rescale: bool | None = None, **kwargs
+        self,
+        image,
+        do_convert_rgb: bool | None = None,
+        input_data_format=None,
+        do_rescale: bool | None = None,
+        **kwargs,
     ) -> torch.Tensor:
         """One PIL image / array / tensor -> a channels-first RGB tensor for the resize and rescale steps, after the
         checks of the class docstring. Images that are not uint8 are brought to the 8-bit scale [0, 255] here."""
@@ -246,7 +253,9 @@ class LookWhereImageProcessor(TorchvisionBackend):
         )
         return rgb * 255
 
-    def _preprocess(self, images, low_res_size=None, low_res_antialias=None, return_tensors=None, **kwargs) -> BatchFeature:
+    def _preprocess(
+        self, images, low_res_size=None, low_res_antialias=None, return_tensors=None, **kwargs
+    ) -> BatchFeature:
         outputs = super()._preprocess(images, return_tensors=None, **kwargs)
         low_res_size = low_res_size if low_res_size is not None else self.low_res_size
         low_res_antialias = self.low_res_antialias if low_res_antialias is None else low_res_antialias
