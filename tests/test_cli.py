@@ -1,8 +1,8 @@
 """The `lookwhere-hf` command line on tiny saved models: subprocess runs, files written, errors for bad input."""
 
-import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -15,7 +15,8 @@ from conftest import make_tiny_config
 from PIL import Image
 from transformers import pipeline
 
-from lookwhere_hf import LookWhereForImageClassification, LookWhereImageProcessor, cli
+from lookwhere_hf import LookWhereConfig, LookWhereForImageClassification, LookWhereImageProcessor, LookWhereModel, cli
+from lookwhere_hf import benchmarking as bench
 from lookwhere_hf.visualization import DPI, PANEL_INCHES, selection_figure_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,15 +199,7 @@ def test_delegated_subcommands_have_help(command, expected, capsys):
     assert expected in capsys.readouterr().out
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_inference", REPO / "benchmarks" / "bench_inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_rewrites_only_its_own_section(tmp_path):
-    bench = _bench_module()
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## Inference speed\n\nold table\n\n## Sparse digits\n\nkeep me\n")
     bench.write_section(results, "## Inference speed\n\nnew table\n")
@@ -218,7 +211,6 @@ def test_benchmark_rewrites_only_its_own_section(tmp_path):
 
 
 def test_benchmark_summary_checks_the_targets():
-    bench = _bench_module()
     row = dict(resolution=1036, batch_size=1, k_ratio=0.1, k=547, lw_s=0.5, lw_cls_s=0.49, full_s=10.0,
                full_flops=2.04e12, lw_flops=1.12e11, lw_peak_mb=80.0, lw_cls_peak_mb=60.0, grid_mb=16.0,
                lw_cpu_s=1.0, lw_cls_cpu_s=1.0, full_cpu_s=19.0)
@@ -228,3 +220,108 @@ def test_benchmark_summary_checks_the_targets():
     assert "CPU-time ratio 19.0x" in text
     assert "+2.0% wall (target <= +5%: met); CPU time +3.0%" in text
     assert "1.25" in text  # (80 - 60) / 16
+
+
+def test_time_interleaved_runs_the_calls_round_by_round():
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("full", "lw-cls", "lw-dense")}
+    timings = bench.time_interleaved(calls, {"full": 1, "lw-cls": 3, "lw-dense": 2}, warmup=1)
+    warmup, timed = order[:3], order[3:]
+    assert warmup == ["full", "lw-cls", "lw-dense"]
+    assert timed == ["full", "lw-cls", "lw-dense", "lw-cls", "lw-dense", "lw-cls"]
+    assert [len(timings[name].wall) for name in calls] == [1, 3, 2]
+    assert all(len(t.cpu) == len(t.wall) and min(t.wall) >= 0 for t in timings.values())
+    assert timings["lw-cls"].median == sorted(timings["lw-cls"].wall)[1]
+    with pytest.raises(ValueError, match="one per call"):
+        bench.time_interleaved(calls, {"full": 1})
+    with pytest.raises(ValueError, match="int >= 0"):
+        bench.time_interleaved(calls, -1)
+
+
+def test_random_weight_models():
+    config = make_tiny_config()
+    a, b = (bench.random_weight_model(LookWhereModel, config, seed=3) for _ in range(2))
+    assert not a.training
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), name  # same seed, same values
+        if p.ndim >= 2:
+            assert 0.01 < float(p.detach().std()) < 0.04, name  # normal(0, 0.02), >= 32 draws each
+        else:
+            assert torch.all(p == (0.0 if name.endswith("bias") else 1.0)), name
+    other = bench.random_weight_model(LookWhereModel, config, seed=4)
+    assert not torch.equal(other.extractor.embeddings.cls_token, a.extractor.embeddings.cls_token)
+
+    full = bench.build_full_resolution_model(config, 168, attn_implementation="eager")
+    ext = config.extractor_config
+    assert full.config.image_size == 168 and full.config._attn_implementation == "eager"
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_register_tokens", "mlp_ratio"):
+        assert getattr(full.config, key) == getattr(ext, key), key
+    with torch.no_grad():
+        out = full(pixel_values=torch.randn(1, 3, 168, 168))
+    assert out.last_hidden_state.shape == (1, 1 + 4 + 12 * 12, 32)
+
+
+def test_benchmark_bad_arguments_exit_2(capsys):
+    for argv, fragment in (
+        (["--resolutions", "500"], "multiples of the patch size 14"),
+        (["--k-ratios", "0"], "(0, 1]"),
+        (["--skip", "1036"], "RESOLUTIONxBATCH"),
+        (["--min-repeats", "5", "--max-repeats", "2"], "must not exceed"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["benchmark", *argv])
+        assert exit_.value.code == 2
+        assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_benchmark_and_model_cards_work_from_an_installed_wheel(tmp_path):
+    """Build a wheel from a copy of setup.py + src/ (no benchmarks/, no model_cards/), install it into a separate
+    folder, and run `lookwhere-hf benchmark` (a tiny grid) and the model-card rendering from there."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "src" / "lookwhere_hf", source / "src" / "lookwhere_hf",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = (tmp_path / "dist").glob("lookwhere_hf-*.whl")
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert (site / "lookwhere_hf" / "templates" / "model_card.md").is_file()
+
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("OMP_WAIT_POLICY", None)  # the benchmark sets it and re-runs itself in a fresh interpreter
+    work = tmp_path / "work"
+    work.mkdir()
+    tiny = ["--resolutions", "56", "--k-ratios", "0.25", "--batch-sizes", "1", "--modes", "cls", "--no-memory",
+            "--threads", "1", "--min-repeats", "1", "--max-repeats", "1", "--output", str(work / "RESULTS.md")]
+    code = (
+        "import sys, lookwhere_hf; from lookwhere_hf.cli import main; "
+        "print('imported from', lookwhere_hf.__file__, file=sys.stderr); sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, "benchmark", *tiny], capture_output=True, text=True,
+                            timeout=400, env=env, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"imported from {site}" in result.stderr
+    section = (work / "RESULTS.md").read_text()
+    assert section.startswith("# Benchmark results\n\n## Inference speed")
+    # ViT-B/14 at 56 px: 16 patches, k = floor(0.25 * 16) = 4, one CLS row with both models timed
+    (row,) = [line for line in section.splitlines() if line.startswith("| 56 | 1 | 0.25 | 4 | cls |")]
+    assert "OMP_WAIT_POLICY=PASSIVE" in section
+    assert json.loads((work / "inference_speed.json").read_text())["rows"][0]["k"] == 4
+
+    cards = subprocess.run([sys.executable, "-m", "lookwhere_hf.model_cards", "--output_dir", "cards"],
+                           capture_output=True, text=True, timeout=120, env=env, cwd=work)
+    assert cards.returncode == 0, cards.stderr
+    for name in ("lookwhere-dinov2-vitb14.md", "lookwhere-franca-vitb14.md"):  # the shipped template renders them
+        assert (work / "cards" / name).read_text() == (REPO / "model_cards" / name).read_text()

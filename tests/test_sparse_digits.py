@@ -1,7 +1,7 @@
 """Sparse Digits benchmark: the dataset generator, the hit-rate geometry, and the shipped demo checkpoint."""
 
 import hashlib
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -19,13 +19,10 @@ pytest.importorskip("sklearn", reason="Sparse Digits uses scikit-learn's handwri
 
 
 def _load(name):
-    module_name = f"sparse_digits_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, os.path.join(BENCH, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses and worker processes look the module up by name
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    """Import one of the benchmark's scripts as the module it is when run (they import their siblings by name)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(BENCH)
+        return importlib.import_module(name)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +202,7 @@ def test_teacher_patch_targets():
 
 # ----------------------------------------------------------------------------------------------------- hit rate
 def test_hit_rate_geometry():
-    ev = _load("evaluate")
+    ev = _load("evaluate_sparse_digits")
     # a 4x4 grid of 10 px patches; the box [5, 5, 15, 12) touches patches (0,0), (0,1), (1,0), (1,1)
     overlaps = ev.patch_overlaps(np.array([5, 5, 15, 12]), grid=4, patch=10)
     expected = np.zeros(16)
@@ -220,6 +217,24 @@ def test_hit_rate_geometry():
     assert ev.random_hit_probability(16, 4, 1) == pytest.approx(4 / 16)
     assert ev.random_hit_probability(16, 4, 2) == pytest.approx(1 - (12 * 11) / (16 * 15))
     assert ev.random_hit_probability(16, 4, 13) == 1.0
+
+
+def test_the_stages_run_the_repository_scripts(tmp_path):
+    """Every stage runs a script of this repository; fine-tuning is the example script itself with --no_augment."""
+    rb = _load("run_benchmark")
+    args = rb.parse_args(["--output_dir", str(tmp_path), "--k_ratio", "0.25"])
+    paths = {name: str(tmp_path / name) for name in ("data", "teacher", "pretrained", "finetuned", "eval")}
+    commands = rb.stage_commands(args, paths)
+    assert list(commands) == list(rb.STAGES) == ["data", "teacher", "pretrain", "finetune", "evaluate"]
+    for command in commands.values():
+        assert command[0] == sys.executable and os.path.isfile(command[1]), command[1]
+        assert os.path.commonpath([command[1], REPO]) == REPO
+    finetune = commands["finetune"]
+    assert finetune[1] == os.path.join(REPO, "examples", "pytorch", "image-classification", "run_image_classification.py")
+    assert "--no_augment" in finetune and finetune[finetune.index("--k_ratio") + 1] == "0.25"
+    assert finetune[finetune.index("--model_name_or_path") + 1] == paths["pretrained"]
+    assert os.path.basename(commands["evaluate"][1]) == "evaluate_sparse_digits.py"
+    assert rb.flags(seed=3, overwrite=True, lr=0.5) == ["--seed", "3", "--overwrite", "--lr", "0.5"]
 
 
 # ----------------------------------------------------------------------------------------------------- demo

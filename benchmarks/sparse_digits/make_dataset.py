@@ -185,8 +185,10 @@ def _fragment(rng: np.random.Generator) -> np.ndarray:
 
 def _overlaps(box_a, box_b, margin: int = 0) -> bool:
     return not (
-        box_a[2] + margin <= box_b[0] or box_b[2] + margin <= box_a[0]
-        or box_a[3] + margin <= box_b[1] or box_b[3] + margin <= box_a[1]
+        box_a[2] + margin <= box_b[0]
+        or box_b[2] + margin <= box_a[0]
+        or box_a[3] + margin <= box_b[1]
+        or box_b[3] + margin <= box_a[1]
     )
 
 
@@ -196,9 +198,7 @@ def _blend(canvas: np.ndarray, alpha: np.ndarray, color: np.ndarray, x: int, y: 
     region[:] = region * (1.0 - alpha[..., None]) + color[None, None, :] * alpha[..., None]
 
 
-def render_sample(
-    digit: np.ndarray, rng: np.random.Generator, config: SparseDigitsConfig
-) -> tuple[np.ndarray, dict]:
+def render_sample(digit: np.ndarray, rng: np.random.Generator, config: SparseDigitsConfig) -> tuple[np.ndarray, dict]:
     """Draw one Sparse Digits image.
 
     Args:
@@ -382,7 +382,9 @@ def read_annotations(data_dir: str, split: str | None = None) -> dict[str, dict]
 
 
 def parse_args(argv=None) -> tuple[str, SparseDigitsConfig, bool, int]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--output_dir", required=True, help="Where the imagefolder is written.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--canvas_size", type=int, default=448)
@@ -391,16 +393,24 @@ def parse_args(argv=None) -> tuple[str, SparseDigitsConfig, bool, int]:
     parser.add_argument("--num_train", type=int, default=3000)
     parser.add_argument("--num_validation", type=int, default=300)
     parser.add_argument("--num_test", type=int, default=600)
-    parser.add_argument("--align_to_grid", type=int, default=0,
-                        help="Draw each digit inside one cell of a grid with this cell size (e.g. the ViT patch size); "
-                        "0 = anywhere.")
+    parser.add_argument(
+        "--align_to_grid",
+        type=int,
+        default=0,
+        help="Draw each digit inside one cell of a grid with this cell size (e.g. the ViT patch size); 0 = anywhere.",
+    )
     parser.add_argument("--num_workers", type=int, default=2, help="Processes that render/write images.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing, non-empty --output_dir.")
     args = parser.parse_args(argv)
     config = SparseDigitsConfig(
-        seed=args.seed, canvas_size=args.canvas_size, min_digit_size=args.min_digit_size,
-        max_digit_size=args.max_digit_size, num_train=args.num_train, num_validation=args.num_validation,
-        num_test=args.num_test, align_to_grid=args.align_to_grid,
+        seed=args.seed,
+        canvas_size=args.canvas_size,
+        min_digit_size=args.min_digit_size,
+        max_digit_size=args.max_digit_size,
+        num_train=args.num_train,
+        num_validation=args.num_validation,
+        num_test=args.num_test,
+        align_to_grid=args.align_to_grid,
     )
     return args.output_dir, config, args.overwrite, args.num_workers
 
@@ -413,10 +423,14 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     total = sum(sum(c) for c in info["counts_per_label"].values())
-    print(f"Wrote {total} images ({', '.join(f'{k}: {sum(v)}' for k, v in info['counts_per_label'].items())}) "
-          f"of {config.canvas_size}x{config.canvas_size} px to {output_dir}")
-    print(f"Digit boxes: {os.path.join(output_dir, 'annotations.jsonl')}; settings: "
-          f"{os.path.join(output_dir, 'dataset_info.json')}")
+    print(
+        f"Wrote {total} images ({', '.join(f'{k}: {sum(v)}' for k, v in info['counts_per_label'].items())}) "
+        f"of {config.canvas_size}x{config.canvas_size} px to {output_dir}"
+    )
+    print(
+        f"Digit boxes: {os.path.join(output_dir, 'annotations.jsonl')}; settings: "
+        f"{os.path.join(output_dir, 'dataset_info.json')}"
+    )
     return 0
 
 

@@ -8,10 +8,11 @@ Stages (each one a script of this repository, run as a subprocess with this Pyth
    **supervised** from scratch (there is no self-supervised DINOv2 of this size to download here);
 3. `examples/pytorch/pretraining/run_pretraining.py --teacher_name_or_path <teacher>`: LookWhere distilled from the
    teacher (no labels: selector <- teacher attention map, extractor <- teacher CLS / patch tokens);
-4. `examples/pytorch/image-classification/run_image_classification.py --model_name_or_path <pretrained>`: fine-tuned
-   with labels, selector frozen (through `finetune.py`, which only switches off the script's photo augmentation:
-   random crops cut the small digit out of view and mirrored digits change meaning);
-5. `benchmarks/sparse_digits/evaluate.py`: hit rate, accuracy vs k_ratio, FLOPs and latency against the teacher.
+4. `examples/pytorch/image-classification/run_image_classification.py --model_name_or_path <pretrained> --no_augment`:
+   fine-tuned with labels, selector frozen, without the script's photo augmentation (random crops cut the small digit
+   out of view and mirrored digits change meaning);
+5. `benchmarks/sparse_digits/evaluate_sparse_digits.py`: hit rate, accuracy vs k_ratio, FLOPs and latency against the
+   teacher.
 
 Optional: `--export_demo` copies the fine-tuned model and a few correctly classified test images to
 `src/lookwhere_hf/assets/` (the checkpoint `lookwhere-hf demo` ships); `--update_results` writes the section
@@ -44,6 +45,7 @@ RESULTS_MD = os.path.join(REPO, "benchmarks", "RESULTS.md")
 SECTION = "## Where to look: sparse digits"
 DEMO_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 FIGURES = ("sparse_digits.png", "selection_examples.png")
+STAGES = ("data", "teacher", "pretrain", "finetune", "evaluate")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,8 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--canvas_size", type=int, default=448)
     g.add_argument("--min_digit_size", type=int, default=24)
     g.add_argument("--max_digit_size", type=int, default=28)
-    g.add_argument("--align_to_grid", type=int, default=28,
-                   help="Draw each digit inside one cell of this grid (the patch size); 0 = anywhere.")
+    g.add_argument(
+        "--align_to_grid",
+        type=int,
+        default=28,
+        help="Draw each digit inside one cell of this grid (the patch size); 0 = anywhere.",
+    )
     g.add_argument("--num_train", type=int, default=2000)
     g.add_argument("--num_validation", type=int, default=200)
     g.add_argument("--num_test", type=int, default=500)
@@ -72,10 +78,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--teacher_epochs", type=float, default=5)
     g.add_argument("--teacher_batch_size", type=int, default=16)
     g.add_argument("--teacher_lr", type=float, default=1e-3)
-    g.add_argument("--teacher_token_loss_weight", type=float, default=1.0,
-                   help="Auxiliary per-patch 'which digit / no digit' loss of the teacher (train_teacher.py; 0 = off).")
-    g.add_argument("--teacher_zoom_curriculum", type=float, default=0.0,
-                   help="Share of teacher training on zoomed crops around the digit (train_teacher.py; 0 = off).")
+    g.add_argument(
+        "--teacher_token_loss_weight",
+        type=float,
+        default=1.0,
+        help="Auxiliary per-patch 'which digit / no digit' loss of the teacher (train_teacher.py; 0 = off).",
+    )
+    g.add_argument(
+        "--teacher_zoom_curriculum",
+        type=float,
+        default=0.0,
+        help="Share of teacher training on zoomed crops around the digit (train_teacher.py; 0 = off).",
+    )
     g.add_argument("--pretrain_epochs", type=float, default=1.5)
     g.add_argument("--pretrain_lr", type=float, default=5e-4)
     g.add_argument("--k_min", type=int, default=8)
@@ -90,17 +104,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--export_demo", action="store_true", help="Copy the fine-tuned model + demo images to the package.")
     g.add_argument("--num_demo_images", type=int, default=6)
     g.add_argument("--update_results", action="store_true", help=f"Rewrite '{SECTION}' in benchmarks/RESULTS.md.")
-    g.add_argument("--stages", default="data,teacher,pretrain,finetune,evaluate",
-                   help="Comma-separated subset of stages to run (later stages reuse earlier outputs).")
+    g.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help="Comma-separated subset of stages to run (later stages reuse earlier outputs).",
+    )
     args = p.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = set(stages) - {"data", "teacher", "pretrain", "finetune", "evaluate"}
+    unknown = set(stages) - set(STAGES)
     if unknown:
         p.error(f"--stages has unknown stages {sorted(unknown)}; use data, teacher, pretrain, finetune, evaluate.")
     args.stages = stages
     if args.canvas_size % args.patch_size or args.low_res_size % args.patch_size:
-        p.error(f"--canvas_size ({args.canvas_size}) and --low_res_size ({args.low_res_size}) must be multiples of "
-                f"--patch_size ({args.patch_size}).")
+        p.error(
+            f"--canvas_size ({args.canvas_size}) and --low_res_size ({args.low_res_size}) must be multiples of "
+            f"--patch_size ({args.patch_size})."
+        )
     if not 0 < args.k_ratio <= 1:
         p.error(f"--k_ratio must be in (0, 1], got {args.k_ratio}.")
     return args
@@ -112,8 +131,9 @@ def run_stage(name: str, command: list[str], log_path: str, env: dict, timings: 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
     with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                   bufsize=1, cwd=REPO)
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1, cwd=REPO
+        )
         for line in process.stdout:
             log.write(line)
             sys.stdout.write(line)
@@ -123,33 +143,84 @@ def run_stage(name: str, command: list[str], log_path: str, env: dict, timings: 
         "wall_s": round(time.time() - start, 1),
         "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
     }
-    print(f"=== [{name}] done in {timings[name]['wall_s']:.0f} s wall, {timings[name]['cpu_s']:.0f} s CPU "
-          f"(exit code {process.returncode})", flush=True)
+    print(
+        f"=== [{name}] done in {timings[name]['wall_s']:.0f} s wall, {timings[name]['cpu_s']:.0f} s CPU "
+        f"(exit code {process.returncode})",
+        flush=True,
+    )
     if process.returncode != 0:
         raise SystemExit(f"Stage {name!r} failed (exit code {process.returncode}); see {log_path}.")
 
 
-def common_training_flags(args, output_dir: str, epochs: float, lr: float) -> list[str]:
+def flags(**values) -> list[str]:
+    """`--key value` pairs for a command line (True: the flag alone)."""
     return [
-        "--output_dir", output_dir, "--num_train_epochs", str(epochs), "--learning_rate", str(lr),
-        "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", "64",
-        "--weight_decay", "0.05", "--warmup_steps", "0.1", "--lr_scheduler_type", "cosine",
-        "--logging_steps", "20", "--save_strategy", "no", "--report_to", "none", "--seed", str(args.seed),
-        "--dataloader_num_workers", "0", "--disable_tqdm", "false",
+        item for key, value in values.items() for item in ([f"--{key}"] if value is True else [f"--{key}", str(value)])
     ]
+
+
+def common_training_flags(args, output_dir: str, epochs: float, lr: float) -> list[str]:
+    return flags(
+        output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=64, weight_decay=0.05, warmup_steps=0.1, lr_scheduler_type="cosine",
+        logging_steps=20, save_strategy="no", report_to="none", seed=args.seed, dataloader_num_workers=0,
+        disable_tqdm="false",
+    )  # fmt: skip
+
+
+def stage_commands(args, paths: dict[str, str]) -> dict[str, list[str]]:
+    """The command line of every stage (this Python, the stage's script, its arguments)."""
+    py = sys.executable
+    return {
+        "data": [
+            py, os.path.join(HERE, "make_dataset.py"),
+            *flags(output_dir=paths["data"], seed=args.seed, canvas_size=args.canvas_size,
+                   min_digit_size=args.min_digit_size, max_digit_size=args.max_digit_size,
+                   align_to_grid=args.align_to_grid, num_train=args.num_train, num_validation=args.num_validation,
+                   num_test=args.num_test, overwrite=True),
+        ],
+        "teacher": [
+            py, os.path.join(HERE, "train_teacher.py"),
+            *flags(data_dir=paths["data"], image_size=args.canvas_size, patch_size=args.patch_size,
+                   hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
+                   num_attention_heads=args.num_attention_heads, zoom_curriculum=args.teacher_zoom_curriculum,
+                   token_loss_weight=args.teacher_token_loss_weight, do_train=True, do_eval=True, eval_strategy="no"),
+            *common_training_flags(args, paths["teacher"], args.teacher_epochs, args.teacher_lr),
+            *flags(per_device_train_batch_size=args.teacher_batch_size),
+        ],
+        "pretrain": [
+            py, PRETRAIN_SCRIPT,
+            *flags(teacher_name_or_path=paths["teacher"], train_dir=paths["data"], image_size=args.canvas_size,
+                   low_res_size=args.low_res_size, selector_depth=args.selector_depth, k_min=args.k_min,
+                   k_max=args.k_max, no_augment=True, do_train=True),
+            *common_training_flags(args, paths["pretrained"], args.pretrain_epochs, args.pretrain_lr),
+        ],
+        # The example's photo augmentation (random resized crops, flips) is off: small crops cut the one small digit
+        # out of view and mirrored digits change meaning.
+        "finetune": [
+            py, FINETUNE_SCRIPT,
+            *flags(model_name_or_path=paths["pretrained"], dataset_name=paths["data"], image_size=args.canvas_size,
+                   low_res_size=args.low_res_size, k_ratio=args.k_ratio, no_augment=True, do_train=True,
+                   do_eval=True, eval_strategy="no"),
+            *common_training_flags(args, paths["finetuned"], args.finetune_epochs, args.finetune_lr),
+        ],
+        "evaluate": [
+            py, os.path.join(HERE, "evaluate_sparse_digits.py"),
+            *flags(data_dir=paths["data"], lookwhere_model=paths["finetuned"], teacher_model=paths["teacher"],
+                   output_dir=paths["eval"], k_ratios=args.k_ratios, latency_runs=args.latency_runs, seed=args.seed),
+        ],
+    }  # fmt: skip
 
 
 def export_demo(args, finetuned: str, data_dir: str) -> list[str]:
     """Copy the fine-tuned checkpoint and `--num_demo_images` test images it classifies correctly (distinct labels,
     label in the file name) into the package assets."""
     import torch
+    from make_dataset import read_annotations  # this script's sibling (its folder is first on sys.path)
     from PIL import Image
 
     import lookwhere_hf  # noqa: F401
     from lookwhere_hf import LookWhereForImageClassification, LookWhereImageProcessor
-
-    sys.path.insert(0, HERE)
-    from make_dataset import read_annotations
 
     model_dir, image_dir = os.path.join(ASSETS, "demo_model"), os.path.join(ASSETS, "demo_images")
     for folder in (model_dir, image_dir):
@@ -199,24 +270,29 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
     body = [
         SECTION,
         "",
-        ("The paper's Traffic Signs experiment in miniature: one real handwritten digit (scikit-learn's 8x8 scans, "
-        f"scaled to {args.min_digit_size}-{args.max_digit_size} px, white ink) somewhere on a {args.canvas_size}x{args.canvas_size} canvas full of clutter (lines, blobs, "
-        "digit-like stroke fragments); the label is the digit. Train / validation / test use disjoint source digits. "
-        f"Teacher: DINOv2-with-registers ViT, {args.num_hidden_layers} layers, width {args.hidden_size}, patch "
-        f"{args.patch_size} ({args.canvas_size // args.patch_size}x{args.canvas_size // args.patch_size} patches), "
-        "**trained supervised from scratch** (no self-supervised teacher is available offline). LookWhere: distilled "
-        f"from it without labels (selector depth {args.selector_depth} at {args.low_res_size} px), then fine-tuned with "
-        f"labels at k_ratio {args.k_ratio}, selector frozen. Hit rate = share of test images where at least one chosen "
-        "patch overlaps the digit's box."),
+        (
+            "The paper's Traffic Signs experiment in miniature: one real handwritten digit (scikit-learn's 8x8 "
+            f"scans, scaled to {args.min_digit_size}-{args.max_digit_size} px, white ink) somewhere on a "
+            f"{args.canvas_size}x{args.canvas_size} canvas full of clutter (lines, blobs, digit-like stroke "
+            "fragments); the label is the digit. Train / validation / test use disjoint source digits. Teacher: "
+            f"DINOv2-with-registers ViT, {args.num_hidden_layers} layers, width {args.hidden_size}, patch "
+            f"{args.patch_size} ({args.canvas_size // args.patch_size}x{args.canvas_size // args.patch_size} "
+            "patches), **trained supervised from scratch** (no self-supervised teacher is available offline). "
+            f"LookWhere: distilled from it without labels (selector depth {args.selector_depth} at "
+            f"{args.low_res_size} px), then fine-tuned with labels at k_ratio {args.k_ratio}, selector frozen. Hit "
+            "rate = share of test images where at least one chosen patch overlaps the digit's box."
+        ),
         "",
-        ("What it took for a from-scratch ViT teacher to learn this within CPU minutes (measured: with digits anywhere, "
-        "of 40-112 px, it stayed at chance for 300-600 steps in every variant we tried): each digit lies inside one "
-        "random cell of the 28 px patch grid (`make_dataset.py --align_to_grid 28`), and the teacher gets an auxiliary "
-        "per-patch loss (`train_teacher.py --token_loss_weight 1`: each patch token predicts the digit class if it "
-        "overlaps the digit box, else 'no digit'), which uses the training boxes. LookWhere itself never sees boxes, "
-        "and its pretraining no labels. The fine-tuning runs `run_image_classification.py` through "
-        "`benchmarks/sparse_digits/finetune.py`, which only switches off the script's photo augmentation (random "
-        "crops cut the digit out of view; mirrored digits change meaning). Details: `benchmarks/sparse_digits/README.md`."),
+        (
+            "What it took for a from-scratch ViT teacher to learn this within CPU minutes (measured: with digits "
+            "anywhere, of 40-112 px, it stayed at chance for 300-600 steps in every variant we tried): each digit "
+            "lies inside one random cell of the 28 px patch grid (`make_dataset.py --align_to_grid 28`), and the "
+            "teacher gets an auxiliary per-patch loss (`train_teacher.py --token_loss_weight 1`: each patch token "
+            "predicts the digit class if it overlaps the digit box, else 'no digit'), which uses the training "
+            "boxes. LookWhere itself never sees boxes, and its pretraining no labels. The fine-tuning runs "
+            "`run_image_classification.py --no_augment`, without the script's photo augmentation (random crops cut "
+            "the digit out of view; mirrored digits change meaning). Details: `benchmarks/sparse_digits/README.md`."
+        ),
         "",
         "Command (one command, all stages; the numbers below are from this run):",
         "",
@@ -224,13 +300,15 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
         summary["command"],
         "```",
         "",
-        (f"Run time: {total_wall / 60:.1f} min wall ({stage_times}), {total_cpu / 60:.1f} min of CPU time. The 2 CPU cores "
-        "were shared with other jobs during this run, so the wall time is pessimistic; CPU time / 2 estimates an "
-        "unshared run. For the same reason the 1-thread latencies are the reliable ones: with 2 threads on a busy "
-        "machine the threads wait for each other and the figures swing by several times between runs. The column "
-        "'makes its low-res view' includes LookWhere's bilinear 448->224 resize of the input batch, which on this CPU "
-        "costs about as much as the whole model (PyTorch's NCHW bilinear kernel; the processor makes the view once in "
-        "preprocessing, as `pipeline` does)."),
+        (
+            f"Run time: {total_wall / 60:.1f} min wall ({stage_times}), {total_cpu / 60:.1f} min of CPU time. The 2 "
+            "CPU cores were shared with other jobs during this run, so the wall time is pessimistic; CPU time / 2 "
+            "estimates an unshared run. For the same reason the 1-thread latencies are the reliable ones: with 2 "
+            "threads on a busy machine the threads wait for each other and the figures swing by several times "
+            "between runs. The column 'makes its low-res view' includes LookWhere's bilinear 448->224 resize of the "
+            "input batch, which on this CPU costs about as much as the whole model (PyTorch's NCHW bilinear kernel; "
+            "the processor makes the view once in preprocessing, as `pipeline` does)."
+        ),
         "",
         eval_md.strip(),
         "",
@@ -238,8 +316,12 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
     if summary.get("rerun_command"):
         body.insert(-2, f"The evaluation tables were regenerated afterwards with `{summary['rerun_command']}`.\n")
     if all(os.path.isfile(os.path.join(HERE, name)) for name in FIGURES):
-        body += ["![Sparse Digits: accuracy and hit rate vs k_ratio](sparse_digits/sparse_digits.png)", "",
-                 "![Where LookWhere looked on test images](sparse_digits/selection_examples.png)", ""]
+        body += [
+            "![Sparse Digits: accuracy and hit rate vs k_ratio](sparse_digits/sparse_digits.png)",
+            "",
+            "![Where LookWhere looked on test images](sparse_digits/selection_examples.png)",
+            "",
+        ]
     text = "# Results\n"
     if os.path.isfile(RESULTS_MD):
         with open(RESULTS_MD, encoding="utf-8") as f:
@@ -265,70 +347,45 @@ def main(argv=None) -> dict:
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, name) for name in ("data", "teacher", "pretrained", "finetuned", "eval", "logs")}
     os.makedirs(paths["logs"], exist_ok=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
     if args.num_threads:
         env["OMP_NUM_THREADS"] = str(args.num_threads)
-    py = sys.executable
     timings: dict = {}
     command = "python benchmarks/sparse_digits/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.time()
-    log = lambda name: os.path.join(paths["logs"], f"{name}.log")
-
-    if "data" in args.stages:
-        if args.reuse_data and os.path.isfile(os.path.join(paths["data"], "dataset_info.json")):
+    commands = stage_commands(args, paths)
+    for stage in STAGES:
+        if stage not in args.stages:
+            continue
+        if stage == "data" and args.reuse_data and os.path.isfile(os.path.join(paths["data"], "dataset_info.json")):
             print(f"Reusing the data in {paths['data']}")
-        else:
-            run_stage("data", [py, os.path.join(HERE, "make_dataset.py"), "--output_dir", paths["data"],
-                               "--seed", str(args.seed), "--canvas_size", str(args.canvas_size),
-                               "--min_digit_size", str(args.min_digit_size), "--max_digit_size", str(args.max_digit_size),
-                               "--align_to_grid", str(args.align_to_grid),
-                               "--num_train", str(args.num_train), "--num_validation", str(args.num_validation),
-                               "--num_test", str(args.num_test), "--overwrite"], log("data"), env, timings)
-    if "teacher" in args.stages:
-        run_stage("teacher", [py, os.path.join(HERE, "train_teacher.py"), "--data_dir", paths["data"],
-                              "--image_size", str(args.canvas_size), "--patch_size", str(args.patch_size),
-                              "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.num_hidden_layers),
-                              "--num_attention_heads", str(args.num_attention_heads),
-                              "--zoom_curriculum", str(args.teacher_zoom_curriculum),
-                              "--token_loss_weight", str(args.teacher_token_loss_weight),
-                              "--do_train", "--do_eval", "--eval_strategy", "no",
-                              *common_training_flags(args, paths["teacher"], args.teacher_epochs, args.teacher_lr),
-                              "--per_device_train_batch_size", str(args.teacher_batch_size)],
-                  log("teacher"), env, timings)
-    if "pretrain" in args.stages:
-        run_stage("pretrain", [py, PRETRAIN_SCRIPT, "--teacher_name_or_path", paths["teacher"],
-                               "--train_dir", paths["data"], "--image_size", str(args.canvas_size),
-                               "--low_res_size", str(args.low_res_size), "--selector_depth", str(args.selector_depth),
-                               "--k_min", str(args.k_min), "--k_max", str(args.k_max), "--no_augment",
-                               "--do_train",
-                               *common_training_flags(args, paths["pretrained"], args.pretrain_epochs, args.pretrain_lr)],
-                  log("pretrain"), env, timings)
-    if "finetune" in args.stages:
-        run_stage("finetune", [py, os.path.join(HERE, "finetune.py"), "--model_name_or_path", paths["pretrained"],
-                               "--dataset_name", paths["data"], "--image_size", str(args.canvas_size),
-                               "--low_res_size", str(args.low_res_size), "--k_ratio", str(args.k_ratio),
-                               "--do_train", "--do_eval", "--eval_strategy", "no",
-                               *common_training_flags(args, paths["finetuned"], args.finetune_epochs, args.finetune_lr)],
-                  log("finetune"), env, timings)
-    if "evaluate" in args.stages:
-        run_stage("evaluate", [py, os.path.join(HERE, "evaluate.py"), "--data_dir", paths["data"],
-                               "--lookwhere_model", paths["finetuned"], "--teacher_model", paths["teacher"],
-                               "--output_dir", paths["eval"], "--k_ratios", args.k_ratios,
-                               "--latency_runs", str(args.latency_runs), "--seed", str(args.seed)],
-                  log("evaluate"), env, timings)
+            continue
+        run_stage(stage, commands[stage], os.path.join(paths["logs"], f"{stage}.log"), env, timings)
 
-    summary = {"command": command, "timings": timings, "total_wall_s": round(time.time() - start, 1),
-               "arguments": vars(args)}
+    summary = {
+        "command": command,
+        "timings": timings,
+        "total_wall_s": round(time.time() - start, 1),
+        "arguments": vars(args),
+    }
     previous_path = os.path.join(out, "summary.json")
     if os.path.isfile(previous_path):  # a partial rerun (e.g. only --export_demo): keep the earlier stages' record
         with open(previous_path, encoding="utf-8") as f:
             previous = json.load(f)
-        partial = set(args.stages) != {"data", "teacher", "pretrain", "finetune", "evaluate"}
+        partial = set(args.stages) != set(STAGES)
         if partial:  # report the earlier full run's times and command; note this rerun separately
             rerun = dict(timings)
-            summary["timings"] = {**previous.get("timings", {}), **{k: v for k, v in rerun.items()
-                                                                   if k not in previous.get("timings", {})}}
+            summary["timings"] = {
+                **previous.get("timings", {}),
+                **{k: v for k, v in rerun.items() if k not in previous.get("timings", {})},
+            }
             summary["command"] = previous.get("command", command)
             summary["total_wall_s"] = previous.get("total_wall_s", summary["total_wall_s"])
             if rerun:
@@ -341,18 +398,21 @@ def main(argv=None) -> dict:
         with open(results_path, encoding="utf-8") as f:
             summary["results"] = json.load(f)
     if args.export_demo:
-        summary["demo_images"] = [os.path.relpath(p, REPO) for p in export_demo(args, paths["finetuned"], paths["data"])]
+        summary["demo_images"] = [
+            os.path.relpath(p, REPO) for p in export_demo(args, paths["finetuned"], paths["data"])
+        ]
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     if args.update_results:
         if "results" not in summary:
             raise SystemExit("--update_results needs the evaluate stage's results.json.")
-        sys.path.insert(0, HERE)
-        from evaluate import format_markdown
+        from evaluate_sparse_digits import format_markdown
 
         update_results_md(args, summary, format_markdown(summary["results"]))
-    print(f"\nSparse Digits benchmark finished in {summary['total_wall_s'] / 60:.1f} min; summary: "
-          f"{os.path.join(out, 'summary.json')}, results: {os.path.join(paths['eval'], 'results.md')}")
+    print(
+        f"\nSparse Digits benchmark finished in {summary['total_wall_s'] / 60:.1f} min; summary: "
+        f"{os.path.join(out, 'summary.json')}, results: {os.path.join(paths['eval'], 'results.md')}"
+    )
     return summary
 
 

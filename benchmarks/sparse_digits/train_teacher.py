@@ -74,9 +74,9 @@ class TeacherArguments:
     token_loss_weight: float = field(
         default=0.0,
         metadata={
-            "help": "Weight of an auxiliary per-patch loss (0 = off): a linear head on the final patch tokens predicts, "
-            "for every patch, the digit's class if the patch overlaps the digit's box by at least 20%% of its area, "
-            "else 'no digit'. Uses the training boxes (annotations.jsonl); the head is dropped before saving."
+            "help": "Weight of an auxiliary per-patch loss (0 = off): a linear head on the final patch tokens "
+            "predicts, for every patch, the digit's class if the patch overlaps the digit's box by at least 20%% of "
+            "its area, else 'no digit'. Uses the training boxes (annotations.jsonl); the head is dropped before saving."
         },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
@@ -89,13 +89,17 @@ class TeacherArguments:
                 "python benchmarks/sparse_digits/make_dataset.py --output_dir data/sparse_digits"
             )
         if self.patch_size < 1 or self.image_size % self.patch_size:
-            raise ValueError(f"--image_size ({self.image_size}) must be a multiple of --patch_size ({self.patch_size}).")
+            raise ValueError(
+                f"--image_size ({self.image_size}) must be a multiple of --patch_size ({self.patch_size})."
+            )
         if not 0.0 <= self.zoom_curriculum <= 1.0 or not 0.0 <= self.zoom_full_image_prob <= 1.0:
             raise ValueError("--zoom_curriculum and --zoom_full_image_prob must be in [0, 1].")
-        if (self.zoom_curriculum > 0 or self.token_loss_weight > 0) and not os.path.isfile(os.path.join(self.data_dir, "annotations.jsonl")):
+        if (self.zoom_curriculum > 0 or self.token_loss_weight > 0) and not os.path.isfile(
+            os.path.join(self.data_dir, "annotations.jsonl")
+        ):
             raise ValueError(
-                f"--zoom_curriculum / --token_loss_weight need the digit boxes in {self.data_dir}/annotations.jsonl (written by "
-                "make_dataset.py); pass --zoom_curriculum 0 for other imagefolders."
+                f"--zoom_curriculum / --token_loss_weight need the digit boxes in {self.data_dir}/annotations.jsonl "
+                "(written by make_dataset.py); pass --zoom_curriculum 0 for other imagefolders."
             )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -256,8 +260,13 @@ def main(argv=None) -> dict:
     logger.info(
         "Teacher: Dinov2WithRegistersForImageClassification, %d layers, width %d, patch %d at %dpx (%dx%d patches), "
         "%.2fM parameters, trained from scratch with labels (supervised).",
-        args.num_hidden_layers, args.hidden_size, args.patch_size, args.image_size,
-        args.image_size // args.patch_size, args.image_size // args.patch_size, num_params / 1e6,
+        args.num_hidden_layers,
+        args.hidden_size,
+        args.patch_size,
+        args.image_size,
+        args.image_size // args.patch_size,
+        args.image_size // args.patch_size,
+        num_params / 1e6,
     )
 
     # Fast path with the processor's exact numbers: decode to uint8 (resize only if needed, bicubic like the
@@ -290,10 +299,14 @@ def main(argv=None) -> dict:
         if args.token_loss_weight > 0:
             out["token_labels"] = [
                 patch_token_labels(
-                    curriculum.boxes[os.path.normpath(item["path"])], window, args.image_size, args.patch_size,
-                    label, len(labels),
+                    curriculum.boxes[os.path.normpath(item["path"])],
+                    window,
+                    args.image_size,
+                    args.patch_size,
+                    label,
+                    len(labels),
                 )
-                for item, window, label in zip(batch["image"], windows, batch["label"])
+                for item, window, label in zip(batch["image"], windows, batch["label"], strict=True)
             ]
         return out
 

@@ -5,7 +5,7 @@ lookwhere-hf demo                                   # LookWhere vs full-resoluti
 lookwhere-hf predict photo.jpg --model MODEL_DIR    # top-5 classes per image
 lookwhere-hf visualize photo.jpg --model MODEL_DIR --output where.png
 lookwhere-hf convert --checkpoint_path lookwhere_dinov2.pt --output_dir lookwhere-dinov2-hf
-lookwhere-hf benchmark --quick                      # benchmarks/bench_inference.py (source checkout)
+lookwhere-hf benchmark --quick                      # lookwhere_hf.benchmarking: latency, FLOPs, memory
 ```
 
 Every subcommand has `--help`. Bad inputs (missing files, out-of-range values) end with exit status 2 and a
@@ -15,22 +15,27 @@ one-line message on stderr.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
-__all__ = [
-    "main",
-    "default_demo_model_path",
-    "demo_image_paths",
-    "fast_random_init",
-    "build_full_resolution_model",
-    "median_latency",
-]
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
+from transformers.utils import logging as hf_logging
+
+from .benchmarking import build_full_resolution_model, random_weight_model, time_interleaved
+from .flops import format_flops, full_resolution_flops, lookwhere_flops
+from .models.lookwhere.configuration_lookwhere import LookWhereConfig
+from .models.lookwhere.convert_lookwhere_original_to_hf import main as convert_main
+from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
+from .models.lookwhere.modeling_lookwhere import LookWhereModel
+from .utils import looks_like_local_path
+from .visualization import save_selection_figure
+
+__all__ = ["main", "default_demo_model_path", "demo_image_paths"]
 
 PROG = "lookwhere-hf"
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -95,9 +100,7 @@ def _check_image_files(paths) -> list[Path]:
     return files
 
 
-def _open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
+def _open_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
@@ -114,24 +117,18 @@ def _resolve_model_path(model: str | None) -> str:
                 "written by save_pretrained (or by `lookwhere-hf convert`)"
             )
         return model
-    if os.path.isdir(model):
-        if not os.path.isfile(os.path.join(model, "config.json")):
-            raise CLIError(f"{model} has no config.json; pass a folder written by save_pretrained")
-        return model
-    if os.path.exists(model) or model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if not looks_like_local_path(model):
+        return model  # a Hub id
+    model = os.path.expanduser(model)
+    if not os.path.isdir(model):
         raise CLIError(f"model folder not found: {model}")
-    return model  # a Hub id
+    if not os.path.isfile(os.path.join(model, "config.json")):
+        raise CLIError(f"{model} has no config.json; pass a folder written by save_pretrained")
+    return model
 
 
 def _load(auto_class, model_path: str, k_ratio: float | None):
     """Load a LookWhere model (with `auto_class`) and its image processor; errors become one-line CLIErrors."""
-    import lookwhere_hf  # noqa: F401  (registers the Auto classes)
-    from transformers import AutoImageProcessor
-
-    from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
-
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()  # e.g. the "unexpected classifier weights" report when loading the bare model
     try:
         model = auto_class.from_pretrained(model_path).eval()
@@ -144,65 +141,9 @@ def _load(auto_class, model_path: str, k_ratio: float | None):
         model.config.k_ratio = k_ratio
     try:
         processor = AutoImageProcessor.from_pretrained(model_path)
-    except (OSError, ValueError):
-        size, low = model.config.high_res_size, model.config.low_res_size
-        processor = LookWhereImageProcessor(
-            size={"height": size, "width": size}, low_res_size={"height": low, "width": low}
-        )
+    except (OSError, ValueError):  # a folder without preprocessor_config.json
+        processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
     return model, processor
-
-
-def fast_random_init(model, seed: int = 0):
-    """Fill a model's parameters quickly with random values (normal(0, 0.02) for matrices, ones for norm weights and
-    layer scales, zeros for biases). For speed measurements: the values do not change the cost of a forward pass."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim >= 2:
-                param.normal_(0.0, 0.02, generator=generator)
-            elif name.endswith("bias"):
-                param.zero_()
-            else:
-                param.fill_(1.0)
-    return model
-
-
-def _random_model(model_class, config, seed: int = 0):
-    """Instantiate without the (slow) default initialization, then `fast_random_init`."""
-    import torch
-
-    with torch.device("meta"):
-        model = model_class(config)
-    return fast_random_init(model.to_empty(device="cpu"), seed).eval()
-
-
-def build_full_resolution_model(lookwhere_config, image_size: int, attn_implementation: str = "sdpa", seed: int = 0):
-    """transformers' `Dinov2WithRegistersModel` with the LookWhere extractor's architecture at `image_size`, random
-    weights: the full-resolution model LookWhere is compared with."""
-    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
-
-    fields = lookwhere_config.extractor_config.to_dict()
-    for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "auto_map"):
-        fields.pop(key, None)
-    config = Dinov2WithRegistersConfig(**{**fields, "image_size": image_size})
-    config._attn_implementation = attn_implementation
-    return _random_model(Dinov2WithRegistersModel, config, seed)
-
-
-def median_latency(fn, repeats: int, warmup: int = 1, desc: str | None = None) -> float:
-    """Median wall time of `fn()` over `repeats` runs after `warmup` runs, in seconds (tqdm progress on stderr)."""
-    from tqdm.auto import tqdm
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in tqdm(range(repeats), desc=desc, leave=False, disable=desc is None, file=sys.stderr):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _warn_if_busy() -> None:
@@ -212,13 +153,13 @@ def _warn_if_busy() -> None:
     except (OSError, AttributeError):
         return
     if load > cpus:
-        print(f"  (the machine is busy: load average {load:.1f} on {cpus} CPUs, so the timings are noisy; many "
-              "small multi-threaded ops suffer most, try --threads 1)")
+        print(
+            f"  (the machine is busy: load average {load:.1f} on {cpus} CPUs, so the timings are noisy; many "
+            "small multi-threaded ops suffer most, try --threads 1)"
+        )
 
 
-def _tiny_demo_config():
-    from .models.lookwhere.configuration_lookwhere import LookWhereConfig
-
+def _tiny_demo_config() -> LookWhereConfig:
     backbone = dict(hidden_size=64, num_attention_heads=2, patch_size=14, num_register_tokens=4, mlp_ratio=4)
     return LookWhereConfig(
         selector_config=dict(backbone, num_hidden_layers=1, image_size=56),
@@ -230,14 +171,6 @@ def _tiny_demo_config():
 
 # ----------------------------------------------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
-    import torch
-    from PIL import Image
-
-    from .flops import format_flops, full_resolution_flops, lookwhere_flops
-    from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
-    from .models.lookwhere.modeling_lookwhere import LookWhereModel
-    from .visualization import save_selection_figure
-
     if args.threads:
         torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
@@ -247,18 +180,16 @@ def cmd_demo(args) -> int:
     if args.model and (args.tiny or args.vit_b):
         raise CLIError("--model cannot be combined with --tiny / --vit-b (those use random weights)")
     random_weights = args.tiny or args.vit_b
-    model_path = None if random_weights else (_resolve_model_path(args.model) if args.model else default_demo_model_path())
+    model_path = (
+        None if random_weights else (_resolve_model_path(args.model) if args.model else default_demo_model_path())
+    )
 
     trained = model_path is not None
     if trained:
-        from transformers import AutoModelForImageClassification
-
         print(f"Loading the LookWhere model from {model_path}")
         model, processor = _load(AutoModelForImageClassification, model_path, args.k_ratio)
         body = model.lookwhere if hasattr(model, "lookwhere") else model
     else:
-        from .models.lookwhere.configuration_lookwhere import LookWhereConfig
-
         config = _tiny_demo_config() if args.tiny else LookWhereConfig()
         if args.k_ratio is not None:
             config.k_ratio = args.k_ratio
@@ -266,9 +197,8 @@ def cmd_demo(args) -> int:
         what = "a tiny" if args.tiny else "a ViT-B/14"
         why = "as asked" if random_weights else "no trained checkpoint is shipped in this installation"
         print(f"Building {what} LookWhere model with RANDOM weights ({why}).")
-        model = body = _random_model(LookWhereModel, config, seed=0)
-        size, low = config.high_res_size, config.low_res_size
-        processor = LookWhereImageProcessor(size={"height": size, "width": size}, low_res_size={"height": low, "width": low})
+        model = body = random_weight_model(LookWhereModel, config, seed=0)
+        processor = LookWhereImageProcessor.from_lookwhere_config(config)
     config = body.config
     size = processor.size["height"] if isinstance(processor.size, dict) else processor.size.height
     width = processor.size["width"] if isinstance(processor.size, dict) else processor.size.width
@@ -301,19 +231,24 @@ def cmd_demo(args) -> int:
     inputs = processor(photo, return_tensors="pt")
     grid = (size // config.patch_size, size // config.patch_size)
     k = config.num_selected(grid[0] * grid[1])
-    print(f"\nTiming on {photo_name} at {size}x{size}, batch 1, {torch.get_num_threads()} threads, "
-          f"k = {k} of {grid[0] * grid[1]} patches ({config.k_ratio:.0%}):")
+    print(
+        f"\nTiming on {photo_name} at {size}x{size}, batch 1, {torch.get_num_threads()} threads, "
+        f"k = {k} of {grid[0] * grid[1]} patches ({config.k_ratio:.0%}):"
+    )
     _warn_if_busy()
     full = build_full_resolution_model(config, size)
     with torch.inference_mode():
-        lookwhere_time = median_latency(lambda: body(**inputs), args.repeats, desc="LookWhere")
-        full_time = median_latency(lambda: full(pixel_values=inputs["pixel_values"]), args.repeats, desc="full DINOv2")
+        calls = {"LookWhere": lambda: body(**inputs), "full": lambda: full(pixel_values=inputs["pixel_values"])}
+        timings = time_interleaved(calls, args.repeats, warmup=1, desc="timing")
         outputs = body(**inputs)
+    lookwhere_time, full_time = timings["LookWhere"].median, timings["full"].median
     lw_flops = lookwhere_flops(config, size).total
     full_flops = full_resolution_flops(config, size)
     print(f"  LookWhere                      {lookwhere_time * 1e3:8.1f} ms   {format_flops(lw_flops)}")
-    print(f"  full-resolution DINOv2-reg     {full_time * 1e3:8.1f} ms   {format_flops(full_flops)}"
-          "   (transformers Dinov2WithRegistersModel, same size, SDPA, random weights: speed does not depend on them)")
+    print(
+        f"  full-resolution DINOv2-reg     {full_time * 1e3:8.1f} ms   {format_flops(full_flops)}"
+        "   (transformers Dinov2WithRegistersModel, same size, SDPA, random weights: speed does not depend on them)"
+    )
     print(f"  speedup {full_time / lookwhere_time:.1f}x measured, {full_flops / lw_flops:.1f}x fewer FLOPs")
     if not pictures:
         pictures.append(("astronaut", photo, outputs.selector_map[0], outputs.selected_indices[0]))
@@ -327,16 +262,14 @@ def cmd_demo(args) -> int:
         save_selection_figure(image, selector_map, indices, grid, path, title=title)
         print(f"Saved where the selector looked: {path}")
     if not trained:
-        print("\nNOTE: the LookWhere weights are RANDOM, so the selection and features are meaningless; the timings "
-              "and FLOPs are representative. Pass --model with a trained checkpoint for real predictions.")
+        print(
+            "\nNOTE: the LookWhere weights are RANDOM, so the selection and features are meaningless; the timings "
+            "and FLOPs are representative. Pass --model with a trained checkpoint for real predictions."
+        )
     return 0
 
 
 def cmd_predict(args) -> int:
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForImageClassification, pipeline
-
     files = _check_image_files(args.images)
     images = [_open_image(path) for path in files]  # fail on unreadable files before loading the model
     model_path = _resolve_model_path(args.model)
@@ -346,7 +279,8 @@ def cmd_predict(args) -> int:
     classifier = pipeline("image-classification", model=model, image_processor=processor, device=args.device)
     top_k = min(args.top_k, model.config.num_labels)
     results = []
-    for path, image in tqdm(list(zip(files, images)), desc="predicting", disable=len(files) < 2, file=sys.stderr):
+    pairs = list(zip(files, images, strict=True))
+    for path, image in tqdm(pairs, desc="predicting", disable=len(files) < 2, file=sys.stderr):
         with torch.inference_mode():
             predictions = classifier(image, top_k=top_k)
         results.append({"image": str(path), "predictions": predictions})
@@ -359,11 +293,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_visualize(args) -> int:
-    import torch
-    from transformers import AutoModel
-
-    from .visualization import save_selection_figure
-
     (path,) = _check_image_files([args.image])
     output = Path(args.output)
     if output.suffix.lower() != ".png":
@@ -378,42 +307,24 @@ def cmd_visualize(args) -> int:
     grid = (inputs["pixel_values"].shape[-2] // p, inputs["pixel_values"].shape[-1] // p)
     k = outputs.selected_indices.shape[1]
     width, height = save_selection_figure(
-        image, outputs.selector_map[0], outputs.selected_indices[0], grid, output,
+        image,
+        outputs.selector_map[0],
+        outputs.selected_indices[0],
+        grid,
+        output,
         title=f"{path.name}: k = {k} of {grid[0] * grid[1]} patches",
     )
     print(f"Saved the selector heat map and the {k} chosen patches ({width}x{height} px): {output}")
     return 0
 
 
-def _benchmark_script() -> Path | None:
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_inference.py"
-    return script if script.is_file() else None
-
-
 def cmd_benchmark(argv: list[str]) -> int:
-    script = _benchmark_script()
-    if script is None:
-        raise CLIError(
-            "the benchmark script (benchmarks/bench_inference.py) ships with the source repository, not the installed "
-            "package; clone the repository and `pip install -e .` it"
-        )
-    if any(a in ("-h", "--help") for a in argv):  # cheap: no new interpreter
-        spec = importlib.util.spec_from_file_location("lookwhere_bench_inference", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.main(argv)
-    # A fresh interpreter, so that OpenMP settings the script makes (--omp-wait-policy) take effect before torch loads.
-    import subprocess
+    from .benchmarking import main as benchmark_main
 
-    print(f"Running {script} {' '.join(argv)}", file=sys.stderr)
-    return subprocess.call([sys.executable, str(script), *argv])
+    return benchmark_main(argv, prog=f"{PROG} benchmark")
 
 
 def cmd_convert(argv: list[str]) -> int:
-    try:
-        from .models.lookwhere.convert_lookwhere_original_to_hf import main as convert_main
-    except ImportError as err:
-        raise CLIError(f"the converter is not available in this installation ({err})") from None
     if any(a in ("-h", "--help") for a in argv):
         print(f"usage: {PROG} convert [converter arguments]  (the arguments of convert_lookwhere_original_to_hf)\n")
     return convert_main(argv) or 0
@@ -428,22 +339,29 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="time LookWhere against a full-resolution DINOv2 and save a picture of where it looked",
         description=(
-            "Runs LookWhere and a same-size full-resolution transformers Dinov2WithRegistersModel (random weights, SDPA) "
-            "on a real photo, prints both latencies and the speedup, and saves a picture of where the selector looked. "
-            "Uses the trained checkpoint shipped in the package (and classifies its example images) when there is one, "
-            "otherwise a ViT-B/14 LookWhere with random weights (and says so)."
+            "Runs LookWhere and a same-size full-resolution transformers Dinov2WithRegistersModel (random weights, "
+            "SDPA) on a real photo, prints both latencies and the speedup, and saves a picture of where the selector "
+            "looked. Uses the trained checkpoint shipped in the package (and classifies its example images) when "
+            "there is one, otherwise a ViT-B/14 LookWhere with random weights (and says so)."
         ),
     )
-    demo.add_argument("--output-dir", default="lookwhere_demo", help="where the pictures go (default: ./lookwhere_demo)")
-    demo.add_argument("--model", default=None, help="a LookWhere image-classification folder to use instead of the shipped one")
+    demo.add_argument(
+        "--output-dir", default="lookwhere_demo", help="where the pictures go (default: ./lookwhere_demo)"
+    )
+    demo.add_argument(
+        "--model", default=None, help="a LookWhere image-classification folder to use instead of the shipped one"
+    )
     demo.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke test; seconds)")
     demo.add_argument(
-        "--vit-b", action="store_true",
+        "--vit-b",
+        action="store_true",
         help="ignore the shipped checkpoint: time a random-weight ViT-B/14 LookWhere (the released size) against a "
         "ViT-B/14 DINOv2 at 518 px",
     )
     demo.add_argument("--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]")
-    demo.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per model after one warm-up (default 3)")
+    demo.add_argument(
+        "--repeats", type=_positive_int, default=3, help="timed runs per model after one warm-up (default 3)"
+    )
     demo.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
     predict = sub.add_parser(
@@ -453,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     predict.add_argument("--model", default=None, help="model folder or Hub id (default: the shipped demo checkpoint)")
-    predict.add_argument("--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]")
+    predict.add_argument(
+        "--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]"
+    )
     predict.add_argument("--top-k", type=_positive_int, default=5, help="classes printed per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
     predict.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
@@ -466,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     visualize.add_argument("image", metavar="IMAGE", help="image file")
     visualize.add_argument("--model", required=True, help="LookWhere model folder or Hub id")
     visualize.add_argument("--output", required=True, metavar="PNG", help="output .png file")
-    visualize.add_argument("--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]")
+    visualize.add_argument(
+        "--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]"
+    )
 
     sub.add_parser(
         "convert",

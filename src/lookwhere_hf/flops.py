@@ -100,7 +100,9 @@ def dinov2_flops(config, image_size=None, batch_size: int = 1) -> int:
     _check_size(height, width, patch_h, patch_w)
     num_patches = (height // patch_h) * (width // patch_w)
     tokens = 1 + getattr(config, "num_register_tokens", 0) + num_patches
-    per_image = _patch_embed_flops(config, num_patches) + config.num_hidden_layers * transformer_layer_flops(config, tokens)
+    per_image = _patch_embed_flops(config, num_patches) + config.num_hidden_layers * transformer_layer_flops(
+        config, tokens
+    )
     return batch_size * per_image
 
 
@@ -205,7 +207,13 @@ def lookwhere_flops(
         spreading = 2 * num_patches * min(config.num_spread_neighbors, k) * dim
         classifier = 2 * num_patches * dim * num_labels
     parts = [
-        selector_embedding, selector_encoder, selector_head, extractor_embedding, extractor_encoder, spreading, classifier
+        selector_embedding,
+        selector_encoder,
+        selector_head,
+        extractor_embedding,
+        extractor_encoder,
+        spreading,
+        classifier,
     ]
     return LookWhereFlops(*(batch_size * p for p in parts), k=k, grid=grid)
 
@@ -235,8 +243,8 @@ def flops_comparison(config, image_size: int, k_ratio: float) -> dict:
 def flops_table(config, resolutions=(518, 1036), k_ratios=(0.05, 0.1, 0.25)) -> str:
     """Markdown table of [`flops_comparison`] over square `resolutions` x `k_ratios` (the model cards' FLOPs table)."""
     rows = [
-        "| resolution | k_ratio | k / patches | selector GFLOPs | extractor GFLOPs | LookWhere GFLOPs | full ViT GFLOPs "
-        "| reduction |",
+        "| resolution | k_ratio | k / patches | selector GFLOPs | extractor GFLOPs | LookWhere GFLOPs "
+        "| full ViT GFLOPs | reduction |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for size in resolutions:

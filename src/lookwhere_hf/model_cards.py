@@ -42,7 +42,13 @@ PAPER = "https://arxiv.org/abs/2505.18051"
 CONVERTER = "python -m lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf"
 RELEASE_CARDS = {"dinov2": "lookwhere-dinov2-vitb14.md", "franca": "lookwhere-franca-vitb14.md"}
 TAGS = [
-    "lookwhere", "vision", "image-feature-extraction", "vit", "adaptive-computation", "token-selection", "distillation"
+    "lookwhere",
+    "vision",
+    "image-feature-extraction",
+    "vit",
+    "adaptive-computation",
+    "token-selection",
+    "distillation",
 ]
 
 # Facts about the two official releases (and the fallback for other checkpoints in their layout).
@@ -54,8 +60,9 @@ VARIANT_INFO = {
         "checkpoint": "lookwhere_dinov2.pt",
         "tags": ["dinov2"],
         "description": (
-            "This variant was distilled from DINOv2 with registers: GELU MLPs, 4 register tokens, so the selector hands "
-            "CLS + 4 registers to the extractor. The authors report it as the stronger of their two released models."
+            "This variant was distilled from DINOv2 with registers: GELU MLPs, 4 register tokens, so the selector "
+            "hands CLS + 4 registers to the extractor. The authors report it as the stronger of their two released "
+            "models."
         ),
     },
     "franca": {
@@ -65,8 +72,9 @@ VARIANT_INFO = {
         "checkpoint": "lookwhere_franca.pt",
         "tags": ["franca"],
         "description": (
-            "This variant was distilled from Franca: SwiGLU MLPs and no register tokens, so the selector hands only its "
-            "CLS token to the extractor. The authors report LookWhere-DINOv2 as the stronger of their two released models."
+            "This variant was distilled from Franca: SwiGLU MLPs and no register tokens, so the selector hands only "
+            "its CLS token to the extractor. The authors report LookWhere-DINOv2 as the stronger of their two released "
+            "models."
         ),
     },
     "custom": {
@@ -75,7 +83,9 @@ VARIANT_INFO = {
         "base_model": None,  # not one of the official releases: no known base model
         "checkpoint": "a LookWhere checkpoint",
         "tags": [],
-        "description": "This checkpoint does not match either official release layout; its architecture is listed below.",
+        "description": (
+            "This checkpoint does not match either official release layout; its architecture is listed below."
+        ),
     },
 }
 
@@ -110,7 +120,7 @@ def architecture_table(config: LookWhereConfig) -> str:
 
 
 def _vit_name(config: LookWhereConfig) -> str:
-    """"ViT-B/14" and the like for the extractor's size."""
+    """ "ViT-B/14" and the like for the extractor's size."""
     sizes = {(384, 12): "S", (768, 12): "B", (1024, 24): "L", (1536, 40): "g"}
     ext = config.extractor_config
     size = sizes.get((ext.hidden_size, ext.num_hidden_layers))

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
+
+from .models.lookwhere.configuration_lookwhere import to_pair
 
 __all__ = ["SelectionPicture", "selection_figure_data", "save_selection_figure", "PANEL_INCHES", "DPI"]
 
@@ -61,7 +64,7 @@ def _to_uint8_rgb(image) -> np.ndarray:
     return array
 
 
-def selection_figure_data(image, selector_map, selected_indices, grid: tuple[int, int]) -> SelectionPicture:
+def selection_figure_data(image, selector_map, selected_indices, grid: int | tuple[int, int]) -> SelectionPicture:
     """Put one image's selection on its patch grid.
 
     Args:
@@ -69,14 +72,12 @@ def selection_figure_data(image, selector_map, selected_indices, grid: tuple[int
             `(grid_h * s, grid_w * s)` pixels, `s` (at most 32) the smallest cell size keeping its resolution.
         selector_map (`torch.Tensor` of shape `(grid_h * grid_w,)`): selector map logits of one image.
         selected_indices (`torch.LongTensor` of shape `(k,)`): row-major indices of the computed patches.
-        grid (`tuple[int, int]`): `(grid_h, grid_w)`.
+        grid (`int` or `tuple[int, int]`): `(grid_h, grid_w)`.
 
     Returns:
         [`SelectionPicture`].
     """
-    from PIL import Image
-
-    grid_h, grid_w = int(grid[0]), int(grid[1])
+    grid_h, grid_w = to_pair(grid)
     scores = torch.as_tensor(selector_map).detach().float().reshape(-1).cpu()
     if scores.numel() != grid_h * grid_w:
         raise ValueError(f"`selector_map` has {scores.numel()} values, expected grid_h * grid_w = {grid_h * grid_w}.")
@@ -98,7 +99,7 @@ def save_selection_figure(
     image,
     selector_map,
     selected_indices,
-    grid: tuple[int, int],
+    grid: int | tuple[int, int],
     path: str | os.PathLike,
     title: str | None = None,
 ) -> tuple[int, int]:
@@ -123,7 +124,9 @@ def save_selection_figure(
         from matplotlib.collections import PatchCollection
         from matplotlib.patches import Rectangle
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError('Selection pictures need matplotlib: pip install -e ".[plots]"') from err
+        raise ImportError(
+            "Selection pictures need matplotlib: pip install matplotlib (or lookwhere_hf[plots])"
+        ) from err
 
     picture = selection_figure_data(image, selector_map, selected_indices, grid)
     height, width = picture.image.shape[:2]
@@ -143,7 +146,7 @@ def save_selection_figure(
     shown = np.where(mask[..., None], picture.image, dimmed)
     chosen_ax.imshow(shown, extent=extent)
     rows, cols = np.nonzero(picture.selected)
-    boxes = [Rectangle((c * cell_w, r * cell_h), cell_w, cell_h) for r, c in zip(rows, cols)]
+    boxes = [Rectangle((c * cell_w, r * cell_h), cell_w, cell_h) for r, c in zip(rows, cols, strict=True)]
     chosen_ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor="#00e5ff", linewidth=0.6))
     k, total = int(picture.selected.sum()), picture.selected.size
     chosen_ax.set_title(f"patches computed: k = {k} of {total} ({100 * k / total:.0f}%)", fontsize=10)

@@ -94,7 +94,8 @@ def load_original_checkpoint(checkpoint_path: str | os.PathLike) -> dict:
         if magic[:2] == b"PK" or magic[:1] == b"\x80":  # a zip or legacy torch.save file with forbidden objects
             raise ConversionError(
                 f"{str(path)!r} holds Python objects other than tensors and plain containers, so it is not an official "
-                f"LookWhere checkpoint (those load with weights_only=True). Refusing to unpickle it ({_first_line(err)})."
+                f"LookWhere checkpoint (those load with weights_only=True). Refusing to unpickle it "
+                f"({_first_line(err)})."
             ) from None
         raise ConversionError(f"{not_torch} ({_first_line(err)}). {official}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as err:
@@ -123,7 +124,9 @@ def _check_layout(checkpoint, name: str) -> None:
     selector = checkpoint["selector"]
     if not isinstance(selector, dict) or set(selector) != {"backbone", "head"}:
         keys = _listing(selector) if isinstance(selector, dict) else type(selector).__name__
-        raise ConversionError(f"{name}['selector'] must have keys 'backbone' and 'head', got {keys}. Expected {expected}.")
+        raise ConversionError(
+            f"{name}['selector'] must have keys 'backbone' and 'head', got {keys}. Expected {expected}."
+        )
     for part, state in (
         ("selector.backbone", selector["backbone"]),
         ("selector.head", selector["head"]),
@@ -170,7 +173,9 @@ def infer_backbone_config(state: dict, name: str, num_attention_heads: int | Non
     registers = 0
     if "reg_token" in state:
         if len(_shape(state, "reg_token", name)) != 3:
-            raise ConversionError(f"{name}: reg_token must be (1, registers, {hidden}), got {_shape(state, 'reg_token', name)}.")
+            raise ConversionError(
+                f"{name}: reg_token must be (1, registers, {hidden}), got {_shape(state, 'reg_token', name)}."
+            )
         registers = _shape(state, "reg_token", name)[1]
     positions = _shape(state, "pos_embed", name)
     count = positions[1] if len(positions) == 3 else 0
@@ -217,7 +222,7 @@ def infer_backbone_config(state: dict, name: str, num_attention_heads: int | Non
 
 
 def detect_variant(backbone: dict) -> str:
-    """"dinov2" (GELU MLP, registers), "franca" (SwiGLU, no registers) or "custom"."""
+    """ "dinov2" (GELU MLP, registers), "franca" (SwiGLU, no registers) or "custom"."""
     if not backbone["use_swiglu_ffn"] and backbone["num_register_tokens"] > 0:
         return "dinov2"
     if backbone["use_swiglu_ffn"] and backbone["num_register_tokens"] == 0:
@@ -246,7 +251,9 @@ def infer_config(
         raise ConversionError(f"selector.head lacks {missing}; expected {list(HEAD_KEYS)}.")
     w1, w2 = tuple(head["w1.weight"].shape), tuple(head["w2.weight"].shape)
     if w1 != (4 * hidden, hidden):
-        raise ConversionError(f"selector.head.w1 must be ({4 * hidden}, {hidden}) (an MLP hidden -> 4*hidden), got {w1}.")
+        raise ConversionError(
+            f"selector.head.w1 must be ({4 * hidden}, {hidden}) (an MLP hidden -> 4*hidden), got {w1}."
+        )
     r = math.isqrt(w2[0]) if len(w2) == 2 else 0
     if len(w2) != 2 or w2[1] != 4 * hidden or r * r != w2[0]:
         raise ConversionError(f"selector.head.w2 must be (r*r, {4 * hidden}) for an integer r, got {w2}.")
@@ -291,12 +298,19 @@ def rename_table(backbone) -> list[tuple[str, tuple[str, ...]]]:
     qkv_kinds = ("weight", "bias") if backbone.qkv_bias else ("weight",)
     for i in range(backbone.num_hidden_layers):
         src, dst = f"blocks.{i}.", f"encoder.layer.{i}."
-        table += [(f"{src}{norm}.{kind}", (f"{dst}{norm}.{kind}",)) for norm in ("norm1", "norm2") for kind in ("weight", "bias")]
+        table += [
+            (f"{src}{norm}.{kind}", (f"{dst}{norm}.{kind}",))
+            for norm in ("norm1", "norm2")
+            for kind in ("weight", "bias")
+        ]
         table += [
             (f"{src}attn.qkv.{kind}", tuple(f"{dst}attention.{p}_proj.{kind}" for p in "qkv")) for kind in qkv_kinds
         ]
         table += [(f"{src}attn.proj.{kind}", (f"{dst}attention.o_proj.{kind}",)) for kind in ("weight", "bias")]
-        table += [(f"{src}ls1.gamma", (f"{dst}layer_scale1.lambda1",)), (f"{src}ls2.gamma", (f"{dst}layer_scale2.lambda1",))]
+        table += [
+            (f"{src}ls1.gamma", (f"{dst}layer_scale1.lambda1",)),
+            (f"{src}ls2.gamma", (f"{dst}layer_scale2.lambda1",)),
+        ]
         for kind in ("weight", "bias"):
             if backbone.use_swiglu_ffn:
                 table.append((f"{src}mlp.fc1.{kind}", (f"{dst}mlp.gate_proj.{kind}", f"{dst}mlp.up_proj.{kind}")))
@@ -335,7 +349,7 @@ def convert_state_dict(
             if tuple(state[src].shape) != expected:
                 wrong.append(f"{src}: {tuple(state[src].shape)} (expected {expected})")
                 continue
-            for dst, chunk in zip(destinations, state[src].chunk(len(destinations), dim=0)):
+            for dst, chunk in zip(destinations, state[src].chunk(len(destinations), dim=0), strict=True):
                 converted[prefix + dst] = chunk.detach().to(torch.float32).contiguous()
         if wrong:
             raise ConversionError(f"{part} has tensors of the wrong shape: " + "; ".join(wrong))
@@ -343,8 +357,9 @@ def convert_state_dict(
         leftover += [f"{part}.{key}" for key in state if key not in used]
     if leftover:
         raise ConversionError(
-            f"{len(leftover)} tensor(s) of the checkpoint have no place in LookWhereModel, so converting would silently "
-            f"drop them: {_listing(leftover)}. This is not the official LookWhere layout (or an unsupported variant)."
+            f"{len(leftover)} tensor(s) of the checkpoint have no place in LookWhereModel, so converting would "
+            f"silently drop them: {_listing(leftover)}. This is not the official LookWhere layout (or an unsupported "
+            "variant)."
         )
     for name, shape in target_shapes.items():  # parameters without values, e.g. 0 register tokens
         if name not in converted and math.prod(shape) == 0:
@@ -400,7 +415,9 @@ def push_folder_to_hub(output_dir: str | os.PathLike, repo_id: str, log=print) -
     """Upload a converted folder to the Hub (`create_repo` + `upload_folder`), with clear errors."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
         raise ConversionError(f"--push_to_hub expects a repo id like 'USER/lookwhere-dinov2-vitb14', got {repo_id!r}.")
-    later = f"The converted model is complete in {str(output_dir)!r}; upload it later with `hf upload {repo_id} {output_dir}`."
+    later = (
+        f"The converted model is complete in {str(output_dir)!r}; upload it later: `hf upload {repo_id} {output_dir}`."
+    )
     if hub_offline():
         raise ConversionError(f"Cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE). {later}")
     import huggingface_hub
@@ -410,8 +427,8 @@ def push_folder_to_hub(output_dir: str | os.PathLike, repo_id: str, log=print) -
         huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="Upload LookWhere")
     except Exception as err:  # network, authentication and permission errors all end here
         raise ConversionError(
-            f"Pushing to the Hub repo {repo_id!r} failed ({type(err).__name__}: {_first_line(err)}). Check your network "
-            f"and that you are logged in (`hf auth login`) with write access. {later}"
+            f"Pushing to the Hub repo {repo_id!r} failed ({type(err).__name__}: {_first_line(err)}). Check your "
+            f"network and that you are logged in (`hf auth login`) with write access. {later}"
         ) from None
     url = f"https://huggingface.co/{repo_id}"
     log(f"Pushed {output_dir} to {url}.")
@@ -458,7 +475,9 @@ def convert_checkpoint(
         log: where progress messages go (`print` by default).
     """
     if not (isinstance(k_ratio, (int, float)) and 0.0 < k_ratio <= 1.0):
-        raise ConversionError(f"--k_ratio must be in (0, 1] (the fraction of patches the extractor sees), got {k_ratio!r}.")
+        raise ConversionError(
+            f"--k_ratio must be in (0, 1] (the fraction of patches the extractor sees), got {k_ratio!r}."
+        )
     if num_attention_heads is not None and (not isinstance(num_attention_heads, int) or num_attention_heads < 1):
         raise ConversionError(f"--num_attention_heads must be a positive int, got {num_attention_heads!r}.")
     if run_self_check:
@@ -494,7 +513,9 @@ def convert_checkpoint(
     model = LookWhereModel(config).eval()
     target_shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
     model.load_state_dict(convert_state_dict(checkpoint, config, target_shapes), strict=True)
-    num_source = sum(len(s) for s in (checkpoint["selector"]["backbone"], checkpoint["selector"]["head"], checkpoint["extractor"]))
+    num_source = sum(
+        len(s) for s in (checkpoint["selector"]["backbone"], checkpoint["selector"]["head"], checkpoint["extractor"])
+    )
     num_parameters = sum(p.numel() for p in model.parameters())
     log(
         f"Mapped all {num_source} source tensors onto the {len(target_shapes)} LookWhereModel parameters "

@@ -19,7 +19,7 @@ k_ratio) and `selection_examples.png` (where the model looked on a few test imag
 
 Example:
 
-    python benchmarks/sparse_digits/evaluate.py --data_dir data/sparse_digits \\
+    python benchmarks/sparse_digits/evaluate_sparse_digits.py --data_dir data/sparse_digits \\
         --lookwhere_model runs/lookwhere-finetuned --teacher_model runs/teacher --output_dir runs/eval
 """
 
@@ -29,14 +29,13 @@ import json
 import math
 import os
 import platform
-import statistics
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from make_dataset import read_annotations  # this script's sibling (its folder is first on sys.path)
 from PIL import Image
+from tqdm.auto import tqdm
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -45,11 +44,10 @@ from transformers import (
 
 import lookwhere_hf  # noqa: F401  (registers the LookWhere Auto classes)
 from lookwhere_hf import LookWhereForImageClassification, LookWhereImageProcessor
+from lookwhere_hf.benchmarking import time_interleaved
+from lookwhere_hf.flops import dinov2_flops, lookwhere_flops
 from lookwhere_hf.models.lookwhere.distillation_losses import compute_teacher_targets
 from lookwhere_hf.models.lookwhere.selection import gather_tokens, select_top_k
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_dataset import read_annotations
 
 DEFAULT_K_RATIOS = "0.02,0.05,0.1,0.15,0.25,0.5,1.0"
 
@@ -105,7 +103,9 @@ class EvaluationArguments:
         try:
             return [int(b) for b in self.latency_batch_sizes.split(",") if b.strip()]
         except ValueError:
-            raise ValueError(f"--latency_batch_sizes must be comma-separated ints, got {self.latency_batch_sizes!r}.") from None
+            raise ValueError(
+                f"--latency_batch_sizes must be comma-separated ints, got {self.latency_batch_sizes!r}."
+            ) from None
 
 
 # ----------------------------------------------------------------------------------------------------- geometry
@@ -176,11 +176,7 @@ def measure_flops(model, teacher, pixel_values: torch.Tensor, k: int) -> dict[st
     return counts
 
 
-def analytic_flops(model, teacher, image_size: int, k_ratio: float) -> dict[str, int] | None:
-    try:
-        from lookwhere_hf.flops import dinov2_flops, lookwhere_flops
-    except ImportError:
-        return None
+def analytic_flops(model, teacher, image_size: int, k_ratio: float) -> dict[str, int]:
     lw = lookwhere_flops(model.config, image_size=image_size, k_ratio=k_ratio, num_labels=model.config.num_labels)
     classifier = 2 * 2 * teacher.config.hidden_size * teacher.config.num_labels
     return {"teacher": dinov2_flops(teacher.config, image_size) + classifier, "lookwhere": lw.total, "k": lw.k}
@@ -196,16 +192,7 @@ def measure_latency(model, teacher, pixel_values, low_res, k: int, runs: int, wa
         "lookwhere": lambda: model(pixel_values=pixel_values, k=k),
         "lookwhere_given_low_res": lambda: model(pixel_values=pixel_values, low_res_pixel_values=low_res, k=k),
     }
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    times = {name: [] for name in calls}
-    for _ in range(runs):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: timing.median for name, timing in time_interleaved(calls, runs, warmup=warmup).items()}
 
 
 # ----------------------------------------------------------------------------------------------------- main
@@ -238,8 +225,6 @@ def evaluate(args: EvaluationArguments) -> dict:
     canvas = Image.open(os.path.join(args.data_dir, rows[0]["file_name"])).size[0]
     scale = image_size / canvas
     label_of = {name: int(i) for name, i in model.config.label2id.items()}
-
-    from tqdm.auto import tqdm
 
     preds = {name: {r: [] for r in ratios} for name in ("lookwhere", "lookwhere_random", "teacher_topk")}
     preds["teacher_full"] = []
@@ -285,20 +270,22 @@ def evaluate(args: EvaluationArguments) -> dict:
 
     per_k = []
     for r in ratios:
-        per_k.append({
-            "k_ratio": r,
-            "k": ks[r],
-            "selector_hit_rate": float(np.mean(hits["selector"][r]["hit"])),
-            "selector_box_coverage": float(np.mean(hits["selector"][r]["coverage"])),
-            "selector_full_cover_rate": float(np.mean(hits["selector"][r]["full"])),
-            "teacher_map_hit_rate": float(np.mean(hits["teacher_map"][r]["hit"])),
-            "teacher_map_box_coverage": float(np.mean(hits["teacher_map"][r]["coverage"])),
-            "random_hit_rate": float(np.mean(random_hit[r])),
-            "random_box_coverage": ks[r] / num_patches,
-            "accuracy_lookwhere": accuracy(preds["lookwhere"][r]),
-            "accuracy_lookwhere_random_patches": accuracy(preds["lookwhere_random"][r]),
-            "accuracy_teacher_on_selected_patches": accuracy(preds["teacher_topk"][r]),
-        })
+        per_k.append(
+            {
+                "k_ratio": r,
+                "k": ks[r],
+                "selector_hit_rate": float(np.mean(hits["selector"][r]["hit"])),
+                "selector_box_coverage": float(np.mean(hits["selector"][r]["coverage"])),
+                "selector_full_cover_rate": float(np.mean(hits["selector"][r]["full"])),
+                "teacher_map_hit_rate": float(np.mean(hits["teacher_map"][r]["hit"])),
+                "teacher_map_box_coverage": float(np.mean(hits["teacher_map"][r]["coverage"])),
+                "random_hit_rate": float(np.mean(random_hit[r])),
+                "random_box_coverage": ks[r] / num_patches,
+                "accuracy_lookwhere": accuracy(preds["lookwhere"][r]),
+                "accuracy_lookwhere_random_patches": accuracy(preds["lookwhere_random"][r]),
+                "accuracy_teacher_on_selected_patches": accuracy(preds["teacher_topk"][r]),
+            }
+        )
 
     # cost: FLOPs and latency at the model's own k_ratio (and the measured FLOPs at every k)
     k_default = model.config.num_selected(num_patches)
@@ -306,28 +293,54 @@ def evaluate(args: EvaluationArguments) -> dict:
         [Image.open(os.path.join(args.data_dir, rows[0]["file_name"])).convert("RGB")], return_tensors="pt"
     )["pixel_values"]
     flop_rows = []
-    eager_model = LookWhereForImageClassification.from_pretrained(args.lookwhere_model, attn_implementation="eager").eval()
-    eager_teacher = AutoModelForImageClassification.from_pretrained(args.teacher_model, attn_implementation="eager").eval()
+    eager_model = LookWhereForImageClassification.from_pretrained(
+        args.lookwhere_model, attn_implementation="eager"
+    ).eval()
+    eager_teacher = AutoModelForImageClassification.from_pretrained(
+        args.teacher_model, attn_implementation="eager"
+    ).eval()
     for r in ratios:
         counted = measure_flops(eager_model, eager_teacher, sample, ks[r])
-        row = {"k_ratio": r, "k": ks[r], "counted_teacher": counted["teacher"], "counted_lookwhere": counted["lookwhere"]}
+        row = {
+            "k_ratio": r,
+            "k": ks[r],
+            "counted_teacher": counted["teacher"],
+            "counted_lookwhere": counted["lookwhere"],
+        }
         analytic = analytic_flops(model, teacher, image_size, r)
-        if analytic is not None:
-            row.update(analytic_teacher=analytic["teacher"], analytic_lookwhere=analytic["lookwhere"])
+        row.update(analytic_teacher=analytic["teacher"], analytic_lookwhere=analytic["lookwhere"])
         flop_rows.append(row)
     latency = []
-    pool = [Image.open(os.path.join(args.data_dir, r["file_name"])).convert("RGB") for r in rows[: max(args.parsed_latency_batch_sizes())]]
+    pool = [
+        Image.open(os.path.join(args.data_dir, r["file_name"])).convert("RGB")
+        for r in rows[: max(args.parsed_latency_batch_sizes())]
+    ]
     threads_before = torch.get_num_threads()
     settings = [(t, b) for t in args.parsed_latency_threads() for b in args.parsed_latency_batch_sizes()]
     for threads, batch_size in tqdm(settings, desc="Latency", unit="setting"):
         torch.set_num_threads(threads)
         inputs = processor((pool * batch_size)[:batch_size], return_tensors="pt")
-        seconds = measure_latency(model, teacher, inputs["pixel_values"], inputs["low_res_pixel_values"], k_default,
-                                  args.latency_runs, args.latency_warmup)
-        latency.append({"threads": threads, "batch_size": batch_size, "k": k_default, "teacher_s": seconds["teacher"],
-                        "lookwhere_s": seconds["lookwhere"], "speedup": seconds["teacher"] / seconds["lookwhere"],
-                        "lookwhere_given_low_res_s": seconds["lookwhere_given_low_res"],
-                        "speedup_given_low_res": seconds["teacher"] / seconds["lookwhere_given_low_res"]})
+        seconds = measure_latency(
+            model,
+            teacher,
+            inputs["pixel_values"],
+            inputs["low_res_pixel_values"],
+            k_default,
+            args.latency_runs,
+            args.latency_warmup,
+        )
+        latency.append(
+            {
+                "threads": threads,
+                "batch_size": batch_size,
+                "k": k_default,
+                "teacher_s": seconds["teacher"],
+                "lookwhere_s": seconds["lookwhere"],
+                "speedup": seconds["teacher"] / seconds["lookwhere"],
+                "lookwhere_given_low_res_s": seconds["lookwhere_given_low_res"],
+                "speedup_given_low_res": seconds["teacher"] / seconds["lookwhere_given_low_res"],
+            }
+        )
     torch.set_num_threads(threads_before)
 
     results = {
@@ -365,8 +378,13 @@ def evaluate(args: EvaluationArguments) -> dict:
     try:
         plot_results(results, os.path.join(args.output_dir, "sparse_digits.png"))
         by_index = sorted(rows, key=lambda r: r["file_name"].rsplit("_", 1)[-1])  # test order: mixed digits
-        plot_examples(model, processor, by_index[: args.num_example_images], args.data_dir,
-                      os.path.join(args.output_dir, "selection_examples.png"))
+        plot_examples(
+            model,
+            processor,
+            by_index[: args.num_example_images],
+            args.data_dir,
+            os.path.join(args.output_dir, "selection_examples.png"),
+        )
     except ImportError:
         print("matplotlib is not installed: no figures (pip install matplotlib)")
     return results
@@ -374,46 +392,68 @@ def evaluate(args: EvaluationArguments) -> dict:
 
 # ----------------------------------------------------------------------------------------------------- reports
 def format_markdown(results: dict) -> str:
-    pct = lambda v: f"{100 * v:.1f}"
+    def pct(value: float) -> str:
+        return f"{100 * value:.1f}"
+
     same = all(
         row["selector_hit_rate"] == row["selector_box_coverage"] == row["selector_full_cover_rate"]
         for row in results["per_k_ratio"]
     )
     lines = [
-        (f"Test split: {results['num_images']} images, {results['image_size']} px, patch {results['patch_size']} "
-        f"({results['grid']}x{results['grid']} = {results['grid'] ** 2} patches); selector at "
-        f"{results['low_res_size']} px. Teacher at full resolution (all patches): "
-        f"**{pct(results['accuracy_teacher_full_resolution'])}%** accuracy."),
+        (
+            f"Test split: {results['num_images']} images, {results['image_size']} px, patch {results['patch_size']} "
+            f"({results['grid']}x{results['grid']} = {results['grid'] ** 2} patches); selector at "
+            f"{results['low_res_size']} px. Teacher at full resolution (all patches): "
+            f"**{pct(results['accuracy_teacher_full_resolution'])}%** accuracy."
+        ),
         "",
-        "| k_ratio | k | selector hit rate |" + ("" if same else " box covered | all box patches |")
+        "| k_ratio | k | selector hit rate |"
+        + ("" if same else " box covered | all box patches |")
         + " teacher-map hit rate | random hit rate | LookWhere acc. | LookWhere, random patches "
         "| teacher on selected patches |",
         "|---|---|---|---|---|---|---|---|" + ("" if same else "---|---|"),
     ]
     for row in results["per_k_ratio"]:
-        coverage = "" if same else (
-            f" {pct(row['selector_box_coverage'])}% | {pct(row['selector_full_cover_rate'])}% |"
+        coverage = (
+            "" if same else (f" {pct(row['selector_box_coverage'])}% | {pct(row['selector_full_cover_rate'])}% |")
         )
         lines.append(
             f"| {row['k_ratio']:g} | {row['k']} | {pct(row['selector_hit_rate'])}% |{coverage}"
             f" {pct(row['teacher_map_hit_rate'])}% "
             f"| {pct(row['random_hit_rate'])}% | **{pct(row['accuracy_lookwhere'])}%** "
-            f"| {pct(row['accuracy_lookwhere_random_patches'])}% | {pct(row['accuracy_teacher_on_selected_patches'])}% |"
+            f"| {pct(row['accuracy_lookwhere_random_patches'])}% "
+            f"| {pct(row['accuracy_teacher_on_selected_patches'])}% |"
         )
     if same:
-        lines += ["", ("(Every digit lies inside one patch here, so the share of the digit box covered and the share of "
-                  "images with every box patch selected equal the hit rate.)")]
-    lines += ["", "| k_ratio | k | teacher FLOPs | LookWhere FLOPs | FLOPs ratio (counted) | FLOPs ratio (analytic) |",
-              "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            (
+                "(Every digit lies inside one patch here, so the share of the digit box covered and the share of "
+                "images with every box patch selected equal the hit rate.)"
+            ),
+        ]
+    lines += [
+        "",
+        "| k_ratio | k | teacher FLOPs | LookWhere FLOPs | FLOPs ratio (counted) | FLOPs ratio (analytic) |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in results["flops"]:
-        analytic = (f"{row['analytic_teacher'] / row['analytic_lookwhere']:.1f}x" if "analytic_lookwhere" in row else "n/a")
-        lines.append(
-            f"| {row['k_ratio']:g} | {row['k']} | {row['counted_teacher'] / 1e9:.3f} G | {row['counted_lookwhere'] / 1e9:.3f} G "
-            f"| {row['counted_teacher'] / row['counted_lookwhere']:.1f}x | {analytic} |"
+        analytic = (
+            f"{row['analytic_teacher'] / row['analytic_lookwhere']:.1f}x" if "analytic_lookwhere" in row else "n/a"
         )
-    lines += ["", ("| threads | batch | k | teacher (full res) | LookWhere (makes its low-res view) | speedup "
-              "| LookWhere (low-res view from the processor, as in `pipeline`) | speedup |"),
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {row['k_ratio']:g} | {row['k']} | {row['counted_teacher'] / 1e9:.3f} G "
+            f"| {row['counted_lookwhere'] / 1e9:.3f} G | {row['counted_teacher'] / row['counted_lookwhere']:.1f}x "
+            f"| {analytic} |"
+        )
+    lines += [
+        "",
+        (
+            "| threads | batch | k | teacher (full res) | LookWhere (makes its low-res view) | speedup "
+            "| LookWhere (low-res view from the processor, as in `pipeline`) | speedup |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in results["latency"]:
         lines.append(
             f"| {row.get('threads', '')} | {row['batch_size']} | {row['k']} | {1000 * row['teacher_s']:.1f} ms "
@@ -421,11 +461,17 @@ def format_markdown(results: dict) -> str:
             f"| {1000 * row['lookwhere_given_low_res_s']:.1f} ms | **{row['speedup_given_low_res']:.1f}x** |"
         )
     machine = results["machine"]
-    lines += ["", (f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
-              f"torch {machine['torch']}, attention {machine['attn_implementation']}. Latency: median of "
-              f"{results['arguments']['latency_runs']} forwards after {results['arguments']['latency_warmup']} warm-up, "
-              "teacher and LookWhere interleaved in one process. FLOPs counted with eager attention "
-              "(FlopCounterMode does not see the CPU SDPA kernel)."), ""]
+    lines += [
+        "",
+        (
+            f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
+            f"torch {machine['torch']}, attention {machine['attn_implementation']}. Latency: median of "
+            f"{results['arguments']['latency_runs']} forwards after {results['arguments']['latency_warmup']} warm-up, "
+            "teacher and LookWhere interleaved in one process. FLOPs counted with eager attention "
+            "(FlopCounterMode does not see the CPU SDPA kernel)."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -440,10 +486,17 @@ def plot_results(results: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(x, [r["accuracy_lookwhere"] for r in rows], "o-", label="LookWhere (selector top-k)")
     axes[0].plot(x, [r["accuracy_lookwhere_random_patches"] for r in rows], "s--", label="LookWhere, random k patches")
-    axes[0].plot(x, [r["accuracy_teacher_on_selected_patches"] for r in rows], "^:", label="teacher on selected patches")
+    axes[0].plot(
+        x, [r["accuracy_teacher_on_selected_patches"] for r in rows], "^:", label="teacher on selected patches"
+    )
     axes[0].axhline(results["accuracy_teacher_full_resolution"], color="k", lw=1, label="teacher, full resolution")
-    axes[0].set(xscale="log", xlabel="k_ratio (share of high-res patches computed)", ylabel="test accuracy",
-                title="Accuracy vs k_ratio", ylim=(0, 1.02))
+    axes[0].set(
+        xscale="log",
+        xlabel="k_ratio (share of high-res patches computed)",
+        ylabel="test accuracy",
+        title="Accuracy vs k_ratio",
+        ylim=(0, 1.02),
+    )
     axes[0].legend(fontsize=8)
     axes[1].plot(x, [r["selector_hit_rate"] for r in rows], "o-", label="selector: hits the digit")
     axes[1].plot(x, [r["selector_box_coverage"] for r in rows], "o--", label="selector: share of digit box covered")
@@ -474,7 +527,7 @@ def plot_examples(model, processor, rows: list[dict], data_dir: str, path: str) 
     scale = size / images[0].size[0]
     fig, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 3.3))
     axes = np.atleast_1d(axes)
-    for ax, image, row, indices, logits in zip(axes, images, rows, out.selected_indices, out.logits):
+    for ax, image, row, indices, logits in zip(axes, images, rows, out.selected_indices, out.logits, strict=True):
         ax.imshow(image.resize((size, size)))
         for idx in indices.tolist():
             r, c = divmod(idx, grid)
