@@ -2,22 +2,8 @@
 
 from __future__ import annotations
 
+from huggingface_hub.dataclasses import strict
 from transformers import Dinov2WithRegistersConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
-
-# ViT-B/14 with 4 registers, as in the released LookWhere-DINOv2 model.
-_VIT_B14 = {
-    "hidden_size": 768,
-    "num_attention_heads": 12,
-    "mlp_ratio": 4,
-    "patch_size": 14,
-    "num_register_tokens": 4,
-    "layer_norm_eps": 1e-6,
-    "qkv_bias": True,
-    "layerscale_value": 1.0,
-}
-SELECTOR_DEFAULTS = {**_VIT_B14, "num_hidden_layers": 3, "image_size": 154}
-EXTRACTOR_DEFAULTS = {**_VIT_B14, "num_hidden_layers": 12, "image_size": 518}
 
 SELECTOR_HEAD_ACTIVATIONS = ("gelu", "gelu_pytorch_tanh")
 
@@ -39,21 +25,83 @@ def _side(image_size) -> int:
     return height
 
 
+@strict
+class LookWhereSelectorConfig(Dinov2WithRegistersConfig):
+    r"""
+    The selector backbone of a [`LookWhereConfig`]: a shallow DINOv2-with-registers ViT that sees the low-resolution
+    view. Its `image_size` is the low-resolution input size. The defaults are the released selector (ViT-B/14, 4
+    registers, depth 3, 154 px); every other field is a [`~transformers.Dinov2WithRegistersConfig`] field.
+
+    `LookWhereSelectorConfig.from_pretrained(<lookwhere folder>)` reads the `selector_config` part of the folder's
+    `config.json` (`base_config_key`). Its `model_type` is `"lookwhere_selector"`, so that only the extractor part of
+    a LookWhere folder matches a plain `"dinov2_with_registers"` config (see [`LookWhereExtractorConfig`]).
+    """
+
+    model_type = "lookwhere_selector"
+    base_config_key = "selector_config"
+
+    num_hidden_layers: int = 3
+    image_size: int | list[int] | tuple[int, int] = 154
+    patch_size: int | list[int] | tuple[int, int] = 14
+
+    def __post_init__(self, **kwargs):
+        # Folders saved before the sub-config classes existed store the selector with the parent's model_type.
+        kwargs.pop("model_type", None)
+        super().__post_init__(**kwargs)
+
+
+@strict
+class LookWhereExtractorConfig(Dinov2WithRegistersConfig):
+    r"""
+    The extractor backbone of a [`LookWhereConfig`]: a full-depth DINOv2-with-registers ViT that computes the selected
+    high-resolution patches. Its `image_size` is the high-resolution size its position embeddings were trained at.
+    The defaults are the released extractor (ViT-B/14, 4 registers, depth 12, 518 px); every other field is a
+    [`~transformers.Dinov2WithRegistersConfig`] field.
+
+    `LookWhereExtractorConfig.from_pretrained(<lookwhere folder>)` reads the `extractor_config` part of the folder's
+    `config.json` (`base_config_key`). It keeps the parent's `model_type` (`"dinov2_with_registers"`): the extractor
+    *is* a DINOv2-with-registers ViT (the teacher's layout), so `Dinov2WithRegistersConfig.from_pretrained(<lookwhere
+    folder>)` returns the extractor's architecture, the way transformers picks the sub-config whose `model_type`
+    matches (as `LlamaConfig.from_pretrained(<llava folder>)` does). A folder saved before these classes existed
+    (both parts said `"dinov2_with_registers"`) loads as before; save it again to get this behaviour there too.
+    """
+
+    base_config_key = "extractor_config"
+
+    num_hidden_layers: int = 12
+    image_size: int | list[int] | tuple[int, int] = 518
+    patch_size: int | list[int] | tuple[int, int] = 14
+
+
+_ARCHITECTURE_FIELDS = (
+    "hidden_size", "num_attention_heads", "mlp_ratio", "patch_size", "num_register_tokens", "layer_norm_eps",
+    "qkv_bias", "layerscale_value", "num_hidden_layers", "image_size",
+)
+# The released selector / extractor architectures, read from the sub-config classes' defaults.
+SELECTOR_DEFAULTS = {name: LookWhereSelectorConfig.__dataclass_fields__[name].default for name in _ARCHITECTURE_FIELDS}
+EXTRACTOR_DEFAULTS = {name: LookWhereExtractorConfig.__dataclass_fields__[name].default for name in _ARCHITECTURE_FIELDS}
+
+
+@strict
 class LookWhereConfig(PreTrainedConfig):
     r"""
     Configuration of a LookWhere model: a shallow low-resolution *selector* that predicts where the important
     high-resolution patches are, and a full-depth *extractor* that only computes those patches.
 
-    Both halves are DINOv2-with-registers transformers and are configured with
-    [`~transformers.Dinov2WithRegistersConfig`] sub-configs. The selector's `image_size` is the low-resolution
-    size (154 for the release), the extractor's `image_size` is the high-resolution size its position embeddings
-    were trained at (518 for the release). Other high-resolution sizes work at inference time: the position
-    embeddings are resized to the input grid.
+    A composite config, as transformers' multimodal configs are: both halves are DINOv2-with-registers transformers,
+    configured with a [`LookWhereSelectorConfig`] and a [`LookWhereExtractorConfig`] (both subclass
+    [`~transformers.Dinov2WithRegistersConfig`]; plain dicts and `Dinov2WithRegistersConfig`s are accepted and
+    converted). The selector's `image_size` is the low-resolution size (154 for the release), the extractor's
+    `image_size` is the high-resolution size its position embeddings were trained at (518 for the release). Other
+    high-resolution sizes work at inference time: the position embeddings are resized to the input grid.
+
+    Values are checked when the config is built and when it is saved (`validate_lookwhere`); a wrong value raises a
+    `ValueError` naming the field.
 
     Args:
-        selector_config (`dict` or `Dinov2WithRegistersConfig`, *optional*):
+        selector_config (`dict` or `LookWhereSelectorConfig`, *optional*):
             The selector backbone (defaults: ViT-B/14, 4 registers, depth 3, image_size 154).
-        extractor_config (`dict` or `Dinov2WithRegistersConfig`, *optional*):
+        extractor_config (`dict` or `LookWhereExtractorConfig`, *optional*):
             The extractor backbone (defaults: ViT-B/14, 4 registers, depth 12, image_size 518).
         k_ratio (`float`, *optional*, defaults to 0.1):
             Fraction of the high-resolution patches the extractor sees (`k = floor(k_ratio * num_patches)`, at
@@ -73,13 +121,27 @@ class LookWhereConfig(PreTrainedConfig):
             `jax.image.resize` does in pretraining) instead of the plain bilinear resize of the official inference.
         freeze_selector (`bool`, *optional*, defaults to `True`):
             Whether task models (classification, segmentation) keep the selector frozen during fine-tuning, as the
-            official fine-tuning does.
+            official fine-tuning does. With `False`, the selector encoder is trained through the prefix tokens it
+            hands to the extractor; its head stays frozen (the top-k selection passes no gradient to it).
         classifier_dropout (`float`, *optional*, defaults to 0.0):
             Dropout before the classification / segmentation head.
         semantic_loss_ignore_index (`int`, *optional*, defaults to 255):
             Label value ignored by the semantic segmentation loss.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated normal initializer of the heads.
+        pretrain_k_min (`int`, *optional*, defaults to 16):
+            Pretraining ([`LookWhereForPreTraining`]): fewest high-resolution patches the extractor sees in a step
+            (`k` is drawn per step in `[pretrain_k_min, pretrain_k_max]`, clipped to the grid).
+        pretrain_k_max (`int`, *optional*, defaults to 128):
+            Pretraining: most high-resolution patches the extractor sees in a step; also the `k` of an eval pass.
+        pretrain_cls_loss_weight (`float`, *optional*, defaults to 1.0):
+            Pretraining: weight of the CLS-token distillation loss.
+        pretrain_dense_loss_weight (`float`, *optional*, defaults to 1.0):
+            Pretraining: weight of the dense (patch-token) distillation loss.
+        pretrain_map_loss_weight (`float`, *optional*, defaults to 0.1):
+            Pretraining: weight of the selector-map KL loss.
+        pretrain_k_seed (`int`, *optional*, defaults to 0):
+            Pretraining: seed of the per-step draw of `k` (`LookWhereForPreTraining.sample_k`).
 
     Example:
 
@@ -92,25 +154,38 @@ class LookWhereConfig(PreTrainedConfig):
 
     model_type = "lookwhere"
     sub_configs_defaults = {
-        "selector_config": SubConfigSpec(Dinov2WithRegistersConfig, init_kwargs=SELECTOR_DEFAULTS),
-        "extractor_config": SubConfigSpec(Dinov2WithRegistersConfig, init_kwargs=EXTRACTOR_DEFAULTS),
+        "selector_config": LookWhereSelectorConfig,
+        "extractor_config": LookWhereExtractorConfig,
     }
 
     selector_config: dict | PreTrainedConfig | None = None
     extractor_config: dict | PreTrainedConfig | None = None
-    k_ratio: float = 0.1
+    k_ratio: float | int = 0.1
     selector_pretrain_grid: int = 37
     selector_head_act: str = "gelu"
     num_spread_neighbors: int = 5
     low_res_antialias: bool = False
     freeze_selector: bool = True
-    classifier_dropout: float = 0.0
+    classifier_dropout: float | int = 0.0
     semantic_loss_ignore_index: int = 255
     initializer_range: float = 0.02
+    pretrain_k_min: int = 16
+    pretrain_k_max: int = 128
+    pretrain_cls_loss_weight: float | int = 1.0
+    pretrain_dense_loss_weight: float | int = 1.0
+    pretrain_map_loss_weight: float | int = 0.1
+    pretrain_k_seed: int = 0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self._validate_lookwhere()
+        for key, config_class in self.sub_configs.items():
+            sub_config = getattr(self, key)
+            if type(sub_config) is not config_class:
+                # A plain `Dinov2WithRegistersConfig` (e.g. from `from_dinov2` or an older caller): same fields,
+                # converted so that `base_config_key` and the sub-config's `model_type` hold.
+                setattr(self, key, config_class(**sub_config.to_dict()))
+        # Checked here too (not only by `@strict`'s `validate()`), so that a bad value is a plain `ValueError`.
+        self.validate_lookwhere()
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -151,9 +226,11 @@ class LookWhereConfig(PreTrainedConfig):
         return k
 
     # ------------------------------------------------------------------ validation
-    def _validate_lookwhere(self) -> None:
+    def validate_lookwhere(self) -> None:
+        """The one place where LookWhere's values are checked (a `@strict` class validator: it runs when the config is
+        built, on `validate()` and on `save_pretrained`). Raises `ValueError` naming the field."""
         sel, ext = self.selector_config, self.extractor_config
-        if not (isinstance(self.k_ratio, (int, float)) and 0.0 < self.k_ratio <= 1.0):
+        if isinstance(self.k_ratio, bool) or not 0.0 < self.k_ratio <= 1.0:
             raise ValueError(f"`k_ratio` must be in (0, 1] (the fraction of patches kept), got {self.k_ratio!r}.")
         if sel.hidden_size != ext.hidden_size:
             raise ValueError(
@@ -179,6 +256,16 @@ class LookWhereConfig(PreTrainedConfig):
             raise ValueError(
                 f"`selector_head_act` must be one of {SELECTOR_HEAD_ACTIVATIONS}, got {self.selector_head_act!r}."
             )
+        if not 1 <= self.pretrain_k_min <= self.pretrain_k_max:
+            raise ValueError(
+                "`pretrain_k_min` and `pretrain_k_max` must satisfy 1 <= k_min <= k_max (the fewest and most high-res "
+                f"patches the extractor sees per pretraining step), got pretrain_k_min={self.pretrain_k_min}, "
+                f"pretrain_k_max={self.pretrain_k_max}."
+            )
+        for name in ("pretrain_cls_loss_weight", "pretrain_dense_loss_weight", "pretrain_map_loss_weight"):
+            weight = getattr(self, name)
+            if isinstance(weight, bool) or not weight >= 0:  # `not >=` also rejects NaN
+                raise ValueError(f"`{name}` must be a non-negative number, got {weight!r}.")
 
 
-__all__ = ["LookWhereConfig", "to_pair"]
+__all__ = ["LookWhereConfig", "LookWhereExtractorConfig", "LookWhereSelectorConfig", "to_pair"]

@@ -13,6 +13,13 @@ Structure of the code:
   with the selector's CLS + register tokens.
 - [`LookWhereModel`]: the two together; optional dense features via `dense_spreading.spread_to_grid`.
 - Task heads: [`LookWhereForImageClassification`], [`LookWhereForSemanticSegmentation`].
+
+Output flags follow transformers' vision models: `output_hidden_states` / `output_attentions` (and any other
+`TransformersKwargs`) are passed down as `**kwargs` to the two `Dinov2WithRegistersEncoder`s, which record their
+per-layer outputs with their own `_can_record_outputs` hooks. All three classes return the same four fields:
+`hidden_states` / `attentions` for the extractor and `selector_hidden_states` / `selector_attentions` for the selector,
+each a tuple with `num_hidden_layers + 1` (hidden states: the encoder input, then every layer's output, before the final
+layer norm) or `num_hidden_layers` (attentions) entries. When not passed, the flags default to the LookWhere config's.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers im
     Dinov2WithRegistersLayerScale,
     Dinov2WithRegistersPatchEmbeddings,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_lookwhere import LookWhereConfig
@@ -95,15 +104,19 @@ class LookWhereModelOutput(ModelOutput):
         The selector's low-resolution patch tokens after its final norm.
     dense_features (`torch.FloatTensor` of shape `(batch_size, hidden_size, grid_h, grid_w)`, *optional*):
         The `k` output patch tokens spread to the full high-resolution grid (returned with `output_dense_features`).
-    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        Extractor hidden states (input embeddings + one per layer), each `(batch_size, num_prefix_tokens + k, D)`.
-    attentions (`tuple(torch.FloatTensor)`, *optional*):
-        Extractor attention weights, each `(batch_size, num_heads, num_prefix_tokens + k, num_prefix_tokens + k)`
-        (eager attention only).
-    selector_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        Selector hidden states, each `(batch_size, num_prefix_tokens + low_h * low_w, hidden_size)`.
-    selector_attentions (`tuple(torch.FloatTensor)`, *optional*):
-        Selector attention weights (eager attention only).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Extractor hidden states, `extractor_config.num_hidden_layers + 1` tensors of shape
+        `(batch_size, num_prefix_tokens + k, hidden_size)`: the extractor's input (the selector's prefix tokens and the
+        `k` embedded patches), then the output of every layer (the last one before the final layer norm).
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Extractor attention weights, `extractor_config.num_hidden_layers` tensors of shape
+        `(batch_size, num_heads, num_prefix_tokens + k, num_prefix_tokens + k)` (eager attention only).
+    selector_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Selector hidden states, `selector_config.num_hidden_layers + 1` tensors of shape
+        `(batch_size, num_prefix_tokens + low_h * low_w, hidden_size)`, laid out as `hidden_states`.
+    selector_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Selector attention weights, `selector_config.num_hidden_layers` tensors of shape
+        `(batch_size, num_heads, num_prefix_tokens + low_h * low_w, num_prefix_tokens + low_h * low_w)` (eager only).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -130,8 +143,8 @@ class LookWhereImageClassifierOutput(ModelOutput):
         Selector map logits.
     selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
         The high-resolution patches the extractor computed.
-    hidden_states, attentions:
-        As in [`LookWhereModelOutput`] (extractor), on request.
+    hidden_states, attentions, selector_hidden_states, selector_attentions (*optional*):
+        Extractor and selector per-layer outputs, on request, exactly as in [`LookWhereModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -140,6 +153,8 @@ class LookWhereImageClassifierOutput(ModelOutput):
     selected_indices: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    selector_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    selector_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -154,8 +169,8 @@ class LookWhereSemanticSegmenterOutput(ModelOutput):
         Selector map logits.
     selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
         The high-resolution patches the extractor computed.
-    hidden_states, attentions:
-        As in [`LookWhereModelOutput`] (extractor), on request.
+    hidden_states, attentions, selector_hidden_states, selector_attentions (*optional*):
+        Extractor and selector per-layer outputs, on request, exactly as in [`LookWhereModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -164,6 +179,8 @@ class LookWhereSemanticSegmenterOutput(ModelOutput):
     selected_indices: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    selector_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    selector_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------- modules
@@ -272,8 +289,9 @@ class LookWhereSelector(nn.Module):
         r = config.selector_upsample_factor
         self.head = LookWhereSelectorHead(config.selector_config.hidden_size, r * r, config.selector_head_act)
 
-    def forward(self, low_res_pixel_values: torch.Tensor, grid: tuple[int, int], **kwargs):
-        """Returns `(selector_map (B, G_h*G_w), prefix (B, P, D), patch_tokens (B, N_lo, D), encoder_outputs)`."""
+    def forward(self, low_res_pixel_values: torch.Tensor, grid: tuple[int, int], **kwargs: Unpack[TransformersKwargs]):
+        """Returns `(selector_map (B, G_h*G_w), prefix (B, P, D), patch_tokens (B, N_lo, D), encoder_outputs)`;
+        `kwargs` (output flags, ...) go to the encoder, whose outputs carry the recorded hidden states / attentions."""
         batch_size = low_res_pixel_values.shape[0]
         p = self.embeddings.patch_size
         low_grid = (low_res_pixel_values.shape[-2] // p, low_res_pixel_values.shape[-1] // p)
@@ -297,8 +315,18 @@ class LookWhereExtractor(nn.Module):
         self.encoder = Dinov2WithRegistersEncoder(config.extractor_config)
         self.layernorm = nn.LayerNorm(config.extractor_config.hidden_size, eps=config.extractor_config.layer_norm_eps)
 
-    def forward(self, pixel_values: torch.Tensor, indices: torch.LongTensor, prefix: torch.Tensor, **kwargs):
-        """`(B, C, H, W)`, `(B, k)`, `(B, P, D)` -> (normed tokens `(B, P + k, D)`, encoder outputs)."""
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        indices: torch.LongTensor,
+        prefix: torch.Tensor,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
+        """`(B, C, H, W)`, `(B, k)`, `(B, P, D)` -> (normed tokens `(B, P + k, D)`, encoder outputs); `kwargs` go to
+        the encoder.
+
+        The extractor's own `embeddings.cls_token` / `register_tokens` are not used: the selector's prefix tokens take
+        their place (they stay in the state dict, frozen, see `LookWherePreTrainedModel._freeze_unused_parameters`)."""
         tokens = self.embeddings.embed_selected(pixel_values, indices)
         encoder_outputs = self.encoder(torch.cat((prefix.to(tokens.dtype), tokens), dim=1), **kwargs)
         return self.layernorm(encoder_outputs.last_hidden_state), encoder_outputs
@@ -317,6 +345,43 @@ class LookWherePreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    # Task heads set this: their selector head is frozen, and the whole selector when `config.freeze_selector`.
+    _freezes_selector = False
+
+    def post_init(self) -> None:
+        super().post_init()
+        self._freeze_unused_parameters()
+
+    def _freeze_unused_parameters(self) -> None:
+        """The one place that decides which parameters are not trained (`requires_grad=False`).
+
+        - The extractor's `embeddings.cls_token` / `register_tokens`, in every class: the selector's prefix tokens
+          replace them, so they never get a gradient. Trainable, they would sit in the optimizer for nothing and
+          make DDP without `find_unused_parameters` (what the Trainer uses with gradient checkpointing) stop with
+          "Expected to have finished reduction in the prior iteration". They stay in the state dict.
+        - In the task heads, the selector head: the task loss reaches the selector only through its prefix tokens
+          (the top-k of its map carries no gradient), so with `freeze_selector=False` the selector encoder is
+          trained and its head, for the same reason as above, is not.
+        - In the task heads, the whole selector when `config.freeze_selector` (the official fine-tuning).
+
+        Runs at the end of `__init__` (`post_init`) and again after `from_pretrained`, which re-creates the loaded
+        parameters with `requires_grad=True`.
+        """
+        for module in self.modules():
+            if isinstance(module, LookWhereExtractor):
+                module.embeddings.cls_token.requires_grad_(False)
+                module.embeddings.register_tokens.requires_grad_(False)
+        if self._freezes_selector:
+            selector = self.lookwhere.selector
+            (selector if self.config.freeze_selector else selector.head).requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True` gives a tuple
+        model._freeze_unused_parameters()
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -480,7 +545,10 @@ class LookWhereModel(LookWherePreTrainedModel):
         return make_low_res_view(pixel_values, (size, size), antialias=self.config.low_res_antialias)
 
     def select(
-        self, pixel_values: torch.Tensor, low_res_pixel_values: torch.Tensor | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        low_res_pixel_values: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, object]:
         """Run the selector only: `(selector_map (B, G_h*G_w), prefix (B, P, D), patch_tokens, encoder_outputs)`.
 
@@ -489,7 +557,9 @@ class LookWhereModel(LookWherePreTrainedModel):
         grid = self._check_inputs(pixel_values, low_res_pixel_values)
         return self._run_selector(pixel_values, low_res_pixel_values, grid, **kwargs)
 
-    def _run_selector(self, pixel_values, low_res_pixel_values, grid: tuple[int, int], **kwargs):
+    def _run_selector(
+        self, pixel_values, low_res_pixel_values, grid: tuple[int, int], **kwargs: Unpack[TransformersKwargs]
+    ):
         """[`select`] on already validated inputs."""
         if low_res_pixel_values is None:
             low_res_pixel_values = self.low_res_view(pixel_values)
@@ -504,9 +574,7 @@ class LookWhereModel(LookWherePreTrainedModel):
         low_res_pixel_values: torch.Tensor | None = None,
         k: int | None = None,
         output_dense_features: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LookWhereModelOutput:
         r"""
         Args:
@@ -519,22 +587,22 @@ class LookWhereModel(LookWherePreTrainedModel):
                 `floor(config.k_ratio * num_patches)`.
             output_dense_features (`bool`, *optional*):
                 Also return `dense_features (batch_size, hidden_size, grid_h, grid_w)`.
-            output_hidden_states / output_attentions (`bool`, *optional*):
-                Return the extractor's (and selector's) per-layer hidden states / attention weights (eager only).
+            kwargs (`TransformersKwargs`):
+                Passed to the selector and extractor encoders: `output_hidden_states` / `output_attentions` (default:
+                the config's; attentions need eager attention) return the per-layer tuples described in
+                [`LookWhereModelOutput`].
         """
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        capture = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        for flag in ("output_hidden_states", "output_attentions"):
+            if kwargs.get(flag) is None:  # the encoders would read their own sub-config's flag otherwise
+                kwargs[flag] = getattr(self.config, flag)
         grid = self._check_inputs(pixel_values, low_res_pixel_values)
         k = self.config.num_selected(grid[0] * grid[1], k)
 
         selector_map, prefix, selector_patches, selector_out = self._run_selector(
-            pixel_values, low_res_pixel_values, grid, **capture
+            pixel_values, low_res_pixel_values, grid, **kwargs
         )
         indices = select_top_k(selector_map, k)
-        sequence_output, extractor_out = self.extractor(pixel_values, indices, prefix, **capture)
+        sequence_output, extractor_out = self.extractor(pixel_values, indices, prefix, **kwargs)
 
         dense = None
         if output_dense_features:
@@ -561,28 +629,25 @@ class LookWhereModel(LookWherePreTrainedModel):
 
 
 class _LookWhereTaskModel(LookWherePreTrainedModel):
-    """Shared set-up of the task heads: the LookWhere body (selector frozen if the config says so) and dropout."""
+    """Shared set-up of the task heads: the LookWhere body (selector frozen if the config says so) and dropout.
+
+    `accepts_loss_kwargs = False`: the Trainer then averages the loss over gradient-accumulation steps itself. Its
+    `num_items_in_batch` counts labels that are not -100, which for segmentation includes the ignored 255 pixels, and
+    the regression / multi-label losses do not use it.
+    """
+
+    _freezes_selector = True
+    accepts_loss_kwargs = False
 
     def __init__(self, config: LookWhereConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
         self.lookwhere = LookWhereModel(config)
-        if config.freeze_selector:
-            self.lookwhere.selector.requires_grad_(False)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = (
             nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         )
         self.post_init()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        # Loading materializes new parameters (requires_grad=True), which undoes the freezing done in __init__.
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if model.config.freeze_selector:
-            model.lookwhere.selector.requires_grad_(False)
-        return loaded
 
 
 class LookWhereForImageClassification(_LookWhereTaskModel):
@@ -595,28 +660,23 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
         low_res_pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         k: int | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LookWhereImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, or `(batch_size, num_labels)` floats, *optional*):
             Class indices (single-label), multi-hot targets (multi-label) or values (regression, `num_labels == 1`),
             following `config.problem_type` as transformers' classifiers do.
+        kwargs (`TransformersKwargs`):
+            Passed to [`LookWhereModel.forward`] (output flags) and to the loss function.
 
-        Returns `logits (batch_size, num_labels)` and the selection (`selector_map`, `selected_indices`).
+        Returns `logits (batch_size, num_labels)`, the selection (`selector_map`, `selected_indices`) and, on request,
+        the per-layer outputs of [`LookWhereModelOutput`].
         """
-        outputs = self.lookwhere(
-            pixel_values,
-            low_res_pixel_values=low_res_pixel_values,
-            k=k,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
+        outputs = self.lookwhere(pixel_values, low_res_pixel_values=low_res_pixel_values, k=k, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
-            loss = self.loss_function(labels, logits, self.config)
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
         return LookWhereImageClassifierOutput(
             loss=loss,
             logits=logits,
@@ -624,6 +684,8 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
             selected_indices=outputs.selected_indices,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            selector_hidden_states=outputs.selector_hidden_states,
+            selector_attentions=outputs.selector_attentions,
         )
 
 
@@ -637,30 +699,26 @@ class LookWhereForSemanticSegmentation(_LookWhereTaskModel):
         low_res_pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         k: int | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LookWhereSemanticSegmenterOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             Per-pixel class indices; `config.semantic_loss_ignore_index` (255) is ignored. The logits are bilinearly
             upsampled to the label size for the loss.
+        kwargs (`TransformersKwargs`):
+            Passed to [`LookWhereModel.forward`] (output flags) and to the loss function.
 
-        Returns `logits (batch_size, num_labels, grid_h, grid_w)` on the high-resolution patch grid.
+        Returns `logits (batch_size, num_labels, grid_h, grid_w)` on the high-resolution patch grid and, on request,
+        the per-layer outputs of [`LookWhereModelOutput`].
         """
         outputs = self.lookwhere(
-            pixel_values,
-            low_res_pixel_values=low_res_pixel_values,
-            k=k,
-            output_dense_features=True,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
+            pixel_values, low_res_pixel_values=low_res_pixel_values, k=k, output_dense_features=True, **kwargs
         )
         features = self.dropout(outputs.dense_features.permute(0, 2, 3, 1))  # (B, G_h, G_w, D)
         logits = self.classifier(features).permute(0, 3, 1, 2)  # (B, C, G_h, G_w)
         loss = None
         if labels is not None:
-            loss = self.segmentation_loss(logits, labels)
+            loss = self.segmentation_loss(logits, labels, **kwargs)
         return LookWhereSemanticSegmenterOutput(
             loss=loss,
             logits=logits,
@@ -668,31 +726,28 @@ class LookWhereForSemanticSegmentation(_LookWhereTaskModel):
             selected_indices=outputs.selected_indices,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            selector_hidden_states=outputs.selector_hidden_states,
+            selector_attentions=outputs.selector_attentions,
         )
 
-    def segmentation_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of `logits (B, C, G_h, G_w)` upsampled to `labels (B, H, W)`, ignoring the ignore index."""
+    def segmentation_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> torch.Tensor:
+        """Cross-entropy of `logits (B, C, G_h, G_w)` bilinearly upsampled to `labels (B, H, W)`, ignoring
+        `config.semantic_loss_ignore_index` (transformers' `ForSemanticSegmentationLoss`, which also takes
+        `num_items_in_batch` from `kwargs`)."""
         if labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
             raise ValueError(
                 f"Segmentation `labels` must have shape (batch_size, height, width), got {tuple(labels.shape)}."
             )
         if self.config.num_labels < 2:
             raise ValueError("Semantic segmentation needs `num_labels >= 2` in the config.")
-        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(upsampled, labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
+        return self.loss_function(
+            logits, labels.long(), ignore_index=self.config.semantic_loss_ignore_index, **kwargs
+        )
 
 
 # ----------------------------------------------------------------------------------------------------- pretraining
-PRETRAINING_DEFAULTS = {
-    "k_min": 16,
-    "k_max": 128,
-    "cls_loss_weight": 1.0,
-    "dense_loss_weight": 1.0,
-    "map_loss_weight": 0.1,
-    "k_seed": 0,
-}
-
-
 @dataclass
 class LookWhereForPreTrainingOutput(ModelOutput):
     r"""
@@ -749,14 +804,14 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
     extractor consumes; the top-k indices themselves carry none.
 
     Args:
-        config ([`LookWhereConfig`]): the student. Pretraining settings are read from / written to its
-            `pretrain_*` attributes so that they are saved with checkpoints.
+        config ([`LookWhereConfig`]): the student. The pretraining settings are its `pretrain_*` fields (defaults
+            and checks live there), so that they are saved with checkpoints.
         teacher (`Dinov2WithRegistersModel`, `Dinov2Model` or a path, *optional*): the frozen teacher. Can be set
             later with [`~LookWhereForPreTraining.set_teacher`]; the forward needs it.
         teacher_dtype (`torch.dtype` or `str`, *optional*): cast the teacher, e.g. `torch.bfloat16`.
-        k_min, k_max (`int`, *optional*, defaults to 16 and 128): range of the per-step number of extractor patches.
-        cls_loss_weight, dense_loss_weight, map_loss_weight (`float`, *optional*, defaults to 1, 1 and 0.1).
-        k_seed (`int`, *optional*, defaults to 0): seed of the per-step `k` draw (see [`sample_k`]).
+        k_min, k_max, cls_loss_weight, dense_loss_weight, map_loss_weight, k_seed (*optional*): overrides written
+            to `config.pretrain_<name>` (e.g. `k_min` -> `config.pretrain_k_min`); when absent the config's values
+            are used (defaults 16, 128, 1.0, 1.0, 0.1 and 0).
     """
 
     accepts_loss_kwargs = False
@@ -773,40 +828,21 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         map_loss_weight: float | None = None,
         k_seed: int | None = None,
     ) -> None:
-        super().__init__(config)
-        self.lookwhere = LookWhereModel(config)
-        # The extractor's own CLS / register tokens are never used (the selector's outputs take their place); frozen
-        # so that DDP does not wait for their gradients.
-        self.lookwhere.extractor.embeddings.cls_token.requires_grad_(False)
-        self.lookwhere.extractor.embeddings.register_tokens.requires_grad_(False)
-        self.__dict__["_teacher"] = None
-        self._num_training_forwards = 0
-        given = {
+        overrides = {
             "k_min": k_min, "k_max": k_max, "cls_loss_weight": cls_loss_weight, "dense_loss_weight": dense_loss_weight,
             "map_loss_weight": map_loss_weight, "k_seed": k_seed,
         }
-        for name, default in PRETRAINING_DEFAULTS.items():
-            value = given[name] if given[name] is not None else getattr(config, f"pretrain_{name}", default)
-            setattr(config, f"pretrain_{name}", value)
-        self._validate_pretraining_settings()
+        config.update({f"pretrain_{name}": value for name, value in overrides.items() if value is not None})
+        config.validate_lookwhere()
+        super().__init__(config)
+        self.lookwhere = LookWhereModel(config)
+        self.__dict__["_teacher"] = None
+        self._num_training_forwards = 0
         self.post_init()
         if teacher is not None:
             self.set_teacher(teacher, teacher_dtype=teacher_dtype)
 
     # ------------------------------------------------------------------ settings
-    def _validate_pretraining_settings(self) -> None:
-        cfg = self.config
-        k_min, k_max = cfg.pretrain_k_min, cfg.pretrain_k_max
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (k_min, k_max)) or not 1 <= k_min <= k_max:
-            raise ValueError(
-                f"The k range must satisfy 1 <= k_min <= k_max (numbers of high-res patches the extractor sees), "
-                f"got k_min={k_min!r}, k_max={k_max!r}."
-            )
-        for name in ("cls_loss_weight", "dense_loss_weight", "map_loss_weight"):
-            weight = getattr(cfg, f"pretrain_{name}")
-            if not isinstance(weight, (int, float)) or weight < 0:
-                raise ValueError(f"`{name}` must be a non-negative number, got {weight!r}.")
-
     def k_range(self, num_patches: int) -> tuple[int, int]:
         """`(k_min, k_max)` clipped to the number of high-resolution patches."""
         k_max = min(self.config.pretrain_k_max, num_patches)
@@ -890,26 +926,26 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         high_res_size: int | None = None,
         teacher_dtype: torch.dtype | str | None = None,
         init_from_teacher: bool = True,
-        k_min: int = 16,
-        k_max: int = 128,
-        cls_loss_weight: float = 1.0,
-        dense_loss_weight: float = 1.0,
-        map_loss_weight: float = 0.1,
-        k_seed: int = 0,
+        k_min: int | None = None,
+        k_max: int | None = None,
+        cls_loss_weight: float | None = None,
+        dense_loss_weight: float | None = None,
+        map_loss_weight: float | None = None,
+        k_seed: int | None = None,
         **config_kwargs,
     ) -> LookWhereForPreTraining:
         """Build the student from a teacher ([`LookWherePreTrainedModel.from_dinov2`]: extractor = teacher copy,
         selector = its first `selector_depth` layers + a new head) and attach the teacher, frozen.
 
-        With `init_from_teacher=False` the student has the same architecture but random weights.
+        With `init_from_teacher=False` the student has the same architecture but random weights. The pretraining
+        settings (`k_min`, ..., `k_seed`) become `config.pretrain_<name>`; absent ones keep the config defaults.
         """
         teacher = _load_dinov2(teacher)
         settings = {
             "k_min": k_min, "k_max": k_max, "cls_loss_weight": cls_loss_weight, "dense_loss_weight": dense_loss_weight,
             "map_loss_weight": map_loss_weight, "k_seed": k_seed,
         }
-        for name, value in settings.items():
-            config_kwargs[f"pretrain_{name}"] = value
+        config_kwargs.update({f"pretrain_{name}": value for name, value in settings.items() if value is not None})
         model = cls.from_dinov2(
             teacher, selector_depth=selector_depth, low_res_size=low_res_size, high_res_size=high_res_size,
             **config_kwargs,
