@@ -212,8 +212,9 @@ def test_image_classification_trainer_learns_colours_and_saves_a_pipeline_folder
 def test_image_classification_no_trainer_resumes_to_the_same_weights(workspace):
     """An uninterrupted 6-step run saves `step_2`, `step_4`, `step_6` (3 steps per epoch: 24 images / batch 8); a
     second run resumes from `step_4`, in the middle of the second epoch, and trains to step 6. With a constant learning
-    rate `step_4` holds exactly what a run stopped at step 4 would have saved. The resumed run must end at the same
-    weights: data order, skipped batches, augmentation RNG, optimizer and scheduler state all restored."""
+    rate `step_4` holds exactly what a run stopped at step 4 would have saved. The resumed run, which loads its data
+    in 2 worker processes, must end at the same weights: data order, skipped batches, optimizer and scheduler state
+    restored, and every image's augmentation seeded by (seed, epoch, index) wherever it is fetched."""
     root = workspace["root"]
     full, resumed = root / "cls_nt_full", root / "cls_nt_resumed"
     args = [
@@ -222,7 +223,8 @@ def test_image_classification_no_trainer_resumes_to_the_same_weights(workspace):
     ]
     _run(workspace, args + ["--output_dir", full, "--checkpointing_steps", "2"])
     assert sorted(p.name for p in full.glob("step_*")) == ["step_2", "step_4", "step_6"]
-    output = _run(workspace, args + ["--output_dir", resumed, "--resume_from_checkpoint", full / "step_4"])
+    resume = ["--output_dir", resumed, "--resume_from_checkpoint", full / "step_4", "--dataloader_num_workers", "2"]
+    output = _run(workspace, args + resume)
     assert "Resuming from" in output
 
     final, again, halfway = (load_file(p / "model.safetensors") for p in (full, resumed, full / "step_4"))
@@ -455,3 +457,46 @@ def test_load_datasets_from_saved_folders_train_dirs_and_held_out_split(workspac
     dataset = load_datasets(seg_args, model_args, task="semantic-segmentation")
     assert (len(dataset["train"]), len(dataset["validation"])) == (24, 8)
     assert prepare_segmentation_labels(dataset, seg_args) == {0: "background", 1: "square"}
+
+
+def test_seeded_dataset_augments_an_example_the_same_in_any_order_batch_or_worker(workspace):
+    """The random crop / flip of example i is a function of (seed, epoch, i): the same whatever was fetched before,
+    in which batch, in which data-loader worker; the global RNG is left as it was."""
+    import datasets
+
+    folder = workspace["root"] / "colours" / "train" / "red"
+    images = [Image.open(path).convert("RGB") for path in sorted(folder.iterdir())[:6]]
+    dataset = datasets.Dataset.from_dict({"image": images, "label": [0] * 6})
+    dataset.set_transform(ClassificationTransform(_tiny_processor(), "image", "label", train=True))
+    seeded = SeededDataset(dataset, seed=3)
+
+    state = torch.get_rng_state()
+    in_order = [seeded[i]["pixel_values"] for i in range(6)]
+    assert torch.equal(torch.get_rng_state(), state)
+    backwards = [seeded[i]["pixel_values"] for i in reversed(range(6))][::-1]
+    loader = torch.utils.data.DataLoader(seeded, batch_size=4, num_workers=2, collate_fn=collate_fn)
+    batched = torch.cat([batch["pixel_values"] for batch in loader])
+    for i in range(6):
+        torch.testing.assert_close(backwards[i], in_order[i], rtol=0, atol=0)
+        torch.testing.assert_close(batched[i], in_order[i], rtol=0, atol=0)
+    # the crops really are random: other examples, another epoch, another seed give other crops
+    assert not torch.equal(in_order[0], in_order[1])
+    seeded.set_epoch(1)
+    assert not torch.equal(seeded[0]["pixel_values"], in_order[0])
+    assert not torch.equal(SeededDataset(dataset, seed=4)[0]["pixel_values"], in_order[0])
+
+
+def test_resolve_checkpoint_latest_and_wrong_folders(tmp_path):
+    for name in ("checkpoint-2", "step_4", "checkpoint-10", "epoch_0", "notes"):
+        (tmp_path / name).mkdir()
+    for age, name in enumerate(("checkpoint-10", "checkpoint-2", "epoch_0", "step_4", "notes")):
+        os.utime(tmp_path / name, (1_000_000 + age, 1_000_000 + age))  # newest last
+    assert resolve_checkpoint(None, str(tmp_path)) is None
+    assert resolve_checkpoint("latest", str(tmp_path)) == tmp_path / "step_4"
+    assert resolve_checkpoint("last", str(tmp_path), TRAINER_CHECKPOINT) == tmp_path / "checkpoint-2"
+    assert resolve_checkpoint("latest", str(tmp_path / "nothing_here")) is None  # starts from scratch
+    assert resolve_checkpoint(str(tmp_path / "epoch_0"), str(tmp_path)) == tmp_path / "epoch_0"
+    with pytest.raises(ArgumentError, match="named checkpoint-<N>"):
+        resolve_checkpoint(str(tmp_path / "step_4"), str(tmp_path), TRAINER_CHECKPOINT)
+    with pytest.raises(ArgumentError, match="named step_<N> or epoch_<N>"):
+        resolve_checkpoint(str(tmp_path / "notes"), str(tmp_path))

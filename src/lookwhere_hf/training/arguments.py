@@ -371,7 +371,7 @@ def validate_pretraining_arguments(
             f"--streaming needs {max_steps_flag} (a streamed dataset has no length to derive epochs from)."
         )
     k_min, k_max = model_args.k_min, model_args.k_max
-    if (k_min is not None and k_min < 1) or (k_min is not None and k_max is not None and k_min > k_max):
+    if any(k is not None and k < 1 for k in (k_min, k_max)) or (None not in (k_min, k_max) and k_min > k_max):
         raise ArgumentError(
             f"Need 1 <= --k_min <= --k_max (patches the extractor sees per step), got k_min={k_min}, k_max={k_max}."
         )
