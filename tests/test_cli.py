@@ -15,7 +15,7 @@ from conftest import make_tiny_config
 from PIL import Image
 from transformers import pipeline
 
-from lookwhere_hf import LookWhereConfig, LookWhereForImageClassification, LookWhereImageProcessor, LookWhereModel, cli
+from lookwhere_hf import LookWhereForImageClassification, LookWhereImageProcessor, LookWhereModel, cli
 from lookwhere_hf import benchmarking as bench
 from lookwhere_hf.visualization import DPI, PANEL_INCHES, selection_figure_data
 
@@ -28,7 +28,11 @@ def run_cli(*args, timeout=180):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "lookwhere_hf.cli", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
     )
 
 
@@ -43,9 +47,9 @@ def workdir(tmp_path_factory, photos):
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.2)
     model.save_pretrained(root / "model")
-    LookWhereImageProcessor(size={"height": 112, "width": 112}, low_res_size={"height": 56, "width": 56}).save_pretrained(
-        root / "model"
-    )
+    LookWhereImageProcessor(
+        size={"height": 112, "width": 112}, low_res_size={"height": 56, "width": 56}
+    ).save_pretrained(root / "model")
     Image.fromarray(photos["astronaut"]).save(root / "astronaut.png")
     Image.fromarray(photos["coffee"]).save(root / "coffee.jpg")
     (root / "not_an_image.png").write_text("hello")
@@ -69,7 +73,7 @@ def test_predict_prints_the_pipeline_predictions(workdir):
     printed = json.loads(result.stdout)
     expected = manual_predictions(workdir / "model", images, k_ratio=0.25, top_k=3)
     assert [p["image"] for p in printed] == [str(i) for i in images]
-    for got, want in zip(printed, expected):
+    for got, want in zip(printed, expected, strict=True):
         assert [p["label"] for p in got["predictions"]] == [p["label"] for p in want]
         np.testing.assert_allclose([p["score"] for p in got["predictions"]], [p["score"] for p in want], atol=1e-5)
     # --k-ratio really changes the computation: 16 of 64 patches vs the saved config's 6
@@ -80,7 +84,9 @@ def test_predict_prints_the_pipeline_predictions(workdir):
 @pytest.mark.slow
 def test_visualize_writes_a_png_of_the_selection(workdir, tmp_path):
     output = tmp_path / "pictures" / "where.png"
-    result = run_cli("visualize", workdir / "astronaut.png", "--model", workdir / "model", "--output", output, "--k-ratio", "0.25")
+    result = run_cli(
+        "visualize", workdir / "astronaut.png", "--model", workdir / "model", "--output", output, "--k-ratio", "0.25"
+    )
     assert result.returncode == 0, result.stderr
     assert str(output) in result.stdout and "16 chosen patches" in result.stdout  # 25% of the 8x8 grid
     with Image.open(output) as picture:
@@ -112,14 +118,26 @@ def test_demo_with_a_checkpoint_classifies_the_example_images(workdir, tmp_path,
     monkeypatch.setattr(cli, "demo_image_paths", lambda: images)
     threads = torch.get_num_threads()
     try:
-        code = cli.main(["demo", "--model", str(workdir / "model"), "--output-dir", str(tmp_path), "--repeats", "1", "--threads", "1"])
+        code = cli.main(
+            [
+                "demo",
+                "--model",
+                str(workdir / "model"),
+                "--output-dir",
+                str(tmp_path),
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert code == 0
     assert "RANDOM weights" not in out.split("full-resolution")[0]  # the LookWhere model is the trained one
     expected = [p[0]["label"] for p in manual_predictions(workdir / "model", images, k_ratio=0.1, top_k=1)]
-    for path, label in zip(images, expected):
+    for path, label in zip(images, expected, strict=True):
         line = next(line for line in out.splitlines() if Path(path).name in line and "->" in line)
         assert f"-> {label} (" in line
         assert (tmp_path / f"where_{Path(path).stem}.png").is_file()
@@ -211,9 +229,23 @@ def test_benchmark_rewrites_only_its_own_section(tmp_path):
 
 
 def test_benchmark_summary_checks_the_targets():
-    row = dict(resolution=1036, batch_size=1, k_ratio=0.1, k=547, lw_s=0.5, lw_cls_s=0.49, full_s=10.0,
-               full_flops=2.04e12, lw_flops=1.12e11, lw_peak_mb=80.0, lw_cls_peak_mb=60.0, grid_mb=16.0,
-               lw_cpu_s=1.0, lw_cls_cpu_s=1.0, full_cpu_s=19.0)
+    row = dict(
+        resolution=1036,
+        batch_size=1,
+        k_ratio=0.1,
+        k=547,
+        lw_s=0.5,
+        lw_cls_s=0.49,
+        full_s=10.0,
+        full_flops=2.04e12,
+        lw_flops=1.12e11,
+        lw_peak_mb=80.0,
+        lw_cls_peak_mb=60.0,
+        grid_mb=16.0,
+        lw_cpu_s=1.0,
+        lw_cls_cpu_s=1.0,
+        full_cpu_s=19.0,
+    )
     lines = bench.summary_lines([dict(row, mode="cls", lw_s=0.49), dict(row, mode="dense", lw_cpu_s=1.03)])
     text = "\n".join(lines)
     assert "1036 px, k = 10%, batch 1: 20.4x faster (target >= 18x: met" in text
@@ -282,19 +314,34 @@ def test_benchmark_and_model_cards_work_from_an_installed_wheel(tmp_path):
     source.mkdir()
     for name in ("setup.py", "README.md"):
         shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "src" / "lookwhere_hf", source / "src" / "lookwhere_hf",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "src" / "lookwhere_hf", source / "src" / "lookwhere_hf", ignore=shutil.ignore_patterns("__pycache__")
+    )
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "--no-index",
-         "-w", str(tmp_path / "dist")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = (tmp_path / "dist").glob("lookwhere_hf-*.whl")
     site = tmp_path / "site"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stdout + install.stderr
     assert (site / "lookwhere_hf" / "templates" / "model_card.md").is_file()
@@ -303,14 +350,32 @@ def test_benchmark_and_model_cards_work_from_an_installed_wheel(tmp_path):
     env.pop("OMP_WAIT_POLICY", None)  # the benchmark sets it and re-runs itself in a fresh interpreter
     work = tmp_path / "work"
     work.mkdir()
-    tiny = ["--resolutions", "56", "--k-ratios", "0.25", "--batch-sizes", "1", "--modes", "cls", "--no-memory",
-            "--threads", "1", "--min-repeats", "1", "--max-repeats", "1", "--output", str(work / "RESULTS.md")]
+    tiny = [
+        "--resolutions",
+        "56",
+        "--k-ratios",
+        "0.25",
+        "--batch-sizes",
+        "1",
+        "--modes",
+        "cls",
+        "--no-memory",
+        "--threads",
+        "1",
+        "--min-repeats",
+        "1",
+        "--max-repeats",
+        "1",
+        "--output",
+        str(work / "RESULTS.md"),
+    ]
     code = (
         "import sys, lookwhere_hf; from lookwhere_hf.cli import main; "
         "print('imported from', lookwhere_hf.__file__, file=sys.stderr); sys.exit(main(sys.argv[1:]))"
     )
-    result = subprocess.run([sys.executable, "-c", code, "benchmark", *tiny], capture_output=True, text=True,
-                            timeout=400, env=env, cwd=work)
+    result = subprocess.run(
+        [sys.executable, "-c", code, "benchmark", *tiny], capture_output=True, text=True, timeout=400, env=env, cwd=work
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"imported from {site}" in result.stderr
     section = (work / "RESULTS.md").read_text()
@@ -320,8 +385,14 @@ def test_benchmark_and_model_cards_work_from_an_installed_wheel(tmp_path):
     assert "OMP_WAIT_POLICY=PASSIVE" in section
     assert json.loads((work / "inference_speed.json").read_text())["rows"][0]["k"] == 4
 
-    cards = subprocess.run([sys.executable, "-m", "lookwhere_hf.model_cards", "--output_dir", "cards"],
-                           capture_output=True, text=True, timeout=120, env=env, cwd=work)
+    cards = subprocess.run(
+        [sys.executable, "-m", "lookwhere_hf.model_cards", "--output_dir", "cards"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=work,
+    )
     assert cards.returncode == 0, cards.stderr
     for name in ("lookwhere-dinov2-vitb14.md", "lookwhere-franca-vitb14.md"):  # the shipped template renders them
         assert (work / "cards" / name).read_text() == (REPO / "model_cards" / name).read_text()

@@ -79,8 +79,13 @@ def test_classifier_head_flops_are_included():
 @pytest.mark.parametrize("size,swiglu", [((224, 224), False), ((168, 252), True)])
 def test_dinov2_flops_match_flop_counter(size, swiglu):
     config = Dinov2WithRegistersConfig(
-        hidden_size=96, num_attention_heads=4, num_hidden_layers=2, patch_size=14, image_size=224,
-        num_register_tokens=4, use_swiglu_ffn=swiglu,
+        hidden_size=96,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        patch_size=14,
+        image_size=224,
+        num_register_tokens=4,
+        use_swiglu_ffn=swiglu,
     )
     config._attn_implementation = "eager"
     model = Dinov2WithRegistersModel(config).eval()

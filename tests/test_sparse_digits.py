@@ -170,8 +170,14 @@ def test_bad_generation_settings_are_rejected(md, generated):
 
 def test_aligned_digits_stay_inside_one_grid_cell(md, tmp_path):
     config = md.SparseDigitsConfig(
-        seed=2, canvas_size=160, min_digit_size=24, max_digit_size=32, align_to_grid=40, num_train=10,
-        num_validation=2, num_test=2,
+        seed=2,
+        canvas_size=160,
+        min_digit_size=24,
+        max_digit_size=32,
+        align_to_grid=40,
+        num_train=10,
+        num_validation=2,
+        num_test=2,
     )
     md.write_dataset(str(tmp_path), config, progress=False)
     rows = md.read_annotations(str(tmp_path)).values()
@@ -230,7 +236,9 @@ def test_the_stages_run_the_repository_scripts(tmp_path):
         assert command[0] == sys.executable and os.path.isfile(command[1]), command[1]
         assert os.path.commonpath([command[1], REPO]) == REPO
     finetune = commands["finetune"]
-    assert finetune[1] == os.path.join(REPO, "examples", "pytorch", "image-classification", "run_image_classification.py")
+    assert finetune[1] == os.path.join(
+        REPO, "examples", "pytorch", "image-classification", "run_image_classification.py"
+    )
     assert "--no_augment" in finetune and finetune[finetune.index("--k_ratio") + 1] == "0.25"
     assert finetune[finetune.index("--model_name_or_path") + 1] == paths["pretrained"]
     assert os.path.basename(commands["evaluate"][1]) == "evaluate_sparse_digits.py"
@@ -240,7 +248,11 @@ def test_the_stages_run_the_repository_scripts(tmp_path):
 # ----------------------------------------------------------------------------------------------------- demo
 def _demo_images():
     folder = os.path.join(ASSETS, "demo_images")
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".png")) if os.path.isdir(folder) else []
+    return (
+        sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".png"))
+        if os.path.isdir(folder)
+        else []
+    )
 
 
 def test_demo_checkpoint_is_small_and_complete():

@@ -337,6 +337,10 @@ def convert_state_dict(
         ("selector.head", checkpoint["selector"]["head"], "selector.head.", head_table),
         ("extractor", checkpoint["extractor"], "extractor.", rename_table(config.extractor_config)),
     )
+    unknown = [prefix + dst for _, _, prefix, table in parts for _, dsts in table for dst in dsts]
+    unknown = [name for name in unknown if name not in target_shapes]
+    if unknown:  # the rename table and the model's parameter names disagree: a bug, not a bad checkpoint
+        raise RuntimeError(f"The rename table names parameters LookWhereModel does not have: {_listing(unknown)}.")
     converted, leftover = {}, []
     for part, state, prefix, table in parts:
         missing = [src for src, _ in table if src not in state]
