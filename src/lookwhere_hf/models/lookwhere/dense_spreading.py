@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 SPREAD_EPS = 1e-8
-# Upper bound on the elements of one block's (batch, positions, k) key tensor: 1 MiB of float32 keys, so that a block
-# stays in cache between the add that builds it and the top-k that reads it.
-_MAX_CHUNK_ELEMENTS = 1 << 18
+# Upper bound on the elements of one block's (batch, positions, k) key tensor: 4 MiB of float32 keys, so that a block
+# stays in cache between the add that builds it and the top-k that reads it, in few enough blocks that the per-block
+# overhead stays small.
+_MAX_CHUNK_ELEMENTS = 1 << 20
 # Integers below 2**24 are exact in float32.
 _FLOAT32_EXACT_LIMIT = 1 << 24
 
