@@ -3,6 +3,7 @@ kwargs, torch.export."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FLOAT64_TOLERANCE, assert_top_k_margin, make_tiny_config
+from conftest import FLOAT64_TOLERANCE, assert_top_k_margin, make_tiny_config, sum_rtol
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import (
     AutoConfig,
@@ -310,8 +311,10 @@ for cls in (LookWhereForImageClassification, LookWhereForSemanticSegmentation):
     assert trainer.accelerator.num_processes == 2 and model.is_activation_checkpointing
     assert trainer.state.global_step == 3
     assert torch.equal(model.lookwhere.extractor.embeddings.cls_token, cls_token)
-    first = trainer.state.log_history[0]["loss"]
-    print(f"RESULT {{cls.__name__}} first_loss={{first!r}} expected={{expected!r}}", flush=True)
+    if trainer.is_world_process_zero():
+        print(f"RESULT {{cls.__name__}} {{trainer.state.log_history[0]['loss']!r}} {{expected!r}}", flush=True)
+
+torch.distributed.destroy_process_group()  # a clean exit: gloo's threads are not torn down at interpreter exit
 """
 
 
@@ -330,13 +333,15 @@ def test_trainer_ddp_with_gradient_checkpointing_two_processes(tmp_path):
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-5000:]
-    results = [line.split() for line in done.stdout.splitlines() if line.startswith("RESULT")]
-    assert sorted({r[1] for r in results}) == ["LookWhereForImageClassification", "LookWhereForSemanticSegmentation"]
-    for _, name, first, expected in results:
-        first, expected = float(first.split("=")[1]), float(expected.split("=")[1])
-        # The logged loss is the mean over the global batch: not scaled by the number of processes (which the
-        # Trainer does to models that take `num_items_in_batch`). The log rounds to 4 significant digits.
-        assert first == pytest.approx(expected, rel=1e-3), name
+    results = re.findall(r"RESULT (\w+) ([\d.e+-]+) ([\d.e+-]+)", done.stdout)
+    assert sorted(name for name, _, _ in results) == [
+        "LookWhereForImageClassification", "LookWhereForSemanticSegmentation"
+    ], output[-3000:]
+    for name, first, expected in results:
+        # The logged loss is the mean over the global batch, not scaled by the number of processes (which the Trainer
+        # does to models that take `num_items_in_batch`, and which doubled it here). Two float32 means of at most
+        # 4 x 112 x 112 per-pixel terms, summed in different orders: within sum_rtol of that many terms.
+        assert float(first) == pytest.approx(float(expected), rel=sum_rtol(4 * 112 * 112)), name
 
 
 # ----------------------------------------------------------------------------------------------------- hidden states
