@@ -124,7 +124,9 @@ TRAINER_COMMON = ["--report_to", "none", "--save_strategy", "no", "--eval_strate
 
 def _run(workspace, args, launcher=None) -> str:
     command = (launcher or [sys.executable]) + [str(a) for a in args]
-    done = subprocess.run(command, check=False, env=workspace["env"], capture_output=True, text=True, timeout=300, cwd=workspace["root"])
+    done = subprocess.run(
+        command, check=False, env=workspace["env"], capture_output=True, text=True, timeout=300, cwd=workspace["root"]
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{output[-6000:]}"
     return output
@@ -185,11 +187,30 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_image_classification_trainer_learns_colours_and_saves_a_pipeline_folder(workspace):
     root, out = workspace["root"], workspace["root"] / "cls_trainer"
-    output = _run(workspace, [
-        CLS_SCRIPT, "--model_name_or_path", root / "tiny", "--dataset_name", root / "colours", "--output_dir", out,
-        "--do_train", "--do_eval", "--num_train_epochs", "3", "--learning_rate", "3e-3",
-        "--image_size", "126", "--k_ratio", "0.25", *COMMON, *TRAINER_COMMON,
-    ])
+    output = _run(
+        workspace,
+        [
+            CLS_SCRIPT,
+            "--model_name_or_path",
+            root / "tiny",
+            "--dataset_name",
+            root / "colours",
+            "--output_dir",
+            out,
+            "--do_train",
+            "--do_eval",
+            "--num_train_epochs",
+            "3",
+            "--learning_rate",
+            "3e-3",
+            "--image_size",
+            "126",
+            "--k_ratio",
+            "0.25",
+            *COMMON,
+            *TRAINER_COMMON,
+        ],
+    )
     results = _results(out)
     # 3 balanced classes: chance is 1/3. The colour rule is learnt in 9 steps.
     assert results["eval_accuracy"] >= 0.9, results
@@ -199,7 +220,11 @@ def test_image_classification_trainer_learns_colours_and_saves_a_pipeline_folder
     config = json.loads((out / "config.json").read_text())
     assert config["extractor_config"]["image_size"] == 126 and config["k_ratio"] == 0.25
     assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 126, "width": 126}
-    assert load_file(out / "model.safetensors")["lookwhere.extractor.embeddings.position_embeddings"].shape == (1, 81, 32)
+    assert load_file(out / "model.safetensors")["lookwhere.extractor.embeddings.position_embeddings"].shape == (
+        1,
+        81,
+        32,
+    )
     # --freeze_selector (default): the selector weights are the starting ones.
     start = LookWhereModel.from_pretrained(root / "tiny").selector.state_dict()
     tuned = LookWhereForImageClassification.from_pretrained(out).lookwhere.selector.state_dict()
@@ -218,10 +243,20 @@ def test_image_classification_no_trainer_resumes_to_the_same_weights(workspace):
     root = workspace["root"]
     full, resumed = root / "cls_nt_full", root / "cls_nt_resumed"
     args = [
-        CLS_NT_SCRIPT, "--model_name_or_path", root / "tiny", "--dataset_name", root / "colours",
-        "--learning_rate", "3e-3", "--lr_scheduler_type", "constant", "--max_train_steps", "6", *COMMON,
+        CLS_NT_SCRIPT,
+        "--model_name_or_path",
+        root / "tiny",
+        "--dataset_name",
+        root / "colours",
+        "--learning_rate",
+        "3e-3",
+        "--lr_scheduler_type",
+        "constant",
+        "--max_train_steps",
+        "6",
+        *COMMON,
     ]
-    _run(workspace, args + ["--output_dir", full, "--checkpointing_steps", "2"])
+    _run(workspace, [*args, "--output_dir", full, "--checkpointing_steps", "2"])
     assert sorted(p.name for p in full.glob("step_*")) == ["step_2", "step_4", "step_6"]
     resume = ["--output_dir", resumed, "--resume_from_checkpoint", full / "step_4", "--dataloader_num_workers", "2"]
     output = _run(workspace, args + resume)
@@ -242,11 +277,30 @@ def test_image_classification_no_trainer_resumes_to_the_same_weights(workspace):
 @pytest.mark.slow
 def test_semantic_segmentation_trainer_learns_the_square(workspace):
     root, out = workspace["root"], workspace["root"] / "seg_trainer"
-    output = _run(workspace, [
-        SEG_SCRIPT, "--model_name_or_path", root / "tiny", "--dataset_name", root / "squares", "--output_dir", out,
-        "--do_train", "--do_eval", "--num_train_epochs", "10", "--learning_rate", "3e-3", "--k_ratio", "0.5",
-        "--freeze_selector", "False", *COMMON, *TRAINER_COMMON,
-    ])
+    output = _run(
+        workspace,
+        [
+            SEG_SCRIPT,
+            "--model_name_or_path",
+            root / "tiny",
+            "--dataset_name",
+            root / "squares",
+            "--output_dir",
+            out,
+            "--do_train",
+            "--do_eval",
+            "--num_train_epochs",
+            "10",
+            "--learning_rate",
+            "3e-3",
+            "--k_ratio",
+            "0.5",
+            "--freeze_selector",
+            "False",
+            *COMMON,
+            *TRAINER_COMMON,
+        ],
+    )
     results = _results(out)
     # Predicting background everywhere gives mean IoU 0.43 (square IoU 0); the square covers 14% of the image.
     assert results["eval_mean_iou"] >= 0.65, results
@@ -270,14 +324,48 @@ def test_semantic_segmentation_no_trainer_under_accelerate_launch_two_processes(
     chooses CPU distributed training itself."""
     root, out = workspace["root"], workspace["root"] / "seg_nt_2proc"
     launcher = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
     ]
-    output = _run(workspace, [
-        SEG_NT_SCRIPT, "--model_name_or_path", root / "tiny", "--dataset_name", root / "squares", "--output_dir", out,
-        "--num_train_epochs", "12", "--learning_rate", "3e-3", "--k_ratio", "0.5", "--per_device_eval_batch_size", "4",
-        "--dataloader_num_workers", "0", "--per_device_train_batch_size", "4", "--seed", "0",
-    ], launcher=launcher)
+    output = _run(
+        workspace,
+        [
+            SEG_NT_SCRIPT,
+            "--model_name_or_path",
+            root / "tiny",
+            "--dataset_name",
+            root / "squares",
+            "--output_dir",
+            out,
+            "--num_train_epochs",
+            "12",
+            "--learning_rate",
+            "3e-3",
+            "--k_ratio",
+            "0.5",
+            "--per_device_eval_batch_size",
+            "4",
+            "--dataloader_num_workers",
+            "0",
+            "--per_device_train_batch_size",
+            "4",
+            "--seed",
+            "0",
+        ],
+        launcher=launcher,
+    )
     assert "(2 processes x 4 x 1 accumulation)" in output
     results = _results(out)
     assert results["train_steps"] == 36  # 24 images / (2 processes x 4) = 3 steps per epoch, 12 epochs
@@ -300,7 +388,11 @@ def _run_in_process(script: Path, args, monkeypatch, capsys) -> str:
     [
         (CLS_SCRIPT, {"--dataset_name": "{root}/missing_folder"}, "no such folder"),
         (CLS_SCRIPT, {"--label_column_name": "species"}, "--label_column_name 'species' is not a column"),
-        (CLS_SCRIPT, {"--image_size": "100"}, "--image_size 100 is not a positive multiple of the patch size 14: use e.g. 98 or 112"),
+        (
+            CLS_SCRIPT,
+            {"--image_size": "100"},
+            "--image_size 100 is not a positive multiple of the patch size 14: use e.g. 98 or 112",
+        ),
         (CLS_NT_SCRIPT, {"--k_ratio": "1.5"}, "--k_ratio 1.5 is out of range"),
         (SEG_SCRIPT, {"--k_ratio": "0"}, "must be in (0, 1]"),
         (SEG_NT_SCRIPT, {"--low_res_size": "50"}, "--low_res_size 50 is not a positive multiple"),
@@ -320,7 +412,9 @@ def test_bad_arguments_stop_before_training(workspace, monkeypatch, capsys, scri
     dataset = root / ("colours" if "classification" in script.name else "squares")
     out = root / f"never_{script.stem}"
     args = {
-        "--model_name_or_path": root / "tiny", "--dataset_name": dataset, "--output_dir": out,
+        "--model_name_or_path": root / "tiny",
+        "--dataset_name": dataset,
+        "--output_dir": out,
         "--cache_dir": root / "cache",
     }
     args.update({key: (value.format(root=root) if value else value) for key, value in change.items()})
@@ -342,7 +436,7 @@ def test_set_model_resolution_resizes_weights_config_and_keeps_the_head(tmp_path
     assert model.config.high_res_size == 140 and model.config.low_res_size == 70
     assert model.lookwhere.extractor.embeddings.position_embeddings.shape == (1, 100, 32)
     assert model.lookwhere.selector.embeddings.position_embeddings.shape == (1, 25, 32)
-    assert model.config.selector_upsample_factor ** 2 == head_outputs  # the selector head keeps its r * r outputs
+    assert model.config.selector_upsample_factor**2 == head_outputs  # the selector head keeps its r * r outputs
     pixels = torch.randn(1, 3, 140, 140)
     with torch.no_grad():
         logits = model(pixels).logits
@@ -358,8 +452,13 @@ def test_build_model_from_dinov2_and_from_lookwhere(tmp_path):
 
     teacher = Dinov2WithRegistersModel(
         Dinov2WithRegistersConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, patch_size=14,
-            image_size=112, num_register_tokens=4,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            patch_size=14,
+            image_size=112,
+            num_register_tokens=4,
         )
     )
     teacher.save_pretrained(tmp_path / "dinov2")
@@ -380,11 +479,17 @@ def test_build_model_from_dinov2_and_from_lookwhere(tmp_path):
     )
     model, processor = build_model_and_processor(LookWhereForSemanticSegmentation, args, {0: "a", 1: "b", 2: "c"})
     assert model.config.num_labels == 3 and model.classifier.out_features == 3
-    assert all(p.requires_grad for p in model.lookwhere.selector.parameters())
+    # the selector's backbone trains; its head gets no gradient through top-k and stays frozen
+    trainable = {name for name, p in model.lookwhere.selector.named_parameters() if p.requires_grad}
+    assert trainable == {
+        name for name, _ in model.lookwhere.selector.named_parameters() if not name.startswith("head.")
+    }
     assert model.config.high_res_size == 98 and processor.size["height"] == 98
     with pytest.raises(ArgumentError, match="ignore_mismatched_sizes"):
         build_model_and_processor(
-            LookWhereForSemanticSegmentation, ModelArguments(model_name_or_path=str(tmp_path / "lw")), {i: str(i) for i in range(5)}
+            LookWhereForSemanticSegmentation,
+            ModelArguments(model_name_or_path=str(tmp_path / "lw")),
+            {i: str(i) for i in range(5)},
         )
 
 
@@ -397,7 +502,7 @@ def test_segmentation_transform_keeps_masks_aligned(tmp_path):
     transform = SegmentationTransform(_tiny_processor(), "image", "label", train=True)
     torch.manual_seed(0)
     batch = transform({"image": images * 3, "label": masks * 3})
-    for pixels, labels in zip(batch["pixel_values"], batch["labels"]):
+    for pixels, labels in zip(batch["pixel_values"], batch["labels"], strict=True):
         assert pixels.shape == (3, 112, 112) and labels.shape == (112, 112) and labels.dtype == torch.int64
         red = pixels[0] > 1.0  # normalized red channel: the square is far above the grey background
         agreement = (red == (labels == 1)).float().mean().item()
@@ -426,8 +531,11 @@ def test_load_datasets_from_saved_folders_train_dirs_and_held_out_split(workspac
     saved = datasets.Dataset.from_dict({"picture": images, "species": ["cat", "dog", "emu", "dog"] * 5})
     saved.save_to_disk(tmp_path / "saved")
     data_args = DataTrainingArguments(
-        dataset_name=str(tmp_path / "saved"), image_column_name="picture", label_column_name="species",
-        train_val_split=0.25, max_train_samples=10,
+        dataset_name=str(tmp_path / "saved"),
+        image_column_name="picture",
+        label_column_name="species",
+        train_val_split=0.25,
+        max_train_samples=10,
     )
     dataset = load_datasets(data_args, model_args, task="image-classification", seed=0)
     assert len(dataset["train"]) == 10 and len(dataset["validation"]) == 5  # 25% of 20 held out, then 10 kept
@@ -437,7 +545,9 @@ def test_load_datasets_from_saved_folders_train_dirs_and_held_out_split(workspac
 
     # --train_dir / --validation_dir imagefolders.
     data_args = DataTrainingArguments(
-        train_dir=str(root / "colours" / "train"), validation_dir=str(root / "colours" / "validation"), max_eval_samples=5
+        train_dir=str(root / "colours" / "train"),
+        validation_dir=str(root / "colours" / "validation"),
+        max_eval_samples=5,
     )
     dataset = load_datasets(data_args, model_args, task="image-classification")
     assert len(dataset["train"]) == 24 and len(dataset["validation"]) == 5

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from conftest import EPS32
 from transformers import (
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
@@ -30,8 +31,14 @@ from lookwhere_hf import LookWhereForImageClassification, LookWhereModel
 SCRIPTS = Path(__file__).resolve().parents[1] / "examples" / "pytorch" / "pretraining"
 # With 2 processes on a 2-core machine, one thread each (also much faster for tiny models on a shared CPU).
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-# Weights after 6 AdamW steps: 2 processes x batch 2 vs 1 process x batch 4 (measured max |diff| ~1e-6 to 1e-5,
-# from the order of the gradient all-reduce sums).
+# The attention key biases get no gradient in exact arithmetic (q . b_k is the same for every key of a query, and a
+# softmax ignores a common shift): their float gradients are rounding noise, which AdamW normalizes into steps of up
+# to ~lr, so their values depend on the order of every sum. Comparisons across reduction orders leave them out.
+NOISE_ONLY = ("attention.k_proj.bias",)
+# Weights after 6 AdamW steps (lr 1e-3), 2 processes x batch 2 vs 1 process x batch 4: the gradients differ by the
+# rounding of the batch and all-reduce sums (a relative c u for a sum of condition number c), which changes an AdamW
+# step of size ~lr by ~c u lr; a synchronization bug changes whole steps (~lr). 0.1 lr = 1e-4 sits between the two
+# with orders of magnitude to spare on either side (c up to ~1e5).
 DDP_ATOL = 1e-4
 
 
@@ -46,7 +53,10 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def scripts():
     """The `main` functions of the two scripts (each script stands alone: no imports between them)."""
-    return tuple(runpy.run_path(str(SCRIPTS / f"{name}.py"))["main"] for name in ("run_pretraining", "run_pretraining_no_trainer"))
+    return tuple(
+        runpy.run_path(str(SCRIPTS / f"{name}.py"))["main"]
+        for name in ("run_pretraining", "run_pretraining_no_trainer")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +64,14 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretraining_assets")
     torch.manual_seed(0)
     config = Dinov2WithRegistersConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4, patch_size=14, image_size=112,
-        num_register_tokens=4, initializer_range=0.2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=4,
+        patch_size=14,
+        image_size=112,
+        num_register_tokens=4,
+        initializer_range=0.2,
     )
     Dinov2WithRegistersModel(config).save_pretrained(root / "teacher")
     rng = np.random.default_rng(0)
@@ -74,9 +90,9 @@ def assets(tmp_path_factory):
     images = [Image.fromarray(a) for a in arrays[:8]]
     features = datasets.Features({"image": datasets.Image()})
     datasets.Dataset.from_dict({"image": images}, features=features).save_to_disk(root / "saved")
-    datasets.Dataset.from_dict({"picture": images}, features=datasets.Features({"picture": datasets.Image()})).save_to_disk(
-        root / "wrong_column"
-    )
+    datasets.Dataset.from_dict(
+        {"picture": images}, features=datasets.Features({"picture": datasets.Image()})
+    ).save_to_disk(root / "wrong_column")
     (root / "empty").mkdir()
     return root
 
@@ -102,9 +118,9 @@ def trainer_state(folder):
     return json.loads((Path(folder) / "trainer_state.json").read_text())
 
 
-def max_diff(a, b):
+def max_diff(a, b, skip=()):
     assert set(a) == set(b)
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a if not k.endswith(skip))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +139,10 @@ def test_trainer_logs_every_component_and_saves_the_student_only(trainer_run, as
         for name in ("loss", "loss_cls", "loss_dense", "loss_map", "top_k_agreement"):
             assert np.isfinite(entry[name])
         # the logged total is the weighted sum of the logged components (weights 1, 1, 0.1)
-        assert entry["loss"] == pytest.approx(entry["loss_cls"] + entry["loss_dense"] + 0.1 * entry["loss_map"], rel=1e-3)
+        # components logged rounded to 6 decimals (5e-7 each, 2.1 x that weighted), the total in float32 (a few u)
+        assert entry["loss"] == pytest.approx(
+            entry["loss_cls"] + entry["loss_dense"] + 0.1 * entry["loss_map"], rel=8 * EPS32, abs=1.05e-6
+        )
 
     student_keys = {f"lookwhere.{name}" for name in LookWhereModel.from_pretrained(out).state_dict()}
     for folder in (out, out / "checkpoint-3", out / "checkpoint-6"):
@@ -150,8 +169,8 @@ def test_trainer_resume_matches_uninterrupted_run(scripts, assets, trainer_run, 
     shutil.copytree(full / "checkpoint-3", out / "checkpoint-3")
     scripts[0](common_args(assets, out) + TRAINER_ARGS + ["--resume_from_checkpoint", "last"])
     assert trainer_state(out)["global_step"] == 6
-    # Exact in practice (augmentation is seeded per image and epoch, k per step); tolerance for float reorderings.
-    assert max_diff(weights(out), weights(full)) < 1e-6
+    # Exact: the same kernels on the same data in the same order (augmentation seeded per image and epoch, k per step).
+    assert max_diff(weights(out), weights(full)) == 0
 
 
 @pytest.mark.slow
@@ -160,18 +179,22 @@ def test_trainer_two_processes_match_one_process_with_double_batch(assets, train
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SCRIPTS / "run_pretraining.py")]
     result = subprocess.run(
-        cmd + common_args(assets, out, batch=2) + TRAINER_ARGS, env=SUBPROCESS_ENV, capture_output=True, text=True,
-        timeout=300, check=False,
+        cmd + common_args(assets, out, batch=2) + TRAINER_ARGS,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert max_diff(weights(out), weights(full)) < DDP_ATOL
+    assert max_diff(weights(out), weights(full), skip=NOISE_ONLY) < DDP_ATOL
 
 
 def test_trainer_streaming_from_a_saved_dataset(scripts, assets, tmp_path):
     out = tmp_path / "stream"
-    args = common_args(assets, out) + ["--max_steps", "2", "--logging_steps", "1", "--use_cpu", "--report_to", "none"]
+    args = [*common_args(assets, out), "--max_steps", "2", "--logging_steps", "1", "--use_cpu", "--report_to", "none"]
     args[args.index("--train_dir") : args.index("--train_dir") + 2] = ["--dataset_name", str(assets / "saved")]
-    scripts[0](args + ["--streaming", "--no_augment"])
+    scripts[0]([*args, "--streaming", "--no_augment"])
     state = trainer_state(out)
     assert state["global_step"] == 2
     assert [e["step"] for e in state["log_history"] if "loss_map" in e] == [1, 2]
@@ -200,8 +223,16 @@ def test_trainer_streaming_from_a_saved_dataset(scripts, assets, tmp_path):
 )
 def test_bad_inputs_fail_before_training(scripts, assets, tmp_path, change, message):
     if not (assets / "vit").exists():
-        ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=112, patch_size=14)).save_pretrained(assets / "vit")  # fmt: skip
-    args = common_args(assets, tmp_path / "out") + ["--max_steps", "-1", "--use_cpu", "--report_to", "none"]
+        vit = ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=112,
+            patch_size=14,
+        )
+        ViTModel(vit).save_pretrained(assets / "vit")
+    args = [*common_args(assets, tmp_path / "out"), "--max_steps", "-1", "--use_cpu", "--report_to", "none"]
     for flag, value in change.items():
         if flag in args:
             i = args.index(flag)
@@ -219,10 +250,10 @@ def test_student_that_does_not_fit_the_teacher_is_rejected(scripts, assets, trai
         hidden_size=48, num_hidden_layers=1, num_attention_heads=2, patch_size=14, image_size=112, num_register_tokens=4
     )
     Dinov2WithRegistersModel(wide).save_pretrained(tmp_path / "wide")
-    args = common_args(assets, tmp_path / "out") + ["--max_steps", "1", "--use_cpu", "--report_to", "none"]
+    args = [*common_args(assets, tmp_path / "out"), "--max_steps", "1", "--use_cpu", "--report_to", "none"]
     args[args.index("--teacher_name_or_path") + 1] = str(tmp_path / "wide")
     with pytest.raises(ValueError, match="hidden size"):
-        scripts[0](args + ["--model_name_or_path", str(trainer_run[0])])
+        scripts[0]([*args, "--model_name_or_path", str(trainer_run[0])])
 
 
 # ----------------------------------------------------------------------------------------------------- no_trainer
@@ -240,14 +271,14 @@ def test_no_trainer_resume_and_two_processes(scripts, assets, tmp_path, capsys):
     resumed.mkdir()
     shutil.copytree(full / "step_3", resumed / "step_3")
     no_trainer(common_args(assets, resumed) + NO_TRAINER_ARGS + ["--resume_from_checkpoint", "last"])
-    assert max_diff(weights(resumed), weights(full)) < 1e-6
+    assert max_diff(weights(resumed), weights(full)) == 0  # exact, as for the Trainer
 
     ddp = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    script = str(SCRIPTS / "run_pretraining_no_trainer.py")
     result = subprocess.run(
-        launcher + [str(SCRIPTS / "run_pretraining_no_trainer.py")] + common_args(assets, ddp, batch=2)
-        + NO_TRAINER_ARGS,
+        [*launcher, script, *common_args(assets, ddp, batch=2), *NO_TRAINER_ARGS],
         env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert max_diff(weights(ddp), weights(full)) < DDP_ATOL
+    assert max_diff(weights(ddp), weights(full), skip=NOISE_ONLY) < DDP_ATOL

@@ -40,7 +40,6 @@ from lookwhere_hf.training import (
     load_datasets,
     parse_script_arguments,
     prepare_classification_labels,
-    report_results,
     resolve_checkpoint,
     run_cli,
     run_trainer,
@@ -92,17 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
         preprocess_logits_for_metrics=metric.predict,
         callbacks=[SetEpochCallback(train_dataset)],
     )
-    results = run_trainer(
+    return run_trainer(
         trainer, do_train=training_args.do_train, do_eval=training_args.do_eval, resume_from_checkpoint=checkpoint,
         finetuned_from=model_args.model_name_or_path or model_args.init_from_dinov2, task=IMAGE_CLASSIFICATION,
         dataset_name=data_args.dataset_name,
     )  # fmt: skip
-    if trainer.is_world_process_zero():
-        report_results(
-            results, training_args.output_dir, "the model, image processor and results (all_results.json)",
-            "pipeline('image-classification', model=<that folder>)", logger.info,
-        )  # fmt: skip
-    return results
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from lookwhere_hf.training import (
     make_accelerator,
     parse_script_arguments,
     prepare_classification_labels,
-    report_results,
     run_cli,
     save_outputs,
     train_loop,
@@ -46,7 +45,9 @@ from lookwhere_hf.training import (
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, args = parse_script_arguments((ModelArguments, DataTrainingArguments, NoTrainerArguments), argv)
+    model_args, data_args, args = parse_script_arguments(
+        (ModelArguments, DataTrainingArguments, NoTrainerArguments), argv
+    )
 
     # Everything that can be wrong with the arguments is checked before data or weights are loaded.
     validate_arguments(model_args, data_args, push_to_hub=args.push_to_hub)
@@ -71,11 +72,6 @@ def main(argv: list[str] | None = None) -> dict:
         project_name="image_classification_no_trainer",
     )  # fmt: skip
     save_outputs(accelerator, args, model, image_processor, results)
-    if accelerator.is_main_process:
-        report_results(
-            results, args.output_dir, "the model, image processor and results (all_results.json)",
-            "pipeline('image-classification', model=<that folder>)", accelerator.print,
-        )  # fmt: skip
     return results
 
 

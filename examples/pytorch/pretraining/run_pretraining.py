@@ -36,7 +36,6 @@ from lookwhere_hf.training import (
     describe_setup,
     load_pretraining_dataset,
     parse_script_arguments,
-    report_results,
     resolve_checkpoint,
     run_cli,
     run_trainer,
@@ -52,7 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # Everything that can be wrong with the arguments is checked before data or weights are loaded.
-    validate_pretraining_arguments(model_args, data_args, max_steps=training_args.max_steps, max_steps_flag="--max_steps")
+    validate_pretraining_arguments(
+        model_args, data_args, max_steps=training_args.max_steps, max_steps_flag="--max_steps"
+    )
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir, TRAINER_CHECKPOINT)
     set_seed(training_args.seed)
     training_args.remove_unused_columns = False  # the transform needs the raw image column
@@ -74,16 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=image_processor,
         callbacks=[SetEpochCallback(train_dataset)],
     )
-    results = run_trainer(
+    return run_trainer(
         trainer, do_train=True, do_eval=False, resume_from_checkpoint=checkpoint,
         finetuned_from=model_args.teacher_name_or_path, dataset_name=data_args.dataset_name,
     )  # fmt: skip
-    if trainer.is_world_process_zero():
-        report_results(
-            results, training_args.output_dir, "the pretrained student (no teacher weights) and its image processor",
-            "LookWhereModel / LookWhereForImageClassification.from_pretrained", logger.info,
-        )  # fmt: skip
-    return results
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from lookwhere_hf.training import (
     load_pretraining_dataset,
     make_accelerator,
     parse_script_arguments,
-    report_results,
     run_cli,
     save_outputs,
     train_loop,
@@ -46,7 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # Everything that can be wrong with the arguments is checked before data or weights are loaded.
-    validate_pretraining_arguments(model_args, data_args, max_steps=args.max_train_steps, max_steps_flag="--max_train_steps")
+    validate_pretraining_arguments(
+        model_args, data_args, max_steps=args.max_train_steps, max_steps_flag="--max_train_steps"
+    )
     accelerator = make_accelerator(args)
     set_seed(args.seed)
     if accelerator.is_main_process:
@@ -63,11 +64,6 @@ def main(argv: list[str] | None = None) -> dict:
         log_names=("loss", *PRETRAINING_LOSS_COMPONENTS), pass_step=True, project_name="lookwhere_pretraining",
     )  # fmt: skip
     save_outputs(accelerator, args, model, image_processor, results)
-    if accelerator.is_main_process:
-        report_results(
-            results, args.output_dir, "the pretrained student (no teacher weights) and its image processor",
-            "LookWhereModel / LookWhereForImageClassification.from_pretrained", accelerator.print,
-        )  # fmt: skip
     return results
 
 

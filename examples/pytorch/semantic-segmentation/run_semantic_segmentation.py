@@ -49,7 +49,6 @@ from lookwhere_hf.training import (
     load_datasets,
     parse_script_arguments,
     prepare_segmentation_labels,
-    report_results,
     resolve_checkpoint,
     run_cli,
     run_trainer,
@@ -82,11 +81,15 @@ def main(argv: list[str] | None = None) -> dict:
     columns = (image_processor, data_args.image_column_name, data_args.label_column_name)
     train_dataset = eval_dataset = None
     if "train" in dataset:
-        transform = SegmentationTransform(*columns, train=not data_args.no_augment, reduce_labels=data_args.reduce_labels)
+        transform = SegmentationTransform(
+            *columns, train=not data_args.no_augment, reduce_labels=data_args.reduce_labels
+        )
         dataset["train"].set_transform(transform)
         train_dataset = SeededDataset(dataset["train"], training_args.seed)
     if "validation" in dataset:
-        dataset["validation"].set_transform(SegmentationTransform(*columns, train=False, reduce_labels=data_args.reduce_labels))
+        dataset["validation"].set_transform(
+            SegmentationTransform(*columns, train=False, reduce_labels=data_args.reduce_labels)
+        )
         eval_dataset = dataset["validation"]
 
     metric = TaskMetric(SEMANTIC_SEGMENTATION, id2label)
@@ -102,17 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
         preprocess_logits_for_metrics=metric.predict,
         callbacks=[SetEpochCallback(train_dataset)],
     )
-    results = run_trainer(
+    return run_trainer(
         trainer, do_train=training_args.do_train, do_eval=training_args.do_eval, resume_from_checkpoint=checkpoint,
         finetuned_from=model_args.model_name_or_path or model_args.init_from_dinov2, task=SEMANTIC_SEGMENTATION,
         dataset_name=data_args.dataset_name,
     )  # fmt: skip
-    if trainer.is_world_process_zero():
-        report_results(
-            results, training_args.output_dir, "the model, image processor and results (all_results.json)",
-            "pipeline('image-segmentation', model=<that folder>)", logger.info,
-        )  # fmt: skip
-    return results
 
 
 if __name__ == "__main__":

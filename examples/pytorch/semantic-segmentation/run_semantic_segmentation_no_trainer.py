@@ -38,7 +38,6 @@ from lookwhere_hf.training import (
     make_accelerator,
     parse_script_arguments,
     prepare_segmentation_labels,
-    report_results,
     run_cli,
     save_outputs,
     train_loop,
@@ -67,7 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     columns = (image_processor, data_args.image_column_name, data_args.label_column_name)
     transform = SegmentationTransform(*columns, train=not data_args.no_augment, reduce_labels=data_args.reduce_labels)
     dataset["train"].set_transform(transform)
-    dataset["validation"].set_transform(SegmentationTransform(*columns, train=False, reduce_labels=data_args.reduce_labels))
+    dataset["validation"].set_transform(
+        SegmentationTransform(*columns, train=False, reduce_labels=data_args.reduce_labels)
+    )
 
     model, results = train_loop(
         accelerator, args, model, SeededDataset(dataset["train"], args.seed), collate_fn=collate_fn,
@@ -75,11 +76,6 @@ def main(argv: list[str] | None = None) -> dict:
         project_name="semantic_segmentation_no_trainer",
     )  # fmt: skip
     save_outputs(accelerator, args, model, image_processor, results)
-    if accelerator.is_main_process:
-        report_results(
-            results, args.output_dir, "the model, image processor and results (all_results.json)",
-            "pipeline('image-segmentation', model=<that folder>)", accelerator.print,
-        )  # fmt: skip
     return results
 
 

@@ -80,7 +80,9 @@ class ModelArguments(HubArguments):
     )
     ignore_mismatched_sizes: bool = field(
         default=False,
-        metadata={"help": "Re-initialize checkpoint weights whose shape differs (e.g. a classifier with other labels)."},
+        metadata={
+            "help": "Re-initialize checkpoint weights whose shape differs (e.g. a classifier with other labels)."
+        },
     )
 
 
@@ -90,15 +92,20 @@ class PretrainingModelArguments(HubArguments):
 
     teacher_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "The frozen DINOv2-with-registers (or DINOv2) teacher: a local folder or a Hub id. Required."},
+        metadata={
+            "help": "The frozen DINOv2-with-registers (or DINOv2) teacher: a local folder or a Hub id. Required."
+        },
     )
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Continue from a LookWhere checkpoint (the student) instead of building it from the teacher."},
+        metadata={
+            "help": "Continue from a LookWhere checkpoint (the student) instead of building it from the teacher."
+        },
     )
     selector_depth: int = field(default=3, metadata={"help": "Number of teacher layers the selector keeps."})
     init_from_teacher: bool = field(
-        default=True, metadata={"help": "Initialize the student from the teacher's weights (--no_init_from_teacher: random)."}
+        default=True,
+        metadata={"help": "Initialize the student from the teacher's weights (--no_init_from_teacher: random)."},
     )
     teacher_dtype: str | None = field(
         default=None, metadata={"help": "Run the teacher in this dtype, e.g. 'bfloat16' (default: float32)."}
@@ -220,7 +227,9 @@ class NoTrainerArguments:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases, norms, tokens)."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
-    max_grad_norm: float | None = field(default=None, metadata={"help": "Clip the gradient norm to this (no clipping if unset)."})
+    max_grad_norm: float | None = field(
+        default=None, metadata={"help": "Clip the gradient norm to this (no clipping if unset)."}
+    )
     num_train_epochs: float = field(default=3, metadata={"help": "Number of training epochs."})
     max_train_steps: int | None = field(
         default=None, metadata={"help": "Total optimizer steps; overrides --num_train_epochs."}
@@ -236,11 +245,15 @@ class NoTrainerArguments:
     logging_steps: int = field(default=10, metadata={"help": "Log the running losses every N optimizer steps."})
     checkpointing_steps: str | None = field(
         default=None,
-        metadata={"help": "Save the training state every N optimizer steps ('N') or at the end of every epoch ('epoch')."},
+        metadata={
+            "help": "Save the training state every N optimizer steps ('N') or at the end of every epoch ('epoch')."
+        },
     )
     resume_from_checkpoint: str | None = field(
         default=None,
-        metadata={"help": "A checkpoint folder (step_N / epoch_N) to resume from, or 'latest' for the newest in output_dir."},
+        metadata={
+            "help": "A checkpoint folder (step_N / epoch_N) to resume from, or 'latest' for the newest in output_dir."
+        },
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loading worker processes."})
     with_tracking: bool = field(default=False, metadata={"help": "Log to the trackers of --report_to."})
@@ -276,11 +289,15 @@ def load_checkpoint_config(flag: str, source: str, model_types: tuple[str, ...],
     from transformers import AutoConfig
 
     if looks_like_local_path(source) and not os.path.isdir(os.path.expanduser(source)):
-        raise ArgumentError(f"{flag} {source!r}: no such folder. Pass a folder written by `save_pretrained` or a Hub id.")
+        raise ArgumentError(
+            f"{flag} {source!r}: no such folder. Pass a folder written by `save_pretrained` or a Hub id."
+        )
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=hub.trust_remote_code, **hub.hub_kwargs())
     except Exception as error:
-        offline = " The Hub is unreachable offline (HF_HUB_OFFLINE is set): use a local folder." if hub_offline() else ""
+        offline = (
+            " The Hub is unreachable offline (HF_HUB_OFFLINE is set): use a local folder." if hub_offline() else ""
+        )
         raise ArgumentError(f"{flag} {source!r}: could not load its config.json ({error}).{offline}") from error
     if config.model_type not in model_types:
         wanted = "a LookWhere" if model_types == LOOKWHERE_MODEL_TYPES else "a DINOv2-with-registers (or DINOv2)"

@@ -103,7 +103,9 @@ def load_raw_dataset(data_args: DataArguments, hub: HubArguments, *, task: str, 
             return datasets.DatasetDict({split: load_image_mask_pairs(path) for split, path in dirs.items()})
         files = {split: os.path.join(path, "**") for split, path in dirs.items()}
         flag = "--train_dir" if "train" in dirs else "--validation_dir"
-        return _load(flag, next(iter(dirs.values())), lambda: datasets.load_dataset("imagefolder", data_files=files, **kwargs))
+        return _load(
+            flag, next(iter(dirs.values())), lambda: datasets.load_dataset("imagefolder", data_files=files, **kwargs)
+        )
 
     name = os.path.expanduser(data_args.dataset_name)
     root = Path(name)
@@ -153,7 +155,9 @@ def check_image_column(dataset, column: str) -> None:
     try:
         image.convert("RGB")
     except Exception as error:
-        raise ArgumentError(f"The first image of the dataset does not decode: {type(error).__name__}: {error}.") from error
+        raise ArgumentError(
+            f"The first image of the dataset does not decode: {type(error).__name__}: {error}."
+        ) from error
 
 
 def load_datasets(
@@ -191,7 +195,9 @@ def load_datasets(
         print(f"No validation split: holding out {len(splits['validation'])} training examples (--train_val_split).")
     if do_train and "train" not in splits:
         raise ArgumentError(f"--do_train needs a train split; the dataset has {list(raw)}.")
-    splits = {name: ds for name, ds in splits.items() if (name == "train" and do_train) or (name == "validation" and do_eval)}
+    splits = {
+        name: ds for name, ds in splits.items() if (name == "train" and do_train) or (name == "validation" and do_eval)
+    }
     if not splits:
         raise ArgumentError("Nothing to do: pass --do_train and/or --do_eval.")
 
@@ -270,7 +276,9 @@ class SeededDataset(torch.utils.data.Dataset):
             try:
                 return self.dataset[int(index)]
             except Exception as error:  # a corrupt file deep in a large dataset: say which one
-                raise ValueError(f"Training example {index} could not be loaded: {type(error).__name__}: {error}") from error
+                raise ValueError(
+                    f"Training example {index} could not be loaded: {type(error).__name__}: {error}"
+                ) from error
 
 
 # ----------------------------------------------------------------------------------------------- labels
@@ -286,7 +294,9 @@ def prepare_classification_labels(dataset, label_column: str):
             f"--label_column_name {label_column!r} holds {feature}, not one class label per image. Pass a column of "
             "class names or ids."
         )
-    values = sorted({v for split in dataset.values() for v in split.unique(label_column)}, key=lambda v: (str(type(v)), v))
+    values = sorted(
+        {v for split in dataset.values() for v in split.unique(label_column)}, key=lambda v: (str(type(v)), v)
+    )
     to_id = {v: i for i, v in enumerate(values)}
     names = [str(v) for v in values]
 
@@ -340,7 +350,7 @@ def prepare_segmentation_labels(dataset, data_args: SegmentationDataArguments) -
             from huggingface_hub import hf_hub_download
 
             candidates.append(hf_hub_download(name, "id2label.json", repo_type="dataset"))
-        except Exception as error:  # noqa: BLE001 (any Hub failure: fall back to counting the classes)
+        except Exception as error:  # any Hub failure: fall back to counting the classes
             print(f"No id2label.json in the Hub repo {name!r} ({type(error).__name__}).")
     if candidates:
         with open(candidates[0], encoding="utf-8") as handle:

@@ -27,6 +27,7 @@ NO_TRAINER_CHECKPOINT = re.compile(r"^(step|epoch)_(\d+)$")
 TRAINER_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 LATEST = ("latest", "last", "true")
 NO_DECAY_SUFFIXES = ("cls_token", "register_tokens", "position_embeddings")
+PIPELINE_TASKS = {"ForImageClassification": "image-classification", "ForSemanticSegmentation": "image-segmentation"}
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -53,7 +54,11 @@ def resolve_checkpoint(value: str | None, output_dir: str, pattern: re.Pattern =
         return max(folders, key=lambda p: p.stat().st_mtime)
     path = Path(value)
     if not path.is_dir() or not pattern.match(path.name):
-        names = "step_<N> or epoch_<N> written by --checkpointing_steps" if pattern is NO_TRAINER_CHECKPOINT else "checkpoint-<N>"
+        names = (
+            "step_<N> or epoch_<N> written by --checkpointing_steps"
+            if pattern is NO_TRAINER_CHECKPOINT
+            else "checkpoint-<N>"
+        )
         raise ArgumentError(
             f"--resume_from_checkpoint {value!r}: expected a checkpoint folder named {names} (or 'latest')."
         )
@@ -74,10 +79,11 @@ def make_accelerator(args: NoTrainerArguments):
     sampler (the shuffling order depends only on seed and epoch, so resuming reproduces it).
 
     Without GPUs, a multi-process launch (`accelerate launch --multi_gpu --num_processes N`, `torchrun`) trains on CPU
-    processes with the gloo backend. DDP looks for unused parameters: with a frozen selector or the pretraining
-    student, some parameters get no gradient in a step (top-k is not differentiable).
+    processes with the gloo backend. DDP does not search for unused parameters: the LookWhere models freeze the ones
+    that get no gradient (the selector head, which top-k does not differentiate through, and the extractor's own
+    CLS / register tokens).
     """
-    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DataLoaderConfiguration
 
     parse_checkpointing_steps(args.checkpointing_steps)
     if args.resume_from_checkpoint is not None and args.resume_from_checkpoint.lower() not in LATEST:
@@ -98,7 +104,6 @@ def make_accelerator(args: NoTrainerArguments):
     return Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         **kwargs,
     )
 
@@ -167,11 +172,13 @@ def train_loop(
     eval_loader = None
     if eval_dataset is not None:
         eval_loader = DataLoader(
-            eval_dataset, batch_size=args.per_device_eval_batch_size, generator=torch.Generator().manual_seed(args.seed),
-            **loader_kwargs,
+            eval_dataset, batch_size=args.per_device_eval_batch_size,
+            generator=torch.Generator().manual_seed(args.seed), **loader_kwargs,
         )  # fmt: skip
         eval_loader = accelerator.prepare(eval_loader)
-    steps_per_epoch = args.max_train_steps if streaming else math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    steps_per_epoch = (
+        args.max_train_steps if streaming else math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    )
     max_steps = args.max_train_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
     num_epochs = math.ceil(max_steps / steps_per_epoch)
     lr_scheduler = get_scheduler(
@@ -264,7 +271,12 @@ def train_loop(
     if args.with_tracking:
         accelerator.end_training()
     accelerator.wait_for_everyone()
-    results = {**eval_metrics, "train_loss": train_loss, "train_steps": completed_steps, "epoch": completed_steps / steps_per_epoch}
+    results = {
+        **eval_metrics,
+        "train_loss": train_loss,
+        "train_steps": completed_steps,
+        "epoch": completed_steps / steps_per_epoch,
+    }
     return accelerator.unwrap_model(model), results
 
 
@@ -276,16 +288,20 @@ def evaluate(accelerator, model: nn.Module, eval_loader, metric: TaskMetric) -> 
     model.eval()
     for batch in tqdm(eval_loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process):
         with torch.no_grad():
-            logits = model(pixel_values=batch["pixel_values"], low_res_pixel_values=batch["low_res_pixel_values"]).logits
-        predictions, references = accelerator.gather_for_metrics((metric.predict(logits, batch["labels"]), batch["labels"]))
+            logits = model(
+                pixel_values=batch["pixel_values"], low_res_pixel_values=batch["low_res_pixel_values"]
+            ).logits
+        predictions, references = accelerator.gather_for_metrics(
+            (metric.predict(logits, batch["labels"]), batch["labels"])
+        )
         metric.add_batch(predictions, references)
     model.train()
     return {f"eval_{key}": value for key, value in metric.compute().items()}
 
 
 def save_outputs(accelerator, args: NoTrainerArguments, model: nn.Module, processor, results: dict[str, Any]) -> None:
-    """Write the model, the image processor, `all_results.json` (and `eval_results.json`) to `args.output_dir`, and
-    upload the folder with `--push_to_hub`."""
+    """Write the model, the image processor, `all_results.json` (and `eval_results.json`) to `args.output_dir`,
+    upload the folder with `--push_to_hub`, and print the results and how to load the folder."""
     model.save_pretrained(args.output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
     if accelerator.is_main_process:
         processor.save_pretrained(args.output_dir)
@@ -303,6 +319,7 @@ def save_outputs(accelerator, args: NoTrainerArguments, model: nn.Module, proces
                 commit_message="End of training",
             )  # fmt: skip
             accelerator.print(f"Pushed to https://huggingface.co/{repo_id}")
+        report_results(results, args.output_dir, model, accelerator.print)
     accelerator.wait_for_everyone()
 
 
@@ -314,10 +331,16 @@ def write_results(output_dir: str, name: str, results: dict[str, Any]) -> str:
     return path
 
 
-def report_results(results: dict[str, Any], output_dir: str, what: str, how_to_load: str, print_fn: Callable = print):
-    """Print the evaluation numbers, what was saved where, and how to load it."""
+def report_results(results: dict[str, Any], output_dir: str, model: nn.Module, print_fn: Callable = print) -> None:
+    """Print the evaluation numbers, what was saved where, and how to load it (from the model class's task)."""
     timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
-    evals = {k: v for k, v in results.items() if k.startswith("eval_") and k not in timing and isinstance(v, (int, float))}
+    evals = {
+        k: v for k, v in results.items() if k.startswith("eval_") and k not in timing and isinstance(v, (int, float))
+    }
     if evals:
         print_fn("Evaluation: " + ", ".join(f"{k[5:]} = {v:.4f}" for k, v in sorted(evals.items())))
-    print_fn(f"Saved {what} to {os.path.abspath(output_dir)}; load it with {how_to_load}.")
+    name = type(model).__name__
+    task = next((task for suffix, task in PIPELINE_TASKS.items() if name.endswith(suffix)), None)
+    what = "the model" if task else "the pretrained student (no teacher weights)"
+    how = f'pipeline("{task}", model=<that folder>)' if task else "LookWhereModel / <task model>.from_pretrained"
+    print_fn(f"Saved {what}, its image processor and the results to {os.path.abspath(output_dir)}; load it with {how}.")

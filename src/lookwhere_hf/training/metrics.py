@@ -83,4 +83,4 @@ class RunningMeans:
             return dict.fromkeys(self.names, float("nan"))
         means = gather((self.sums / self.count).unsqueeze(0)).mean(dim=0)
         self.sums, self.count = None, 0
-        return dict(zip(self.names, means.tolist()))
+        return dict(zip(self.names, means.tolist(), strict=True))

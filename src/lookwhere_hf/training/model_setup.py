@@ -68,7 +68,11 @@ def build_model_and_processor(model_class, model_args: ModelArguments, id2label:
     labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": {n: i for i, n in id2label.items()}}
     hub_kwargs = model_args.hub_kwargs()
     if model_args.init_from_dinov2:
-        sizes = {"low_res_size": model_args.low_res_size, "high_res_size": model_args.image_size, "k_ratio": model_args.k_ratio}
+        sizes = {
+            "low_res_size": model_args.low_res_size,
+            "high_res_size": model_args.image_size,
+            "k_ratio": model_args.k_ratio,
+        }
         model = model_class.from_dinov2(
             model_args.init_from_dinov2,
             selector_depth=model_args.selector_depth,
@@ -83,7 +87,9 @@ def build_model_and_processor(model_class, model_args: ModelArguments, id2label:
             )
     else:
         source = model_args.model_name_or_path
-        config = AutoConfig.from_pretrained(source, trust_remote_code=model_args.trust_remote_code, **labels, **hub_kwargs)
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=model_args.trust_remote_code, **labels, **hub_kwargs
+        )
         if model_args.k_ratio is not None:
             config.k_ratio = model_args.k_ratio
         config.freeze_selector = model_args.freeze_selector

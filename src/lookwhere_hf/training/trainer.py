@@ -3,12 +3,16 @@ the callback that hands the epoch to a [`SeededDataset`], and the train / save /
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 from transformers import Trainer, TrainerCallback
 
+from .loop import report_results
 from .metrics import PRETRAINING_LOSS_COMPONENTS, RunningMeans
+
+logger = logging.getLogger(__name__)
 
 
 class SetEpochCallback(TrainerCallback):
@@ -59,7 +63,7 @@ def run_trainer(
 ) -> dict[str, float]:
     """Train and / or evaluate with a prepared `Trainer`; save the model, the image processor (`processing_class`),
     the metrics (`all_results.json`, `train_results.json`, `eval_results.json`) and the trainer state; push to the Hub
-    or write a model card. Returns all metrics."""
+    or write a model card; log the results and how to load the folder. Returns all metrics."""
     results: dict[str, float] = {}
     if do_train:
         checkpoint = None if resume_from_checkpoint is None else str(resume_from_checkpoint)
@@ -80,4 +84,6 @@ def run_trainer(
         trainer.push_to_hub(**card)
     elif trainer.is_world_process_zero():
         trainer.create_model_card(**card)
+    if trainer.is_world_process_zero():
+        report_results(results, trainer.args.output_dir, trainer.model, logger.info)
     return results

@@ -66,7 +66,9 @@ class SegmentationTransform:
     `labels` are `(height, width)` int64 class maps with 255 = ignored.
     """
 
-    def __init__(self, processor, image_column: str, label_column: str, train: bool, reduce_labels: bool = False) -> None:
+    def __init__(
+        self, processor, image_column: str, label_column: str, train: bool, reduce_labels: bool = False
+    ) -> None:
         from torchvision.transforms import v2
 
         self.processor, self.image_column, self.label_column = processor, image_column, label_column
@@ -82,7 +84,7 @@ class SegmentationTransform:
         from torchvision.transforms.v2 import functional as TF
 
         images, labels = [], []
-        for image, mask in zip(batch[self.image_column], batch[self.label_column]):
+        for image, mask in zip(batch[self.image_column], batch[self.label_column], strict=True):
             image = _rgb(image)
             mask = mask_array(mask)
             if mask.shape != (image.height, image.width):
@@ -139,7 +141,9 @@ def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack transformed examples into a batch: every key becomes one tensor with a leading batch dimension
     (`pixel_values` `(B, 3, H, W)`, `low_res_pixel_values` `(B, 3, h, w)`, `labels` `(B,)` or `(B, H, W)` int64)."""
     # torchvision returns `tv_tensors.Image`; the model gets plain tensors
-    batch = {key: torch.stack([torch.as_tensor(e[key]).as_subclass(torch.Tensor) for e in examples]) for key in examples[0]}
+    batch = {
+        key: torch.stack([torch.as_tensor(e[key]).as_subclass(torch.Tensor) for e in examples]) for key in examples[0]
+    }
     if "labels" in batch:
         batch["labels"] = batch["labels"].long()
     return batch
