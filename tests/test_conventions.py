@@ -25,13 +25,11 @@ from transformers import (
 
 from lookwhere_hf import (
     LookWhereConfig,
+    LookWhereExtractorConfig,
     LookWhereForImageClassification,
     LookWhereForPreTraining,
     LookWhereForSemanticSegmentation,
     LookWhereModel,
-)
-from lookwhere_hf.models.lookwhere.configuration_lookwhere import (
-    LookWhereExtractorConfig,
     LookWhereSelectorConfig,
 )
 
@@ -39,8 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "src" / "lookwhere_hf" / "assets" / "demo_model"
 TASK_CLASSES = (LookWhereForImageClassification, LookWhereForSemanticSegmentation)
 PRETRAIN_DEFAULTS = {
-    "pretrain_k_min": 16, "pretrain_k_max": 128, "pretrain_cls_loss_weight": 1.0, "pretrain_dense_loss_weight": 1.0,
-    "pretrain_map_loss_weight": 0.1, "pretrain_k_seed": 0,
+    "pretrain_k_min": 16,
+    "pretrain_k_max": 128,
+    "pretrain_cls_loss_weight": 1.0,
+    "pretrain_dense_loss_weight": 1.0,
+    "pretrain_map_loss_weight": 0.1,
+    "pretrain_k_seed": 0,
 }
 
 
@@ -50,7 +52,12 @@ def _without_volatile_keys(config_dict: dict) -> dict:
 
 def _tiny_teacher() -> Dinov2WithRegistersModel:
     config = Dinov2WithRegistersConfig(
-        hidden_size=32, num_attention_heads=2, mlp_ratio=4, patch_size=14, image_size=112, num_register_tokens=4,
+        hidden_size=32,
+        num_attention_heads=2,
+        mlp_ratio=4,
+        patch_size=14,
+        image_size=112,
+        num_register_tokens=4,
         num_hidden_layers=2,
     )
     return Dinov2WithRegistersModel(config).eval()
@@ -68,12 +75,14 @@ def test_sub_configs_are_their_own_classes_with_base_config_keys():
     assert LookWhereSelectorConfig.base_config_key == "selector_config"
     assert LookWhereExtractorConfig.base_config_key == "extractor_config"
     assert LookWhereConfig.sub_configs == {
-        "selector_config": LookWhereSelectorConfig, "extractor_config": LookWhereExtractorConfig
+        "selector_config": LookWhereSelectorConfig,
+        "extractor_config": LookWhereExtractorConfig,
     }
     # Both are DINOv2-with-registers configs; only the extractor keeps that model_type (see the next test).
     assert isinstance(config.selector_config, Dinov2WithRegistersConfig)
     assert (LookWhereSelectorConfig.model_type, LookWhereExtractorConfig.model_type) == (
-        "lookwhere_selector", "dinov2_with_registers"
+        "lookwhere_selector",
+        "dinov2_with_registers",
     )
     # Defaults: the released architecture (ViT-B/14, 4 registers, 154 px depth 3 / 518 px depth 12).
     release = LookWhereConfig()
@@ -335,7 +344,8 @@ def test_trainer_ddp_with_gradient_checkpointing_two_processes(tmp_path):
     assert done.returncode == 0, output[-5000:]
     results = re.findall(r"RESULT (\w+) ([\d.e+-]+) ([\d.e+-]+)", done.stdout)
     assert sorted(name for name, _, _ in results) == [
-        "LookWhereForImageClassification", "LookWhereForSemanticSegmentation"
+        "LookWhereForImageClassification",
+        "LookWhereForSemanticSegmentation",
     ], output[-3000:]
     for name, first, expected in results:
         # The logged loss is the mean over the global batch, not scaled by the number of processes (which the Trainer

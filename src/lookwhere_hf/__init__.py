@@ -17,6 +17,7 @@ from transformers import (
 
 from .models.lookwhere import (
     LookWhereConfig,
+    LookWhereExtractorConfig,
     LookWhereForImageClassification,
     LookWhereForPreTraining,
     LookWhereForPreTrainingOutput,
@@ -26,6 +27,7 @@ from .models.lookwhere import (
     LookWhereModel,
     LookWhereModelOutput,
     LookWherePreTrainedModel,
+    LookWhereSelectorConfig,
     LookWhereSemanticSegmenterOutput,
     make_low_res_view,
     select_top_k,
@@ -56,6 +58,8 @@ LookWhereImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "LookWhereConfig",
+    "LookWhereSelectorConfig",
+    "LookWhereExtractorConfig",
     "LookWhereImageProcessor",
     "LookWherePreTrainedModel",
     "LookWhereModel",

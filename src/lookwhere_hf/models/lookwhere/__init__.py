@@ -10,7 +10,7 @@ The modules import each other with single-dot relative imports only: `save_pretr
 folder for `trust_remote_code=True`, where they must import as flat siblings.
 """
 
-from .configuration_lookwhere import LookWhereConfig
+from .configuration_lookwhere import LookWhereConfig, LookWhereExtractorConfig, LookWhereSelectorConfig
 from .dense_spreading import spread_to_grid
 from .image_processing_lookwhere import LookWhereImageProcessor
 from .modeling_lookwhere import (

@@ -74,12 +74,22 @@ class LookWhereExtractorConfig(Dinov2WithRegistersConfig):
 
 
 _ARCHITECTURE_FIELDS = (
-    "hidden_size", "num_attention_heads", "mlp_ratio", "patch_size", "num_register_tokens", "layer_norm_eps",
-    "qkv_bias", "layerscale_value", "num_hidden_layers", "image_size",
+    "hidden_size",
+    "num_attention_heads",
+    "mlp_ratio",
+    "patch_size",
+    "num_register_tokens",
+    "layer_norm_eps",
+    "qkv_bias",
+    "layerscale_value",
+    "num_hidden_layers",
+    "image_size",
 )
 # The released selector / extractor architectures, read from the sub-config classes' defaults.
 SELECTOR_DEFAULTS = {name: LookWhereSelectorConfig.__dataclass_fields__[name].default for name in _ARCHITECTURE_FIELDS}
-EXTRACTOR_DEFAULTS = {name: LookWhereExtractorConfig.__dataclass_fields__[name].default for name in _ARCHITECTURE_FIELDS}
+EXTRACTOR_DEFAULTS = {
+    name: LookWhereExtractorConfig.__dataclass_fields__[name].default for name in _ARCHITECTURE_FIELDS
+}
 
 
 @strict

@@ -52,7 +52,9 @@ def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
-def resize_position_embeddings(position_embeddings: torch.Tensor, source_grid: int, grid: tuple[int, int]) -> torch.Tensor:
+def resize_position_embeddings(
+    position_embeddings: torch.Tensor, source_grid: int, grid: tuple[int, int]
+) -> torch.Tensor:
     """Resize patch-only position embeddings `(1, source_grid**2, D)` to `(1, grid_h * grid_w, D)`.
 
     Bicubic, `align_corners=False`, **no antialiasing**, computed in float32 (the official LookWhere code; note that
@@ -409,7 +411,7 @@ class LookWherePreTrainedModel(PreTrainedModel):
         high_res_size: int | None = None,
         k_ratio: float = 0.1,
         **config_kwargs,
-    ) -> "LookWherePreTrainedModel":
+    ) -> LookWherePreTrainedModel:
         """Build a LookWhere model from a DINOv2-with-registers (or plain DINOv2) checkpoint.
 
         The extractor is an exact copy of `dinov2` (weights and architecture; the CLS position embedding is folded into
@@ -437,8 +439,16 @@ class LookWherePreTrainedModel(PreTrainedModel):
         backbone = {
             key: getattr(tcfg, key)
             for key in (
-                "hidden_size", "num_attention_heads", "mlp_ratio", "hidden_act", "layer_norm_eps", "patch_size",
-                "num_channels", "qkv_bias", "layerscale_value", "use_swiglu_ffn",
+                "hidden_size",
+                "num_attention_heads",
+                "mlp_ratio",
+                "hidden_act",
+                "layer_norm_eps",
+                "patch_size",
+                "num_channels",
+                "qkv_bias",
+                "layerscale_value",
+                "use_swiglu_ffn",
             )
         }
         backbone["num_register_tokens"] = getattr(tcfg, "num_register_tokens", 0)
@@ -461,15 +471,25 @@ class LookWherePreTrainedModel(PreTrainedModel):
                 if emb.register_tokens.numel():
                     emb.register_tokens.copy_(state["embeddings.register_tokens"])
                 emb.patch_embeddings.projection.load_state_dict(
-                    {n.split(".")[-1]: t for n, t in state.items() if n.startswith("embeddings.patch_embeddings.projection.")}
+                    {
+                        n.split(".")[-1]: t
+                        for n, t in state.items()
+                        if n.startswith("embeddings.patch_embeddings.projection.")
+                    }
                 )
                 patch_pos = state["embeddings.position_embeddings"][:, 1:]  # drop the CLS slot
                 emb.position_embeddings.copy_(resize_position_embeddings(patch_pos, teacher_grid, (emb.grid, emb.grid)))
             depth = len(part.encoder.layer)
             part.encoder.layer.load_state_dict(
-                {n[len("encoder.layer."):]: t for n, t in state.items() if n.startswith("encoder.layer.") and int(n.split(".")[2]) < depth}
+                {
+                    n[len("encoder.layer.") :]: t
+                    for n, t in state.items()
+                    if n.startswith("encoder.layer.") and int(n.split(".")[2]) < depth
+                }
             )
-            part.layernorm.load_state_dict({n.split(".")[-1]: t for n, t in state.items() if n.startswith("layernorm.")})
+            part.layernorm.load_state_dict(
+                {n.split(".")[-1]: t for n, t in state.items() if n.startswith("layernorm.")}
+            )
         return model
 
     # ------------------------------------------------------------------ input checks shared by all heads
@@ -644,9 +664,7 @@ class _LookWhereTaskModel(LookWherePreTrainedModel):
         self.num_labels = config.num_labels
         self.lookwhere = LookWhereModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = (
-            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        )
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
 
@@ -742,9 +760,7 @@ class LookWhereForSemanticSegmentation(_LookWhereTaskModel):
             )
         if self.config.num_labels < 2:
             raise ValueError("Semantic segmentation needs `num_labels >= 2` in the config.")
-        return self.loss_function(
-            logits, labels.long(), ignore_index=self.config.semantic_loss_ignore_index, **kwargs
-        )
+        return self.loss_function(logits, labels.long(), ignore_index=self.config.semantic_loss_ignore_index, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------- pretraining
@@ -829,8 +845,12 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         k_seed: int | None = None,
     ) -> None:
         overrides = {
-            "k_min": k_min, "k_max": k_max, "cls_loss_weight": cls_loss_weight, "dense_loss_weight": dense_loss_weight,
-            "map_loss_weight": map_loss_weight, "k_seed": k_seed,
+            "k_min": k_min,
+            "k_max": k_max,
+            "cls_loss_weight": cls_loss_weight,
+            "dense_loss_weight": dense_loss_weight,
+            "map_loss_weight": map_loss_weight,
+            "k_seed": k_seed,
         }
         config.update({f"pretrain_{name}": value for name, value in overrides.items() if value is not None})
         config.validate_lookwhere()
@@ -942,12 +962,19 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         """
         teacher = _load_dinov2(teacher)
         settings = {
-            "k_min": k_min, "k_max": k_max, "cls_loss_weight": cls_loss_weight, "dense_loss_weight": dense_loss_weight,
-            "map_loss_weight": map_loss_weight, "k_seed": k_seed,
+            "k_min": k_min,
+            "k_max": k_max,
+            "cls_loss_weight": cls_loss_weight,
+            "dense_loss_weight": dense_loss_weight,
+            "map_loss_weight": map_loss_weight,
+            "k_seed": k_seed,
         }
         config_kwargs.update({f"pretrain_{name}": value for name, value in settings.items() if value is not None})
         model = cls.from_dinov2(
-            teacher, selector_depth=selector_depth, low_res_size=low_res_size, high_res_size=high_res_size,
+            teacher,
+            selector_depth=selector_depth,
+            low_res_size=low_res_size,
+            high_res_size=high_res_size,
             **config_kwargs,
         )
         if not init_from_teacher:
@@ -1039,14 +1066,14 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
 
 
 __all__ = [
-    "LookWhereModelOutput",
-    "LookWhereImageClassifierOutput",
-    "LookWhereSemanticSegmenterOutput",
-    "LookWherePreTrainedModel",
-    "LookWhereModel",
     "LookWhereForImageClassification",
-    "LookWhereForSemanticSegmentation",
     "LookWhereForPreTraining",
     "LookWhereForPreTrainingOutput",
+    "LookWhereForSemanticSegmentation",
+    "LookWhereImageClassifierOutput",
+    "LookWhereModel",
+    "LookWhereModelOutput",
+    "LookWherePreTrainedModel",
+    "LookWhereSemanticSegmenterOutput",
     "resize_position_embeddings",
 ]
