@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import EPS32
 from PIL import Image
 from safetensors.torch import load_file
-from conftest import EPS32
 from transformers import (
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from lookwhere_hf import LookWhereForImageClassification, LookWhereModel
+from lookwhere_hf.training import PretrainingDataArguments, PretrainingModelArguments, load_pretraining_dataset
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "examples" / "pytorch" / "pretraining"
 # With 2 processes on a 2-core machine, one thread each (also much faster for tiny models on a shared CPU).
@@ -282,3 +283,17 @@ def test_no_trainer_resume_and_two_processes(scripts, assets, tmp_path, capsys):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert max_diff(weights(ddp), weights(full), skip=NOISE_ONLY) < DDP_ATOL
+
+
+def test_train_dir_with_split_folders_trains_on_the_chosen_split_only(assets, tmp_path):
+    """`--train_dir` is one imagefolder: its train/ and validation/ sub-folders are splits, not one pool of images
+    (a benchmark passes its data root, whose validation and test images must not be pretrained on)."""
+    for split, count in (("train", 3), ("validation", 2)):
+        (tmp_path / split).mkdir()
+        for i in range(count):
+            shutil.copy(assets / "images" / "train" / f"{i:02d}.png", tmp_path / split / f"{i}.png")
+    for split, count in (("train", 3), ("validation", 2)):
+        data_args = PretrainingDataArguments(train_dir=str(tmp_path), train_split=split, no_augment=True)
+        hub = PretrainingModelArguments(cache_dir=str(tmp_path / "cache"))
+        dataset = load_pretraining_dataset(data_args, hub, lambda batch: batch, seed=0)
+        assert len(dataset) == count

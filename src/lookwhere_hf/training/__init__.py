@@ -25,6 +25,8 @@ from .arguments import (
     validate_pretraining_arguments,
 )
 from .data import (
+    IMAGE_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
     SeededDataset,
     load_datasets,
     load_image_mask_pairs,
@@ -39,7 +41,7 @@ from .loop import (
     save_outputs,
     train_loop,
 )
-from .metrics import IMAGE_CLASSIFICATION, PRETRAINING_LOSS_COMPONENTS, SEMANTIC_SEGMENTATION, TaskMetric
+from .metrics import PRETRAINING_LOSS_COMPONENTS, TaskMetric
 from .model_setup import build_model_and_processor, build_pretraining_model, describe_setup, set_model_resolution
 from .trainer import PretrainingTrainer, SetEpochCallback, run_trainer
 from .transforms import ClassificationTransform, PretrainingTransform, SegmentationTransform, collate_fn

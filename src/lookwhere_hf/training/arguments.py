@@ -196,6 +196,13 @@ class SegmentationDataArguments(DataTrainingArguments):
 class PretrainingDataArguments(DataArguments):
     """Which images to pretrain on, at which sizes, and how to augment them."""
 
+    train_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder of images (an imagefolder; sub-folders named like splits, e.g. train/ and validation/, "
+            "are splits, and --train_split picks one)."
+        },
+    )
     train_split: str = field(default="train", metadata={"help": "The split to train on."})
     streaming: bool = field(
         default=False,

@@ -29,7 +29,10 @@ IGNORE_INDEX = 255
 EVAL_SPLIT_NAMES = ("validation", "val", "valid")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 MASK_DIR_NAMES = ("masks", "annotations", "labels")
-SEGMENTATION = "semantic-segmentation"
+# the `task` of the loaders
+IMAGE_CLASSIFICATION = "image-classification"
+SEMANTIC_SEGMENTATION = "semantic-segmentation"
+PRETRAINING = "pretraining"
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -89,7 +92,8 @@ def _load(flag: str, source: str, load: Callable[[], Any]):
 def load_raw_dataset(data_args: DataArguments, hub: HubArguments, *, task: str, streaming: bool = False):
     """Every split of the dataset the arguments name, as a `DatasetDict` (`IterableDatasetDict` with `streaming`).
 
-    `--train_dir` / `--validation_dir`: imagefolders (image / mask pair folders for segmentation). `--dataset_name`:
+    `--train_dir` / `--validation_dir`: imagefolders whose every image belongs to that split (image / mask pair folders
+    for segmentation; for pretraining, `--train_dir` is read like a `--dataset_name` folder). `--dataset_name`:
     a folder saved with `save_to_disk`, a pair folder (segmentation; optionally with `train/`, `validation/`), an
     imagefolder, or a Hub dataset.
     """
@@ -99,8 +103,11 @@ def load_raw_dataset(data_args: DataArguments, hub: HubArguments, *, task: str, 
     if data_args.dataset_name is None:
         dirs = {"train": data_args.train_dir, "validation": getattr(data_args, "validation_dir", None)}
         dirs = {split: path for split, path in dirs.items() if path is not None}
-        if task == SEGMENTATION:
+        if task == SEMANTIC_SEGMENTATION:
             return datasets.DatasetDict({split: load_image_mask_pairs(path) for split, path in dirs.items()})
+        if task == PRETRAINING:  # one imagefolder; split-named sub-folders (train/, validation/, ...) are its splits
+            folder = data_args.train_dir
+            return _load("--train_dir", folder, lambda: datasets.load_dataset("imagefolder", data_dir=folder, **kwargs))
         files = {split: os.path.join(path, "**") for split, path in dirs.items()}
         flag = "--train_dir" if "train" in dirs else "--validation_dir"
         return _load(
@@ -119,7 +126,7 @@ def load_raw_dataset(data_args: DataArguments, hub: HubArguments, *, task: str, 
         if streaming:
             return datasets.IterableDatasetDict({split: ds.to_iterable_dataset() for split, ds in splits.items()})
         return datasets.DatasetDict(splits)
-    if task == SEGMENTATION:
+    if task == SEMANTIC_SEGMENTATION:
         if _is_pair_folder(root):
             return datasets.DatasetDict({"train": load_image_mask_pairs(root)})
         split_dirs = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and _is_pair_folder(p)}
@@ -204,7 +211,7 @@ def load_datasets(
     first = next(iter(splits.values()))
     check_image_column(first, data_args.image_column_name)
     columns = first.column_names
-    if data_args.label_column_name is None and task == SEGMENTATION:
+    if data_args.label_column_name is None and task == SEMANTIC_SEGMENTATION:
         found = next((c for c in SEGMENTATION_LABEL_COLUMNS if c in columns), None)
         if found is None:
             raise ArgumentError(
@@ -232,7 +239,7 @@ def load_pretraining_dataset(data_args: PretrainingDataArguments, hub: HubArgume
     Returns a [`SeededDataset`] (per-example seeded augmentation), or with `--streaming` a shuffled
     `datasets.IterableDataset` (augmentation from the global RNG).
     """
-    raw = load_raw_dataset(data_args, hub, task="pretraining", streaming=data_args.streaming)
+    raw = load_raw_dataset(data_args, hub, task=PRETRAINING, streaming=data_args.streaming)
     if data_args.train_split not in raw:
         raise ArgumentError(
             f"The dataset has no split {data_args.train_split!r}; its splits are {list(raw)}. Pass one with "

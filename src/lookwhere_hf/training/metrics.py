@@ -9,10 +9,8 @@ import numpy as np
 import torch
 
 from ..metrics import load_metric
-from .data import IGNORE_INDEX
+from .data import IGNORE_INDEX, IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION
 
-IMAGE_CLASSIFICATION = "image-classification"
-SEMANTIC_SEGMENTATION = "semantic-segmentation"
 PRETRAINING_LOSS_COMPONENTS = ("loss_cls", "loss_dense", "loss_map", "top_k_agreement")
 
 
