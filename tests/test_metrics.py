@@ -4,8 +4,13 @@ import math
 
 import numpy as np
 import pytest
+from conftest import EPS64
 
 from lookwhere_hf.metrics import SHIPPED_METRICS, load_metric, metric_path
+
+# Every expected value is a ratio of small integer counts, or a mean of <= 3 of them, computed in float64 on both
+# sides: each ratio is correctly rounded (within EPS64 / 2), so the two sides agree to a few ulps.
+RTOL = 4 * EPS64
 
 
 def test_accuracy_matches_hand_count():
@@ -16,11 +21,11 @@ def test_accuracy_matches_hand_count():
     assert metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 2, 2], normalize=False) == {"accuracy": 3.0}
     # weights 1, 2, 3, 4: the wrong example weighs 3 -> (1 + 2 + 4) / 10.
     weighted = metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 2, 2], sample_weight=[1, 2, 3, 4])
-    assert weighted["accuracy"] == pytest.approx(0.7)
+    assert weighted["accuracy"] == pytest.approx(0.7, rel=RTOL)
     # add_batch accumulates like one compute call.
     metric.add_batch(predictions=[1, 1], references=[1, 0])
     metric.add_batch(predictions=[2], references=[2])
-    assert metric.compute()["accuracy"] == pytest.approx(2 / 3)
+    assert metric.compute()["accuracy"] == pytest.approx(2 / 3, rel=RTOL)
 
 
 def test_accuracy_rejects_bad_weights():
@@ -55,33 +60,33 @@ def test_mean_iou_matches_hand_computation():
     predictions, references, expected_iou, expected_acc, overall = _hand_case()
     metric = load_metric("mean_iou", keep_in_memory=True)
     result = metric.compute(predictions=predictions, references=references, num_labels=4, ignore_index=255)
-    np.testing.assert_allclose(result["per_category_iou"], expected_iou, equal_nan=True)
-    np.testing.assert_allclose(result["per_category_accuracy"], expected_acc, equal_nan=True)
-    assert result["mean_iou"] == pytest.approx((9 / 11 + 7 / 10 + 0.0) / 3)  # NaN class 3 not counted
-    assert result["mean_accuracy"] == pytest.approx((9 / 10 + 7 / 10) / 2)
-    assert result["overall_accuracy"] == pytest.approx(overall)
+    np.testing.assert_allclose(result["per_category_iou"], expected_iou, rtol=RTOL, equal_nan=True)
+    np.testing.assert_allclose(result["per_category_accuracy"], expected_acc, rtol=RTOL, equal_nan=True)
+    assert result["mean_iou"] == pytest.approx((9 / 11 + 7 / 10 + 0.0) / 3, rel=RTOL)  # NaN class 3 not counted
+    assert result["mean_accuracy"] == pytest.approx((9 / 10 + 7 / 10) / 2, rel=RTOL)
+    assert result["overall_accuracy"] == pytest.approx(overall, rel=RTOL)
 
     # The same through add_batch (as the training loops feed it), one image at a time.
     for prediction, reference in zip(predictions, references):
         metric.add_batch(predictions=[prediction], references=[reference])
     streamed = metric.compute(num_labels=4, ignore_index=255)
-    np.testing.assert_allclose(streamed["per_category_iou"], expected_iou, equal_nan=True)
+    np.testing.assert_allclose(streamed["per_category_iou"], expected_iou, rtol=RTOL, equal_nan=True)
 
 
 def test_mean_iou_nan_to_num_label_map_and_reduce_labels():
     predictions, references, _, _, _ = _hand_case()
     metric = load_metric("mean_iou", keep_in_memory=True)
     filled = metric.compute(predictions=predictions, references=references, num_labels=4, ignore_index=255, nan_to_num=-1)
-    np.testing.assert_allclose(filled["per_category_iou"], [9 / 11, 7 / 10, 0.0, -1.0])
-    np.testing.assert_allclose(filled["per_category_accuracy"], [9 / 10, 7 / 10, -1.0, -1.0])
-    assert filled["mean_iou"] == pytest.approx((9 / 11 + 7 / 10) / 3)  # the means still skip the NaN class
+    np.testing.assert_allclose(filled["per_category_iou"], [9 / 11, 7 / 10, 0.0, -1.0], rtol=RTOL)
+    np.testing.assert_allclose(filled["per_category_accuracy"], [9 / 10, 7 / 10, -1.0, -1.0], rtol=RTOL)
+    assert filled["mean_iou"] == pytest.approx((9 / 11 + 7 / 10) / 3, rel=RTOL)  # the means still skip the NaN class
 
     # label_map relabels the references: swapping 0 and 1 in the labels of a perfect prediction leaves no match.
     pred = np.array([[0, 1], [1, 0]])
     swapped = metric.compute(
         predictions=[pred], references=[pred], num_labels=2, ignore_index=255, label_map={0: 1, 1: 0}
     )
-    assert swapped["mean_iou"] == 0.0
+    assert swapped["mean_iou"] == 0.0  # exact: 0 / n
 
     # reduce_labels: reference 0 -> ignored, k -> k - 1.
     label = np.array([[0, 1], [2, 2]])  # -> [[255, 0], [1, 1]]
@@ -89,8 +94,8 @@ def test_mean_iou_nan_to_num_label_map_and_reduce_labels():
     reduced = metric.compute(predictions=[pred], references=[label], num_labels=2, ignore_index=255, reduce_labels=True)
     # class 0: label 1 px, pred 2 px among kept ((0,1) and (1,1)), intersection 1 -> 1/2; class 1: label 2, pred 1,
     # intersection 1 -> 1/2.
-    np.testing.assert_allclose(reduced["per_category_iou"], [0.5, 0.5])
-    assert reduced["overall_accuracy"] == pytest.approx(2 / 3)
+    np.testing.assert_allclose(reduced["per_category_iou"], [0.5, 0.5], rtol=RTOL)
+    assert reduced["overall_accuracy"] == pytest.approx(2 / 3, rel=RTOL)
 
 
 def test_mean_iou_all_ignored_and_shape_mismatch():
