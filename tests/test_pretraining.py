@@ -66,11 +66,12 @@ def build(teacher=None, **kwargs):
 
 # ----------------------------------------------------------------------------------------------------- targets
 def _absolute_attention_logits(teacher, hidden_states, num_prefix):
-    """`sum_d |q_d| |k_d| * scaling / heads` of the last layer's mean-query logits: the scale of their rounding error."""
+    """`sum_d |q_d| |k_d| scaling / heads` of the last layer's mean-query logits: the scale of their rounding error."""
     last = teacher.encoder.layer[-1]
     normed = last.norm1(hidden_states)[:, num_prefix:]
     query, keys = last.attention.q_proj(normed.mean(1)), last.attention.k_proj(normed)
-    return torch.einsum("bd,bnd->bn", query.abs(), keys.abs()) * last.attention.scaling / last.attention.num_attention_heads
+    scale = last.attention.scaling / last.attention.num_attention_heads
+    return torch.einsum("bd,bnd->bn", query.abs(), keys.abs()) * scale
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["dinov2_with_registers", "dinov2"])
@@ -96,7 +97,10 @@ def test_teacher_targets_equal_direct_computation(plain):
     # <= (D + 3) u sum_d |q_d k_d| scaling / heads; a log-softmax moves each value by <= twice the largest such error.
     map_error = (32 + 3) * EPS32 / 2 * absolute_logits.max().item()
     torch.testing.assert_close(
-        torch.log_softmax(targets.attention_map.double(), -1), torch.log_softmax(log_probs, -1), atol=2 * map_error, rtol=0
+        torch.log_softmax(targets.attention_map.double(), -1),
+        torch.log_softmax(log_probs, -1),
+        atol=2 * map_error,
+        rtol=0,
     )
     # ... the constant really is there (the raw maps are not equal), and the map varies far more than its error.
     assert (targets.attention_map - log_probs).abs().min() > 1e-3
@@ -117,7 +121,6 @@ def test_each_loss_component_equals_its_definition():
     k = 10
     with torch.no_grad():
         out = model(x, k=k)
-        ref_teacher = teacher(x, output_attentions=True)
         ref_student = model.lookwhere(x, k=k, output_dense_features=True)
 
     # Teacher targets (equal to the teacher's own forward: test_teacher_targets_equal_direct_computation) and the
@@ -128,7 +131,8 @@ def test_each_loss_component_equals_its_definition():
     s_dense = ref_student.dense_features.flatten(2).transpose(1, 2).double()  # (B, G*G, D) row-major
     assert ref_student.selected_indices.shape == (3, k)
     assert torch.equal(out.selected_indices, ref_student.selected_indices)
-    assert torch.equal(out.selector_map, ref_student.selector_map) and torch.equal(out.teacher_map, targets.attention_map)
+    assert torch.equal(out.selector_map, ref_student.selector_map)
+    assert torch.equal(out.teacher_map, targets.attention_map)
 
     # float64 definitions vs the float32 losses: means of n squares, relative error <= sum_rtol(n).
     loss_cls = ((s_cls - t_cls) ** 2).sum() / s_cls.numel()
@@ -155,12 +159,8 @@ def test_each_loss_component_equals_its_definition():
 
     # Top-k agreement: fraction of the teacher's top-k inside the selector's top-k (the model's own maps, so the
     # same top-k kernel on the same inputs: no near-tie can differ between the two sides).
-    expected = np.mean(
-        [
-            len(set(torch.topk(out.teacher_map[b], k).indices.tolist()) & set(torch.topk(out.selector_map[b], k).indices.tolist())) / k
-            for b in range(3)
-        ]
-    )
+    top = {name: torch.topk(getattr(out, name), k).indices.tolist() for name in ("teacher_map", "selector_map")}
+    expected = np.mean([len(set(top["teacher_map"][b]) & set(top["selector_map"][b])) / k for b in range(3)])
     # float32 mean of 3 fractions: a few roundings of EPS32 / 2 each, far below 1e-6 relative
     assert out.top_k_agreement.item() == pytest.approx(expected, rel=1e-6)
     assert top_k_agreement(out.teacher_map, out.teacher_map, k).item() == 1.0  # exact: k / k
@@ -180,7 +180,8 @@ def test_extractor_sees_full_image_equals_teacher_at_init():
         # The student's CLS is the teacher's CLS + CLS position embedding, added once in float32 when it was built
         # (one correctly rounded sum: equal to the float64 sum rounded); the extractor gets the unrounded prefix.
         t_emb = teacher.embeddings
-        prefix = torch.cat((t_emb.cls_token + t_emb.position_embeddings[:, :1], t_emb.register_tokens), 1).expand(2, -1, -1)
+        prefix = torch.cat((t_emb.cls_token + t_emb.position_embeddings[:, :1], t_emb.register_tokens), 1)
+        prefix = prefix.expand(2, -1, -1)
         assert torch.equal(emb.prefix_tokens(2).float(), prefix.float())
         tokens, _ = model.lookwhere.extractor(x, indices, prefix)
     torch.testing.assert_close(tokens[:, 0], ref[:, 0], **FLOAT64_TOLERANCE)
@@ -273,7 +274,7 @@ def test_teacher_moves_but_is_not_saved(tmp_path):
     teacher.save_pretrained(tmp_path / "teacher")
     again = LookWhereForPreTraining.from_pretrained(tmp_path / "ckpt", teacher=str(tmp_path / "teacher"))
     assert again.config.pretrain_k_max == 24 and again.teacher is not None
-    torch.testing.assert_close(again.teacher.embeddings.cls_token, teacher.embeddings.cls_token, atol=0, rtol=0)  # loaded
+    torch.testing.assert_close(again.teacher.embeddings.cls_token, teacher.embeddings.cls_token, atol=0, rtol=0)
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(x, k=8).loss, model.eval()(x, k=8).loss, atol=0, rtol=0)  # as above
     with pytest.raises(ValueError, match="needs a teacher"):
@@ -298,7 +299,8 @@ def test_bfloat16_teacher_gives_close_float32_targets():
     torch.testing.assert_close(targets.patch_tokens, reference.patch_tokens, atol=atol, rtol=0)
     map_error = 2 * rho * absolute_logits
     assert ((targets.attention_map - reference.attention_map).abs() <= map_error).all()
-    assert (map_error < reference.attention_map.max(-1, keepdim=True).values - reference.attention_map.min(-1, keepdim=True).values).all()
+    spread = reference.attention_map.max(-1, keepdim=True).values - reference.attention_map.min(-1, keepdim=True).values
+    assert (map_error < spread).all()
     out = model.train()(x, step=0)
     out.loss.backward()
     assert torch.isfinite(out.loss) and model.lookwhere.selector.head.fc2.weight.grad.dtype == torch.float32
