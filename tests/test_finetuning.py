@@ -469,9 +469,8 @@ def test_build_model_from_dinov2_and_from_lookwhere(tmp_path):
     assert model.config.high_res_size == 112 and model.config.low_res_size == 56 and model.config.k_ratio == 0.5
     assert processor.size["height"] == 112 and processor.low_res_size["height"] == 56
     assert not any(p.requires_grad for p in model.lookwhere.selector.parameters())  # --freeze_selector default
-    torch.testing.assert_close(
-        model.lookwhere.extractor.encoder.layer[1].mlp.fc1.weight, teacher.encoder.layer[1].mlp.fc1.weight, rtol=0, atol=0
-    )  # copied
+    copied = model.lookwhere.extractor.encoder.layer[1].mlp.fc1.weight
+    torch.testing.assert_close(copied, teacher.encoder.layer[1].mlp.fc1.weight, rtol=0, atol=0)
 
     # From LookWhere weights, with another label count, the selector unfrozen and a new size.
     model.save_pretrained(tmp_path / "lw")

@@ -7,6 +7,7 @@ teacher's final outputs; the selector must hold the teacher's first layers.
 from __future__ import annotations
 
 import copy
+import copy
 import math
 
 import pytest
@@ -60,7 +61,8 @@ def _extractor_reproduces_teacher(lookwhere: LookWhereModel, teacher, pixel_valu
     indices = torch.arange(grid * grid).expand(pixel_values.shape[0], -1)
     own_prefix = lookwhere.extractor.embeddings.prefix_tokens(pixel_values.shape[0])
     emb = teacher.embeddings
-    tokens = [emb.cls_token + emb.position_embeddings[:, :1]] + ([emb.register_tokens] if hasattr(emb, "register_tokens") else [])
+    tokens = [emb.cls_token + emb.position_embeddings[:, :1]]
+    tokens += [emb.register_tokens] if hasattr(emb, "register_tokens") else []
     prefix = torch.cat(tokens, dim=1).expand(pixel_values.shape[0], -1, -1)
     assert torch.equal(own_prefix.float(), prefix.float())
     with torch.no_grad():

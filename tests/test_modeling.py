@@ -149,7 +149,8 @@ def test_eager_and_sdpa_agree():
     assert model.extractor.encoder.config._attn_implementation == "sdpa"
     sdpa = model(pixel_values, output_dense_features=True)
     # no near-tie in the scores, so both kernels select the same patches in the same order
-    assert_top_k_margin(eager.selector_map, eager.selected_indices.shape[1], 2 * FLOAT64_TOLERANCE["atol"], ordered=True)
+    k = eager.selected_indices.shape[1]
+    assert_top_k_margin(eager.selector_map, k, 2 * FLOAT64_TOLERANCE["atol"], ordered=True)
     assert torch.equal(eager.selected_indices, sdpa.selected_indices)
     for name in ("last_hidden_state", "selector_map", "dense_features"):
         torch.testing.assert_close(getattr(eager, name), getattr(sdpa, name), **FLOAT64_TOLERANCE)
@@ -188,7 +189,7 @@ def test_k_override_and_k_ratio():
     out = model(pixel_values, k=17)
     assert out.selected_indices.shape == (2, 17) and out.last_hidden_state.shape == (2, 5 + 17, 32)
     top = out.selector_map.topk(17).indices
-    assert torch.equal(out.selected_indices, top)  # the same top-k kernel on the same scores
+    assert torch.equal(out.selected_indices, top)  # the same top-k kernel on the same scores  # the same top-k kernel on the same scores
     # selected scores are in descending order
     scores = out.selector_map.gather(1, out.selected_indices)
     assert (scores[:, :-1] >= scores[:, 1:]).all()
@@ -207,7 +208,7 @@ def test_given_low_res_view_equals_made_one():
     pixel_values = torch.randn(2, 3, 112, 112)
     low = F.interpolate(pixel_values, size=(56, 56), mode="bilinear", align_corners=False)
     a, b = model(pixel_values), model(pixel_values, low_res_pixel_values=low)
-    assert torch.equal(a.last_hidden_state, b.last_hidden_state)  # the same resize kernel on the same input
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state)  # the same resize kernel on the same input  # the same resize kernel on the same input
     antialiased = _tiny_model(low_res_antialias=True)
     low_aa = F.interpolate(pixel_values, size=(56, 56), mode="bilinear", align_corners=False, antialias=True)
     torch.testing.assert_close(antialiased.low_res_view(pixel_values), low_aa, atol=0, rtol=0)  # the same call
@@ -263,7 +264,8 @@ def test_segmentation_loss_upsamples_and_ignores_255():
     out = model(pixel_values, labels=labels)
     up = F.interpolate(out.logits, size=(60, 50), mode="bilinear", align_corners=False)
     # the same loss over <= 6000 pixels, maybe reduced in another order: relative error <= sum_rtol(n)
-    torch.testing.assert_close(out.loss, F.cross_entropy(up, labels, ignore_index=255), atol=0, rtol=sum_rtol(labels.numel()))
+    expected = F.cross_entropy(up, labels, ignore_index=255)
+    torch.testing.assert_close(out.loss, expected, atol=0, rtol=sum_rtol(labels.numel()))
     assert out.logits.shape == (2, 4, 8, 8)
 
 
@@ -361,6 +363,7 @@ def test_trust_remote_code_load_without_package(tmp_path):
         f"""
         import sys, torch
         from transformers import AutoModelForImageClassification
+        torch.set_num_threads({torch.get_num_threads()})  # the parent's thread count: the same kernels, bit-identical
         torch.set_num_threads({torch.get_num_threads()})  # the parent's thread count: the same kernels, bit-identical
         model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
         assert "lookwhere_hf" not in sys.modules, "lookwhere_hf was imported"
