@@ -9,7 +9,6 @@ LookWhere forward directly with those timm modules following DESIGN.md section 2
 from __future__ import annotations
 
 import copy
-import copy
 import math
 import subprocess
 import sys

@@ -7,7 +7,6 @@ teacher's final outputs; the selector must hold the teacher's first layers.
 from __future__ import annotations
 
 import copy
-import copy
 import math
 
 import pytest

@@ -50,8 +50,6 @@ def test_processor_numbers(photos):
     expected = (resized.round().clamp(0, 255) / 255 - MEAN) / STD
     # PIL's and torch's antialiased bicubic kernels differ on edges by about one grey level on average (both round to
     # uint8): 0.02 in normalized units is 0.02 * 255 * 0.225 = 1.15 grey levels.
-    # PIL's and torch's antialiased bicubic kernels differ on edges by about one grey level on average (both round to
-    # uint8): 0.02 in normalized units is 0.02 * 255 * 0.225 = 1.15 grey levels.
     assert (out["pixel_values"][0] - expected).abs().mean() < 0.02
     # The low-res view is made from the normalized high-res tensor exactly as the model makes it.
     low = F.interpolate(out["pixel_values"], size=(56, 56), mode="bilinear", align_corners=False)
@@ -226,7 +224,6 @@ def test_processor_folder_and_pipeline_with_trust_remote_code_alone(tmp_path, ph
         import numpy as np, torch
         builtins.input = lambda *args: os._exit(3)  # a prompt for remote code fails the test
         torch.set_num_threads({torch.get_num_threads()})  # the parent's thread count: the same kernels, same logits
-        torch.set_num_threads({torch.get_num_threads()})  # the parent's thread count: the same kernels, same logits
         from transformers import AutoImageProcessor, pipeline
         image = np.load({str(tmp_path / "image.npy")!r})
         processor = AutoImageProcessor.from_pretrained({str(tmp_path / "processor")!r}, trust_remote_code=True)
@@ -290,7 +287,6 @@ def test_image_segmentation_pipeline_equals_manual_forward(tmp_path, photos):
     expected = F.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)[0].argmax(
         0
     )
-    # the pipeline post-processes with the same resize and argmax on the same logits: exact, ties included
     # the pipeline post-processes with the same resize and argmax on the same logits: exact, ties included
     assert {r["label"] for r in result} == {labels[i] for i in expected.unique().tolist()}
     for r in result:

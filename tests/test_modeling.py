@@ -189,7 +189,7 @@ def test_k_override_and_k_ratio():
     out = model(pixel_values, k=17)
     assert out.selected_indices.shape == (2, 17) and out.last_hidden_state.shape == (2, 5 + 17, 32)
     top = out.selector_map.topk(17).indices
-    assert torch.equal(out.selected_indices, top)  # the same top-k kernel on the same scores  # the same top-k kernel on the same scores
+    assert torch.equal(out.selected_indices, top)  # the same top-k kernel on the same scores
     # selected scores are in descending order
     scores = out.selector_map.gather(1, out.selected_indices)
     assert (scores[:, :-1] >= scores[:, 1:]).all()
@@ -208,7 +208,7 @@ def test_given_low_res_view_equals_made_one():
     pixel_values = torch.randn(2, 3, 112, 112)
     low = F.interpolate(pixel_values, size=(56, 56), mode="bilinear", align_corners=False)
     a, b = model(pixel_values), model(pixel_values, low_res_pixel_values=low)
-    assert torch.equal(a.last_hidden_state, b.last_hidden_state)  # the same resize kernel on the same input  # the same resize kernel on the same input
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state)  # the same resize kernel on the same input
     antialiased = _tiny_model(low_res_antialias=True)
     low_aa = F.interpolate(pixel_values, size=(56, 56), mode="bilinear", align_corners=False, antialias=True)
     torch.testing.assert_close(antialiased.low_res_view(pixel_values), low_aa, atol=0, rtol=0)  # the same call
@@ -363,7 +363,6 @@ def test_trust_remote_code_load_without_package(tmp_path):
         f"""
         import sys, torch
         from transformers import AutoModelForImageClassification
-        torch.set_num_threads({torch.get_num_threads()})  # the parent's thread count: the same kernels, bit-identical
         torch.set_num_threads({torch.get_num_threads()})  # the parent's thread count: the same kernels, bit-identical
         model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
         assert "lookwhere_hf" not in sys.modules, "lookwhere_hf was imported"
