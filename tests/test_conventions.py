@@ -110,6 +110,13 @@ def test_sub_config_from_pretrained_picks_its_part(tmp_path):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), LookWhereConfig)
 
 
+def test_a_sub_config_saved_alone_loads_with_auto_config(tmp_path):
+    make_tiny_config(selector_depth=1, extractor_depth=2).selector_config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is LookWhereSelectorConfig
+    assert (loaded.num_hidden_layers, loaded.image_size) == (1, 56)
+
+
 def test_config_round_trips(tmp_path):
     config = make_tiny_config(k_ratio=0.3, num_labels=4, pretrain_k_min=4, pretrain_k_max=24, pretrain_k_seed=7)
     config.update({"num_spread_neighbors": 3, "pretrain_map_loss_weight": 0.25, "low_res_antialias": True})

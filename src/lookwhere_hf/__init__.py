@@ -38,6 +38,7 @@ from .models.lookwhere import (
 __version__ = "0.1.0"
 
 AutoConfig.register("lookwhere", LookWhereConfig, exist_ok=True)
+AutoConfig.register("lookwhere_selector", LookWhereSelectorConfig, exist_ok=True)
 AutoModel.register(LookWhereConfig, LookWhereModel, exist_ok=True)
 AutoModelForImageClassification.register(LookWhereConfig, LookWhereForImageClassification, exist_ok=True)
 AutoModelForPreTraining.register(LookWhereConfig, LookWhereForPreTraining, exist_ok=True)
