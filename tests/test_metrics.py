@@ -76,7 +76,9 @@ def test_mean_iou_matches_hand_computation():
 def test_mean_iou_nan_to_num_label_map_and_reduce_labels():
     predictions, references, _, _, _ = _hand_case()
     metric = load_metric("mean_iou", keep_in_memory=True)
-    filled = metric.compute(predictions=predictions, references=references, num_labels=4, ignore_index=255, nan_to_num=-1)
+    filled = metric.compute(
+        predictions=predictions, references=references, num_labels=4, ignore_index=255, nan_to_num=-1
+    )
     np.testing.assert_allclose(filled["per_category_iou"], [9 / 11, 7 / 10, 0.0, -1.0], rtol=RTOL)
     np.testing.assert_allclose(filled["per_category_accuracy"], [9 / 10, 7 / 10, -1.0, -1.0], rtol=RTOL)
     assert filled["mean_iou"] == pytest.approx((9 / 11 + 7 / 10) / 3, rel=RTOL)  # the means still skip the NaN class
@@ -105,7 +107,9 @@ def test_mean_iou_all_ignored_and_shape_mismatch():
     )
     assert math.isnan(result["mean_iou"]) and np.isnan(result["per_category_iou"]).all()
     with pytest.raises(ValueError, match="shape"):
-        metric.compute(predictions=[np.zeros((2, 2), int)], references=[np.zeros((2, 3), int)], num_labels=2, ignore_index=255)
+        metric.compute(
+            predictions=[np.zeros((2, 2), int)], references=[np.zeros((2, 3), int)], num_labels=2, ignore_index=255
+        )
 
 
 def test_load_metric_paths_and_unknown_names():
