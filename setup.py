@@ -26,8 +26,8 @@ setup(
     ],
     extras_require={
         "plots": ["matplotlib"],
-        "test": ["pytest", "timm>=1.0", "scikit-image", "scikit-learn", "matplotlib", "scipy"],
-        "dev": ["pytest", "timm>=1.0", "scikit-image", "scikit-learn", "matplotlib", "scipy", "ruff"],
+        "test": ["pytest", "timm>=1.0", "scikit-image", "scikit-learn", "matplotlib", "scipy", "ruff>=0.17,<0.18"],
+        "dev": ["pytest", "timm>=1.0", "scikit-image", "scikit-learn", "matplotlib", "scipy", "ruff>=0.17,<0.18"],
     },
     entry_points={"console_scripts": ["lookwhere-hf=lookwhere_hf.cli:main"]},
 )

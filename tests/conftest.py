@@ -37,12 +37,23 @@ def tiny_config():
     return make_tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    """Every test starts from the same random state (torch, NumPy's legacy global generator, Python's `random`)."""
+def _seed_everything() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _seed_module():
+    """Module-scoped fixtures start from the same random state too, whichever tests ran before (autouse fixtures are
+    set up before the other fixtures of their scope)."""
+    _seed_everything()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same random state (torch, NumPy's legacy global generator, Python's `random`)."""
+    _seed_everything()
 
 
 # ----------------------------------------------------------------------------------------------------- tolerances
