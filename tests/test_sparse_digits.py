@@ -226,15 +226,19 @@ def test_hit_rate_geometry():
 
 
 def test_the_stages_run_the_repository_scripts(tmp_path):
-    """Every stage runs a script of this repository; fine-tuning is the example script itself with --no_augment."""
+    """Every stage runs a script of this repository; fine-tuning is the example script itself with --no_augment; the
+    data come from --data_seed, every training stage from the run's own seed."""
     rb = _load("run_benchmark")
-    args = rb.parse_args(["--output_dir", str(tmp_path), "--k_ratio", "0.25"])
-    paths = {name: str(tmp_path / name) for name in ("data", "teacher", "pretrained", "finetuned", "eval")}
-    commands = rb.stage_commands(args, paths)
+    args = rb.parse_args(["--output_dir", str(tmp_path), "--k_ratio", "0.25", "--seeds", "3,5", "--data_seed", "7"])
+    assert args.seeds == [3, 5] and args.demo_seed == 3
+    paths = rb.seed_paths(str(tmp_path), 5)
+    assert paths["data"] == str(tmp_path / "data") and paths["teacher"] == str(tmp_path / "seed_5" / "teacher")
+    commands = rb.stage_commands(args, paths, seed=5)
     assert list(commands) == list(rb.STAGES) == ["data", "teacher", "pretrain", "finetune", "evaluate"]
-    for command in commands.values():
+    for name, command in commands.items():
         assert command[0] == sys.executable and os.path.isfile(command[1]), command[1]
         assert os.path.commonpath([command[1], REPO]) == REPO
+        assert command[command.index("--seed") + 1] == ("7" if name == "data" else "5")
     finetune = commands["finetune"]
     assert finetune[1] == os.path.join(
         REPO, "examples", "pytorch", "image-classification", "run_image_classification.py"
@@ -242,7 +246,106 @@ def test_the_stages_run_the_repository_scripts(tmp_path):
     assert "--no_augment" in finetune and finetune[finetune.index("--k_ratio") + 1] == "0.25"
     assert finetune[finetune.index("--model_name_or_path") + 1] == paths["pretrained"]
     assert os.path.basename(commands["evaluate"][1]) == "evaluate_sparse_digits.py"
+    assert commands["teacher"][commands["teacher"].index("--attention_loss_weight") + 1] == "1.0"
     assert rb.flags(seed=3, overwrite=True, lr=0.5) == ["--seed", "3", "--overwrite", "--lr", "0.5"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "0,x"], "comma-separated integers"),
+        (["--seeds", "1,1"], "each once"),
+        (["--seeds", "0,1", "--demo_seed", "2"], "not one of --seeds"),
+    ],
+)
+def test_bad_seed_arguments_are_rejected(argv, message, capsys):
+    rb = _load("run_benchmark")
+    with pytest.raises(SystemExit):
+        rb.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def _fake_results(accuracy: float, hit: float, latency: float, k_ratio: float = 0.1) -> dict:
+    row = {
+        "k_ratio": k_ratio, "k": 25, "selector_hit_rate": hit, "selector_box_coverage": hit,
+        "selector_full_cover_rate": hit, "teacher_map_hit_rate": 0.5, "teacher_map_box_coverage": 0.5,
+        "random_hit_rate": 0.1, "random_box_coverage": 0.1, "accuracy_lookwhere": accuracy,
+        "accuracy_lookwhere_random_patches": 0.1, "accuracy_teacher_on_selected_patches": accuracy,
+    }  # fmt: skip
+    return {
+        "split": "test", "num_images": 500, "image_size": 448, "patch_size": 28, "grid": 16, "low_res_size": 224,
+        "model_k_ratio": k_ratio, "accuracy_teacher_full_resolution": 0.9, "per_k_ratio": [row],
+        "flops": [{"k_ratio": k_ratio, "k": 25, "counted_teacher": 4000, "counted_lookwhere": 1000,
+                   "analytic_teacher": 4000, "analytic_lookwhere": 1000}],
+        "latency": [{"threads": 1, "batch_size": 1, "k": 25, "teacher_s": 2 * latency, "lookwhere_s": latency,
+                     "speedup": 2.0, "lookwhere_given_low_res_s": latency, "speedup_given_low_res": 2.0}],
+        "machine": {"platform": "x", "cpu_count": 2, "torch": "2", "attn_implementation": "sdpa"},
+        "models": {"lookwhere": f"lw{accuracy}", "teacher": "t"},
+        "arguments": {"latency_runs": 20, "latency_warmup": 3},
+    }  # fmt: skip
+
+
+def test_aggregate_gives_mean_and_sample_std_over_seeds():
+    ev = _load("evaluate_sparse_digits")
+    runs = [_fake_results(0.80, 0.90, 0.010), _fake_results(0.84, 1.00, 0.012), _fake_results(0.86, 0.95, 0.014)]
+    out = ev.aggregate_results(runs, seeds=[0, 1, 2])
+    row = out["per_k_ratio"][0]
+    assert row["k_ratio"] == 0.1 and row["k"] == 25  # settings stay plain
+    assert row["accuracy_lookwhere"]["values"] == [0.80, 0.84, 0.86]
+    assert row["accuracy_lookwhere"]["mean"] == pytest.approx(2.5 / 3, rel=1e-12)
+    # sample std (ddof 1): deviations -1/30, 1/150, 4/150 -> sum of squares 0.0018667 / 2
+    assert row["accuracy_lookwhere"]["std"] == pytest.approx((0.0018666666666666666 / 2) ** 0.5, rel=1e-9)
+    assert row["selector_hit_rate"]["std"] == pytest.approx(0.05, rel=1e-9)
+    random_hits = row["random_hit_rate"]  # a measurement equal in every run: still mean ± std (± 0)
+    assert random_hits["values"] == [0.1] * 3 and random_hits["std"] == 0.0
+    assert random_hits["mean"] == pytest.approx(0.1, rel=1e-15)
+    assert out["flops"][0]["counted_teacher"] == 4000  # integers equal in every run stay plain
+    assert out["latency"][0]["lookwhere_s"]["mean"] == pytest.approx(0.012, rel=1e-12)
+    assert out["seeds"] == [0, 1, 2] and out["models"]["2"]["lookwhere"] == "lw0.86"
+    text = ev.format_markdown(out)
+    assert "over 3 training seeds" in text
+    assert "| 0.1 | 25 | 95.0 ± 5.0% |" in text and "**83.3 ± 3.1%**" in text and "90.0 ± 0.0%" in text
+    assert "| 1 | 1 | 25 | 24.0 ± 4.0 ms | 12.0 ± 2.0 ms | **2.0 ± 0.0x** |" in text
+    single = ev.format_markdown(runs[0])
+    assert "±" not in single and "| 0.1 | 25 | 90.0% |" in single
+
+
+def test_aggregate_refuses_runs_evaluated_differently():
+    ev = _load("evaluate_sparse_digits")
+    with pytest.raises(ValueError, match="setting 'k_ratio'"):
+        ev.aggregate_results([_fake_results(0.8, 0.9, 0.01), _fake_results(0.8, 0.9, 0.01, k_ratio=0.2)], [0, 1])
+    with pytest.raises(ValueError, match="one result per seed"):
+        ev.aggregate_results([_fake_results(0.8, 0.9, 0.01)], [0, 1])
+
+
+def test_per_seed_headline_and_gap():
+    rb = _load("run_benchmark")
+    numbers = rb.headline(_fake_results(0.84, 0.95, 0.01), k_ratio=0.1)
+    assert numbers["selector_hit_rate"] == 0.95 and numbers["accuracy_gap_points"] == pytest.approx(6.0, rel=1e-12)
+    assert "| 4 | 95.0% | 84.0% | 90.0% | 6.0 |" in rb.format_per_seed({"4": numbers})
+    with pytest.raises(ValueError, match="no row for k_ratio 0.25"):
+        rb.headline(_fake_results(0.84, 0.95, 0.01), k_ratio=0.25)
+
+
+def test_teacher_attention_map_loss():
+    tt = _load("train_teacher")
+    logits = torch.tensor([[2.0, 0.0, 0.0, -1.0], [0.0, 1.0, 3.0, 0.0], [5.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    on_digit = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    log_p = torch.log_softmax(logits, dim=-1)
+    # image 0: target 0.9 on patch 0 + 0.1 / 4 everywhere; image 1: 0.45 on patches 1 and 2 + 0.025; image 2: no
+    # digit patch, left out
+    t0 = torch.tensor([0.925, 0.025, 0.025, 0.025], dtype=torch.float64)
+    t1 = torch.tensor([0.025, 0.475, 0.475, 0.025], dtype=torch.float64)
+    expected = -((t0 * log_p[0]).sum() + (t1 * log_p[1]).sum()) / 2
+    loss = tt.attention_map_loss(logits, on_digit, smoothing=0.1)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # computed in float32 from float64 inputs
+    assert tt.attention_map_loss(logits[2:], on_digit[2:], 0.1).item() == 0.0
+    # gradient of a softmax cross-entropy: (softmax - target) / number of images kept; none for the left-out image
+    logits.requires_grad_(True)
+    tt.attention_map_loss(logits, on_digit, 0.1).backward()
+    expected_grad = torch.stack([log_p[0].exp() - t0, log_p[1].exp() - t1, torch.zeros(4, dtype=torch.float64)]) / 2
+    torch.testing.assert_close(logits.grad, expected_grad, rtol=0, atol=1e-6)
+    assert logits.grad[0, 0] < 0  # raises the digit patch's logit
 
 
 # ----------------------------------------------------------------------------------------------------- demo

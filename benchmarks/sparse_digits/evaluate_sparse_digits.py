@@ -391,20 +391,93 @@ def evaluate(args: EvaluationArguments) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- reports
-def format_markdown(results: dict) -> str:
-    def pct(value: float) -> str:
-        return f"{100 * value:.1f}"
+# Settings, not measurements: equal in every run, never averaged.
+SETTING_KEYS = frozenset({"k_ratio", "k", "threads", "batch_size", "model_k_ratio", "num_images", "image_size"})
 
+
+def aggregate_results(runs: list[dict], seeds: list[int]) -> dict:
+    """Mean and sample standard deviation (ddof 1) over runs (one per training seed) of every measurement.
+
+    `runs` are `evaluate()` results of the same evaluation (split, k_ratios, latency settings). In the returned
+    dict, which has the same layout, each measured number of `accuracy_teacher_full_resolution`, `per_k_ratio`,
+    `flops` and `latency` becomes `{"mean", "std", "values"}` (values in the order of `seeds`); settings
+    (`SETTING_KEYS`) and numbers equal in every run (the FLOPs, identical architectures) stay plain. The other
+    entries come from the first run; `seeds` and each run's `models` are added."""
+    if not runs or len(runs) != len(seeds):
+        raise ValueError(f"aggregate_results needs one result per seed, got {len(runs)} results for seeds {seeds}.")
+
+    def merge(values: list, key: str | None = None):
+        first = values[0]
+        if isinstance(first, dict):
+            if any(set(v) != set(first) for v in values):
+                raise ValueError(f"The runs have different entries under {key!r}; evaluate them the same way.")
+            return {name: merge([v[name] for v in values], name) for name in first}
+        if isinstance(first, list):
+            if any(len(v) != len(first) for v in values):
+                raise ValueError(f"The runs have different numbers of rows under {key!r}; evaluate them the same way.")
+            return [merge([v[i] for v in values], key) for i in range(len(first))]
+        if key in SETTING_KEYS or isinstance(first, (bool, str)) or first is None:
+            if any(v != first for v in values):
+                raise ValueError(f"The runs differ in the setting {key!r} ({values}); evaluate them the same way.")
+            return first
+        if all(v == first for v in values):
+            return first if isinstance(first, int) else {"mean": float(first), "std": 0.0, "values": list(values)}
+        array = np.asarray(values, dtype=np.float64)
+        std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
+        return {"mean": float(array.mean()), "std": std, "values": [float(v) for v in values]}
+
+    measured = ("accuracy_teacher_full_resolution", "per_k_ratio", "flops", "latency")
+    out = {key: value for key, value in runs[0].items() if key not in measured and key != "models"}
+    out.update({key: merge([run[key] for run in runs], key) for key in measured})
+    out["seeds"] = list(seeds)
+    out["models"] = {str(seed): run["models"] for seed, run in zip(seeds, runs, strict=True)}
+    return out
+
+
+def mean_std(value) -> tuple[float, float]:
+    """(mean, std) of an aggregated number, (value, 0) of a plain one."""
+    return (value["mean"], value["std"]) if isinstance(value, dict) else (float(value), 0.0)
+
+
+def format_value(value, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
+    """`83.4%` for a plain number, `83.4 ± 1.2%` for an aggregated one (scaled by `scale`)."""
+    if isinstance(value, dict):
+        return f"{value['mean'] * scale:.{digits}f} ± {value['std'] * scale:.{digits}f}{unit}"
+    return f"{value * scale:.{digits}f}{unit}"
+
+
+def format_markdown(results: dict) -> str:
+    """The benchmark's tables (accuracy and hit rate vs k_ratio, FLOPs, latency) for one run or an aggregate."""
+
+    def pct(value) -> str:
+        return format_value(value, 100.0, 1, "%")
+
+    def ms(value) -> str:
+        return format_value(value, 1000.0, 1, " ms")
+
+    def times(value) -> str:
+        return format_value(value, 1.0, 1, "x")
+
+    seeds = results.get("seeds")
     same = all(
         row["selector_hit_rate"] == row["selector_box_coverage"] == row["selector_full_cover_rate"]
         for row in results["per_k_ratio"]
     )
-    lines = [
+    lines = []
+    if seeds:
+        lines += [
+            (
+                f"Every number: mean ± standard deviation (sample, ddof 1) over {len(seeds)} training seeds "
+                f"({', '.join(map(str, seeds))}: teacher, pretraining and fine-tuning all re-run; same data)."
+            ),
+            "",
+        ]
+    lines += [
         (
-            f"Test split: {results['num_images']} images, {results['image_size']} px, patch {results['patch_size']} "
-            f"({results['grid']}x{results['grid']} = {results['grid'] ** 2} patches); selector at "
-            f"{results['low_res_size']} px. Teacher at full resolution (all patches): "
-            f"**{pct(results['accuracy_teacher_full_resolution'])}%** accuracy."
+            f"{results['split'].capitalize()} split: {results['num_images']} images, {results['image_size']} px, "
+            f"patch {results['patch_size']} ({results['grid']}x{results['grid']} = {results['grid'] ** 2} patches); "
+            f"selector at {results['low_res_size']} px. Teacher at full resolution (all patches): "
+            f"**{pct(results['accuracy_teacher_full_resolution'])}** accuracy."
         ),
         "",
         "| k_ratio | k | selector hit rate |"
@@ -414,15 +487,12 @@ def format_markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|" + ("" if same else "---|---|"),
     ]
     for row in results["per_k_ratio"]:
-        coverage = (
-            "" if same else (f" {pct(row['selector_box_coverage'])}% | {pct(row['selector_full_cover_rate'])}% |")
-        )
+        coverage = "" if same else f" {pct(row['selector_box_coverage'])} | {pct(row['selector_full_cover_rate'])} |"
         lines.append(
-            f"| {row['k_ratio']:g} | {row['k']} | {pct(row['selector_hit_rate'])}% |{coverage}"
-            f" {pct(row['teacher_map_hit_rate'])}% "
-            f"| {pct(row['random_hit_rate'])}% | **{pct(row['accuracy_lookwhere'])}%** "
-            f"| {pct(row['accuracy_lookwhere_random_patches'])}% "
-            f"| {pct(row['accuracy_teacher_on_selected_patches'])}% |"
+            f"| {row['k_ratio']:g} | {row['k']} | {pct(row['selector_hit_rate'])} |{coverage}"
+            f" {pct(row['teacher_map_hit_rate'])} | {pct(row['random_hit_rate'])} "
+            f"| **{pct(row['accuracy_lookwhere'])}** | {pct(row['accuracy_lookwhere_random_patches'])} "
+            f"| {pct(row['accuracy_teacher_on_selected_patches'])} |"
         )
     if same:
         lines += [
@@ -438,13 +508,11 @@ def format_markdown(results: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in results["flops"]:
-        analytic = (
-            f"{row['analytic_teacher'] / row['analytic_lookwhere']:.1f}x" if "analytic_lookwhere" in row else "n/a"
-        )
+        flops = {key: mean_std(row[key])[0] for key in row if key.startswith(("counted_", "analytic_"))}
         lines.append(
-            f"| {row['k_ratio']:g} | {row['k']} | {row['counted_teacher'] / 1e9:.3f} G "
-            f"| {row['counted_lookwhere'] / 1e9:.3f} G | {row['counted_teacher'] / row['counted_lookwhere']:.1f}x "
-            f"| {analytic} |"
+            f"| {row['k_ratio']:g} | {row['k']} | {flops['counted_teacher'] / 1e9:.3f} G "
+            f"| {flops['counted_lookwhere'] / 1e9:.3f} G | {flops['counted_teacher'] / flops['counted_lookwhere']:.1f}x "
+            f"| {flops['analytic_teacher'] / flops['analytic_lookwhere']:.1f}x |"
         )
     lines += [
         "",
@@ -456,9 +524,9 @@ def format_markdown(results: dict) -> str:
     ]
     for row in results["latency"]:
         lines.append(
-            f"| {row.get('threads', '')} | {row['batch_size']} | {row['k']} | {1000 * row['teacher_s']:.1f} ms "
-            f"| {1000 * row['lookwhere_s']:.1f} ms | **{row['speedup']:.1f}x** "
-            f"| {1000 * row['lookwhere_given_low_res_s']:.1f} ms | **{row['speedup_given_low_res']:.1f}x** |"
+            f"| {row.get('threads', '')} | {row['batch_size']} | {row['k']} | {ms(row['teacher_s'])} "
+            f"| {ms(row['lookwhere_s'])} | **{times(row['speedup'])}** "
+            f"| {ms(row['lookwhere_given_low_res_s'])} | **{times(row['speedup_given_low_res'])}** |"
         )
     machine = results["machine"]
     lines += [
@@ -467,8 +535,9 @@ def format_markdown(results: dict) -> str:
             f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs, "
             f"torch {machine['torch']}, attention {machine['attn_implementation']}. Latency: median of "
             f"{results['arguments']['latency_runs']} forwards after {results['arguments']['latency_warmup']} warm-up, "
-            "teacher and LookWhere interleaved in one process. FLOPs counted with eager attention "
-            "(FlopCounterMode does not see the CPU SDPA kernel)."
+            "teacher and LookWhere interleaved in one process"
+            + (" (one such median per seed; mean ± std over the seeds)" if seeds else "")
+            + ". FLOPs counted with eager attention (FlopCounterMode does not see the CPU SDPA kernel)."
         ),
         "",
     ]
@@ -476,6 +545,7 @@ def format_markdown(results: dict) -> str:
 
 
 def plot_results(results: dict, path: str) -> None:
+    """Accuracy and hit rate vs k_ratio; error bars (± 1 std over seeds) when `results` is an aggregate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -483,26 +553,40 @@ def plot_results(results: dict, path: str) -> None:
 
     rows = results["per_k_ratio"]
     x = [r["k_ratio"] for r in rows]
+
+    def curve(ax, key, fmt, label, **kwargs):
+        means, stds = zip(*(mean_std(r[key]) for r in rows), strict=True)
+        ax.errorbar(x, means, yerr=stds if any(stds) else None, fmt=fmt, capsize=3, label=label, **kwargs)
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].plot(x, [r["accuracy_lookwhere"] for r in rows], "o-", label="LookWhere (selector top-k)")
-    axes[0].plot(x, [r["accuracy_lookwhere_random_patches"] for r in rows], "s--", label="LookWhere, random k patches")
-    axes[0].plot(
-        x, [r["accuracy_teacher_on_selected_patches"] for r in rows], "^:", label="teacher on selected patches"
-    )
-    axes[0].axhline(results["accuracy_teacher_full_resolution"], color="k", lw=1, label="teacher, full resolution")
+    curve(axes[0], "accuracy_lookwhere", "o-", "LookWhere (selector top-k)")
+    curve(axes[0], "accuracy_lookwhere_random_patches", "s--", "LookWhere, random k patches")
+    curve(axes[0], "accuracy_teacher_on_selected_patches", "^:", "teacher on selected patches")
+    teacher, teacher_std = mean_std(results["accuracy_teacher_full_resolution"])
+    axes[0].axhline(teacher, color="k", lw=1, label="teacher, full resolution")
+    if teacher_std:
+        axes[0].axhspan(teacher - teacher_std, teacher + teacher_std, color="k", alpha=0.1, lw=0)
+    seeds = results.get("seeds")
+    suffix = f" (mean ± std, {len(seeds)} seeds)" if seeds else ""
     axes[0].set(
         xscale="log",
         xlabel="k_ratio (share of high-res patches computed)",
-        ylabel="test accuracy",
-        title="Accuracy vs k_ratio",
+        ylabel=f"{results['split']} accuracy",
+        title="Accuracy vs k_ratio" + suffix,
         ylim=(0, 1.02),
     )
     axes[0].legend(fontsize=8)
-    axes[1].plot(x, [r["selector_hit_rate"] for r in rows], "o-", label="selector: hits the digit")
-    axes[1].plot(x, [r["selector_box_coverage"] for r in rows], "o--", label="selector: share of digit box covered")
-    axes[1].plot(x, [r["teacher_map_hit_rate"] for r in rows], "^:", label="teacher attention map: hits")
-    axes[1].plot(x, [r["random_hit_rate"] for r in rows], "s:", color="gray", label="random patches: hits")
-    axes[1].set(xscale="log", xlabel="k_ratio", ylabel="share of test images", title="Where to look", ylim=(0, 1.02))
+    curve(axes[1], "selector_hit_rate", "o-", "selector: hits the digit")
+    curve(axes[1], "selector_box_coverage", "o--", "selector: share of digit box covered")
+    curve(axes[1], "teacher_map_hit_rate", "^:", "teacher attention map: hits")
+    curve(axes[1], "random_hit_rate", "s:", "random patches: hits", color="gray")
+    axes[1].set(
+        xscale="log",
+        xlabel="k_ratio",
+        ylabel=f"share of {results['split']} images",
+        title="Where to look" + suffix,
+        ylim=(0, 1.02),
+    )
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -14,13 +14,19 @@ Stages (each one a script of this repository, run as a subprocess with this Pyth
 5. `benchmarks/sparse_digits/evaluate_sparse_digits.py`: hit rate, accuracy vs k_ratio, FLOPs and latency against the
    teacher.
 
-Optional: `--export_demo` copies the fine-tuned model and a few correctly classified test images to
-`src/lookwhere_hf/assets/` (the checkpoint `lookwhere-hf demo` ships); `--update_results` writes the section
-"## Where to look: sparse digits" of `benchmarks/RESULTS.md`.
+The data are generated once (`--data_seed`); stages 2-5 run once per training seed (`--seeds`: the teacher, the
+pretraining and the fine-tuning are all re-trained; the seed also draws the evaluation's random-patch baseline), into
+`OUTPUT_DIR/seed_<s>/`. The per-seed test results are then aggregated: `OUTPUT_DIR/results.json` / `results.md` /
+`sparse_digits.png` give mean ± standard deviation over the seeds of every number.
+
+Optional: `--export_demo` copies the fine-tuned model of `--demo_seed` and a few correctly classified test images to
+`src/lookwhere_hf/assets/` (the checkpoint `lookwhere-hf demo` ships), with its run record
+(`demo_model/run_record.json`: seed, command, its own test numbers); `--update_results` writes the section
+"## Where to look: sparse digits" of `benchmarks/RESULTS.md` from the aggregate.
 
 Example (the configuration reported in RESULTS.md):
 
-    python benchmarks/sparse_digits/run_benchmark.py --output_dir runs/sparse_digits
+    python benchmarks/sparse_digits/run_benchmark.py --output_dir runs/sparse_digits --seeds 0,1,2 --num_threads 1
 
 Every stage prints its wall-clock and CPU time; `summary.json` in `--output_dir` keeps them with all results.
 """
@@ -51,7 +57,13 @@ STAGES = ("data", "teacher", "pretrain", "finetune", "evaluate")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--output_dir", default="runs/sparse_digits", help="Everything goes here (data, models, results).")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="Comma-separated training seeds (teacher, pretraining, fine-tuning, random-patch baseline); one full "
+        "training run each, into OUTPUT_DIR/seed_<s>/.",
+    )
+    p.add_argument("--data_seed", type=int, default=0, help="Seed of the generated data (the same for every run).")
     g = p.add_argument_group("data")
     g.add_argument("--canvas_size", type=int, default=448)
     g.add_argument("--min_digit_size", type=int, default=24)
@@ -85,6 +97,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Auxiliary per-patch 'which digit / no digit' loss of the teacher (train_teacher.py; 0 = off).",
     )
     g.add_argument(
+        "--teacher_attention_loss_weight",
+        type=float,
+        default=1.0,
+        help="Auxiliary loss that points the teacher's attention map (the selector's target) at the digit's box "
+        "(train_teacher.py --attention_loss_weight; 0 = off).",
+    )
+    g.add_argument(
         "--teacher_zoom_curriculum",
         type=float,
         default=0.0,
@@ -100,8 +119,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
     g = p.add_argument_group("evaluation and outputs")
     g.add_argument("--k_ratios", default="0.02,0.05,0.1,0.15,0.25,0.5,1.0")
+    g.add_argument(
+        "--eval_split",
+        default="test",
+        choices=("test", "validation"),
+        help="Split the evaluate stage reports (tune recipes on validation, report test).",
+    )
     g.add_argument("--latency_runs", type=int, default=20)
     g.add_argument("--export_demo", action="store_true", help="Copy the fine-tuned model + demo images to the package.")
+    g.add_argument("--demo_seed", type=int, default=None, help="Whose model --export_demo ships (default: first seed).")
     g.add_argument("--num_demo_images", type=int, default=6)
     g.add_argument("--update_results", action="store_true", help=f"Rewrite '{SECTION}' in benchmarks/RESULTS.md.")
     g.add_argument(
@@ -115,6 +141,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         p.error(f"--stages has unknown stages {sorted(unknown)}; use data, teacher, pretrain, finetune, evaluate.")
     args.stages = stages
+    try:
+        args.seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        p.error(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {args.seeds!r}.")
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds must list at least one seed, each once; got {args.seeds}.")
+    if args.demo_seed is None:
+        args.demo_seed = args.seeds[0]
+    elif args.demo_seed not in args.seeds:
+        p.error(f"--demo_seed {args.demo_seed} is not one of --seeds {args.seeds}; add it or pick one of them.")
     if args.canvas_size % args.patch_size or args.low_res_size % args.patch_size:
         p.error(
             f"--canvas_size ({args.canvas_size}) and --low_res_size ({args.low_res_size}) must be multiples of "
@@ -159,22 +195,23 @@ def flags(**values) -> list[str]:
     ]
 
 
-def common_training_flags(args, output_dir: str, epochs: float, lr: float) -> list[str]:
+def common_training_flags(args, output_dir: str, epochs: float, lr: float, seed: int) -> list[str]:
     return flags(
         output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=64, weight_decay=0.05, warmup_steps=0.1, lr_scheduler_type="cosine",
-        logging_steps=20, save_strategy="no", report_to="none", seed=args.seed, dataloader_num_workers=0,
+        logging_steps=20, save_strategy="no", report_to="none", seed=seed, dataloader_num_workers=0,
         disable_tqdm="false",
     )  # fmt: skip
 
 
-def stage_commands(args, paths: dict[str, str]) -> dict[str, list[str]]:
-    """The command line of every stage (this Python, the stage's script, its arguments)."""
+def stage_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[str]]:
+    """The command line of every stage (this Python, the stage's script, its arguments) for training seed `seed`;
+    `paths` holds the shared `data` folder and this seed's `teacher`, `pretrained`, `finetuned` and `eval` folders."""
     py = sys.executable
     return {
         "data": [
             py, os.path.join(HERE, "make_dataset.py"),
-            *flags(output_dir=paths["data"], seed=args.seed, canvas_size=args.canvas_size,
+            *flags(output_dir=paths["data"], seed=args.data_seed, canvas_size=args.canvas_size,
                    min_digit_size=args.min_digit_size, max_digit_size=args.max_digit_size,
                    align_to_grid=args.align_to_grid, num_train=args.num_train, num_validation=args.num_validation,
                    num_test=args.num_test, overwrite=True),
@@ -184,8 +221,10 @@ def stage_commands(args, paths: dict[str, str]) -> dict[str, list[str]]:
             *flags(data_dir=paths["data"], image_size=args.canvas_size, patch_size=args.patch_size,
                    hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
                    num_attention_heads=args.num_attention_heads, zoom_curriculum=args.teacher_zoom_curriculum,
-                   token_loss_weight=args.teacher_token_loss_weight, do_train=True, do_eval=True, eval_strategy="no"),
-            *common_training_flags(args, paths["teacher"], args.teacher_epochs, args.teacher_lr),
+                   token_loss_weight=args.teacher_token_loss_weight,
+                   attention_loss_weight=args.teacher_attention_loss_weight, do_train=True, do_eval=True,
+                   eval_strategy="no"),
+            *common_training_flags(args, paths["teacher"], args.teacher_epochs, args.teacher_lr, seed),
             *flags(per_device_train_batch_size=args.teacher_batch_size),
         ],
         "pretrain": [
@@ -193,7 +232,7 @@ def stage_commands(args, paths: dict[str, str]) -> dict[str, list[str]]:
             *flags(teacher_name_or_path=paths["teacher"], train_dir=paths["data"], image_size=args.canvas_size,
                    low_res_size=args.low_res_size, selector_depth=args.selector_depth, k_min=args.k_min,
                    k_max=args.k_max, no_augment=True, do_train=True),
-            *common_training_flags(args, paths["pretrained"], args.pretrain_epochs, args.pretrain_lr),
+            *common_training_flags(args, paths["pretrained"], args.pretrain_epochs, args.pretrain_lr, seed),
         ],
         # The example's photo augmentation (random resized crops, flips) is off: small crops cut the one small digit
         # out of view and mirrored digits change meaning.
@@ -202,19 +241,21 @@ def stage_commands(args, paths: dict[str, str]) -> dict[str, list[str]]:
             *flags(model_name_or_path=paths["pretrained"], dataset_name=paths["data"], image_size=args.canvas_size,
                    low_res_size=args.low_res_size, k_ratio=args.k_ratio, no_augment=True, do_train=True,
                    do_eval=True, eval_strategy="no"),
-            *common_training_flags(args, paths["finetuned"], args.finetune_epochs, args.finetune_lr),
+            *common_training_flags(args, paths["finetuned"], args.finetune_epochs, args.finetune_lr, seed),
         ],
         "evaluate": [
             py, os.path.join(HERE, "evaluate_sparse_digits.py"),
             *flags(data_dir=paths["data"], lookwhere_model=paths["finetuned"], teacher_model=paths["teacher"],
-                   output_dir=paths["eval"], k_ratios=args.k_ratios, latency_runs=args.latency_runs, seed=args.seed),
+                   output_dir=paths["eval"], k_ratios=args.k_ratios, latency_runs=args.latency_runs, seed=seed,
+                   split=args.eval_split),
         ],
     }  # fmt: skip
 
 
-def export_demo(args, finetuned: str, data_dir: str) -> list[str]:
+def export_demo(args, finetuned: str, data_dir: str, record: dict) -> list[str]:
     """Copy the fine-tuned checkpoint and `--num_demo_images` test images it classifies correctly (distinct labels,
-    label in the file name) into the package assets."""
+    label in the file name) into the package assets, with `record` (seed, command, numbers) as
+    `demo_model/run_record.json`."""
     import torch
     from make_dataset import read_annotations  # this script's sibling (its folder is first on sys.path)
     from PIL import Image
@@ -247,16 +288,49 @@ def export_demo(args, finetuned: str, data_dir: str) -> list[str]:
             labels_used.add(row["label"])
         if len(chosen) == args.num_demo_images:
             break
+    record = {**record, "demo_images": [os.path.relpath(p, REPO) for p in chosen]}
+    with open(os.path.join(model_dir, "run_record.json"), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
     size = sum(os.path.getsize(os.path.join(model_dir, f)) for f in DEMO_FILES)
     print(f"Exported the demo model ({size / 1e6:.2f} MB) to {model_dir} and {len(chosen)} images to {image_dir}")
     return chosen
+
+
+def headline(results: dict, k_ratio: float) -> dict[str, float]:
+    """One run's numbers at the model's `k_ratio`: selector hit rate, LookWhere and teacher accuracy, and the gap."""
+    rows = [row for row in results["per_k_ratio"] if abs(row["k_ratio"] - k_ratio) < 1e-9]
+    if not rows:
+        raise ValueError(f"The evaluation has no row for k_ratio {k_ratio}; add it to --k_ratios.")
+    teacher = results["accuracy_teacher_full_resolution"]
+    return {
+        "k_ratio": k_ratio,
+        "selector_hit_rate": rows[0]["selector_hit_rate"],
+        "accuracy_lookwhere": rows[0]["accuracy_lookwhere"],
+        "accuracy_teacher_full_resolution": teacher,
+        "accuracy_gap_points": 100.0 * (teacher - rows[0]["accuracy_lookwhere"]),
+    }
+
+
+def format_per_seed(per_seed: dict[str, dict]) -> str:
+    """A table with one row per seed of `headline` numbers."""
+    k_ratio = next(iter(per_seed.values()))["k_ratio"]
+    lines = [
+        f"| seed | selector hit rate (k_ratio {k_ratio:g}) | LookWhere acc. | teacher acc. | gap (points) |",
+        "|---|---|---|---|---|",
+    ]
+    for seed, h in per_seed.items():
+        lines.append(
+            f"| {seed} | {100 * h['selector_hit_rate']:.1f}% | {100 * h['accuracy_lookwhere']:.1f}% "
+            f"| {100 * h['accuracy_teacher_full_resolution']:.1f}% | {h['accuracy_gap_points']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def update_results_md(args, summary: dict, eval_md: str) -> None:
     """Replace (or append) this benchmark's section of benchmarks/RESULTS.md, leaving the rest of the file alone.
     Copies the run's figures next to this script so that the section can show them."""
     for name in FIGURES:
-        source = os.path.join(args.output_dir, "eval", name)
+        source = os.path.join(args.output_dir, name)
         if os.path.isfile(source):
             shutil.copy2(source, os.path.join(HERE, name))
     _write_section(args, summary, eval_md)
@@ -264,9 +338,15 @@ def update_results_md(args, summary: dict, eval_md: str) -> None:
 
 def _write_section(args, summary: dict, eval_md: str) -> None:
     t = summary["timings"]
-    total_wall = sum(v["wall_s"] for v in t.values())
-    total_cpu = sum(v["cpu_s"] for v in t.values())
-    stage_times = ", ".join(f"{k} {v['wall_s'] / 60:.1f} min" for k, v in t.items())
+    stage_times = {
+        stage: [seed_t[stage]["wall_s"] for seed_t in t["seeds"].values() if stage in seed_t] for stage in STAGES[1:]
+    }
+    total_wall = summary["total_wall_s"]
+    total_cpu = sum(v["cpu_s"] for v in _all_timings(t))
+    per_stage = ", ".join([f"data {t['data']['wall_s'] / 60:.1f} min"] if "data" in t else []) + "".join(
+        f", {stage} {sum(v) / len(v) / 60:.1f} min" for stage, v in stage_times.items() if v
+    )
+    seeds = ", ".join(map(str, args.seeds))
     body = [
         SECTION,
         "",
@@ -290,25 +370,30 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
             "teacher gets an auxiliary per-patch loss (`train_teacher.py --token_loss_weight 1`: each patch token "
             "predicts the digit class if it overlaps the digit box, else 'no digit'), which uses the training "
             "boxes. LookWhere itself never sees boxes, and its pretraining no labels. The fine-tuning runs "
-            "`run_image_classification.py --no_augment`, without the script's photo augmentation (random crops cut "
-            "the digit out of view; mirrored digits change meaning). Details: `benchmarks/sparse_digits/README.md`."
+            "`run_image_classification.py --no_augment` (random crops cut the digit out of view; mirrored digits "
+            "change meaning). How the recipe was made robust across seeds, and what did not work: "
+            "`benchmarks/sparse_digits/README.md`."
         ),
         "",
-        "Command (one command, all stages; the numbers below are from this run):",
+        f"Command (one command, all stages, training seeds {seeds} on the same data; the numbers below are from it):",
         "",
         "```bash",
         summary["command"],
         "```",
         "",
         (
-            f"Run time: {total_wall / 60:.1f} min wall ({stage_times}), {total_cpu / 60:.1f} min of CPU time. The 2 "
-            "CPU cores were shared with other jobs during this run, so the wall time is pessimistic; CPU time / 2 "
-            "estimates an unshared run. For the same reason the 1-thread latencies are the reliable ones: with 2 "
+            f"Run time: {total_wall / 60:.1f} min wall for all {len(args.seeds)} seeds ({per_stage} per seed), "
+            f"{total_cpu / 60:.1f} min of CPU time. The 2 CPU cores were shared with other jobs during this run, so "
+            "the wall time is pessimistic. For the same reason the 1-thread latencies are the reliable ones: with 2 "
             "threads on a busy machine the threads wait for each other and the figures swing by several times "
             "between runs. The column 'makes its low-res view' includes LookWhere's bilinear 448->224 resize of the "
             "input batch, which on this CPU costs about as much as the whole model (PyTorch's NCHW bilinear kernel; "
             "the processor makes the view once in preprocessing, as `pipeline` does)."
         ),
+        "",
+        "Per seed, at the fine-tuned k_ratio:",
+        "",
+        format_per_seed(summary["per_seed"]).strip(),
         "",
         eval_md.strip(),
         "",
@@ -317,9 +402,9 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
         body.insert(-2, f"The evaluation tables were regenerated afterwards with `{summary['rerun_command']}`.\n")
     if all(os.path.isfile(os.path.join(HERE, name)) for name in FIGURES):
         body += [
-            "![Sparse Digits: accuracy and hit rate vs k_ratio](sparse_digits/sparse_digits.png)",
+            "![Sparse Digits: accuracy and hit rate vs k_ratio, mean ± std](sparse_digits/sparse_digits.png)",
             "",
-            "![Where LookWhere looked on test images](sparse_digits/selection_examples.png)",
+            f"![Where LookWhere (seed {args.seeds[0]}) looked on test images](sparse_digits/selection_examples.png)",
             "",
         ]
     text = "# Results\n"
@@ -338,15 +423,57 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
     print(f"Updated '{SECTION}' in {RESULTS_MD}")
 
 
+def _all_timings(timings: dict) -> list[dict]:
+    return ([timings["data"]] if "data" in timings else []) + [
+        v for seed_timings in timings["seeds"].values() for v in seed_timings.values()
+    ]
+
+
+def seed_paths(out: str, seed: int) -> dict[str, str]:
+    """The folders of one training seed's run (the data are shared)."""
+    root = os.path.join(out, f"seed_{seed}")
+    paths = {name: os.path.join(root, name) for name in ("teacher", "pretrained", "finetuned", "eval", "logs")}
+    paths["data"] = os.path.join(out, "data")
+    return paths
+
+
+def aggregate(args, out: str) -> tuple[dict, dict] | tuple[None, None]:
+    """Aggregate the seeds' evaluations (mean ± std) into OUTPUT_DIR/results.{json,md} and sparse_digits.png; copy
+    the first seed's selection_examples.png. Returns (aggregate, per-seed headline numbers), or (None, None) when
+    a seed has no evaluation yet."""
+    from evaluate_sparse_digits import aggregate_results, format_markdown, plot_results
+
+    runs = []
+    for seed in args.seeds:
+        path = os.path.join(seed_paths(out, seed)["eval"], "results.json")
+        if not os.path.isfile(path):
+            return None, None
+        with open(path, encoding="utf-8") as f:
+            runs.append(json.load(f))
+    results = aggregate_results(runs, args.seeds)
+    per_seed = {str(seed): headline(run, args.k_ratio) for seed, run in zip(args.seeds, runs, strict=True)}
+    results["per_seed_headline"] = per_seed
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(format_per_seed(per_seed) + "\n" + format_markdown(results))
+    try:
+        plot_results(results, os.path.join(out, "sparse_digits.png"))
+    except ImportError:
+        print("matplotlib is not installed: no figures (pip install matplotlib)")
+    examples = os.path.join(seed_paths(out, args.seeds[0])["eval"], "selection_examples.png")
+    if os.path.isfile(examples):
+        shutil.copy2(examples, os.path.join(out, "selection_examples.png"))
+    return results, per_seed
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     for script in (PRETRAIN_SCRIPT, FINETUNE_SCRIPT):
         if not os.path.isfile(script):
             raise SystemExit(f"Missing {script}: this benchmark runs the repository's example scripts.")
     out = os.path.abspath(args.output_dir)
-    os.makedirs(out, exist_ok=True)
-    paths = {name: os.path.join(out, name) for name in ("data", "teacher", "pretrained", "finetuned", "eval", "logs")}
-    os.makedirs(paths["logs"], exist_ok=True)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",
@@ -357,17 +484,28 @@ def main(argv=None) -> dict:
     )
     if args.num_threads:
         env["OMP_NUM_THREADS"] = str(args.num_threads)
-    timings: dict = {}
+    timings: dict = {"seeds": {}}
     command = "python benchmarks/sparse_digits/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.time()
-    commands = stage_commands(args, paths)
-    for stage in STAGES:
-        if stage not in args.stages:
-            continue
-        if stage == "data" and args.reuse_data and os.path.isfile(os.path.join(paths["data"], "dataset_info.json")):
-            print(f"Reusing the data in {paths['data']}")
-            continue
-        run_stage(stage, commands[stage], os.path.join(paths["logs"], f"{stage}.log"), env, timings)
+    data_dir = os.path.join(out, "data")
+    if "data" in args.stages:
+        if args.reuse_data and os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+            print(f"Reusing the data in {data_dir}")
+        else:
+            stage_timings: dict = {}
+            command_line = stage_commands(args, seed_paths(out, args.seeds[0]), args.seeds[0])["data"]
+            run_stage("data", command_line, os.path.join(out, "logs", "data.log"), env, stage_timings)
+            timings["data"] = stage_timings["data"]
+    for seed in args.seeds:
+        paths = seed_paths(out, seed)
+        os.makedirs(paths["logs"], exist_ok=True)
+        commands = stage_commands(args, paths, seed)
+        timings["seeds"][str(seed)] = {}
+        for stage in STAGES[1:]:
+            if stage in args.stages:
+                log = os.path.join(paths["logs"], f"{stage}.log")
+                run_stage(f"seed {seed}: {stage}", commands[stage], log, env, timings["seeds"][str(seed)])
+        timings["seeds"][str(seed)] = {k.split(": ")[1]: v for k, v in timings["seeds"][str(seed)].items()}
 
     summary = {
         "command": command,
@@ -376,44 +514,58 @@ def main(argv=None) -> dict:
         "arguments": vars(args),
     }
     previous_path = os.path.join(out, "summary.json")
-    if os.path.isfile(previous_path):  # a partial rerun (e.g. only --export_demo): keep the earlier stages' record
+    if os.path.isfile(previous_path) and set(args.stages) != set(STAGES):
+        # a partial rerun (e.g. only evaluate, or only --export_demo): keep the earlier full run's command and times
         with open(previous_path, encoding="utf-8") as f:
             previous = json.load(f)
-        partial = set(args.stages) != set(STAGES)
-        if partial:  # report the earlier full run's times and command; note this rerun separately
-            rerun = dict(timings)
-            summary["timings"] = {
-                **previous.get("timings", {}),
-                **{k: v for k, v in rerun.items() if k not in previous.get("timings", {})},
-            }
-            summary["command"] = previous.get("command", command)
-            summary["total_wall_s"] = previous.get("total_wall_s", summary["total_wall_s"])
-            if rerun:
-                summary["rerun_command"], summary["rerun_timings"] = command, rerun
-            elif previous.get("rerun_command"):
+        if "seeds" in previous.get("timings", {}):
+            summary["rerun_command"], summary["rerun_timings"] = command, timings
+            summary["command"], summary["timings"] = previous["command"], previous["timings"]
+            summary["total_wall_s"] = previous["total_wall_s"]
+            if not any(timings["seeds"].values()) and "data" not in timings and previous.get("rerun_command"):
                 summary["rerun_command"] = previous["rerun_command"]
                 summary["rerun_timings"] = previous.get("rerun_timings", {})
-    results_path = os.path.join(paths["eval"], "results.json")
-    if os.path.isfile(results_path):
-        with open(results_path, encoding="utf-8") as f:
-            summary["results"] = json.load(f)
+    results, per_seed = aggregate(args, out)
+    if results is not None:
+        summary["per_seed"] = per_seed
+        print("\n" + format_per_seed(per_seed))
     if args.export_demo:
+        if per_seed is None:
+            raise SystemExit("--export_demo needs every seed's evaluation (run the evaluate stage).")
+        record = {
+            "seed": args.demo_seed,
+            "data_seed": args.data_seed,
+            "command": summary["command"],
+            "test_results": per_seed[str(args.demo_seed)],
+            "all_seeds": per_seed,
+            "git_commit": _git_commit(),
+        }
+        paths = seed_paths(out, args.demo_seed)
         summary["demo_images"] = [
-            os.path.relpath(p, REPO) for p in export_demo(args, paths["finetuned"], paths["data"])
+            os.path.relpath(p, REPO) for p in export_demo(args, paths["finetuned"], paths["data"], record)
         ]
-    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+    with open(previous_path, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     if args.update_results:
-        if "results" not in summary:
-            raise SystemExit("--update_results needs the evaluate stage's results.json.")
+        if results is None:
+            raise SystemExit("--update_results needs every seed's evaluation (run the evaluate stage).")
         from evaluate_sparse_digits import format_markdown
 
-        update_results_md(args, summary, format_markdown(summary["results"]))
+        update_results_md(args, summary, format_markdown(results))
     print(
-        f"\nSparse Digits benchmark finished in {summary['total_wall_s'] / 60:.1f} min; summary: "
-        f"{os.path.join(out, 'summary.json')}, results: {os.path.join(paths['eval'], 'results.md')}"
+        f"\nSparse Digits benchmark finished in {(time.time() - start) / 60:.1f} min; summary: {previous_path}, "
+        f"results (mean ± std over seeds {args.seeds}): {os.path.join(out, 'results.md')}"
     )
     return summary
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from lookwhere_hf.models.lookwhere.distillation_losses import mean_query_attention_logits
+
 logger = logging.getLogger(__name__)
 
 
@@ -79,8 +81,26 @@ class TeacherArguments:
             "its area, else 'no digit'. Uses the training boxes (annotations.jsonl); the head is dropped before saving."
         },
     )
+    attention_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an auxiliary attention-map loss (0 = off): the teacher's attention map as LookWhere "
+            "distils it (last layer's q.k logits averaged over heads and patch queries, softmax over the patch keys) "
+            "is trained towards the patches the digit's box covers (cross-entropy with a target of "
+            "1 - --attention_loss_smoothing spread over those patches, the rest over all patches). Uses the training "
+            "boxes (annotations.jsonl). Without it, a from-scratch teacher's map points at the digit on some seeds "
+            "only (benchmarks/sparse_digits/README.md)."
+        },
+    )
+    attention_loss_smoothing: float = field(
+        default=0.1, metadata={"help": "Share of the attention-map target spread uniformly over all patches."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+
+    @property
+    def uses_boxes(self) -> bool:
+        return self.zoom_curriculum > 0 or self.token_loss_weight > 0 or self.attention_loss_weight > 0
 
     def __post_init__(self):
         if not os.path.isdir(os.path.join(self.data_dir, "train")):
@@ -94,12 +114,15 @@ class TeacherArguments:
             )
         if not 0.0 <= self.zoom_curriculum <= 1.0 or not 0.0 <= self.zoom_full_image_prob <= 1.0:
             raise ValueError("--zoom_curriculum and --zoom_full_image_prob must be in [0, 1].")
-        if (self.zoom_curriculum > 0 or self.token_loss_weight > 0) and not os.path.isfile(
-            os.path.join(self.data_dir, "annotations.jsonl")
-        ):
+        if self.attention_loss_weight < 0 or self.token_loss_weight < 0 or not 0 <= self.attention_loss_smoothing < 1:
             raise ValueError(
-                f"--zoom_curriculum / --token_loss_weight need the digit boxes in {self.data_dir}/annotations.jsonl "
-                "(written by make_dataset.py); pass --zoom_curriculum 0 for other imagefolders."
+                "--attention_loss_weight and --token_loss_weight must be >= 0 and --attention_loss_smoothing in "
+                f"[0, 1); got {self.attention_loss_weight}, {self.token_loss_weight}, {self.attention_loss_smoothing}."
+            )
+        if self.uses_boxes and not os.path.isfile(os.path.join(self.data_dir, "annotations.jsonl")):
+            raise ValueError(
+                "--zoom_curriculum / --token_loss_weight / --attention_loss_weight need the digit boxes in "
+                f"{self.data_dir}/annotations.jsonl (written by make_dataset.py); set them to 0 for other imagefolders."
             )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -175,28 +198,61 @@ def patch_token_labels(box, window, image_size: int, patch: int, label: int, bac
     return torch.from_numpy(targets)
 
 
-class TokenLossTrainer(Trainer):
-    """Adds the auxiliary per-patch loss (`token_labels` in the batch) to the classification loss."""
+def attention_map_loss(attention_map: torch.Tensor, on_digit: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy of `softmax(attention_map)` `(B, N)` against a target that puts `1 - smoothing` uniformly on
+    the patches where `on_digit` `(B, N)` is True and `smoothing` uniformly on all N patches; images without a digit
+    patch (possible in zoom windows) are left out."""
+    on_digit = on_digit.float()
+    count = on_digit.sum(dim=-1, keepdim=True)
+    keep = count.squeeze(-1) > 0
+    if not keep.any():
+        return attention_map.sum() * 0.0
+    target = (1.0 - smoothing) * on_digit / count.clamp(min=1.0) + smoothing / on_digit.shape[-1]
+    log_probs = torch.nn.functional.log_softmax(attention_map.float(), dim=-1)
+    return -(target * log_probs).sum(dim=-1)[keep].mean()
 
-    def __init__(self, *args, token_loss_weight: float = 0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.token_loss_weight = token_loss_weight
+
+class TokenLossTrainer(Trainer):
+    """Adds the auxiliary per-patch loss and the attention-map loss (both from `token_labels` in the batch) to the
+    classification loss."""
+
+    def __init__(
+        self, *args, token_loss_weight: float = 0.0, attention_loss_weight: float = 0.0, smoothing: float = 0.1, **kw
+    ):
+        super().__init__(*args, **kw)
+        self.token_loss_weight, self.attention_loss_weight, self.smoothing = (
+            token_loss_weight,
+            attention_loss_weight,
+            smoothing,
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         token_labels = inputs.pop("token_labels", None)
-        if token_labels is None or not self.token_loss_weight:
+        if token_labels is None or not (self.token_loss_weight or self.attention_loss_weight):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         outputs = model(**inputs, output_hidden_states=True)
         backbone = model.dinov2_with_registers
-        tokens = backbone.layernorm(outputs.hidden_states[-1])[:, 1 + model.config.num_register_tokens :]
-        logits = model.token_head(tokens)
-        num_classes = logits.shape[-1]
-        weight = torch.ones(num_classes, device=logits.device)
-        weight[-1] = 0.1  # "no digit" patches outnumber digit patches ~50:1
-        token_loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, num_classes), token_labels.reshape(-1), weight=weight
-        )
-        loss = outputs.loss + self.token_loss_weight * token_loss
+        num_prefix = 1 + model.config.num_register_tokens
+        background = model.config.num_labels  # the "no digit" class of the token labels
+        loss = outputs.loss
+        if self.token_loss_weight:
+            tokens = backbone.layernorm(outputs.hidden_states[-1])[:, num_prefix:]
+            logits = model.token_head(tokens)
+            num_classes = logits.shape[-1]
+            weight = torch.ones(num_classes, device=logits.device)
+            weight[-1] = 0.1  # "no digit" patches outnumber digit patches ~50:1
+            token_loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, num_classes), token_labels.reshape(-1), weight=weight
+            )
+            loss = loss + self.token_loss_weight * token_loss
+        if self.attention_loss_weight:
+            # hidden_states = (embeddings, layer 1, ..., layer L): the last layer's input is hidden_states[-2]
+            attention_map = mean_query_attention_logits(
+                backbone.encoder.layer[-1], outputs.hidden_states[-2], num_prefix
+            )
+            loss = loss + self.attention_loss_weight * attention_map_loss(
+                attention_map, token_labels != background, self.smoothing
+            )
         return (loss, outputs) if return_outputs else loss
 
 
@@ -274,8 +330,7 @@ def main(argv=None) -> dict:
     mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    needs_boxes = args.zoom_curriculum > 0 or args.token_loss_weight > 0
-    curriculum = ZoomCurriculum(args, training_args.seed) if needs_boxes else None
+    curriculum = ZoomCurriculum(args, training_args.seed) if args.uses_boxes else None
     if args.token_loss_weight > 0:
         model.token_head = torch.nn.Linear(args.hidden_size, len(labels) + 1)  # + "no digit"; dropped before saving
 
@@ -296,7 +351,7 @@ def main(argv=None) -> dict:
             images.append(image)
             windows.append(window)
         out = {"pixel_values": [to_tensor(image) for image in images], "labels": batch["label"]}
-        if args.token_loss_weight > 0:
+        if args.token_loss_weight > 0 or args.attention_loss_weight > 0:
             out["token_labels"] = [
                 patch_token_labels(
                     curriculum.boxes[os.path.normpath(item["path"])],
@@ -330,6 +385,8 @@ def main(argv=None) -> dict:
     training_args.remove_unused_columns = False
     trainer = TokenLossTrainer(
         token_loss_weight=args.token_loss_weight,
+        attention_loss_weight=args.attention_loss_weight,
+        smoothing=args.attention_loss_smoothing,
         callbacks=[curriculum.callback()] if curriculum is not None else None,
         model=model,
         args=training_args,
