@@ -65,7 +65,11 @@ def build(args):
     )  # fmt: skip
     teacher = Dinov2WithRegistersModel(config).eval()
     model = LookWhereForPreTraining.from_teacher(
-        teacher, selector_depth=args.selector_depth, low_res_size=args.low_res_size, k_min=args.k, k_max=args.k,
+        teacher,
+        selector_depth=args.selector_depth,
+        low_res_size=args.low_res_size,
+        k_min=args.k,
+        k_max=args.k,
         teacher_dtype=args.teacher_dtype,
     ).train()
     return model

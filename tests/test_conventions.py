@@ -168,7 +168,7 @@ def test_folders_saved_before_still_load(tmp_path):
     assert Dinov2WithRegistersConfig.from_pretrained(tmp_path / "new").num_hidden_layers == 4
 
 
-# ----------------------------------------------------------------------------------------------------- pretraining fields
+# --------------------------------------------------------------------------------------------------- pretraining fields
 def test_pretraining_settings_are_declared_fields_with_one_set_of_defaults():
     fields = LookWhereConfig.__dataclass_fields__
     assert {name: fields[name].default for name in PRETRAIN_DEFAULTS} == PRETRAIN_DEFAULTS
@@ -210,7 +210,7 @@ def test_values_changed_after_construction_are_checked_when_saving(tmp_path):
         config.save_pretrained(tmp_path)
 
 
-# ----------------------------------------------------------------------------------------------------- frozen parameters
+# ---------------------------------------------------------------------------------------------------- frozen parameters
 def _build(cls, **config_kwargs):
     if cls is LookWhereForPreTraining:
         return _pretraining_model(**config_kwargs)

@@ -1,4 +1,4 @@
-"""Dense spreading: exact agreement with the official formula under the pretraining's stable tie rule, at every position.
+"""Dense spreading: exact agreement with the official formula under the pretraining's stable tie rule, everywhere.
 
 The reference below is written independently of the package, straight from the definition: the full float64 distance
 matrix from every grid position to every selected one (columns in `indices` order, i.e. descending selector score), a
@@ -205,7 +205,7 @@ def test_int64_keys_for_large_grids_and_bounded_memory(monkeypatch):
 
 
 def test_memory_is_bounded_on_large_grids(monkeypatch):
-    """A 148x148 grid with k = 2190 would need a 48M-element distance matrix; the blocks never hold more than the budget."""
+    """A 148x148 grid with k = 2190 would need a 48M-element distance matrix; the blocks stay within the budget."""
     grid, k = (148, 148), 2190
     tokens, indices = random_selection(1, grid, k, 16, seed=6)
     largest = []

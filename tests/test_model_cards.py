@@ -42,7 +42,9 @@ def _flops_rows(text: str) -> list[tuple[int, float, int, float, float]]:
     """(resolution, k_ratio, k, LookWhere GFLOPs, full GFLOPs) from the card's FLOPs table."""
     rows = []
     for match in re.finditer(
-        r"^\| (\d+)x\d+ \| ([\d.]+) \| (\d+) / \d+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \|", text, flags=re.M
+        r"^\| (\d+)x\d+ \| ([\d.]+) \| (\d+) / \d+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \|",
+        text,
+        flags=re.MULTILINE,
     ):
         rows.append((int(match[1]), float(match[2]), int(match[3]), float(match[4]), float(match[5])))
     return rows
@@ -145,7 +147,7 @@ def test_converter_card_parses_and_its_usage_code_runs(tmp_path, monkeypatch, ph
         assert section in card.text
     assert "sha256 `" in card.text and "lookwhere_franca.pt" in card.text and "${" not in card.content
 
-    snippets = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    snippets = re.findall(r"```python\n(.*?)```", card.text, flags=re.DOTALL)
     assert len(snippets) == 2
     monkeypatch.chdir(tmp_path)
     Image.fromarray(photos["coffee"]).save(tmp_path / "photo.jpg")

@@ -74,8 +74,12 @@ def test_config_rejects_invalid_values(kwargs, field):
 def test_config_rejects_mismatched_hidden_sizes():
     with pytest.raises(ValueError, match="hidden_size"):
         LookWhereConfig(
-            selector_config=dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, image_size=56, patch_size=14),
-            extractor_config=dict(hidden_size=64, num_attention_heads=2, num_hidden_layers=1, image_size=112, patch_size=14),
+            selector_config=dict(
+                hidden_size=32, num_attention_heads=2, num_hidden_layers=1, image_size=56, patch_size=14
+            ),
+            extractor_config=dict(
+                hidden_size=64, num_attention_heads=2, num_hidden_layers=1, image_size=112, patch_size=14
+            ),
         )
 
 
@@ -108,8 +112,12 @@ def test_selector_map_layout_and_reference():
     selector_map, prefix, patch_tokens, _ = model.select(pixel_values)
     low = F.interpolate(pixel_values, size=(56, 56), mode="bilinear", align_corners=False, antialias=False)
     sel = model.selector
-    tokens = sel.embeddings.patch_embeddings.projection(low).flatten(2).transpose(1, 2) + sel.embeddings.position_embeddings
-    hidden = torch.cat((sel.embeddings.cls_token.expand(2, -1, -1), sel.embeddings.register_tokens.expand(2, -1, -1), tokens), 1)
+    tokens = (
+        sel.embeddings.patch_embeddings.projection(low).flatten(2).transpose(1, 2) + sel.embeddings.position_embeddings
+    )
+    hidden = torch.cat(
+        (sel.embeddings.cls_token.expand(2, -1, -1), sel.embeddings.register_tokens.expand(2, -1, -1), tokens), 1
+    )
     for layer in sel.encoder.layer:
         hidden = layer(hidden)
     hidden = sel.layernorm(hidden)
@@ -388,7 +396,11 @@ def test_trust_remote_code_load_without_package(tmp_path):
         (lambda: torch.randn(1, 3, 112, 112), {"k": 0}, "between 1 and the number of high-res patches"),
         (lambda: torch.randn(1, 3, 112, 112), {"k": 65}, r"between 1 and the number of high-res patches \(64\)"),
         (lambda: torch.randn(2, 3, 112, 112), {"low_res_pixel_values": torch.randn(3, 3, 56, 56)}, "batch size"),
-        (lambda: torch.randn(1, 3, 112, 112), {"low_res_pixel_values": torch.randn(1, 3, 50, 56)}, "selector patch size"),
+        (
+            lambda: torch.randn(1, 3, 112, 112),
+            {"low_res_pixel_values": torch.randn(1, 3, 50, 56)},
+            "selector patch size",
+        ),
     ],
 )
 def test_bad_inputs_raise_clear_errors(make_input, kwargs, match):

@@ -23,7 +23,11 @@ from lookwhere_hf.models.lookwhere.distillation_losses import (
 )
 
 TINY_TEACHER = {
-    "hidden_size": 32, "num_attention_heads": 2, "mlp_ratio": 4, "patch_size": 14, "image_size": 112,
+    "hidden_size": 32,
+    "num_attention_heads": 2,
+    "mlp_ratio": 4,
+    "patch_size": 14,
+    "image_size": 112,
     "num_register_tokens": 4,
 }
 

@@ -146,7 +146,7 @@ def time_interleaved(
     Returns:
         name -> [`Timing`].
     """
-    counts = {name: repeats for name in calls} if isinstance(repeats, int) else dict(repeats)
+    counts = dict.fromkeys(calls, repeats) if isinstance(repeats, int) else dict(repeats)
     if set(counts) != set(calls) or any(not isinstance(n, int) or n < 0 for n in counts.values()):
         raise ValueError(f"`repeats` must be an int >= 0 or one per call {sorted(calls)}, got {repeats!r}.")
     for _ in range(warmup):

@@ -9,7 +9,8 @@ import os
 def hub_offline() -> bool:
     """Whether `HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE` forbid reaching the Hub."""
     return any(
-        os.environ.get(name, "").lower() in ("1", "true", "yes", "on") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+        os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
 
 

@@ -40,9 +40,7 @@ class Accuracy(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
     def _compute(self, predictions, references, normalize: bool = True, sample_weight=None) -> dict:
@@ -53,9 +51,15 @@ class Accuracy(evaluate.Metric):
                 f"`predictions` and `references` must have the same length, got {predictions.shape[0]} and "
                 f"{references.shape[0]}."
             )
-        weights = np.ones(len(predictions), dtype=np.float64) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        weights = (
+            np.ones(len(predictions), dtype=np.float64)
+            if sample_weight is None
+            else np.asarray(sample_weight, dtype=np.float64)
+        )
         if weights.shape != predictions.shape:
-            raise ValueError(f"`sample_weight` needs one weight per example ({len(predictions)}), got {weights.shape[0]}.")
+            raise ValueError(
+                f"`sample_weight` needs one weight per example ({len(predictions)}), got {weights.shape[0]}."
+            )
         correct = float(np.sum(weights * (predictions == references)))
         if not normalize:
             return {"accuracy": correct}

@@ -38,7 +38,8 @@ Example:
     >>> import numpy as np
     >>> from lookwhere_hf.metrics import load_metric
     >>> pred = np.array([[0, 1], [1, 1]]); label = np.array([[0, 1], [0, 1]])
-    >>> load_metric("mean_iou").compute(predictions=[pred], references=[label], num_labels=2, ignore_index=255)["mean_iou"]
+    >>> metric = load_metric("mean_iou")
+    >>> metric.compute(predictions=[pred], references=[label], num_labels=2, ignore_index=255)["mean_iou"]
     0.5833333333333333
 """
 
@@ -112,7 +113,9 @@ class MeanIoU(evaluate.Metric):
             )
         totals = np.zeros((4, num_labels), dtype=np.float64)
         for prediction, label in zip(predictions, references):
-            totals += np.stack(intersect_and_union(prediction, label, num_labels, ignore_index, label_map, reduce_labels))
+            totals += np.stack(
+                intersect_and_union(prediction, label, num_labels, ignore_index, label_map, reduce_labels)
+            )
         intersect, union, _, labelled = totals
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = intersect / union

@@ -81,8 +81,8 @@ def _load_dinov2(dinov2) -> PreTrainedModel:
     model_type = getattr(getattr(backbone, "config", None), "model_type", None)
     if model_type not in ("dinov2_with_registers", "dinov2"):
         raise ValueError(
-            "Expected a DINOv2-with-registers or DINOv2 model (transformers `Dinov2WithRegistersModel` / `Dinov2Model`, "
-            f"or a path to one), got {type(dinov2).__name__} (model_type={model_type!r})."
+            "Expected a DINOv2-with-registers or DINOv2 model (transformers `Dinov2WithRegistersModel` / "
+            f"`Dinov2Model`, or a path to one), got {type(dinov2).__name__} (model_type={model_type!r})."
         )
     return backbone
 
@@ -432,7 +432,8 @@ class LookWherePreTrainedModel(PreTrainedModel):
         tcfg = teacher.config
         if not 1 <= selector_depth <= tcfg.num_hidden_layers:
             raise ValueError(
-                f"`selector_depth` must be between 1 and the teacher's depth {tcfg.num_hidden_layers}, got {selector_depth}."
+                f"`selector_depth` must be between 1 and the teacher's depth {tcfg.num_hidden_layers}, "
+                f"got {selector_depth}."
             )
         patch = _pair(tcfg.patch_size)[0]
         high_res_size = high_res_size if high_res_size is not None else _pair(tcfg.image_size)[0]

@@ -49,7 +49,11 @@ def selector_scores_to_map(scores: torch.Tensor, low_res_grid: tuple[int, int], 
     r = int(round(rr**0.5))
     if r * r != rr or num_low != low_h * low_w:
         raise ValueError(f"Selector scores of shape {tuple(scores.shape)} do not fit a {low_h}x{low_w} grid.")
-    fine = scores.reshape(batch_size, low_h, low_w, r, r).permute(0, 1, 3, 2, 4).reshape(batch_size, 1, low_h * r, low_w * r)
+    fine = (
+        scores.reshape(batch_size, low_h, low_w, r, r)
+        .permute(0, 1, 3, 2, 4)
+        .reshape(batch_size, 1, low_h * r, low_w * r)
+    )
     if (low_h * r, low_w * r) != tuple(grid):
         fine = F.interpolate(fine.float(), size=tuple(grid), mode="bilinear", align_corners=False).to(scores.dtype)
     return fine.reshape(batch_size, grid[0] * grid[1])
