@@ -62,6 +62,7 @@ from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 from .flops import full_resolution_flops, lookwhere_flops
 from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.modeling_lookwhere import LookWhereModel
+from .utils import k_ratio_argument
 
 __all__ = [
     "Timing",
@@ -578,16 +579,6 @@ def write_section(path: Path, section: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- arguments
-def _k_ratio(value: str) -> float:
-    try:
-        ratio = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {value!r}") from None
-    if not 0.0 < ratio <= 1.0:
-        raise argparse.ArgumentTypeError(f"k_ratio must be in (0, 1], got {value}")
-    return ratio
-
-
 def _resolution_and_batch(value: str) -> tuple[int, int]:
     try:
         res, batch = (int(v) for v in value.lower().split("x"))
@@ -626,7 +617,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
     add("--output", type=Path, default=None, help="markdown file whose '## Inference speed' section is (re)written")
     add("--plot", type=Path, default=None, help=f"PNG plot path (default: {DEFAULT_PLOT_NAME} next to --output)")
     add("--resolutions", type=_multiple_of_14, nargs="+", default=None, help="default 518 1036")
-    add("--k-ratios", type=_k_ratio, nargs="+", default=None, help="default 0.05 0.1 0.25 (--quick: 0.1)")
+    add("--k-ratios", type=k_ratio_argument, nargs="+", default=None, help="default 0.05 0.1 0.25 (--quick: 0.1)")
     add("--batch-sizes", type=_positive_int, nargs="+", default=None, help="default 1 8 (--quick: 1)")
     add("--modes", nargs="+", choices=["cls", "dense"], default=["cls", "dense"])
     add("--threads", type=_positive_int, default=2, help="torch threads for both models (default 2)")

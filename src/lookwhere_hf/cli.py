@@ -32,7 +32,7 @@ from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.convert_lookwhere_original_to_hf import main as convert_main
 from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
 from .models.lookwhere.modeling_lookwhere import LookWhereModel
-from .utils import looks_like_local_path
+from .utils import k_ratio_argument, looks_like_local_path
 from .visualization import save_selection_figure
 
 __all__ = ["main", "default_demo_model_path", "demo_image_paths"]
@@ -66,16 +66,6 @@ def demo_image_paths() -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _k_ratio(value: str) -> float:
-    try:
-        ratio = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {value!r}") from None
-    if not 0.0 < ratio <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (the fraction of high-res patches kept), got {value}")
-    return ratio
 
 
 def _positive_int(value: str) -> int:
@@ -358,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="ignore the shipped checkpoint: time a random-weight ViT-B/14 LookWhere (the released size) against a "
         "ViT-B/14 DINOv2 at 518 px",
     )
-    demo.add_argument("--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]")
+    demo.add_argument(
+        "--k-ratio", type=k_ratio_argument, default=None, help="fraction of high-res patches computed, in (0, 1]"
+    )
     demo.add_argument(
         "--repeats", type=_positive_int, default=3, help="timed runs per model after one warm-up (default 3)"
     )
@@ -372,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     predict.add_argument("--model", default=None, help="model folder or Hub id (default: the shipped demo checkpoint)")
     predict.add_argument(
-        "--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]"
+        "--k-ratio", type=k_ratio_argument, default=None, help="fraction of high-res patches computed, in (0, 1]"
     )
     predict.add_argument("--top-k", type=_positive_int, default=5, help="classes printed per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
@@ -387,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     visualize.add_argument("--model", required=True, help="LookWhere model folder or Hub id")
     visualize.add_argument("--output", required=True, metavar="PNG", help="output .png file")
     visualize.add_argument(
-        "--k-ratio", type=_k_ratio, default=None, help="fraction of high-res patches computed, in (0, 1]"
+        "--k-ratio", type=k_ratio_argument, default=None, help="fraction of high-res patches computed, in (0, 1]"
     )
 
     sub.add_parser(

@@ -3,6 +3,7 @@ must stay importable on their own for `trust_remote_code`)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 
 
@@ -22,3 +23,14 @@ def looks_like_local_path(path: str | os.PathLike) -> bool:
     """
     path = os.fspath(path)
     return path.startswith((".", "/", "~")) or path.count("/") > 1 or os.path.exists(path)
+
+
+def k_ratio_argument(value: str) -> float:
+    """`argparse` type of a `--k-ratio` flag: a float in (0, 1], the fraction of high-res patches the extractor sees."""
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {value!r}") from None
+    if not 0.0 < ratio <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (the fraction of high-res patches kept), got {value}")
+    return ratio
