@@ -511,7 +511,8 @@ def format_markdown(results: dict) -> str:
         flops = {key: mean_std(row[key])[0] for key in row if key.startswith(("counted_", "analytic_"))}
         lines.append(
             f"| {row['k_ratio']:g} | {row['k']} | {flops['counted_teacher'] / 1e9:.3f} G "
-            f"| {flops['counted_lookwhere'] / 1e9:.3f} G | {flops['counted_teacher'] / flops['counted_lookwhere']:.1f}x "
+            f"| {flops['counted_lookwhere'] / 1e9:.3f} G "
+            f"| {flops['counted_teacher'] / flops['counted_lookwhere']:.1f}x "
             f"| {flops['analytic_teacher'] / flops['analytic_lookwhere']:.1f}x |"
         )
     lines += [

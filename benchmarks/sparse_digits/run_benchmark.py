@@ -109,11 +109,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.0,
         help="Share of teacher training on zoomed crops around the digit (train_teacher.py; 0 = off).",
     )
-    g.add_argument("--pretrain_epochs", type=float, default=1.5)
+    g.add_argument("--pretrain_epochs", type=float, default=4)
     g.add_argument("--pretrain_lr", type=float, default=5e-4)
     g.add_argument("--k_min", type=int, default=8)
     g.add_argument("--k_max", type=int, default=64)
-    g.add_argument("--finetune_epochs", type=float, default=2)
+    g.add_argument("--finetune_epochs", type=float, default=5)
     g.add_argument("--finetune_lr", type=float, default=3e-4)
     g.add_argument("--batch_size", type=int, default=32)
     g.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
