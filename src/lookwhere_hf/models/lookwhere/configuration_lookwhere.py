@@ -152,6 +152,33 @@ class LookWhereConfig(PreTrainedConfig):
             Pretraining: weight of the selector-map KL loss.
         pretrain_k_seed (`int`, *optional*, defaults to 0):
             Pretraining: seed of the per-step draw of `k` (`LookWhereForPreTraining.sample_k`).
+        glance_head (`bool`, *optional*, defaults to `False`):
+            Anytime / budgeted classification: add a *glance* exit, a linear classifier on the selector's output
+            (its CLS token concatenated with the mean of its low-resolution patch tokens). It costs only the
+            selector pass and is the first rung of the ladder.
+        anytime_k_ratios (`list[float]`, *optional*, defaults to `[0.025, 0.05, 0.1, 0.25]`):
+            The focus rungs of anytime / budgeted classification: strictly increasing fractions in (0, 1] of the
+            high-resolution patches (`k = floor(ratio * num_patches)`, at least 1), each a prediction of the extractor
+            on the top-`k` patches. The ladder is `[glance] + anytime_k_ratios`.
+        budget_thresholds (`list[float]`, *optional*):
+            Exit thresholds on the max softmax probability, one per rung except the last (which always exits):
+            an image leaves at the first rung whose confidence is `>=` that rung's threshold. A threshold above 1
+            disables its rung. Written by `lookwhere_hf.budget.calibrate_budget`; when set (and `use_budget`),
+            [`LookWhereForImageClassification`] in eval mode, and so `pipeline("image-classification")`, runs
+            budgeted inference.
+        use_budget (`bool`, *optional*, defaults to `True`):
+            Whether saved `budget_thresholds` are used by default in eval mode. Set to `False` (or pass `budget=False`
+            to the forward) to get the fixed-`k_ratio` model back without losing the calibration.
+        budget_rung_gflops (`list[float]`, *optional*):
+            Calibration record: cumulative GFLOPs per image of each rung (glance first) at `budget_image_size`.
+        budget_image_size (`list[int]`, *optional*):
+            Calibration record: the `(height, width)` of the high-resolution input the calibration ran at.
+        budget_target_gflops (`float`, *optional*):
+            Calibration record: the mean GFLOPs per image the thresholds were fitted for.
+        budget_expected_gflops (`float`, *optional*):
+            Calibration record: the mean GFLOPs per image the thresholds gave on the calibration split.
+        budget_calibration_accuracy (`float`, *optional*):
+            Calibration record: top-1 accuracy of budgeted inference on the calibration split.
 
     Example:
 
@@ -185,6 +212,15 @@ class LookWhereConfig(PreTrainedConfig):
     pretrain_dense_loss_weight: float | int = 1.0
     pretrain_map_loss_weight: float | int = 0.1
     pretrain_k_seed: int = 0
+    glance_head: bool = False
+    anytime_k_ratios: list[float] | tuple[float, ...] = (0.025, 0.05, 0.1, 0.25)
+    budget_thresholds: list[float] | None = None
+    use_budget: bool = True
+    budget_rung_gflops: list[float] | None = None
+    budget_image_size: list[int] | None = None
+    budget_target_gflops: float | None = None
+    budget_expected_gflops: float | None = None
+    budget_calibration_accuracy: float | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -224,6 +260,24 @@ class LookWhereConfig(PreTrainedConfig):
         """`r`: the selector head predicts `r * r` high-resolution scores per low-resolution patch."""
         low_grid = self.low_res_size // _side(self.selector_config.patch_size)
         return -(-self.selector_pretrain_grid // low_grid)
+
+    @property
+    def num_rungs(self) -> int:
+        """Exits of anytime / budgeted classification: the glance (if `glance_head`) plus one per focus rung."""
+        return int(self.glance_head) + len(self.anytime_k_ratios)
+
+    def rung_ks(self, num_patches: int) -> list[int]:
+        """`k` of each focus rung for `num_patches` high-resolution patches (`floor(ratio * num_patches)`, >= 1).
+
+        Raises `ValueError` if two rungs get the same `k` (the grid is too small for the ladder)."""
+        ks = [max(1, int(ratio * num_patches)) for ratio in self.anytime_k_ratios]
+        if any(a >= b for a, b in zip(ks, ks[1:])):
+            raise ValueError(
+                f"`anytime_k_ratios` {list(self.anytime_k_ratios)} give the rungs k={ks} on {num_patches} "
+                "high-resolution patches: two rungs see the same patches. Use a larger input or fewer / wider-spaced "
+                "ratios."
+            )
+        return ks
 
     def num_selected(self, num_patches: int, k: int | None = None) -> int:
         """How many of `num_patches` high-resolution patches the extractor keeps (`k` overrides `k_ratio`)."""
@@ -276,6 +330,58 @@ class LookWhereConfig(PreTrainedConfig):
             weight = getattr(self, name)
             if isinstance(weight, bool) or not weight >= 0:  # `not >=` also rejects NaN
                 raise ValueError(f"`{name}` must be a non-negative number, got {weight!r}.")
+        self._validate_anytime()
+
+    def _validate_anytime(self) -> None:
+        """Checks of the anytime ladder and the saved budget (part of `validate_lookwhere`)."""
+        ratios = self.anytime_k_ratios
+        if not isinstance(ratios, (list, tuple)) or len(ratios) == 0:
+            raise ValueError(f"`anytime_k_ratios` must be a non-empty list of fractions in (0, 1], got {ratios!r}.")
+        for ratio in ratios:
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+                raise ValueError(f"`anytime_k_ratios` must hold fractions in (0, 1], got {list(ratios)}.")
+        if len(set(ratios)) != len(ratios):
+            raise ValueError(f"`anytime_k_ratios` has duplicate rungs: {list(ratios)}. Give each ratio once.")
+        if list(ratios) != sorted(ratios):
+            raise ValueError(
+                f"`anytime_k_ratios` must be increasing (the rungs are visited in order), got {list(ratios)}; "
+                f"use {sorted(ratios)}."
+            )
+        num_rungs = self.num_rungs
+        thresholds = self.budget_thresholds
+        if thresholds is not None:
+            if not isinstance(thresholds, (list, tuple)) or len(thresholds) != num_rungs - 1:
+                raise ValueError(
+                    f"`budget_thresholds` must hold one threshold per rung except the last ({num_rungs - 1} for "
+                    f"glance_head={self.glance_head} and {len(ratios)} focus rungs), got {thresholds!r}. Recalibrate "
+                    "with `lookwhere_hf.budget.calibrate_budget` after changing the rungs, or set it to None."
+                )
+            for value in thresholds:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < float("inf"):
+                    raise ValueError(
+                        f"`budget_thresholds` must be finite max-softmax values >= 0 (above 1 disables a rung), got "
+                        f"{list(thresholds)}."
+                    )
+        gflops = self.budget_rung_gflops
+        if gflops is not None:
+            if not isinstance(gflops, (list, tuple)) or len(gflops) != num_rungs:
+                raise ValueError(
+                    f"`budget_rung_gflops` must hold the cumulative GFLOPs of each of the {num_rungs} rungs, got "
+                    f"{gflops!r}."
+                )
+            if any(not a < b for a, b in zip(gflops, gflops[1:])) or not gflops[0] > 0:
+                raise ValueError(f"`budget_rung_gflops` must be positive and increasing, got {list(gflops)}.")
+        if self.budget_image_size is not None:
+            size = self.budget_image_size
+            if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(int(v) > 0 for v in size):
+                raise ValueError(f"`budget_image_size` must be a (height, width) pair, got {size!r}.")
+        for name in ("budget_target_gflops", "budget_expected_gflops"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not value > 0):
+                raise ValueError(f"`{name}` must be a positive number of GFLOPs, got {value!r}.")
+        accuracy = self.budget_calibration_accuracy
+        if accuracy is not None and (isinstance(accuracy, bool) or not 0.0 <= accuracy <= 1.0):
+            raise ValueError(f"`budget_calibration_accuracy` must be in [0, 1], got {accuracy!r}.")
 
 
 __all__ = ["LookWhereConfig", "LookWhereExtractorConfig", "LookWhereSelectorConfig", "to_pair"]

@@ -87,6 +87,63 @@ def _load_dinov2(dinov2) -> PreTrainedModel:
     return backbone
 
 
+def _block_flops(backbone_config, num_tokens: int) -> int:
+    """FLOPs of one DINOv2(-with-registers) block on `num_tokens` tokens: q/k/v/o projections, the two attention
+    matmuls and the MLP (plain or SwiGLU). The same formula as `lookwhere_hf.flops.transformer_layer_flops`, which
+    model folders copied for `trust_remote_code` cannot import (tests check the two agree)."""
+    dim = backbone_config.hidden_size
+    heads = backbone_config.num_attention_heads
+    attn_dim = heads * (getattr(backbone_config, "head_dim", None) or dim // heads)
+    mlp_hidden, num_in = int(dim * backbone_config.mlp_ratio), 1
+    if getattr(backbone_config, "use_swiglu_ffn", False):
+        mlp_hidden, num_in = (int(mlp_hidden * 2 / 3) + 7) // 8 * 8, 2
+    return 8 * num_tokens * dim * attn_dim + 4 * num_tokens * num_tokens * attn_dim + (
+        2 * num_tokens * dim * mlp_hidden * (num_in + 1)
+    )
+
+
+def _confidence(logits: torch.Tensor) -> torch.Tensor:
+    """The exit score: max softmax probability `(B, C)` -> `(B,)`, in float32 or better."""
+    return logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).amax(dim=-1)
+
+
+def anytime_rung_flops(
+    config: LookWhereConfig, low_res_grid: tuple[int, int], ks: list[int], num_labels: int, glance: bool
+) -> list[int]:
+    """Cumulative FLOPs per image of exiting at each rung of anytime classification (glance first if `glance`).
+
+    Convention of `lookwhere_hf.flops` (a multiply-add is 2 FLOPs; linear layers, attention matmuls and patch
+    embeddings counted; norms, softmax, resizes and top-k not). What each rung adds:
+
+    - selector (patch embedding, encoder, map head): once, before the first rung;
+    - glance: a linear `2 * hidden -> num_labels` on the selector's output;
+    - focus rung `i`: the patch embedding of its `k_i - k_{i-1}` *new* patches only (the ranking is nested, so the
+      patches of earlier rungs are already embedded), a full extractor pass on `prefix + k_i` tokens, and the head.
+      The extractor pass cannot be reused across rungs: every token attends to every other in every layer, so
+      adding patches changes all the earlier tokens' states from the first layer on.
+
+    For a single focus rung without glance this equals `lookwhere_flops(config, k=k, num_labels=...).total`.
+    """
+    sel, ext = config.selector_config, config.extractor_config
+    dim, prefix = config.hidden_size, config.num_prefix_tokens
+    num_low = low_res_grid[0] * low_res_grid[1]
+    sel_patch, ext_patch = _pair(sel.patch_size)[0], _pair(ext.patch_size)[0]
+    cost = 2 * num_low * sel.num_channels * sel_patch * sel_patch * dim
+    cost += sel.num_hidden_layers * _block_flops(sel, prefix + num_low)
+    cost += 2 * num_low * (dim * 4 * dim + 4 * dim * config.selector_upsample_factor**2)
+    cumulative = []
+    if glance:
+        cost += 2 * 2 * dim * num_labels
+        cumulative.append(cost)
+    previous_k = 0
+    for k in ks:
+        cost += 2 * (k - previous_k) * ext.num_channels * ext_patch * ext_patch * dim
+        cost += ext.num_hidden_layers * _block_flops(ext, prefix + k) + 2 * dim * num_labels
+        cumulative.append(cost)
+        previous_k = k
+    return cumulative
+
+
 # ----------------------------------------------------------------------------------------------------- outputs
 @dataclass
 class LookWhereModelOutput(ModelOutput):
@@ -146,7 +203,20 @@ class LookWhereImageClassifierOutput(ModelOutput):
     selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
         The high-resolution patches the extractor computed.
     hidden_states, attentions, selector_hidden_states, selector_attentions (*optional*):
-        Extractor and selector per-layer outputs, on request, exactly as in [`LookWhereModelOutput`].
+        Extractor and selector per-layer outputs, on request, exactly as in [`LookWhereModelOutput`] (fixed-`k` mode
+        only).
+    rung_logits (`tuple(torch.FloatTensor)`, *optional*, anytime mode):
+        `num_rungs` tensors of shape `(batch_size, num_labels)`: the glance's logits (with `config.glance_head`),
+        then those of every focus rung. `logits` is the last one.
+    exit_rung (`torch.LongTensor` of shape `(batch_size,)`, *optional*, anytime and budgeted modes):
+        The rung each image's `logits` come from (the last one in anytime mode).
+    flops (`torch.LongTensor` of shape `(batch_size,)`, *optional*, anytime and budgeted modes):
+        FLOPs spent on each image up to its exit (`rung_flops[exit_rung]`).
+    rung_flops (`torch.LongTensor` of shape `(num_rungs,)`, *optional*, anytime and budgeted modes):
+        Cumulative FLOPs per image of exiting at each rung, in the convention of `lookwhere_hf.flops` (see
+        [`anytime_rung_flops`]).
+    rung_k (`torch.LongTensor` of shape `(num_rungs,)`, *optional*, anytime and budgeted modes):
+        High-resolution patches each rung's extractor pass sees (0 for the glance).
     """
 
     loss: torch.FloatTensor | None = None
@@ -157,6 +227,11 @@ class LookWhereImageClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     selector_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     selector_attentions: tuple[torch.FloatTensor, ...] | None = None
+    rung_logits: tuple[torch.FloatTensor, ...] | None = None
+    exit_rung: torch.LongTensor | None = None
+    flops: torch.LongTensor | None = None
+    rung_flops: torch.LongTensor | None = None
+    rung_k: torch.LongTensor | None = None
 
 
 @dataclass
@@ -329,7 +404,11 @@ class LookWhereExtractor(nn.Module):
 
         The extractor's own `embeddings.cls_token` / `register_tokens` are not used: the selector's prefix tokens take
         their place (they stay in the state dict, frozen, see `LookWherePreTrainedModel._freeze_unused_parameters`)."""
-        tokens = self.embeddings.embed_selected(pixel_values, indices)
+        return self.encode(self.embeddings.embed_selected(pixel_values, indices), prefix, **kwargs)
+
+    def encode(self, tokens: torch.Tensor, prefix: torch.Tensor, **kwargs: Unpack[TransformersKwargs]):
+        """Run the encoder on already embedded patches: `(B, k, D)`, `(B, P, D)` -> (normed tokens `(B, P + k, D)`,
+        encoder outputs). Anytime classification embeds each patch once and re-encodes growing prefixes of them."""
         encoder_outputs = self.encoder(torch.cat((prefix.to(tokens.dtype), tokens), dim=1), **kwargs)
         return self.layernorm(encoder_outputs.last_hidden_state), encoder_outputs
 
@@ -658,6 +737,7 @@ class _LookWhereTaskModel(LookWherePreTrainedModel):
     """
 
     _freezes_selector = True
+    _has_glance_head = False
     accepts_loss_kwargs = False
 
     def __init__(self, config: LookWhereConfig) -> None:
@@ -666,11 +746,36 @@ class _LookWhereTaskModel(LookWherePreTrainedModel):
         self.lookwhere = LookWhereModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        if self._has_glance_head and config.glance_head and config.num_labels > 0:
+            # Glance exit: the selector's CLS concatenated with the mean of its low-res patch tokens (the input of
+            # transformers' `Dinov2ForImageClassification` head). The patch mean carries the low-res view's content,
+            # which the CLS of a 3-layer selector, trained only to seed the extractor, need not summarize.
+            self.glance_classifier = nn.Linear(2 * config.hidden_size, config.num_labels)
         self.post_init()
 
 
 class LookWhereForImageClassification(_LookWhereTaskModel):
-    """LookWhere with a linear classifier on the extractor's output CLS token."""
+    """LookWhere with a linear classifier on the extractor's output CLS token.
+
+    Three modes, one head:
+
+    - **fixed `k`** (default): the extractor sees `floor(config.k_ratio * num_patches)` patches (or `k=`).
+    - **anytime** (`anytime=True`): logits at every rung of the ladder `[glance] + config.anytime_k_ratios`, with
+      their cumulative FLOPs. The selector runs once; the top-`k_max` patches are ranked once and each patch is
+      embedded once (the ranking is nested: rung `i`'s patches are a prefix of rung `i+1`'s); each focus rung is a
+      full extractor pass on its prefix (see [`anytime_rung_flops`] for why that part cannot be shared).
+    - **budgeted** (`budget=True`, or by default in eval mode when `config.budget_thresholds` is set and
+      `config.use_budget`): an image exits at the first rung whose max softmax probability is `>=` that rung's
+      threshold; the last rung always exits. Images leave the batch as they exit: each rung runs on the images still
+      going, as one smaller batch (no padding, no compute for exited images). `pipeline("image-classification")`
+      gets this mode when thresholds are saved; turn it off with `model.config.use_budget = False` (or
+      `budget=False` per call).
+
+    Max softmax is the exit score, as in GFNet: it needs no extra parameters, and calibration turns it into a
+    budget whatever its scale, because thresholds are fitted as quantiles on held-out data.
+    """
+
+    _has_glance_head = True
 
     @can_return_tuple
     def forward(
@@ -679,18 +784,38 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
         low_res_pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         k: int | None = None,
+        anytime: bool = False,
+        budget: bool | None = None,
+        exit_thresholds: list[float] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> LookWhereImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, or `(batch_size, num_labels)` floats, *optional*):
             Class indices (single-label), multi-hot targets (multi-label) or values (regression, `num_labels == 1`),
-            following `config.problem_type` as transformers' classifiers do.
+            following `config.problem_type` as transformers' classifiers do. In anytime mode the loss is the mean of
+            the rung losses (every rung and the glance head train).
+        k (`int`, *optional*):
+            Fixed-`k` mode: number of high-resolution patches (default from `config.k_ratio`).
+        anytime (`bool`, *optional*, defaults to `False`):
+            Return the logits of every rung (`rung_logits`), their cumulative FLOPs (`rung_flops`) and `rung_k`.
+        budget (`bool`, *optional*):
+            Budgeted mode. `None`: on in eval mode when `config.budget_thresholds` is set, `config.use_budget` is
+            true and neither `k` nor `anytime` is given. `False`: off.
+        exit_thresholds (`list[float]`, *optional*):
+            Budgeted mode with these thresholds (one per rung except the last) instead of the config's.
         kwargs (`TransformersKwargs`):
-            Passed to [`LookWhereModel.forward`] (output flags) and to the loss function.
+            Passed to [`LookWhereModel.forward`] (output flags, fixed-`k` mode only) and to the loss function.
 
         Returns `logits (batch_size, num_labels)`, the selection (`selector_map`, `selected_indices`) and, on request,
-        the per-layer outputs of [`LookWhereModelOutput`].
+        the per-layer outputs of [`LookWhereModelOutput`]; in anytime / budgeted mode also `exit_rung`, `flops`,
+        `rung_flops`, `rung_k` (and `rung_logits` when anytime).
         """
+        thresholds = self._resolve_exit_mode(k, anytime, budget, exit_thresholds)
+        if anytime or thresholds is not None:
+            for flag in ("output_hidden_states", "output_attentions"):
+                if kwargs.get(flag):
+                    raise ValueError(f"`{flag}` is only supported in fixed-k mode; pass `anytime=False, budget=False`.")
+            return self._forward_rungs(pixel_values, low_res_pixel_values, labels, thresholds, **kwargs)
         outputs = self.lookwhere(pixel_values, low_res_pixel_values=low_res_pixel_values, k=k, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
@@ -705,6 +830,117 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
             attentions=outputs.attentions,
             selector_hidden_states=outputs.selector_hidden_states,
             selector_attentions=outputs.selector_attentions,
+        )
+
+
+    def _resolve_exit_mode(self, k, anytime: bool, budget: bool | None, exit_thresholds) -> list[float] | None:
+        """The exit thresholds of this call (`None`: no early exits, i.e. fixed-`k` or anytime mode)."""
+        config = self.config
+        if exit_thresholds is not None:
+            if budget is False:
+                raise ValueError("`exit_thresholds` were given with `budget=False`; drop one of them.")
+            budget = True
+        if budget is None:
+            budget = (
+                config.budget_thresholds is not None
+                and config.use_budget
+                and not self.training
+                and k is None
+                and not anytime
+            )
+        if not budget:
+            return None
+        if anytime:
+            raise ValueError("`anytime=True` computes every rung for every image; it cannot be combined with `budget`.")
+        if k is not None:
+            raise ValueError("`k` sets a fixed number of patches; budgeted inference picks the rung per image.")
+        thresholds = exit_thresholds if exit_thresholds is not None else config.budget_thresholds
+        if thresholds is None:
+            raise ValueError(
+                "Budgeted inference needs exit thresholds: calibrate them with "
+                "`lookwhere_hf.budget.calibrate_budget(model, eval_data, target_gflops)` or pass `exit_thresholds=`."
+            )
+        thresholds = [float(t) for t in thresholds]
+        if len(thresholds) != config.num_rungs - 1:
+            raise ValueError(
+                f"Expected {config.num_rungs - 1} exit thresholds (one per rung except the last; rungs: "
+                f"{'glance + ' if config.glance_head else ''}k_ratios {list(config.anytime_k_ratios)}), got "
+                f"{len(thresholds)}."
+            )
+        if config.num_labels < 2:
+            raise ValueError("Budgeted inference exits on the max softmax probability and needs `num_labels >= 2`.")
+        return thresholds
+
+    def _forward_rungs(self, pixel_values, low_res_pixel_values, labels, thresholds, **kwargs):
+        """Anytime (`thresholds is None`) or budgeted classification; see the class docstring."""
+        config, body = self.config, self.lookwhere
+        if config.num_labels < 1:
+            raise ValueError("Anytime classification needs a classification head (`num_labels >= 1`).")
+        grid = body._check_inputs(pixel_values, low_res_pixel_values)
+        ks = config.rung_ks(grid[0] * grid[1])
+        if low_res_pixel_values is None:
+            low_res_pixel_values = body.low_res_view(pixel_values)
+        selector_map, prefix, selector_patches, _ = body._run_selector(pixel_values, low_res_pixel_values, grid)
+        indices = select_top_k(selector_map, ks[-1])
+        glance = getattr(self, "glance_classifier", None) is not None
+        rung_k = ([0] if glance else []) + ks
+        lp = _pair(config.selector_config.patch_size)[0]
+        low_grid = (low_res_pixel_values.shape[-2] // lp, low_res_pixel_values.shape[-1] // lp)
+        device = pixel_values.device
+        rung_flops = torch.tensor(anytime_rung_flops(config, low_grid, ks, config.num_labels, glance), device=device)
+
+        batch_size = pixel_values.shape[0]
+        running = torch.arange(batch_size, device=device)  # images still going, as indices into the batch
+        exit_rung = torch.full((batch_size,), len(rung_k) - 1, dtype=torch.long, device=device)
+        rung_logits, logits = [], None
+        embedded, previous_k = None, 0  # patch tokens of the running images, `(n_running, previous_k, D)`
+        for rung, k in enumerate(rung_k):
+            if k == 0:
+                features = torch.cat((prefix[:, 0], selector_patches.mean(dim=1)), dim=-1)
+                rung_out = self.glance_classifier(self.dropout(features))
+            else:
+                new = body.extractor.embeddings.embed_selected(pixel_values[running], indices[running, previous_k:k])
+                embedded = new if embedded is None else torch.cat((embedded, new), dim=1)
+                tokens, _ = body.extractor.encode(embedded, prefix[running])
+                rung_out = self.classifier(self.dropout(tokens[:, 0]))
+                previous_k = k
+            if thresholds is None:
+                rung_logits.append(rung_out)
+                continue
+            if logits is None:
+                logits = rung_out.new_zeros(batch_size, rung_out.shape[-1])
+            last = rung == len(rung_k) - 1
+            leaving = (
+                torch.ones(len(running), dtype=torch.bool, device=device)
+                if last
+                else _confidence(rung_out) >= thresholds[rung]
+            )
+            logits = logits.index_put((running[leaving],), rung_out[leaving])
+            exit_rung[running[leaving]] = rung
+            staying = ~leaving
+            running, prefix = running[staying], prefix[staying]
+            if embedded is not None:
+                embedded = embedded[staying]
+            if len(running) == 0:
+                break
+
+        loss = None
+        if thresholds is None:
+            logits = rung_logits[-1]
+            if labels is not None:
+                loss = sum(self.loss_function(labels, out, config, **kwargs) for out in rung_logits) / len(rung_logits)
+        elif labels is not None:
+            loss = self.loss_function(labels, logits, config, **kwargs)
+        return LookWhereImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            selector_map=selector_map,
+            selected_indices=indices,
+            rung_logits=tuple(rung_logits) if thresholds is None else None,
+            exit_rung=exit_rung,
+            flops=rung_flops[exit_rung],
+            rung_flops=rung_flops,
+            rung_k=torch.tensor(rung_k, device=device),
         )
 
 
@@ -1076,5 +1312,6 @@ __all__ = [
     "LookWhereModelOutput",
     "LookWherePreTrainedModel",
     "LookWhereSemanticSegmenterOutput",
+    "anytime_rung_flops",
     "resize_position_embeddings",
 ]
