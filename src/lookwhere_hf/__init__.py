@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForPreTraining,
     AutoModelForSemanticSegmentation,
     AutoVideoProcessor,
+    BeitImageProcessor,
 )
 
 from .models.lookwhere import (
@@ -33,6 +34,17 @@ from .models.lookwhere import (
     select_top_k,
     selector_scores_to_map,
     spread_to_grid,
+)
+from .models.lookupvit import (
+    LookupViTConfig,
+    LookupViTForImageClassification,
+    LookupViTForSemanticSegmentation,
+    LookupViTImageClassifierOutput,
+    LookupViTModel,
+    LookupViTModelOutput,
+    LookupViTPreTrainedModel,
+    LookupViTSemanticSegmenterOutput,
+    lookupvit_image_processor,
 )
 
 __version__ = "0.1.0"
@@ -57,6 +69,17 @@ LookWhereForImageClassification.register_for_auto_class("AutoModelForImageClassi
 LookWhereForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 LookWhereImageProcessor.register_for_auto_class("AutoImageProcessor")
 
+# LookupViT: a second model family (models/lookupvit); its one-view image processor is transformers' BeitImageProcessor.
+AutoConfig.register("lookupvit", LookupViTConfig, exist_ok=True)
+AutoModel.register(LookupViTConfig, LookupViTModel, exist_ok=True)
+AutoModelForImageClassification.register(LookupViTConfig, LookupViTForImageClassification, exist_ok=True)
+AutoModelForSemanticSegmentation.register(LookupViTConfig, LookupViTForSemanticSegmentation, exist_ok=True)
+AutoImageProcessor.register(LookupViTConfig, image_processor_classes={"torchvision": BeitImageProcessor}, exist_ok=True)
+LookupViTConfig.register_for_auto_class()
+LookupViTModel.register_for_auto_class("AutoModel")
+LookupViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+LookupViTForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+
 __all__ = [
     "LookWhereConfig",
     "LookWhereSelectorConfig",
@@ -75,4 +98,13 @@ __all__ = [
     "select_top_k",
     "selector_scores_to_map",
     "spread_to_grid",
+    "LookupViTConfig",
+    "LookupViTPreTrainedModel",
+    "LookupViTModel",
+    "LookupViTForImageClassification",
+    "LookupViTForSemanticSegmentation",
+    "LookupViTModelOutput",
+    "LookupViTImageClassifierOutput",
+    "LookupViTSemanticSegmenterOutput",
+    "lookupvit_image_processor",
 ]
