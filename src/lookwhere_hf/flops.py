@@ -270,3 +270,95 @@ def _check_size(height: int, width: int, patch_h: int, patch_w: int) -> None:
         raise ValueError(
             f"The image size ({height}x{width}) must be a positive multiple of the patch size ({patch_h}x{patch_w})."
         )
+
+
+# ----------------------------------------------------------------------------------------------------- LookupViT
+@dataclass
+class LookupViTFlops:
+    """Breakdown of a LookupViT forward's FLOPs (all `int`, for the whole batch), same convention as above.
+
+    Per block with `N` lookup tokens, `M = h * w` compressed tokens and width `D`: `gather` = q/o projections of the
+    compressed tokens + k/v projections of the lookup tokens + the two matmuls `Q K^T` and `P V` (`2 * M * N * D`
+    each); `refine` = one transformer layer on `M` tokens; `scatter` = v projection of the compressed tokens, `P^T V`
+    (`2 * N * M * D`) and the output projection of the lookup tokens, with **no** `Q K^T` (the gather logits are
+    reused; `scatter_saved` is what recomputing them would add); `lookup_mlp` = the narrow MLP on `N` tokens.
+    """
+
+    embedding: int
+    gather: int
+    refine: int
+    scatter: int
+    lookup_mlp: int
+    classifier: int
+    scatter_saved: int
+    compressed_grid: tuple[int, int]
+    grid: tuple[int, int]
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.gather + self.refine + self.scatter + self.lookup_mlp + self.classifier
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(total=self.total)
+        return out
+
+
+def lookupvit_flops(
+    config,
+    image_size=None,
+    compressed_grid=None,
+    mode: str = "cls",
+    batch_size: int = 1,
+    num_labels: int = 0,
+) -> LookupViTFlops:
+    """FLOPs of a LookupViT forward (eval mode).
+
+    Args:
+        config ([`LookupViTConfig`]): the model configuration.
+        image_size (`int` or `(height, width)`, *optional*): input size; defaults to `config.image_size`.
+        compressed_grid (`int` or `(h, w)`, *optional*): compressed grid; defaults to `config.compressed_grid`.
+        mode (`str`): `"cls"` (head on the mean compressed token) or `"dense"` (head on every lookup token).
+        batch_size (`int`): images per forward.
+        num_labels (`int`): outputs of the linear head; 0 for the bare model.
+
+    Returns:
+        [`LookupViTFlops`]: the breakdown; `.total` is the sum.
+    """
+    from .models.lookupvit.configuration_lookupvit import check_grid_fits, grid_pair
+
+    if mode not in ("cls", "dense"):
+        raise ValueError(f"`mode` must be 'cls' or 'dense', got {mode!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    height, width = to_pair(image_size if image_size is not None else config.image_size)
+    patch = config.patch_size
+    _check_size(height, width, patch, patch)
+    grid = (height // patch, width // patch)
+    compressed = grid_pair(compressed_grid if compressed_grid is not None else config.compressed_grid)
+    check_grid_fits(compressed, grid)
+    n, m, dim = grid[0] * grid[1], compressed[0] * compressed[1], config.hidden_size
+    layers = config.num_hidden_layers
+
+    embedding = _patch_embed_flops(config, n)
+    gather = 2 * m * dim * dim * 2 + 2 * n * dim * dim * 2 + 2 * 2 * m * n * dim
+    refine = transformer_layer_flops(config, m)
+    scatter = 2 * m * dim * dim + 2 * n * m * dim + 2 * n * dim * dim
+    lookup_mlp = 2 * n * dim * config.lookup_mlp_size * 2
+    classifier = 2 * dim * num_labels if mode == "cls" else 2 * n * dim * num_labels
+    parts = [embedding, layers * gather, layers * refine, layers * scatter, layers * lookup_mlp, classifier]
+    saved = layers * 2 * n * m * dim
+    return LookupViTFlops(*(batch_size * p for p in parts), batch_size * saved, compressed, grid)
+
+
+def vit_flops_like(config, image_size=None, batch_size: int = 1) -> int:
+    """FLOPs of the plain ViT of a [`LookupViTConfig`]'s size (every block a full transformer layer on all `N` patch
+    tokens, no CLS): the model LookupViT is compared with, and what `from_vit` starts from."""
+    height, width = to_pair(image_size if image_size is not None else config.image_size)
+    _check_size(height, width, config.patch_size, config.patch_size)
+    n = (height // config.patch_size) * (width // config.patch_size)
+    per_image = _patch_embed_flops(config, n) + config.num_hidden_layers * transformer_layer_flops(config, n)
+    return batch_size * per_image
+
+
+__all__ += ["LookupViTFlops", "lookupvit_flops", "vit_flops_like"]
