@@ -16,6 +16,17 @@ from transformers import (
     BeitImageProcessor,
 )
 
+from .models.lookupvit import (
+    LookupViTConfig,
+    LookupViTForImageClassification,
+    LookupViTForSemanticSegmentation,
+    LookupViTImageClassifierOutput,
+    LookupViTModel,
+    LookupViTModelOutput,
+    LookupViTPreTrainedModel,
+    LookupViTSemanticSegmenterOutput,
+    lookupvit_image_processor,
+)
 from .models.lookwhere import (
     LookWhereConfig,
     LookWhereExtractorConfig,
@@ -34,17 +45,6 @@ from .models.lookwhere import (
     select_top_k,
     selector_scores_to_map,
     spread_to_grid,
-)
-from .models.lookupvit import (
-    LookupViTConfig,
-    LookupViTForImageClassification,
-    LookupViTForSemanticSegmentation,
-    LookupViTImageClassifierOutput,
-    LookupViTModel,
-    LookupViTModelOutput,
-    LookupViTPreTrainedModel,
-    LookupViTSemanticSegmenterOutput,
-    lookupvit_image_processor,
 )
 
 __version__ = "0.1.0"

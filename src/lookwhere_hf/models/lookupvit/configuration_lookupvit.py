@@ -169,8 +169,8 @@ class LookupViTConfig(PreTrainedConfig):
         grids = self.compressed_grids
         if not isinstance(grids, (list, tuple)) or len(grids) == 0:
             raise ValueError(
-                "`compressed_grids` must be a non-empty list of grids (ints s for s x s, or (h, w) pairs) that training "
-                f"draws from, got {grids!r}."
+                "`compressed_grids` must be a non-empty list of grids (ints s for s x s, or (h, w) pairs) that "
+                f"training draws from, got {grids!r}."
             )
         seen = set()
         for i, value in enumerate(grids):

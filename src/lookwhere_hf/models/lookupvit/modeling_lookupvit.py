@@ -162,13 +162,17 @@ class LookupViTEmbeddings(nn.Module):
         self.patch_size = config.patch_size
         self.patch_embeddings = Dinov2WithRegistersPatchEmbeddings(config)
         token_grid, position_grid = config.token_grid, config.position_grid
-        self.lookup_position_embeddings = nn.Parameter(torch.zeros(1, token_grid[0] * token_grid[1], config.hidden_size))
+        self.lookup_position_embeddings = nn.Parameter(
+            torch.zeros(1, token_grid[0] * token_grid[1], config.hidden_size)
+        )
         self.compressed_position_embeddings = nn.Parameter(
             torch.zeros(1, position_grid[0] * position_grid[1], config.hidden_size)
         )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values: torch.Tensor, compressed_grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pixel_values: torch.Tensor, compressed_grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(B, C, H, W)` -> lookup tokens `(B, N, D)` and compressed tokens `(B, h * w, D)`."""
         grid = (pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size)
         patches = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))  # (B, N, D)
@@ -236,7 +240,8 @@ class LookupViTScatter(nn.Module):
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, compressed: torch.Tensor, gather_logits: torch.Tensor) -> torch.Tensor:
-        """Normed compressed tokens `(B, M, D)` and the gather logits `(B, heads, M, N)` -> lookup update `(B, N, D)`."""
+        """Normed compressed tokens `(B, M, D)` and the gather logits `(B, heads, M, N)` -> lookup update
+        `(B, N, D)`."""
         value = self.v_proj(compressed).view(*compressed.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
         probs = gather_logits.transpose(-1, -2).softmax(dim=-1)  # (B, heads, N, M), normalized over compressed tokens
         attended = torch.matmul(F.dropout(probs, p=self.dropout, training=self.training), value)
@@ -400,7 +405,9 @@ class LookupViTPreTrainedModel(PreTrainedModel):
         state = backbone.state_dict()
         patch_pos = state["embeddings.position_embeddings"][:, 1:]  # drop the CLS slot
         with torch.no_grad():
-            emb.patch_embeddings.projection.load_state_dict(backbone.embeddings.patch_embeddings.projection.state_dict())
+            emb.patch_embeddings.projection.load_state_dict(
+                backbone.embeddings.patch_embeddings.projection.state_dict()
+            )
             emb.lookup_position_embeddings.copy_(patch_pos)
             emb.compressed_position_embeddings.copy_(
                 resize_position_embeddings(patch_pos, config.token_grid, config.position_grid)
@@ -530,8 +537,10 @@ class LookupViTModel(LookupViTPreTrainedModel):
         """
         output_hidden_states = kwargs.pop("output_hidden_states", None)
         output_attentions = kwargs.pop("output_attentions", None)
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         token_grid = self._check_pixel_values(pixel_values)
         grid = self.resolve_compressed_grid(compressed_grid, token_grid)
         lookup, compressed = self.embeddings(pixel_values, grid)
