@@ -206,6 +206,8 @@ def _collate(examples: list[dict]) -> dict:
     if "low_res_pixel_values" in examples[0]:
         batch["low_res_pixel_values"] = torch.stack([torch.as_tensor(e["low_res_pixel_values"]) for e in examples])
     key = "labels" if "labels" in examples[0] else "label"
+    if any(key not in example for example in examples):
+        raise ValueError("Calibration examples need `labels` (or `label`): the thresholds are fitted on them.")
     batch["labels"] = torch.as_tensor([int(e[key]) for e in examples])
     return batch
 
@@ -242,7 +244,7 @@ def collect_anytime_outputs(model, eval_data, batch_size: int = 16, progress: bo
     try:
         for batch in tqdm(_batches(eval_data, batch_size), desc="calibrating", disable=not progress):
             if "labels" not in batch and "label" not in batch:
-                raise ValueError("Calibration batches need `labels` (or `label`): the thresholds are fitted on them.")
+                raise ValueError("Calibration examples need `labels` (or `label`): the thresholds are fitted on them.")
             pixel_values = batch["pixel_values"].to(device)
             inputs = {"pixel_values": pixel_values}
             if batch.get("low_res_pixel_values") is not None:

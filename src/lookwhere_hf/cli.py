@@ -129,6 +129,7 @@ def _load(auto_class, model_path: str, k_ratio: float | None):
         raise CLIError(f"{model_path!r} holds a {model.config.model_type!r} model, not a LookWhere model")
     if k_ratio is not None:
         model.config.k_ratio = k_ratio
+        model.config.use_budget = False  # a fixed k was asked for: saved budget thresholds would override it
     try:
         processor = AutoImageProcessor.from_pretrained(model_path)
     except (OSError, ValueError):  # a folder without preprocessor_config.json
@@ -266,6 +267,8 @@ def cmd_predict(args) -> int:
     model, processor = _load(AutoModelForImageClassification, model_path, args.k_ratio)
     if not getattr(model.config, "num_labels", 0) or not hasattr(model, "classifier"):
         raise CLIError(f"{model_path!r} is not an image-classification model (no classifier head)")
+    if args.budget is not None:
+        _check_budget(model.config, processor, args.budget, args.k_ratio)
     classifier = pipeline("image-classification", model=model, image_processor=processor, device=args.device)
     top_k = min(args.top_k, model.config.num_labels)
     results = []
@@ -280,6 +283,47 @@ def cmd_predict(args) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
+
+
+def _check_budget(config, processor, budget: float, k_ratio: float | None) -> None:
+    """`predict --budget GFLOPS`: the saved exit thresholds must exist, fit the budget and match the input size.
+
+    Exit thresholds are fitted on held-out data (`lookwhere_hf.budget.calibrate_budget`), which `predict` does not
+    have, so `--budget` checks the saved calibration against the budget instead of fitting one."""
+    if k_ratio is not None:
+        raise CLIError("--budget and --k-ratio exclude each other (budgeted inference picks k per image)")
+    if getattr(config, "budget_thresholds", None) is None:
+        raise CLIError(
+            "this model has no budget thresholds; fit them on a held-out split with "
+            "lookwhere_hf.budget.calibrate_budget(model, eval_data, target_gflops) and save the model"
+        )
+    expected = config.budget_expected_gflops
+    if expected is not None and expected > budget:
+        raise CLIError(
+            f"the saved thresholds spend {expected:.3g} GFLOPs per image on their calibration split (target "
+            f"{config.budget_target_gflops:.3g}), more than --budget {budget:g}; recalibrate for this budget"
+        )
+    size = getattr(processor, "size", None) or {}
+    if config.budget_image_size is not None and [size.get("height"), size.get("width")] != list(config.budget_image_size):
+        raise CLIError(
+            f"the thresholds were calibrated at {config.budget_image_size[0]}x{config.budget_image_size[1]} pixels but "
+            f"the image processor resizes to {size.get('height')}x{size.get('width')}; the rung costs differ"
+        )
+    config.use_budget = True
+    if expected is not None:
+        accuracy = config.budget_calibration_accuracy
+        note = f", accuracy {accuracy:.1%}" if accuracy is not None else ""
+        print(f"budgeted inference: {expected:.3g} GFLOPs per image on the calibration split{note}", file=sys.stderr)
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
 
 
 def cmd_visualize(args) -> int:
@@ -365,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default=None, help="model folder or Hub id (default: the shipped demo checkpoint)")
     predict.add_argument(
         "--k-ratio", type=k_ratio_argument, default=None, help="fraction of high-res patches computed, in (0, 1]"
+    )
+    predict.add_argument(
+        "--budget",
+        type=_positive_float,
+        default=None,
+        metavar="GFLOPS",
+        help="budgeted inference with the model's saved exit thresholds, checked to spend at most GFLOPS per image "
+        "on average (fit them with lookwhere_hf.budget.calibrate_budget)",
     )
     predict.add_argument("--top-k", type=_positive_int, default=5, help="classes printed per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")

@@ -918,7 +918,7 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
             logits = logits.index_put((running[leaving],), rung_out[leaving])
             exit_rung[running[leaving]] = rung
             staying = ~leaving
-            running, prefix = running[staying], prefix[staying]
+            running = running[staying]
             if embedded is not None:
                 embedded = embedded[staying]
             if len(running) == 0:
