@@ -281,7 +281,8 @@ class LookupViTFlops:
     compressed tokens + k/v projections of the lookup tokens + the two matmuls `Q K^T` and `P V` (`2 * M * N * D`
     each); `refine` = one transformer layer on `M` tokens; `scatter` = v projection of the compressed tokens, `P^T V`
     (`2 * N * M * D`) and the output projection of the lookup tokens, with **no** `Q K^T` (the gather logits are
-    reused; `scatter_saved` is what recomputing them would add); `lookup_mlp` = the narrow MLP on `N` tokens.
+    reused; `scatter_saved` is what recomputing them would add); `lookup_mlp` = the narrow MLP on `N` tokens. The
+    classifier's last block has no scatter and no lookup MLP (see `lookupvit_flops`).
     """
 
     embedding: int
@@ -318,9 +319,12 @@ def lookupvit_flops(
         config ([`LookupViTConfig`]): the model configuration.
         image_size (`int` or `(height, width)`, *optional*): input size; defaults to `config.image_size`.
         compressed_grid (`int` or `(h, w)`, *optional*): compressed grid; defaults to `config.compressed_grid`.
-        mode (`str`): `"cls"` (head on the mean compressed token) or `"dense"` (head on every lookup token).
+        mode (`str`): `"cls"`: `LookupViTForImageClassification`, a head on the mean compressed token; its last
+            block skips the scatter and the lookup MLP, which only the lookup tokens would carry. `"dense"`:
+            `LookupViTForSemanticSegmentation` (a head on every lookup token) or, with `num_labels=0`, the bare
+            `LookupViTModel`; both streams are computed to the end.
         batch_size (`int`): images per forward.
-        num_labels (`int`): outputs of the linear head; 0 for the bare model.
+        num_labels (`int`): outputs of the linear head.
 
     Returns:
         [`LookupViTFlops`]: the breakdown; `.total` is the sum.
@@ -346,8 +350,11 @@ def lookupvit_flops(
     scatter = 2 * m * dim * dim + 2 * n * m * dim + 2 * n * dim * dim
     lookup_mlp = 2 * n * dim * config.lookup_mlp_size * 2
     classifier = 2 * dim * num_labels if mode == "cls" else 2 * n * dim * num_labels
-    parts = [embedding, layers * gather, layers * refine, layers * scatter, layers * lookup_mlp, classifier]
-    saved = layers * 2 * n * m * dim
+    # the classifier reads only the compressed tokens: its last block skips the scatter and the lookup MLP
+    lookup_layers = layers - 1 if mode == "cls" else layers
+    parts = [embedding, layers * gather, layers * refine, lookup_layers * scatter, lookup_layers * lookup_mlp]
+    parts.append(classifier)
+    saved = lookup_layers * 2 * n * m * dim
     return LookupViTFlops(*(batch_size * p for p in parts), batch_size * saved, compressed, grid)
 
 

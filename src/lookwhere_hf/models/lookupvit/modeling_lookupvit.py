@@ -283,13 +283,21 @@ class LookupViTLayer(GradientCheckpointingLayer):
         self.drop_path = Dinov2WithRegistersDropPath(rate) if rate > 0.0 else nn.Identity()
 
     def forward(
-        self, lookup: torch.Tensor, compressed: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+        self,
+        lookup: torch.Tensor,
+        compressed: torch.Tensor,
+        update_lookup: bool = True,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(B, N, D)` lookup and `(B, M, D)` compressed tokens -> both updated, and the gather attention
-        `(B, heads, M, N)`. `kwargs` go to the compressed self-attention (attention-implementation options)."""
+        `(B, heads, M, N)`. With `update_lookup=False` the scatter and lookup MLP are skipped (the last block of a model
+        that reads only the compressed tokens) and `lookup` comes back unchanged. `kwargs` go to the compressed
+        self-attention (attention-implementation options)."""
         update, logits, probs = self.gather(self.gather_norm_compressed(compressed), self.gather_norm_lookup(lookup))
         compressed = compressed + self.drop_path(self.gather_layer_scale(update))
         compressed = self.compressed_layer(compressed, **kwargs)
+        if not update_lookup:
+            return lookup, compressed, probs
         update = self.scatter(self.scatter_norm(compressed), logits)
         lookup = lookup + self.drop_path(self.scatter_layer_scale(update))
         lookup = lookup + self.drop_path(self.lookup_mlp_layer_scale(self.lookup_mlp(self.lookup_mlp_norm(lookup))))
@@ -485,18 +493,22 @@ class LookupViTEncoder(nn.Module):
         compressed: torch.Tensor,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        output_lookup_tokens: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ):
         """Returns `(lookup, compressed, compressed_states, lookup_states, attentions)`; the last three are tuples or
-        `None`."""
+        `None`. With `output_lookup_tokens=False` the last block does not update the lookup tokens (nothing reads
+        them), and `lookup_states` has no entry for it."""
         compressed_states = (compressed,) if output_hidden_states else None
         lookup_states = (lookup,) if output_hidden_states else None
         attentions = () if output_attentions else None
-        for layer in self.layer:
-            lookup, compressed, probs = layer(lookup, compressed, **kwargs)
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            update_lookup = output_lookup_tokens or i < last
+            lookup, compressed, probs = layer(lookup, compressed, update_lookup, **kwargs)
             if output_hidden_states:
                 compressed_states += (compressed,)
-                lookup_states += (lookup,)
+                lookup_states += (lookup,) if update_lookup else ()
             if output_attentions:
                 attentions += (probs,)
         return lookup, compressed, compressed_states, lookup_states, attentions
@@ -521,6 +533,7 @@ class LookupViTModel(LookupViTPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         compressed_grid: int | tuple[int, int] | None = None,
+        output_lookup_tokens: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> LookupViTModelOutput:
         r"""
@@ -531,6 +544,10 @@ class LookupViTModel(LookupViTPreTrainedModel):
                 Compressed-token grid of this forward (the compute knob: the refine step costs `O((h w)^2)`); at most
                 the token grid `(height / patch_size, width / patch_size)`. Default: a random one of
                 `config.compressed_grids` in training mode, `config.compressed_grid` in eval mode.
+            output_lookup_tokens (`bool`, *optional*, defaults to `True`):
+                Whether to finish the lookup stream. `False` (what the classifier passes) skips the last block's
+                scatter and lookup MLP, whose results only the lookup tokens carry: `lookup_last_hidden_state` is then
+                `None` and `lookup_hidden_states` has `num_hidden_layers` entries.
             kwargs (`TransformersKwargs`):
                 `output_hidden_states` / `output_attentions` (default: the config's) return the per-layer tuples of
                 [`LookupViTModelOutput`]; other keys go to the compressed self-attention.
@@ -545,13 +562,13 @@ class LookupViTModel(LookupViTPreTrainedModel):
         grid = self.resolve_compressed_grid(compressed_grid, token_grid)
         lookup, compressed = self.embeddings(pixel_values, grid)
         lookup, compressed, compressed_states, lookup_states, attentions = self.encoder(
-            lookup, compressed, bool(output_hidden_states), bool(output_attentions), **kwargs
+            lookup, compressed, bool(output_hidden_states), bool(output_attentions), output_lookup_tokens, **kwargs
         )
         compressed = self.layernorm(compressed)
         return LookupViTModelOutput(
             last_hidden_state=compressed,
             pooler_output=compressed.mean(dim=1),
-            lookup_last_hidden_state=self.lookup_layernorm(lookup),
+            lookup_last_hidden_state=self.lookup_layernorm(lookup) if output_lookup_tokens else None,
             compressed_grid=grid,
             hidden_states=compressed_states,
             lookup_hidden_states=lookup_states,
@@ -574,7 +591,34 @@ class _LookupViTTaskModel(LookupViTPreTrainedModel):
 
 
 class LookupViTForImageClassification(_LookupViTTaskModel):
-    """LookupViT with a linear classifier on the mean compressed token."""
+    """LookupViT with a linear classifier on the mean compressed token.
+
+    The classifier reads only the compressed tokens, so the last block's scatter and lookup MLP and the lookup final
+    norm have no effect on it: the forward skips them, and they are frozen (`requires_grad=False`: they would get no
+    gradient, which DDP without `find_unused_parameters` refuses). They stay in the state dict, so one checkpoint
+    serves both heads.
+    """
+
+    def post_init(self) -> None:
+        super().post_init()
+        self._freeze_unused_parameters()
+
+    def _freeze_unused_parameters(self) -> None:
+        """The parameters the classification forward never uses; also run after `from_pretrained`, which re-creates
+        the loaded parameters with `requires_grad=True`."""
+        if not hasattr(self, "lookupvit"):  # `post_init` of the base class, before the body exists
+            return
+        last = self.lookupvit.encoder.layer[-1]
+        unused = ("scatter_norm", "scatter", "scatter_layer_scale", "lookup_mlp_norm", "lookup_mlp")
+        for name in (*unused, "lookup_mlp_layer_scale"):
+            getattr(last, name).requires_grad_(False)
+        self.lookupvit.lookup_layernorm.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze_unused_parameters()
+        return loaded
 
     @can_return_tuple
     def forward(
@@ -593,7 +637,7 @@ class LookupViTForImageClassification(_LookupViTTaskModel):
 
         Returns `logits (batch_size, num_labels)` and, on request, the per-layer outputs of [`LookupViTModelOutput`].
         """
-        outputs = self.lookupvit(pixel_values, compressed_grid=compressed_grid, **kwargs)
+        outputs = self.lookupvit(pixel_values, compressed_grid=compressed_grid, output_lookup_tokens=False, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
