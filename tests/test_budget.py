@@ -2,16 +2,29 @@
 the pipeline and the CLI, on tiny seeded models."""
 
 import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import EPS32, FLOAT64_TOLERANCE, make_tiny_config
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
+from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForImageClassification, pipeline
 
-from lookwhere_hf import LookWhereConfig, LookWhereForImageClassification, LookWhereImageProcessor, cli
+from lookwhere_hf import (
+    LookWhereConfig,
+    LookWhereForImageClassification,
+    LookWhereImageProcessor,
+    LookWhereModel,
+    cli,
+)
 from lookwhere_hf.budget import NEVER_EXIT, calibrate_budget, fit_budget_thresholds, simulate_exits
 from lookwhere_hf.flops import lookwhere_flops, transformer_layer_flops
 from lookwhere_hf.models.lookwhere.modeling_lookwhere import _block_flops, anytime_rung_flops
@@ -381,3 +394,100 @@ def test_cli_predict_budget(calibrated_folder, photos, tmp_path, capsys):
     make_model(dtype=torch.float32).save_pretrained(plain)
     assert cli.main(["predict", str(image), "--model", str(plain), "--budget", "1.0"]) == 2
     assert "no budget thresholds" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------- training
+ROOT = Path(__file__).resolve().parents[1]
+CLS_SCRIPT = ROOT / "examples/pytorch/image-classification/run_image_classification.py"
+CLS_NT_SCRIPT = ROOT / "examples/pytorch/image-classification/run_image_classification_no_trainer.py"
+COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    """A 3-class imagefolder (noisy colour fields, 8 train / 6 validation images per class) and a tiny LookWhere."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 8), ("validation", 6)):
+        for name, colour in COLOURS.items():
+            folder = root / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                image = np.clip(rng.normal(0, 60, size=(80, 80, 3)) + np.array(colour), 0, 255).astype(np.uint8)
+                Image.fromarray(image).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    LookWhereModel(make_tiny_config()).save_pretrained(root / "tiny")
+    LookWhereImageProcessor(
+        size={"height": SIZE, "width": SIZE}, low_res_size={"height": 56, "width": 56}
+    ).save_pretrained(root / "tiny")
+    return root
+
+
+def _script_args(colours, output_dir, *extra):
+    return [
+        "--model_name_or_path", colours / "tiny", "--dataset_name", colours / "data", "--output_dir", output_dir,
+        "--cache_dir", colours / "cache", "--per_device_train_batch_size", "8", "--seed", "0", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "script, extra, message",
+    [
+        (CLS_SCRIPT, ["--k_ratios", "0.1,0.05"], "the rungs must be increasing and distinct, e.g. 0.05,0.1"),
+        (CLS_NT_SCRIPT, ["--k_ratios", "0.1,0.1"], "the rungs must be increasing and distinct"),
+        (CLS_SCRIPT, ["--k_ratios", "0.1,1.5"], "every ratio must be in (0, 1]"),
+        (CLS_NT_SCRIPT, ["--k_ratios", "ten"], "must be comma-separated numbers"),
+        (CLS_SCRIPT, ["--calibrate_budget", "-1"], "--calibrate_budget must be a positive number"),
+    ],
+)
+def test_bad_anytime_training_arguments_stop_before_training(colours, monkeypatch, capsys, script, extra, message):
+    out = colours / f"never_{script.stem}"
+    argv = _script_args(colours, out, *extra)
+    if "no_trainer" not in script.name:
+        argv += ["--do_train", "--report_to", "none"]
+    monkeypatch.setattr(sys, "argv", [str(script), *map(str, argv)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and f"{script.name}: error: " in error, error
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
+def test_multi_rung_training_trains_every_rung_and_calibrates_a_budget(colours):
+    out = colours / "multi_rung"
+    config = make_tiny_config(high_res=SIZE, glance_head=True, anytime_k_ratios=RATIOS, num_labels=3)
+    rung_gflops = [f / 1e9 for f in anytime_rung_flops(config, (4, 4), [6, 16, 32], 3, True)]
+    budget = (rung_gflops[1] + rung_gflops[2]) / 2
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["HF_HOME"] = str(colours / "hf_home")
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    argv = _script_args(
+        colours, out, "--do_train", "--do_eval", "--num_train_epochs", "2", "--learning_rate", "3e-3",
+        "--k_ratios", ",".join(map(str, RATIOS)), "--glance_head", "--calibrate_budget", f"{budget!r}",
+        "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true",
+        "--dataloader_num_workers", "0",
+    )  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(CLS_SCRIPT), *map(str, argv)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train_all_rungs"] and saved["glance_head"] and saved["anytime_k_ratios"] == RATIOS
+    assert len(saved["budget_thresholds"]) == 3 and saved["budget_target_gflops"] == budget
+    assert saved["budget_expected_gflops"] <= budget
+    assert saved["budget_rung_gflops"] == pytest.approx(rung_gflops, rel=1e-12)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["budget_expected_gflops"] == saved["budget_expected_gflops"]
+    # the glance head was trained and saved; the folder runs budgeted in the pipeline
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    assert "glance_classifier.weight" in load_file(out / "model.safetensors")
+    image = Image.open(colours / "data" / "validation" / "red" / "0.png").convert("RGB")
+    predictions = pipeline("image-classification", model=str(out))(image, top_k=3)
+    processor = LookWhereImageProcessor.from_pretrained(out)
+    with torch.no_grad():
+        probs = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
+    for prediction in predictions:
+        expected = probs[model.config.label2id[prediction["label"]]].item()
+        assert prediction["score"] == pytest.approx(expected, rel=0, abs=6 * EPS32)

@@ -16,6 +16,10 @@ Example (runs offline on a local folder):
         --k_ratio 0.1 --image_size 518 \\
         --per_device_train_batch_size 32 --learning_rate 1e-4 --num_train_epochs 5
 
+Anytime / budgeted classification: `--k_ratios 0.025,0.05,0.1,0.25 --glance_head` trains the glance exit and every
+rung (the mean of the rung losses) and `--calibrate_budget 20` fits exit thresholds for 20 GFLOPs per image on the
+validation split at the end, saved in the model's config (the pipeline then exits early).
+
 The output folder loads with `pipeline("image-classification", model="outputs/lookwhere-cls")`.
 """
 
@@ -28,13 +32,14 @@ from lookwhere_hf import LookWhereForImageClassification
 from lookwhere_hf.training import (
     IMAGE_CLASSIFICATION,
     TRAINER_CHECKPOINT,
+    ClassificationModelArguments,
     ClassificationTransform,
     DataTrainingArguments,
-    ModelArguments,
     SeededDataset,
     SetEpochCallback,
     TaskMetric,
     build_model_and_processor,
+    calibrate_after_training,
     collate_fn,
     describe_setup,
     load_datasets,
@@ -51,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_script_arguments(
-        (ModelArguments, DataTrainingArguments, TrainingArguments), argv
+        (ClassificationModelArguments, DataTrainingArguments, TrainingArguments), argv
     )
 
     # Everything that can be wrong with the arguments is checked before data or weights are loaded.
@@ -91,11 +96,20 @@ def main(argv: list[str] | None = None) -> dict:
         preprocess_logits_for_metrics=metric.predict,
         callbacks=[SetEpochCallback(train_dataset)],
     )
-    return run_trainer(
+    results = run_trainer(
         trainer, do_train=training_args.do_train, do_eval=training_args.do_eval, resume_from_checkpoint=checkpoint,
         finetuned_from=model_args.model_name_or_path or model_args.init_from_dinov2, task=IMAGE_CLASSIFICATION,
         dataset_name=data_args.dataset_name,
     )  # fmt: skip
+    if model_args.calibrate_budget is not None:
+        budget = calibrate_after_training(
+            trainer.model, eval_dataset, model_args.calibrate_budget, training_args.per_device_eval_batch_size,
+            logger.info,
+        )  # fmt: skip
+        trainer.save_model()  # the config now carries the thresholds
+        trainer.save_metrics("budget", budget)
+        results.update(budget)
+    return results
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ from accelerate.utils import set_seed
 from lookwhere_hf import LookWhereForImageClassification
 from lookwhere_hf.training import (
     IMAGE_CLASSIFICATION,
+    ClassificationModelArguments,
     ClassificationTransform,
     DataTrainingArguments,
-    ModelArguments,
     NoTrainerArguments,
     SeededDataset,
     TaskMetric,
     build_model_and_processor,
+    calibrate_after_training,
     collate_fn,
     describe_setup,
     load_datasets,
@@ -46,7 +47,7 @@ from lookwhere_hf.training import (
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args = parse_script_arguments(
-        (ModelArguments, DataTrainingArguments, NoTrainerArguments), argv
+        (ClassificationModelArguments, DataTrainingArguments, NoTrainerArguments), argv
     )
 
     # Everything that can be wrong with the arguments is checked before data or weights are loaded.
@@ -71,6 +72,13 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=dataset["validation"], metric=TaskMetric(IMAGE_CLASSIFICATION, id2label),
         project_name="image_classification_no_trainer",
     )  # fmt: skip
+    if model_args.calibrate_budget is not None:
+        results.update(
+            calibrate_after_training(
+                model, dataset["validation"], model_args.calibrate_budget, args.per_device_eval_batch_size,
+                accelerator.print,
+            )
+        )  # fmt: skip
     save_outputs(accelerator, args, model, image_processor, results)
     return results
 

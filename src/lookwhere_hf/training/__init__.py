@@ -12,6 +12,7 @@
 
 from .arguments import (
     ArgumentError,
+    ClassificationModelArguments,
     DataTrainingArguments,
     ModelArguments,
     NoTrainerArguments,
@@ -42,7 +43,13 @@ from .loop import (
     train_loop,
 )
 from .metrics import PRETRAINING_LOSS_COMPONENTS, TaskMetric
-from .model_setup import build_model_and_processor, build_pretraining_model, describe_setup, set_model_resolution
+from .model_setup import (
+    build_model_and_processor,
+    build_pretraining_model,
+    calibrate_after_training,
+    describe_setup,
+    set_model_resolution,
+)
 from .trainer import PretrainingTrainer, SetEpochCallback, run_trainer
 from .transforms import ClassificationTransform, PretrainingTransform, SegmentationTransform, collate_fn
 
@@ -52,6 +59,7 @@ __all__ = [
     "SEMANTIC_SEGMENTATION",
     "TRAINER_CHECKPOINT",
     "ArgumentError",
+    "ClassificationModelArguments",
     "ClassificationTransform",
     "DataTrainingArguments",
     "ModelArguments",
@@ -67,6 +75,7 @@ __all__ = [
     "SetEpochCallback",
     "TaskMetric",
     "build_model_and_processor",
+    "calibrate_after_training",
     "build_pretraining_model",
     "collate_fn",
     "describe_setup",

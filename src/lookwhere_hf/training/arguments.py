@@ -87,6 +87,53 @@ class ModelArguments(HubArguments):
 
 
 @dataclass
+class ClassificationModelArguments(ModelArguments):
+    """[`ModelArguments`] plus anytime / budgeted classification (image classification only)."""
+
+    k_ratios: str | None = field(
+        default=None,
+        metadata={
+            "help": "Multi-rung training: comma-separated increasing fractions of the high-resolution patches, e.g. "
+            "0.025,0.05,0.1,0.25 (`config.anytime_k_ratios`). Every step trains every rung (the mean of the rung "
+            "losses), so that one model serves anytime and budgeted inference."
+        },
+    )
+    glance_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Add and train the glance exit (a linear head on the selector's output), the cheapest rung. "
+            "Implies multi-rung training (with the model's rungs unless --k_ratios is given)."
+        },
+    )
+    calibrate_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "After training, fit exit thresholds on the validation split for this mean GFLOPs per image "
+            "(`lookwhere_hf.budget.calibrate_budget`) and save them in the model's config."
+        },
+    )
+
+    def anytime_ratios(self) -> list[float] | None:
+        """`--k_ratios` parsed; raises [`ArgumentError`] for anything but increasing distinct fractions in (0, 1]."""
+        if self.k_ratios is None:
+            return None
+        try:
+            ratios = [float(part) for part in self.k_ratios.split(",")]
+        except ValueError:
+            raise ArgumentError(
+                f"--k_ratios {self.k_ratios!r} must be comma-separated numbers, e.g. 0.025,0.05,0.1,0.25."
+            ) from None
+        if not all(0.0 < ratio <= 1.0 for ratio in ratios):
+            raise ArgumentError(f"--k_ratios {self.k_ratios}: every ratio must be in (0, 1] (a fraction of patches).")
+        if len(set(ratios)) != len(ratios) or ratios != sorted(ratios):
+            raise ArgumentError(
+                f"--k_ratios {self.k_ratios}: the rungs must be increasing and distinct, e.g. "
+                f"{','.join(f'{r:g}' for r in sorted(set(ratios)))}."
+            )
+        return ratios
+
+
+@dataclass
 class PretrainingModelArguments(HubArguments):
     """Which teacher to distil, and the student built from it. Unset k range / loss weights: the config's values."""
 
@@ -356,6 +403,11 @@ def validate_arguments(model_args: ModelArguments, data_args: DataTrainingArgume
             "extractor sees and must be in (0, 1] (e.g. 0.1 for 10%)."
         )
     _check_positive(model_args, ("selector_depth",))
+    if isinstance(model_args, ClassificationModelArguments):
+        model_args.anytime_ratios()
+        budget = model_args.calibrate_budget
+        if budget is not None and not 0.0 < budget < float("inf"):
+            raise ArgumentError(f"--calibrate_budget must be a positive number of GFLOPs per image, got {budget}.")
     if not 0.0 < data_args.train_val_split < 1.0:
         raise ArgumentError(f"--train_val_split must be in (0, 1), got {data_args.train_val_split}.")
     _validate_data_source(data_args)

@@ -52,6 +52,41 @@ def set_model_resolution(model, image_size: int | None = None, low_res_size: int
     return changes
 
 
+def _anytime_config(model_args) -> dict:
+    """Config fields of `--k_ratios` / `--glance_head` (multi-rung training). Changing the rungs drops any saved
+    budget calibration: its thresholds belong to the old rungs (`--calibrate_budget` fits new ones)."""
+    ratios = model_args.anytime_ratios() if hasattr(model_args, "anytime_ratios") else None
+    glance = bool(getattr(model_args, "glance_head", False))
+    if ratios is None and not glance:
+        return {}
+    fields = {"train_all_rungs": True, "glance_head": glance, "budget_thresholds": None, "budget_rung_gflops": None}
+    fields.update(budget_image_size=None, budget_target_gflops=None, budget_expected_gflops=None)
+    fields["budget_calibration_accuracy"] = None
+    if ratios is not None:
+        fields["anytime_k_ratios"] = ratios
+    return fields
+
+
+def calibrate_after_training(model, eval_dataset, target_gflops: float, batch_size: int, print_fn: Callable = print):
+    """`--calibrate_budget`: fit exit thresholds on the (transformed) validation split and write them into the model's
+    config. Returns the calibration as `budget_*` metrics."""
+    from ..budget import calibrate_budget
+
+    if eval_dataset is None:
+        raise ArgumentError("--calibrate_budget needs a validation split (the thresholds are fitted on held-out data).")
+    result = calibrate_budget(model, eval_dataset, target_gflops, batch_size=batch_size)
+    print_fn(
+        f"Budget calibration on {result.num_images} validation images: target {target_gflops:g} GFLOPs, "
+        f"{result.expected_flops:.4g} GFLOPs per image on average, accuracy {result.accuracy:.4f}, exit shares "
+        + ", ".join(f"{share:.2f}" for share in result.exit_shares)
+    )
+    return {
+        "budget_target_gflops": result.target_flops,
+        "budget_expected_gflops": result.expected_flops,
+        "budget_calibration_accuracy": result.accuracy,
+    }
+
+
 def build_model_and_processor(model_class, model_args: ModelArguments, id2label: dict[int, str]):
     """The LookWhere task model and its image processor, ready for fine-tuning.
 
@@ -66,6 +101,7 @@ def build_model_and_processor(model_class, model_args: ModelArguments, id2label:
 
     id2label = dict(enumerate(id2label.values()))
     labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": {n: i for i, n in id2label.items()}}
+    labels.update(_anytime_config(model_args))
     hub_kwargs = model_args.hub_kwargs()
     if model_args.init_from_dinov2:
         sizes = {

@@ -160,6 +160,10 @@ class LookWhereConfig(PreTrainedConfig):
             The focus rungs of anytime / budgeted classification: strictly increasing fractions in (0, 1] of the
             high-resolution patches (`k = floor(ratio * num_patches)`, at least 1), each a prediction of the extractor
             on the top-`k` patches. The ladder is `[glance] + anytime_k_ratios`.
+        train_all_rungs (`bool`, *optional*, defaults to `False`):
+            Whether [`LookWhereForImageClassification`] in training mode (with `labels`, no `k`) trains every rung:
+            the anytime forward, whose loss is the mean of the glance and focus rungs' losses. The example scripts
+            set it with `--k_ratios` / `--glance_head`.
         budget_thresholds (`list[float]`, *optional*):
             Exit thresholds on the max softmax probability, one per rung except the last (which always exits):
             an image leaves at the first rung whose confidence is `>=` that rung's threshold. A threshold above 1
@@ -214,6 +218,7 @@ class LookWhereConfig(PreTrainedConfig):
     pretrain_k_seed: int = 0
     glance_head: bool = False
     anytime_k_ratios: list[float] | tuple[float, ...] = (0.025, 0.05, 0.1, 0.25)
+    train_all_rungs: bool = False
     budget_thresholds: list[float] | None = None
     use_budget: bool = True
     budget_rung_gflops: list[float] | None = None

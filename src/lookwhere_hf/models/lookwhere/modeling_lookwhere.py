@@ -798,6 +798,7 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
             Fixed-`k` mode: number of high-resolution patches (default from `config.k_ratio`).
         anytime (`bool`, *optional*, defaults to `False`):
             Return the logits of every rung (`rung_logits`), their cumulative FLOPs (`rung_flops`) and `rung_k`.
+            Also on in training mode with `labels` when `config.train_all_rungs`.
         budget (`bool`, *optional*):
             Budgeted mode. `None`: on in eval mode when `config.budget_thresholds` is set, `config.use_budget` is
             true and neither `k` nor `anytime` is given. `False`: off.
@@ -811,6 +812,8 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
         `rung_flops`, `rung_k` (and `rung_logits` when anytime).
         """
         thresholds = self._resolve_exit_mode(k, anytime, budget, exit_thresholds)
+        if self.training and self.config.train_all_rungs and labels is not None and k is None and thresholds is None:
+            anytime = True
         if anytime or thresholds is not None:
             for flag in ("output_hidden_states", "output_attentions"):
                 if kwargs.get(flag):
