@@ -220,6 +220,18 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(checkpointed[name], plain[name], **FLOAT64_TOLERANCE, msg=name)
 
 
+@pytest.mark.parametrize("cls", [LookupViTForImageClassification, LookupViTForSemanticSegmentation])
+def test_every_trainable_parameter_gets_a_gradient_and_frozen_ones_stay_frozen(tmp_path, cls):
+    model = tiny(cls, num_labels=3).train()
+    labels = torch.tensor([0, 2]) if cls is LookupViTForImageClassification else torch.randint(3, (2, 112, 112))
+    model(torch.randn(2, 3, 112, 112), labels=labels).loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(p.grad is not None for n, p in model.named_parameters() if n in trainable)
+    model.save_pretrained(tmp_path)
+    loaded = cls.from_pretrained(tmp_path)
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == trainable
+
+
 # ------------------------------------------------------------------------------------- save / load / pipelines
 def test_config_round_trip_and_auto_classes(tmp_path):
     config = tiny_config(compressed_grids=[2, (3, 2)], num_labels=2)

@@ -577,7 +577,12 @@ class LookupViTModel(LookupViTPreTrainedModel):
 
 
 class _LookupViTTaskModel(LookupViTPreTrainedModel):
-    """Shared set-up of the task heads: the LookupViT body, dropout and a linear head."""
+    """Shared set-up of the task heads: the LookupViT body, dropout and a linear head.
+
+    Each head reads one stream only, so a few parameters never reach its output (`_unused_modules`). They are frozen
+    (`requires_grad=False`): they would get no gradient, which DDP without `find_unused_parameters` refuses. They stay
+    in the state dict, so one checkpoint serves both heads.
+    """
 
     accepts_loss_kwargs = False
 
@@ -589,36 +594,39 @@ class _LookupViTTaskModel(LookupViTPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
-
-class LookupViTForImageClassification(_LookupViTTaskModel):
-    """LookupViT with a linear classifier on the mean compressed token.
-
-    The classifier reads only the compressed tokens, so the last block's scatter and lookup MLP and the lookup final
-    norm have no effect on it: the forward skips them, and they are frozen (`requires_grad=False`: they would get no
-    gradient, which DDP without `find_unused_parameters` refuses). They stay in the state dict, so one checkpoint
-    serves both heads.
-    """
+    def _unused_modules(self) -> list[nn.Module]:
+        """The modules whose parameters never reach this head's output (each head says which)."""
+        return []
 
     def post_init(self) -> None:
         super().post_init()
         self._freeze_unused_parameters()
 
     def _freeze_unused_parameters(self) -> None:
-        """The parameters the classification forward never uses; also run after `from_pretrained`, which re-creates
-        the loaded parameters with `requires_grad=True`."""
-        if not hasattr(self, "lookupvit"):  # `post_init` of the base class, before the body exists
-            return
-        last = self.lookupvit.encoder.layer[-1]
-        unused = ("scatter_norm", "scatter", "scatter_layer_scale", "lookup_mlp_norm", "lookup_mlp")
-        for name in (*unused, "lookup_mlp_layer_scale"):
-            getattr(last, name).requires_grad_(False)
-        self.lookupvit.lookup_layernorm.requires_grad_(False)
+        """The one place that freezes what the head's forward never uses; also run after `from_pretrained`, which
+        re-creates the loaded parameters with `requires_grad=True`."""
+        if hasattr(self, "lookupvit"):  # not in `PreTrainedModel.__init__`, before the body exists
+            for module in self._unused_modules():
+                module.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         loaded = super().from_pretrained(*args, **kwargs)
         (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze_unused_parameters()
         return loaded
+
+
+class LookupViTForImageClassification(_LookupViTTaskModel):
+    """LookupViT with a linear classifier on the mean compressed token.
+
+    The classifier reads only the compressed tokens: the forward skips the last block's scatter and lookup MLP (their
+    results only the lookup tokens would carry), and those and the lookup final norm are frozen.
+    """
+
+    def _unused_modules(self) -> list[nn.Module]:
+        last = self.lookupvit.encoder.layer[-1]
+        names = ("scatter_norm", "scatter", "scatter_layer_scale", "lookup_mlp_norm", "lookup_mlp")
+        return [getattr(last, name) for name in (*names, "lookup_mlp_layer_scale")] + [self.lookupvit.lookup_layernorm]
 
     @can_return_tuple
     def forward(
@@ -653,7 +661,10 @@ class LookupViTForImageClassification(_LookupViTTaskModel):
 
 
 class LookupViTForSemanticSegmentation(_LookupViTTaskModel):
-    """LookupViT with a per-patch linear head on the lookup tokens."""
+    """LookupViT with a per-patch linear head on the lookup tokens (the compressed final norm is frozen: unused)."""
+
+    def _unused_modules(self) -> list[nn.Module]:
+        return [self.lookupvit.layernorm]
 
     @can_return_tuple
     def forward(
