@@ -229,6 +229,12 @@ def test_anytime_training_loss_is_the_mean_of_the_rung_losses_and_trains_the_gla
     out.loss.backward()
     assert model.glance_classifier.weight.grad.abs().sum() > 0
     assert model.classifier.weight.grad.abs().sum() > 0
+    # `config.train_all_rungs` (what --k_ratios / --glance_head set): the same loss without `anytime=True`
+    model.config.train_all_rungs = True
+    again = model(images(4, dtype=torch.float32), labels=labels)
+    assert len(again.rung_logits) == 4
+    torch.testing.assert_close(again.loss, out.loss, rtol=0, atol=0)
+    assert model.eval()(images(4, dtype=torch.float32), labels=labels).rung_logits is None  # eval: fixed k
 
 
 # ----------------------------------------------------------------------------------------------------- fitting
@@ -339,7 +345,7 @@ def test_calibration_errors():
     assert model.config.budget_thresholds is None  # nothing written on failure
 
 
-# ----------------------------------------------------------------------------------------------------- save / pipeline / CLI
+# ------------------------------------------------------------------------------------------ save / pipeline / CLI
 @pytest.fixture(scope="module")
 def calibrated_folder(tmp_path_factory):
     """A float32 model calibrated for a budget between its first two focus rungs, saved with its processor."""
@@ -372,7 +378,9 @@ def test_thresholds_round_trip_through_save_load_and_the_pipeline(calibrated_fol
 
     # the pipeline runs the same forward (batch 1, same kernels); at most the softmax differs: (n + 3) EPS32, n = 4
     tolerance = 7 * EPS32
-    assert pipeline_scores() == pytest.approx(sorted(budgeted.logits.softmax(-1)[0].tolist(), reverse=True), abs=tolerance)
+    assert pipeline_scores() == pytest.approx(
+        sorted(budgeted.logits.softmax(-1)[0].tolist(), reverse=True), abs=tolerance
+    )
     loaded.config.use_budget = False  # the documented way to turn the thresholds off
     assert pipeline_scores() == pytest.approx(sorted(fixed.logits.softmax(-1)[0].tolist(), reverse=True), abs=tolerance)
 

@@ -36,7 +36,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["BudgetCalibration", "calibrate_budget", "collect_anytime_outputs", "fit_budget_thresholds", "simulate_exits"]
+__all__ = [
+    "BudgetCalibration",
+    "calibrate_budget",
+    "collect_anytime_outputs",
+    "fit_budget_thresholds",
+    "simulate_exits",
+]
 
 NEVER_EXIT = 2.0
 """Threshold of a rung no image should leave at: above any max softmax probability."""
@@ -137,8 +143,7 @@ def fit_budget_thresholds(
     rung_flops = torch.as_tensor(rung_flops, dtype=torch.float64).flatten()
     if probabilities.ndim != 3:
         raise ValueError(
-            "`probabilities` must have shape (num_images, num_rungs, num_labels), got "
-            f"{tuple(probabilities.shape)}."
+            f"`probabilities` must have shape (num_images, num_rungs, num_labels), got {tuple(probabilities.shape)}."
         )
     num_images, num_rungs, _ = probabilities.shape
     if num_images == 0:
@@ -162,8 +167,8 @@ def fit_budget_thresholds(
         )
     if not target_flops <= high:
         raise ValueError(
-            f"The budget {target_flops:.6g} is above the cost of the last rung ({high:.6g}): every image can take every "
-            "rung, so there is nothing to decide. Lower the budget, or run without exits (anytime / fixed k)."
+            f"The budget {target_flops:.6g} is above the cost of the last rung ({high:.6g}): every image can take "
+            "every rung, so there is nothing to decide. Lower the budget, or run without exits (anytime / fixed k)."
         )
     if p_grid is None:
         p_grid = [0.0] + torch.logspace(-2, 2, 241, dtype=torch.float64).tolist()

@@ -304,7 +304,8 @@ def _check_budget(config, processor, budget: float, k_ratio: float | None) -> No
             f"{config.budget_target_gflops:.3g}), more than --budget {budget:g}; recalibrate for this budget"
         )
     size = getattr(processor, "size", None) or {}
-    if config.budget_image_size is not None and [size.get("height"), size.get("width")] != list(config.budget_image_size):
+    calibrated = config.budget_image_size
+    if calibrated is not None and [size.get("height"), size.get("width")] != list(calibrated):
         raise CLIError(
             f"the thresholds were calibrated at {config.budget_image_size[0]}x{config.budget_image_size[1]} pixels but "
             f"the image processor resizes to {size.get('height')}x{size.get('width')}; the rung costs differ"

@@ -97,8 +97,10 @@ def _block_flops(backbone_config, num_tokens: int) -> int:
     mlp_hidden, num_in = int(dim * backbone_config.mlp_ratio), 1
     if getattr(backbone_config, "use_swiglu_ffn", False):
         mlp_hidden, num_in = (int(mlp_hidden * 2 / 3) + 7) // 8 * 8, 2
-    return 8 * num_tokens * dim * attn_dim + 4 * num_tokens * num_tokens * attn_dim + (
-        2 * num_tokens * dim * mlp_hidden * (num_in + 1)
+    return (
+        8 * num_tokens * dim * attn_dim
+        + 4 * num_tokens * num_tokens * attn_dim
+        + (2 * num_tokens * dim * mlp_hidden * (num_in + 1))
     )
 
 
@@ -834,7 +836,6 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
             selector_hidden_states=outputs.selector_hidden_states,
             selector_attentions=outputs.selector_attentions,
         )
-
 
     def _resolve_exit_mode(self, k, anytime: bool, budget: bool | None, exit_thresholds) -> list[float] | None:
         """The exit thresholds of this call (`None`: no early exits, i.e. fixed-`k` or anytime mode)."""
