@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import EPS32, FLOAT64_TOLERANCE
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
@@ -243,6 +244,13 @@ def test_config_round_trip_and_auto_classes(tmp_path):
     assert {k: v for k, v in loaded.to_dict().items() if k != "_name_or_path"} == {
         k: v for k, v in config.to_dict().items() if k != "_name_or_path"
     }
+
+
+def test_values_changed_after_construction_are_checked_when_saving(tmp_path):
+    config = tiny_config()
+    config.compressed_grids = [2, 12]
+    with pytest.raises(StrictDataclassClassValidationError, match=r"compressed_grids\[1\]` 12x12 is larger than"):
+        config.save_pretrained(tmp_path)
 
 
 def _save(tmp_path, cls, **kwargs):

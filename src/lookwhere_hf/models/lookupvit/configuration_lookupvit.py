@@ -132,7 +132,7 @@ class LookupViTConfig(PreTrainedConfig):
     def position_grid(self) -> tuple[int, int]:
         """Grid of the learned compressed-token position embeddings: the largest height and width among
         `compressed_grid` and `compressed_grids` (other grids get them resized, as the lookup ones are)."""
-        grids = [tuple(self.compressed_grid)] + [tuple(g) for g in self.compressed_grids]
+        grids = [grid_pair(self.compressed_grid)] + [grid_pair(g, "compressed_grids") for g in self.compressed_grids]
         return max(g[0] for g in grids), max(g[1] for g in grids)
 
     @property
