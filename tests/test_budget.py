@@ -499,3 +499,34 @@ def test_multi_rung_training_trains_every_rung_and_calibrates_a_budget(colours):
     for prediction in predictions:
         expected = probs[model.config.label2id[prediction["label"]]].item()
         assert prediction["score"] == pytest.approx(expected, rel=0, abs=6 * EPS32)
+
+
+@pytest.mark.slow
+def test_budgeted_folder_runs_with_trust_remote_code_alone(calibrated_folder, tmp_path):
+    """The exit rule lives in the model file, so a calibrated folder exits early in a process that never imports
+    lookwhere_hf (the model code is copied into the folder), with the same exits and logits."""
+    folder, _ = calibrated_folder
+    pixel_values = images(12, seed=9, dtype=torch.float32)
+    torch.save(pixel_values, tmp_path / "pixels.pt")
+    model = LookWhereForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = model(pixel_values)
+    script = f"""
+import sys, torch
+torch.set_num_threads({torch.get_num_threads()})
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+with torch.no_grad():
+    out = model(torch.load({str(tmp_path / "pixels.pt")!r}))
+assert "lookwhere_hf" not in sys.modules
+torch.save({{"logits": out.logits, "exit_rung": out.exit_rung, "flops": out.flops}}, {str(tmp_path / "out.pt")!r})
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    assert torch.equal(remote["exit_rung"], expected.exit_rung) and torch.equal(remote["flops"], expected.flops)
+    assert len(set(expected.exit_rung.tolist())) >= 2  # the budget really splits the batch
+    # same code, weights, inputs and thread count: the same kernels, so the same float32 logits
+    torch.testing.assert_close(remote["logits"], expected.logits, rtol=0, atol=0)
