@@ -201,7 +201,13 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.manual_seed(0)
         model = tiny(LookupViTForImageClassification, num_labels=3).double().train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable(every_n_layers=2)
+            assert [b.gradient_checkpointing for b in model.lookupvit.encoder.layer] == [True, False]
+            model.activation_checkpointing_enable()
+            blocks = model.lookupvit.encoder.layer
+            assert [(b.gradient_checkpointing, b.compressed_layer.gradient_checkpointing) for b in blocks] == [
+                (True, False)
+            ] * 2  # whole blocks, not also the DINOv2 layer inside
         pixel_values = torch.randn(2, 3, 112, 112, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
         model(pixel_values, labels=torch.tensor([0, 2]), compressed_grid=3).loss.backward()
         frozen = {n for n, p in model.named_parameters() if not p.requires_grad}

@@ -341,6 +341,15 @@ class LookupViTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, every_n_layers: int = 1, **kwargs) -> None:
+        """Checkpoint whole LookupViT blocks (every `every_n_layers`-th), not also the DINOv2 layer inside each: a
+        checkpointed block recomputes that layer anyway, and transformers' default would flag both levels."""
+        super()._set_gradient_checkpointing(enable, *args, every_n_layers=every_n_layers, **kwargs)
+        blocks = [module for module in self.modules() if isinstance(module, LookupViTLayer)]
+        for index, block in enumerate(blocks):
+            block.gradient_checkpointing = enable and index % every_n_layers == 0
+            block.compressed_layer.gradient_checkpointing = False
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
