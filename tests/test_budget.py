@@ -530,3 +530,32 @@ torch.save({{"logits": out.logits, "exit_rung": out.exit_rung, "flops": out.flop
     assert len(set(expected.exit_rung.tolist())) >= 2  # the budget really splits the batch
     # same code, weights, inputs and thread count: the same kernels, so the same float32 logits
     torch.testing.assert_close(remote["logits"], expected.logits, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_multi_rung_no_trainer_run_resumes_to_the_same_weights(colours):
+    """Multi-rung training (`--k_ratios` + `--glance_head`) resumed from a mid-epoch checkpoint ends at exactly the
+    weights of the uninterrupted run, glance head included."""
+    full, resumed = colours / "rungs_full", colours / "rungs_resumed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["HF_HOME"] = str(colours / "hf_home")
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+
+    def run(output_dir, *extra):
+        argv = _script_args(
+            colours, output_dir, "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
+            "--max_train_steps", "4", "--k_ratios", ",".join(map(str, RATIOS)), "--glance_head", *extra,
+        )  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(CLS_NT_SCRIPT), *map(str, argv)], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+        return done.stdout + done.stderr
+
+    run(full, "--checkpointing_steps", "2")
+    assert "Resuming from" in run(resumed, "--resume_from_checkpoint", full / "step_2")
+    final, again, halfway = (load_file(p / "model.safetensors") for p in (full, resumed, full / "step_2"))
+    assert (final["glance_classifier.weight"] - halfway["glance_classifier.weight"]).abs().max() > 1e-3
+    for name in final:  # same kernels, data and order: exact
+        torch.testing.assert_close(again[name], final[name], rtol=0, atol=0)
+    assert json.loads((resumed / "config.json").read_text())["train_all_rungs"] is True
