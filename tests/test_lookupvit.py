@@ -86,6 +86,26 @@ def test_output_shapes_and_per_layer_outputs():
     assert tiny(LookupViTModel)(pixel_values, return_dict=False)[0].shape == (2, 16, 32)
 
 
+def test_compressed_tokens_are_the_downsampled_patch_grid_plus_their_own_positions():
+    model = tiny(LookupViTModel).double()
+    emb = model.embeddings
+    pixel_values = torch.randn(2, 3, 112, 112, dtype=torch.float64)
+    with torch.no_grad():
+        lookup, compressed = emb(pixel_values, (3, 2))
+        patches = emb.patch_embeddings.projection(pixel_values)  # (B, D, 8, 8)
+        area = F.interpolate(patches, size=(3, 2), mode="bilinear", align_corners=False, antialias=True)
+        positions = F.interpolate(
+            emb.compressed_position_embeddings.reshape(1, 4, 4, 32).permute(0, 3, 1, 2),
+            size=(3, 2),
+            mode="bicubic",
+            align_corners=False,
+        )
+    torch.testing.assert_close(compressed, (area + positions).flatten(2).transpose(1, 2), **FLOAT64_TOLERANCE)
+    torch.testing.assert_close(
+        lookup, patches.flatten(2).transpose(1, 2) + emb.lookup_position_embeddings, **FLOAT64_TOLERANCE
+    )
+
+
 # ----------------------------------------------------------------------------------------------------- block math
 def _reference_layer(layer, lookup, compressed, heads):
     """One LookupViT block written out by hand (float64): gather with logits S, the DINOv2 layer, scatter with

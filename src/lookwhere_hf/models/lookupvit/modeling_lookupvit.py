@@ -63,13 +63,16 @@ from .configuration_lookupvit import LookupViTConfig, check_grid_fits, grid_pair
 def resize_position_embeddings(
     position_embeddings: torch.Tensor, source_grid: tuple[int, int], grid: tuple[int, int]
 ) -> torch.Tensor:
-    """`(1, S_h * S_w, D)` -> `(1, G_h * G_w, D)`: bicubic, `align_corners=False`, no antialiasing, in float32."""
+    """`(1, S_h * S_w, D)` -> `(1, G_h * G_w, D)`: bicubic, `align_corners=False`, no antialiasing (in float32 for
+    half-precision weights)."""
     source_grid, grid = tuple(source_grid), tuple(grid)
     if source_grid == grid:
         return position_embeddings
     dim = position_embeddings.shape[-1]
     grid_2d = position_embeddings.reshape(1, *source_grid, dim).permute(0, 3, 1, 2)
-    resized = F.interpolate(grid_2d.float(), size=grid, mode="bicubic", align_corners=False, antialias=False)
+    if grid_2d.dtype in (torch.float16, torch.bfloat16):
+        grid_2d = grid_2d.float()
+    resized = F.interpolate(grid_2d, size=grid, mode="bicubic", align_corners=False, antialias=False)
     return resized.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
 
 
@@ -178,13 +181,15 @@ class LookupViTEmbeddings(nn.Module):
         patches = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))  # (B, N, D)
         batch_size, _, dim = patches.shape
         patch_grid = patches.transpose(1, 2).reshape(batch_size, dim, *grid)
+        # resized in float32 for half precisions (not every device has antialiased half-precision kernels)
+        low_precision = patch_grid.dtype in (torch.float16, torch.bfloat16)
         compressed = F.interpolate(
-            patch_grid,
+            patch_grid.float() if low_precision else patch_grid,
             size=compressed_grid,
             mode="bilinear",
             align_corners=False,
             antialias=self.config.compressed_resize_antialias,
-        )
+        ).to(patch_grid.dtype)
         compressed = compressed.flatten(2).transpose(1, 2)  # (B, h * w, D)
         lookup_pos = resize_position_embeddings(self.lookup_position_embeddings, self.config.token_grid, grid)
         compressed_pos = resize_position_embeddings(
