@@ -19,11 +19,13 @@ project brief; the full text could not be read from this machine) fixes, and wha
   3. *Scatter* (MHBC compressed -> lookup): `z_l += O_s(softmax_M(S^T) V_c)` with `V_c = V_s(LN(z_c))` of the
      *refined* compressed tokens. The paper shares the attention between the two directions; we reuse the gather
      step's **pre-softmax logits** `S`, transposed, and normalize them over the compressed tokens. The scatter step has
-     therefore no query / key projections and computes no second `Q K^T` (it saves `2 N M D` FLOPs and `2 N D^2` of
-     projections per block). Choice: logits, not probabilities: `softmax_N(S)^T` would not sum to one over the
-     compressed tokens each lookup token reads.
+     therefore no query / key projections and computes no second `Q K^T` (per block it saves `2 N M D` FLOPs of
+     logits and `2 (N + M) D^2` of lookup-query / compressed-key projections). Choice: logits, not probabilities:
+     `softmax_N(S)^T` would not sum to one over the compressed tokens each lookup token reads.
   4. *Low-cost MLP* on the lookup tokens: `z_l += MLP(LN(z_l))` with hidden width `lookup_mlp_ratio * D` (1.0 by
      default, a quarter of the compressed MLP's 4.0).
+  The classifier reads only the compressed tokens, so in [`LookupViTForImageClassification`] the last block stops
+  after step 2 (its scatter and lookup MLP, and the lookup final norm, are frozen: they cannot reach the logits).
   The cross-attentions are computed with explicit matmuls, not the attention registry: fused kernels (SDPA / flash)
   do not return the logits that the scatter step reuses, and recomputing them would be the second `Q K^T` the paper
   avoids.
