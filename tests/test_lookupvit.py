@@ -422,6 +422,12 @@ def test_from_dinov2_copies_what_it_says(tmp_path):
     assert torch.equal(model.layernorm.weight, state["layernorm.weight"])
     with pytest.raises(ValueError, match="Expected a transformers model of type vit"):
         LookupViTModel.from_vit(dinov2)
+    with pytest.raises(ValueError, match=r"`patch_size` must be the backbone's \(14\)"):
+        LookupViTModel.from_dinov2(dinov2, patch_size=16, image_size=112)
+    # another image size: the lookup position embeddings are resized to its 10 x 10 grid
+    larger = LookupViTModel.from_dinov2(dinov2, image_size=140, compressed_grid=4)
+    expected = F.interpolate(patch_pos, size=(10, 10), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(larger.embeddings.lookup_position_embeddings, expected, rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------------------------------- validation

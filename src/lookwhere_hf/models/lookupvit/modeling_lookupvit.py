@@ -379,13 +379,14 @@ class LookupViTPreTrainedModel(PreTrainedModel):
         """A LookupViT initialised from a transformers ViT (`ViTModel`, a model with a `.vit` backbone, or a path).
 
         Copied: the patch embedding; the patch position embeddings (without the CLS slot) into
-        `lookup_position_embeddings`, and the same resized (bicubic) to `config.position_grid` into
-        `compressed_position_embeddings`; every layer's `layernorm_before` / `attention` / `layernorm_after` / `mlp`
-        into `compressed_layer.{norm1, attention, norm2, mlp}` (LayerScale set to 1, so each is the ViT layer exactly);
-        the final `layernorm` into both final norms (`layernorm`, `lookup_layernorm`). Newly initialised: the gather
-        and scatter cross-attentions, the lookup MLP and their norms and LayerScales, and the task head. The CLS token
-        and the pooler are dropped. `config_kwargs` are further [`LookupViTConfig`] fields (`compressed_grid`,
-        `compressed_grids`, `lookup_mlp_ratio`, `num_labels`, ...).
+        `lookup_position_embeddings` (resized, bicubic, when `image_size=` asks for another grid), and the same
+        resized to `config.position_grid` into `compressed_position_embeddings`; every layer's `layernorm_before` /
+        `attention` / `layernorm_after` / `mlp` into `compressed_layer.{norm1, attention, norm2, mlp}` (LayerScale set
+        to 1, so each is the ViT layer exactly); the final `layernorm` into both final norms (`layernorm`,
+        `lookup_layernorm`). Newly initialised: the gather and scatter cross-attentions, the lookup MLP and their norms
+        and LayerScales, and the task head. The CLS token and the pooler are dropped. `config_kwargs` are further
+        [`LookupViTConfig`] fields (`compressed_grid`, `compressed_grids`, `lookup_mlp_ratio`, `num_labels`,
+        `image_size`, ...); `patch_size` must stay the backbone's.
         """
         backbone = _load_backbone(vit, ("vit",))
         vit_config = backbone.config
@@ -400,11 +401,12 @@ class LookupViTPreTrainedModel(PreTrainedModel):
         or a path).
 
         Copied: the patch embedding; the patch position embeddings (without the CLS slot) into
-        `lookup_position_embeddings`, and the same resized (bicubic) to `config.position_grid` into
-        `compressed_position_embeddings`; every layer (norms, attention, LayerScales, MLP or SwiGLU) into
-        `compressed_layer`; the final `layernorm` into both final norms. Newly initialised: the gather and scatter
-        cross-attentions, the lookup MLP and their norms and LayerScales, and the task head. CLS, register and mask
-        tokens are dropped. `config_kwargs` are further [`LookupViTConfig`] fields.
+        `lookup_position_embeddings` (resized, bicubic, when `image_size=` asks for another grid), and the same
+        resized to `config.position_grid` into `compressed_position_embeddings`; every layer (norms, attention,
+        LayerScales, MLP or SwiGLU) into `compressed_layer`; the final `layernorm` into both final norms. Newly
+        initialised: the gather and scatter cross-attentions, the lookup MLP and their norms and LayerScales, and the
+        task head. CLS, register and mask tokens are dropped. `config_kwargs` are further [`LookupViTConfig`] fields;
+        `patch_size` must stay the backbone's.
         """
         backbone = _load_backbone(dinov2, ("dinov2_with_registers", "dinov2"))
         dcfg = backbone.config
@@ -422,6 +424,16 @@ class LookupViTPreTrainedModel(PreTrainedModel):
                 if value[0] != value[1]:
                     raise ValueError(f"LookupViT needs a square `{name}`, the backbone has {value}.")
                 config_kwargs[name] = int(value[0])
+        source_config = backbone.config
+        source_patch, source_size = source_config.patch_size, source_config.image_size
+        source_patch = source_patch[0] if isinstance(source_patch, (list, tuple)) else source_patch
+        source_size = source_size[0] if isinstance(source_size, (list, tuple)) else source_size
+        if config_kwargs["patch_size"] != source_patch:
+            raise ValueError(
+                f"`patch_size` must be the backbone's ({source_patch}): its patch embedding is copied; got "
+                f"{config_kwargs['patch_size']}."
+            )
+        source_grid = (source_size // source_patch, source_size // source_patch)
         model = cls(LookupViTConfig(**config_kwargs))
         body = model if isinstance(model, LookupViTModel) else model.lookupvit
         config = model.config
@@ -432,9 +444,9 @@ class LookupViTPreTrainedModel(PreTrainedModel):
             emb.patch_embeddings.projection.load_state_dict(
                 backbone.embeddings.patch_embeddings.projection.state_dict()
             )
-            emb.lookup_position_embeddings.copy_(patch_pos)
+            emb.lookup_position_embeddings.copy_(resize_position_embeddings(patch_pos, source_grid, config.token_grid))
             emb.compressed_position_embeddings.copy_(
-                resize_position_embeddings(patch_pos, config.token_grid, config.position_grid)
+                resize_position_embeddings(patch_pos, source_grid, config.position_grid)
             )
             for layer, source in zip(body.encoder.layer, layers):
                 weights = {}
