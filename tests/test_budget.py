@@ -214,6 +214,8 @@ def test_model_errors(model):
         model(batch, k=6, budget=True)
     with pytest.raises(ValueError, match="calibrate them"):
         model(batch, budget=True)
+    with pytest.raises(ValueError, match="finite max-softmax values"):
+        model(batch, exit_thresholds=[0.5, float("nan"), 0.5])
     with pytest.raises(ValueError, match="drop one of them"):
         model(batch, exit_thresholds=[0.5] * 3, budget=False)
     with pytest.raises(ValueError, match="only supported in fixed-k mode"):

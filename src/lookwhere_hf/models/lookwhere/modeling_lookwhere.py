@@ -865,6 +865,10 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
                 "`lookwhere_hf.budget.calibrate_budget(model, eval_data, target_gflops)` or pass `exit_thresholds=`."
             )
         thresholds = [float(t) for t in thresholds]
+        if not all(0.0 <= t < float("inf") for t in thresholds):
+            raise ValueError(
+                f"Exit thresholds must be finite max-softmax values >= 0 (above 1 disables a rung), got {thresholds}."
+            )
         if len(thresholds) != config.num_rungs - 1:
             raise ValueError(
                 f"Expected {config.num_rungs - 1} exit thresholds (one per rung except the last; rungs: "
