@@ -319,11 +319,14 @@ class LookWhereEmbeddings(nn.Module):
         tokens = self.patch_embeddings(pixel_values)
         return self.dropout(tokens + self.position_embeddings_for(grid).to(tokens.dtype))
 
-    def embed_selected(self, pixel_values: torch.Tensor, indices: torch.LongTensor) -> torch.Tensor:
+    def embed_selected(
+        self, pixel_values: torch.Tensor, indices: torch.LongTensor, batch_rows: torch.LongTensor | None = None
+    ) -> torch.Tensor:
         """Embed only the patches at `indices`: `(B, C, H, W)`, `(B, k)` -> `(B, k, D)`, position embeddings added.
 
         The patches are cut out of the image and projected with the patch-embedding weights; the other
-        `(H/p) * (W/p) - k` patches are never projected.
+        `(H/p) * (W/p) - k` patches are never projected. With `batch_rows` (`(n,)`), `indices` is `(n, k)` and row `i`
+        takes its patches from image `batch_rows[i]` (a sub-batch, without copying the images).
         """
         batch_size, channels, height, width = pixel_values.shape
         p = self.patch_size
@@ -334,9 +337,10 @@ class LookWhereEmbeddings(nn.Module):
         # (B, G_h, G_w, C, p, p) view of the image; only the k selected patches are copied out of it.
         patch_view = pixel_values.reshape(batch_size, channels, grid[0], p, grid[1], p).permute(0, 2, 4, 1, 3, 5)
         rows = torch.div(indices, grid[1], rounding_mode="floor")
-        batch_index = torch.arange(batch_size, device=indices.device).unsqueeze(1)
-        patches = patch_view[batch_index, rows, indices - rows * grid[1]]  # (B, k, C, p, p)
-        patches = patches.reshape(batch_size, indices.shape[1], channels * p * p).to(projection.weight.dtype)
+        if batch_rows is None:
+            batch_rows = torch.arange(batch_size, device=indices.device)
+        patches = patch_view[batch_rows.unsqueeze(1), rows, indices - rows * grid[1]]  # (n, k, C, p, p)
+        patches = patches.reshape(indices.shape[0], indices.shape[1], channels * p * p).to(projection.weight.dtype)
         tokens = F.linear(patches, projection.weight.reshape(projection.out_channels, -1), projection.bias)
         positions = self.position_embeddings_for(grid)[0].to(tokens.dtype)  # (G_h * G_w, D)
         return self.dropout(tokens + positions[indices])
@@ -907,7 +911,7 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
                 features = torch.cat((prefix[:, 0], selector_patches.mean(dim=1)), dim=-1)
                 rung_out = self.glance_classifier(self.dropout(features))
             else:
-                new = body.extractor.embeddings.embed_selected(pixel_values[running], indices[running, previous_k:k])
+                new = body.extractor.embeddings.embed_selected(pixel_values, indices[running, previous_k:k], running)
                 embedded = new if embedded is None else torch.cat((embedded, new), dim=1)
                 tokens, _ = body.extractor.encode(embedded, prefix[running])
                 rung_out = self.classifier(self.dropout(tokens[:, 0]))
