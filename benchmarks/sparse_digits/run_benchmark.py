@@ -368,8 +368,10 @@ def _write_section(args, summary: dict, eval_md: str) -> None:
             "anywhere, of 40-112 px, it stayed at chance for 300-600 steps in every variant we tried): each digit "
             "lies inside one random cell of the 28 px patch grid (`make_dataset.py --align_to_grid 28`), and the "
             "teacher gets an auxiliary per-patch loss (`train_teacher.py --token_loss_weight 1`: each patch token "
-            "predicts the digit class if it overlaps the digit box, else 'no digit'), which uses the training "
-            "boxes. LookWhere itself never sees boxes, and its pretraining no labels. The fine-tuning runs "
+            "predicts the digit class if it overlaps the digit box, else 'no digit'). What made the teacher's "
+            "attention map, the selector's target, point at the digit on every seed: an attention-map loss "
+            "(`train_teacher.py --attention_loss_weight 1`). Both use the training boxes, for the teacher only. "
+            "LookWhere itself never sees boxes, and its pretraining no labels. The fine-tuning runs "
             "`run_image_classification.py --no_augment` (random crops cut the digit out of view; mirrored digits "
             "change meaning). How the recipe was made robust across seeds, and what did not work: "
             "`benchmarks/sparse_digits/README.md`."
@@ -519,10 +521,11 @@ def main(argv=None) -> dict:
         with open(previous_path, encoding="utf-8") as f:
             previous = json.load(f)
         if "seeds" in previous.get("timings", {}):
-            summary["rerun_command"], summary["rerun_timings"] = command, timings
             summary["command"], summary["timings"] = previous["command"], previous["timings"]
             summary["total_wall_s"] = previous["total_wall_s"]
-            if not any(timings["seeds"].values()) and "data" not in timings and previous.get("rerun_command"):
+            if "data" in timings or any(timings["seeds"].values()):
+                summary["rerun_command"], summary["rerun_timings"] = command, timings
+            elif previous.get("rerun_command"):  # nothing re-ran (e.g. only --update_results)
                 summary["rerun_command"] = previous["rerun_command"]
                 summary["rerun_timings"] = previous.get("rerun_timings", {})
     results, per_seed = aggregate(args, out)
