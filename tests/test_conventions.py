@@ -35,6 +35,7 @@ from lookwhere_hf import (
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "src" / "lookwhere_hf" / "assets" / "demo_model"
+OLD_LAYOUT_CONFIG = Path(__file__).parent / "fixtures" / "lookwhere_config_before_sub_configs.json"
 TASK_CLASSES = (LookWhereForImageClassification, LookWhereForSemanticSegmentation)
 PRETRAIN_DEFAULTS = {
     "pretrain_k_min": 16,
@@ -141,31 +142,45 @@ def test_config_round_trips(tmp_path):
 
 
 def test_folders_saved_before_still_load(tmp_path):
-    """The shipped demo checkpoint and a config.json of the older layout: plain dict sub-configs that both say
-    `dinov2_with_registers`, no `pretrain_*` keys."""
-    saved = json.loads((DEMO_MODEL / "config.json").read_text())
-    demo = LookWhereConfig.from_pretrained(DEMO_MODEL)
-    assert type(demo.selector_config) is LookWhereSelectorConfig
-    assert (demo.selector_config.num_hidden_layers, demo.selector_config.image_size) == (2, 224)
-    assert (demo.extractor_config.num_hidden_layers, demo.extractor_config.image_size) == (4, 448)
-    assert (demo.pretrain_k_min, demo.pretrain_k_max) == (saved["pretrain_k_min"], saved["pretrain_k_max"]) == (8, 64)
-    model = AutoModelForImageClassification.from_pretrained(DEMO_MODEL)
-    assert type(model) is LookWhereForImageClassification and model.config.num_labels == 10
-
-    old = {key: value for key, value in saved.items() if not key.startswith("pretrain_")}
+    """A config.json written before the sub-config classes existed (the demo checkpoint's config as shipped until
+    2026-11-23, kept in tests/fixtures): plain dict sub-configs that both say `dinov2_with_registers`, `pretrain_*`
+    keys set by attribute. It loads as a config, as a whole model (same numbers as the model it describes) and, saved
+    again, in the new layout. The shipped demo checkpoint loads too."""
+    old = json.loads(OLD_LAYOUT_CONFIG.read_text())
+    assert old["selector_config"]["model_type"] == old["extractor_config"]["model_type"] == "dinov2_with_registers"
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.json").write_text(json.dumps(old))
     loaded = LookWhereConfig.from_pretrained(tmp_path / "old")
-    assert {name: getattr(loaded, name) for name in PRETRAIN_DEFAULTS} == PRETRAIN_DEFAULTS
-    assert loaded.selector_config.model_type == "lookwhere_selector"
+    assert type(loaded.selector_config) is LookWhereSelectorConfig
+    assert (loaded.selector_config.num_hidden_layers, loaded.selector_config.image_size) == (2, 224)
+    assert (loaded.extractor_config.num_hidden_layers, loaded.extractor_config.image_size) == (4, 448)
+    assert (loaded.pretrain_k_min, loaded.pretrain_k_max) == (old["pretrain_k_min"], old["pretrain_k_max"])
     assert LookWhereSelectorConfig.from_pretrained(tmp_path / "old").num_hidden_layers == 2
     assert LookWhereExtractorConfig.from_pretrained(tmp_path / "old").num_hidden_layers == 4
+
+    # A whole model folder of the old layout: weights saved by today's code, config.json as written back then.
+    torch.manual_seed(0)
+    model = LookWhereForImageClassification(loaded).eval()
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "config.json").write_text(json.dumps(old))
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "model").eval()
+    assert type(reloaded) is LookWhereForImageClassification and reloaded.config.num_labels == 10
+    # Every tensor loads exactly, and the architecture read from the old file is the one the weights were saved from.
+    saved_state, loaded_state = model.state_dict(), reloaded.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    assert all(torch.equal(saved_state[name], loaded_state[name]) for name in saved_state)
+    assert reloaded.config.selector_config.to_dict() == model.config.selector_config.to_dict()
+    assert reloaded.config.extractor_config.to_dict() == model.config.extractor_config.to_dict()
+
     # Saved again, the selector carries its own model_type, so a plain DINOv2 config of the folder is the extractor.
     loaded.save_pretrained(tmp_path / "new")
     assert json.loads((tmp_path / "new" / "config.json").read_text())["selector_config"]["model_type"] == (
         "lookwhere_selector"
     )
     assert Dinov2WithRegistersConfig.from_pretrained(tmp_path / "new").num_hidden_layers == 4
+
+    demo = AutoModelForImageClassification.from_pretrained(DEMO_MODEL)
+    assert type(demo) is LookWhereForImageClassification and demo.config.num_labels == 10
 
 
 # --------------------------------------------------------------------------------------------------- pretraining fields
