@@ -1,5 +1,8 @@
 from setuptools import find_packages, setup
 
+# The test tools are also the development tools (pytest, ruff, the parity and data packages).
+TEST_REQUIRES = ["pytest", "timm>=1.0", "scikit-image", "scikit-learn", "matplotlib", "scipy", "ruff>=0.17,<0.18"]
+
 setup(
     name="lookwhere_hf",
     version="0.1.0",
@@ -26,8 +29,8 @@ setup(
     ],
     extras_require={
         "plots": ["matplotlib"],
-        "test": ["pytest", "timm>=1.0", "scikit-image", "scikit-learn", "matplotlib", "scipy", "ruff>=0.17,<0.18"],
-        "dev": ["pytest", "timm>=1.0", "scikit-image", "scikit-learn", "matplotlib", "scipy", "ruff>=0.17,<0.18"],
+        "test": TEST_REQUIRES,
+        "dev": TEST_REQUIRES,
     },
     entry_points={"console_scripts": ["lookwhere-hf=lookwhere_hf.cli:main"]},
 )
