@@ -559,6 +559,13 @@ def plot_results(results: dict, path: str) -> None:
         means, stds = zip(*(mean_std(r[key]) for r in rows), strict=True)
         ax.errorbar(x, means, yerr=stds if any(stds) else None, fmt=fmt, capsize=3, label=label, **kwargs)
 
+    seeds = results.get("seeds")
+    suffix = f" (mean ± std, {len(seeds)} seeds)" if seeds else ""
+
+    def finish(ax, xlabel, ylabel, title):
+        ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title + suffix, ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     curve(axes[0], "accuracy_lookwhere", "o-", "LookWhere (selector top-k)")
     curve(axes[0], "accuracy_lookwhere_random_patches", "s--", "LookWhere, random k patches")
@@ -567,28 +574,14 @@ def plot_results(results: dict, path: str) -> None:
     axes[0].axhline(teacher, color="k", lw=1, label="teacher, full resolution")
     if teacher_std:
         axes[0].axhspan(teacher - teacher_std, teacher + teacher_std, color="k", alpha=0.1, lw=0)
-    seeds = results.get("seeds")
-    suffix = f" (mean ± std, {len(seeds)} seeds)" if seeds else ""
-    axes[0].set(
-        xscale="log",
-        xlabel="k_ratio (share of high-res patches computed)",
-        ylabel=f"{results['split']} accuracy",
-        title="Accuracy vs k_ratio" + suffix,
-        ylim=(0, 1.02),
+    finish(
+        axes[0], "k_ratio (share of high-res patches computed)", f"{results['split']} accuracy", "Accuracy vs k_ratio"
     )
-    axes[0].legend(fontsize=8)
     curve(axes[1], "selector_hit_rate", "o-", "selector: hits the digit")
     curve(axes[1], "selector_box_coverage", "o--", "selector: share of digit box covered")
     curve(axes[1], "teacher_map_hit_rate", "^:", "teacher attention map: hits")
     curve(axes[1], "random_hit_rate", "s:", "random patches: hits", color="gray")
-    axes[1].set(
-        xscale="log",
-        xlabel="k_ratio",
-        ylabel=f"share of {results['split']} images",
-        title="Where to look" + suffix,
-        ylim=(0, 1.02),
-    )
-    axes[1].legend(fontsize=8)
+    finish(axes[1], "k_ratio", f"share of {results['split']} images", "Where to look")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
