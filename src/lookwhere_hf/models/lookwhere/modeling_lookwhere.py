@@ -43,13 +43,9 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_lookwhere import LookWhereConfig
+from .configuration_lookwhere import LookWhereConfig, to_pair
 from .dense_spreading import spread_to_grid
 from .selection import make_low_res_view, select_top_k, selector_scores_to_map
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
 def resize_position_embeddings(
@@ -129,7 +125,7 @@ def anytime_rung_flops(
     sel, ext = config.selector_config, config.extractor_config
     dim, prefix = config.hidden_size, config.num_prefix_tokens
     num_low = low_res_grid[0] * low_res_grid[1]
-    sel_patch, ext_patch = _pair(sel.patch_size)[0], _pair(ext.patch_size)[0]
+    sel_patch, ext_patch = to_pair(sel.patch_size)[0], to_pair(ext.patch_size)[0]
     cost = 2 * num_low * sel.num_channels * sel_patch * sel_patch * dim
     cost += sel.num_hidden_layers * _block_flops(sel, prefix + num_low)
     cost += 2 * num_low * (dim * 4 * dim + 4 * dim * config.selector_upsample_factor**2)
@@ -272,8 +268,8 @@ class LookWhereEmbeddings(nn.Module):
 
     def __init__(self, config: Dinov2WithRegistersConfig) -> None:
         super().__init__()
-        self.patch_size = _pair(config.patch_size)[0]
-        self.grid = _pair(config.image_size)[0] // self.patch_size
+        self.patch_size = to_pair(config.patch_size)[0]
+        self.grid = to_pair(config.image_size)[0] // self.patch_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.register_tokens = nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
         self.patch_embeddings = Dinov2WithRegistersPatchEmbeddings(config)
@@ -520,8 +516,8 @@ class LookWherePreTrainedModel(PreTrainedModel):
                 f"`selector_depth` must be between 1 and the teacher's depth {tcfg.num_hidden_layers}, "
                 f"got {selector_depth}."
             )
-        patch = _pair(tcfg.patch_size)[0]
-        high_res_size = high_res_size if high_res_size is not None else _pair(tcfg.image_size)[0]
+        patch = to_pair(tcfg.patch_size)[0]
+        high_res_size = high_res_size if high_res_size is not None else to_pair(tcfg.image_size)[0]
         backbone = {
             key: getattr(tcfg, key)
             for key in (
@@ -538,7 +534,7 @@ class LookWherePreTrainedModel(PreTrainedModel):
             )
         }
         backbone["num_register_tokens"] = getattr(tcfg, "num_register_tokens", 0)
-        teacher_grid = _pair(tcfg.image_size)[0] // patch
+        teacher_grid = to_pair(tcfg.image_size)[0] // patch
         config = LookWhereConfig(
             selector_config={**backbone, "num_hidden_layers": selector_depth, "image_size": low_res_size},
             extractor_config={**backbone, "num_hidden_layers": tcfg.num_hidden_layers, "image_size": high_res_size},
@@ -612,7 +608,7 @@ class LookWherePreTrainedModel(PreTrainedModel):
                 f"'width': {width // p * p or p}}}))."
             )
         if low_res_pixel_values is not None:
-            lp = _pair(self.config.selector_config.patch_size)[0]
+            lp = to_pair(self.config.selector_config.patch_size)[0]
             if low_res_pixel_values.ndim != 4 or low_res_pixel_values.shape[:2] != pixel_values.shape[:2]:
                 raise ValueError(
                     "`low_res_pixel_values` must have shape (batch_size, channels, low_h, low_w) with the batch size "
@@ -896,7 +892,7 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
         indices = select_top_k(selector_map, ks[-1])
         glance = getattr(self, "glance_classifier", None) is not None
         rung_k = ([0] if glance else []) + ks
-        lp = _pair(config.selector_config.patch_size)[0]
+        lp = to_pair(config.selector_config.patch_size)[0]
         low_grid = (low_res_pixel_values.shape[-2] // lp, low_res_pixel_values.shape[-1] // lp)
         device = pixel_values.device
         rung_flops = torch.tensor(anytime_rung_flops(config, low_grid, ks, config.num_labels, glance), device=device)
@@ -1145,7 +1141,7 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
                 teacher = _load_dinov2(teacher)
         teacher = _load_dinov2(teacher)
         tcfg = teacher.config
-        t_patch, t_hidden = _pair(tcfg.patch_size)[0], tcfg.hidden_size
+        t_patch, t_hidden = to_pair(tcfg.patch_size)[0], tcfg.hidden_size
         if t_patch != self.config.patch_size:
             raise ValueError(
                 f"The teacher's patch size ({t_patch}) differs from the student's ({self.config.patch_size}): the "
