@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .models.lookupvit.configuration_lookupvit import check_grid_fits, grid_pair
 from .models.lookwhere.configuration_lookwhere import to_pair
 
 __all__ = [
@@ -42,6 +43,9 @@ __all__ = [
     "flops_comparison",
     "flops_table",
     "format_flops",
+    "LookupViTFlops",
+    "lookupvit_flops",
+    "vit_flops_like",
 ]
 
 
@@ -95,15 +99,17 @@ def dinov2_flops(config, image_size=None, batch_size: int = 1) -> int:
     Returns:
         `int`: FLOPs (patch embedding of every patch + all blocks on `1 + registers + patches` tokens).
     """
+    return _vit_flops(config, image_size, batch_size, prefix_tokens=1 + getattr(config, "num_register_tokens", 0))
+
+
+def _vit_flops(config, image_size, batch_size: int, prefix_tokens: int) -> int:
+    """Patch embedding of every patch + all blocks on `prefix_tokens + patches` tokens, for the whole batch."""
     height, width = to_pair(image_size if image_size is not None else config.image_size)
     patch_h, patch_w = to_pair(config.patch_size)
     _check_size(height, width, patch_h, patch_w)
     num_patches = (height // patch_h) * (width // patch_w)
-    tokens = 1 + getattr(config, "num_register_tokens", 0) + num_patches
-    per_image = _patch_embed_flops(config, num_patches) + config.num_hidden_layers * transformer_layer_flops(
-        config, tokens
-    )
-    return batch_size * per_image
+    layers = config.num_hidden_layers * transformer_layer_flops(config, prefix_tokens + num_patches)
+    return batch_size * (_patch_embed_flops(config, num_patches) + layers)
 
 
 def full_resolution_flops(config, image_size=None, batch_size: int = 1) -> int:
@@ -329,8 +335,6 @@ def lookupvit_flops(
     Returns:
         [`LookupViTFlops`]: the breakdown; `.total` is the sum.
     """
-    from .models.lookupvit.configuration_lookupvit import check_grid_fits, grid_pair
-
     if mode not in ("cls", "dense"):
         raise ValueError(f"`mode` must be 'cls' or 'dense', got {mode!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -352,8 +356,14 @@ def lookupvit_flops(
     classifier = 2 * dim * num_labels if mode == "cls" else 2 * n * dim * num_labels
     # the classifier reads only the compressed tokens: its last block skips the scatter and the lookup MLP
     lookup_layers = layers - 1 if mode == "cls" else layers
-    parts = [embedding, layers * gather, layers * refine, lookup_layers * scatter, lookup_layers * lookup_mlp]
-    parts.append(classifier)
+    parts = [
+        embedding,
+        layers * gather,
+        layers * refine,
+        lookup_layers * scatter,
+        lookup_layers * lookup_mlp,
+        classifier,
+    ]
     saved = lookup_layers * 2 * n * m * dim
     return LookupViTFlops(*(batch_size * p for p in parts), batch_size * saved, compressed, grid)
 
@@ -361,11 +371,4 @@ def lookupvit_flops(
 def vit_flops_like(config, image_size=None, batch_size: int = 1) -> int:
     """FLOPs of the plain ViT of a [`LookupViTConfig`]'s size (every block a full transformer layer on all `N` patch
     tokens, no CLS): the model LookupViT is compared with, and what `from_vit` starts from."""
-    height, width = to_pair(image_size if image_size is not None else config.image_size)
-    _check_size(height, width, config.patch_size, config.patch_size)
-    n = (height // config.patch_size) * (width // config.patch_size)
-    per_image = _patch_embed_flops(config, n) + config.num_hidden_layers * transformer_layer_flops(config, n)
-    return batch_size * per_image
-
-
-__all__ += ["LookupViTFlops", "lookupvit_flops", "vit_flops_like"]
+    return _vit_flops(config, image_size, batch_size, prefix_tokens=0)
