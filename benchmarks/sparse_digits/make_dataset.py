@@ -42,7 +42,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from multiprocessing import get_context
 
 import numpy as np
@@ -64,7 +64,13 @@ class SparseDigitsConfig:
     num_train: int = 3000
     num_validation: int = 300
     num_test: int = 600
-    align_to_grid: int = 0
+    align_to_grid: int = field(
+        default=0,
+        metadata={
+            "help": "Draw each digit inside one cell of a grid with this cell size (e.g. the ViT patch size); "
+            "0 = anywhere."
+        },
+    )
     source_fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
     num_lines: tuple[int, int] = (4, 9)
     num_blobs: tuple[int, int] = (2, 5)
@@ -386,32 +392,14 @@ def parse_args(argv=None) -> tuple[str, SparseDigitsConfig, bool, int]:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--output_dir", required=True, help="Where the imagefolder is written.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--canvas_size", type=int, default=448)
-    parser.add_argument("--min_digit_size", type=int, default=40)
-    parser.add_argument("--max_digit_size", type=int, default=64)
-    parser.add_argument("--num_train", type=int, default=3000)
-    parser.add_argument("--num_validation", type=int, default=300)
-    parser.add_argument("--num_test", type=int, default=600)
-    parser.add_argument(
-        "--align_to_grid",
-        type=int,
-        default=0,
-        help="Draw each digit inside one cell of a grid with this cell size (e.g. the ViT patch size); 0 = anywhere.",
-    )
+    # the integer settings of SparseDigitsConfig are flags, with the config's defaults (the tuples stay fixed)
+    flags = [f for f in fields(SparseDigitsConfig) if isinstance(f.default, int)]
+    for f in flags:
+        parser.add_argument(f"--{f.name}", type=int, default=f.default, help=f.metadata.get("help"))
     parser.add_argument("--num_workers", type=int, default=2, help="Processes that render/write images.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing, non-empty --output_dir.")
     args = parser.parse_args(argv)
-    config = SparseDigitsConfig(
-        seed=args.seed,
-        canvas_size=args.canvas_size,
-        min_digit_size=args.min_digit_size,
-        max_digit_size=args.max_digit_size,
-        num_train=args.num_train,
-        num_validation=args.num_validation,
-        num_test=args.num_test,
-        align_to_grid=args.align_to_grid,
-    )
+    config = SparseDigitsConfig(**{f.name: getattr(args, f.name) for f in flags})
     return args.output_dir, config, args.overwrite, args.num_workers
 
 
