@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration_lookwhere import to_pair
+
 
 @dataclass
 class TeacherTargets:
@@ -54,11 +56,6 @@ class TeacherTargets:
     patch_tokens: torch.Tensor
     attention_map: torch.Tensor
     grid: tuple[int, int]
-
-
-def _teacher_patch_size(teacher: nn.Module) -> int:
-    patch = teacher.config.patch_size
-    return int(patch[0] if isinstance(patch, (list, tuple)) else patch)
 
 
 def teacher_num_prefix_tokens(teacher: nn.Module) -> int:
@@ -104,7 +101,7 @@ def compute_teacher_targets(teacher: nn.Module, pixel_values: torch.Tensor) -> T
     Returns:
         [`TeacherTargets`] in float32.
     """
-    patch = _teacher_patch_size(teacher)
+    patch = to_pair(teacher.config.patch_size)[0]
     grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
     num_prefix = teacher_num_prefix_tokens(teacher)
     dtype = teacher.embeddings.patch_embeddings.projection.weight.dtype
