@@ -335,6 +335,15 @@ def _load_backbone(model, expected: tuple[str, ...]) -> PreTrainedModel:
     return backbone
 
 
+def _square_size(value, name: str) -> int:
+    """An `int` size, or a square `(s, s)` pair, as an `int` (LookupViT's image and patch sizes are square)."""
+    if isinstance(value, (list, tuple)):
+        if value[0] != value[1]:
+            raise ValueError(f"LookupViT needs a square `{name}`, got {value}.")
+        return int(value[0])
+    return int(value)
+
+
 class LookupViTPreTrainedModel(PreTrainedModel):
     config_class = LookupViTConfig
     config: LookupViTConfig
@@ -419,15 +428,9 @@ class LookupViTPreTrainedModel(PreTrainedModel):
     def _from_backbone(cls, backbone, layers, renames: dict, config_kwargs: dict) -> LookupViTPreTrainedModel:
         """Shared by `from_vit` / `from_dinov2`: build the config, then copy what their docstrings list."""
         for name in ("image_size", "patch_size"):
-            value = config_kwargs[name]
-            if isinstance(value, (list, tuple)):
-                if value[0] != value[1]:
-                    raise ValueError(f"LookupViT needs a square `{name}`, the backbone has {value}.")
-                config_kwargs[name] = int(value[0])
-        source_config = backbone.config
-        source_patch, source_size = source_config.patch_size, source_config.image_size
-        source_patch = source_patch[0] if isinstance(source_patch, (list, tuple)) else source_patch
-        source_size = source_size[0] if isinstance(source_size, (list, tuple)) else source_size
+            config_kwargs[name] = _square_size(config_kwargs[name], name)
+        source_patch = _square_size(backbone.config.patch_size, "patch_size")
+        source_size = _square_size(backbone.config.image_size, "image_size")
         if config_kwargs["patch_size"] != source_patch:
             raise ValueError(
                 f"`patch_size` must be the backbone's ({source_patch}): its patch embedding is copied; got "
