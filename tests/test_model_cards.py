@@ -160,6 +160,17 @@ def test_converter_card_parses_and_its_usage_code_runs(tmp_path, monkeypatch, ph
     outputs = namespace["outputs"]
     assert outputs.selected_indices.shape == (1, 300) and outputs.pooler_output.shape == (1, 128)
     assert outputs.selector_map.shape == (1, (1036 // 14) ** 2)
+    # ... and it ran the converted weights: the same call made here gives the same numbers (same kernels: exact)
+    from lookwhere_hf import LookWhereImageProcessor, LookWhereModel
+
+    reference = LookWhereModel.from_pretrained(out).eval()
+    inputs = LookWhereImageProcessor.from_pretrained(out)(
+        images=namespace["image"], size={"height": 1036, "width": 1036}, return_tensors="pt"
+    )
+    with torch.no_grad():
+        expected = reference(**inputs, k=300)
+    assert torch.equal(outputs.selected_indices, expected.selected_indices)
+    torch.testing.assert_close(outputs.pooler_output, expected.pooler_output, rtol=0, atol=0)
 
 
 def test_card_for_a_non_release_checkpoint():
