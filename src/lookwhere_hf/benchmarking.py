@@ -62,7 +62,7 @@ from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 from .flops import full_resolution_flops, lookwhere_flops
 from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.modeling_lookwhere import LookWhereModel
-from .utils import k_ratio_argument
+from .utils import k_ratio_argument, positive_int_argument
 
 __all__ = [
     "Timing",
@@ -597,16 +597,6 @@ def _multiple_of_14(value: str) -> int:
     return size
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
-    return number
-
-
 def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmark") -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -618,9 +608,9 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
     add("--plot", type=Path, default=None, help=f"PNG plot path (default: {DEFAULT_PLOT_NAME} next to --output)")
     add("--resolutions", type=_multiple_of_14, nargs="+", default=None, help="default 518 1036")
     add("--k-ratios", type=k_ratio_argument, nargs="+", default=None, help="default 0.05 0.1 0.25 (--quick: 0.1)")
-    add("--batch-sizes", type=_positive_int, nargs="+", default=None, help="default 1 8 (--quick: 1)")
+    add("--batch-sizes", type=positive_int_argument, nargs="+", default=None, help="default 1 8 (--quick: 1)")
     add("--modes", nargs="+", choices=["cls", "dense"], default=["cls", "dense"])
-    add("--threads", type=_positive_int, default=2, help="torch threads for both models (default 2)")
+    add("--threads", type=positive_int_argument, default=2, help="torch threads for both models (default 2)")
     add(
         "--omp-wait-policy",
         choices=["passive", "active", "default"],
@@ -638,8 +628,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
     )
     add("--no-memory", action="store_true", help="skip the peak-memory processes (latency and FLOPs only)")
     add("--target-seconds", type=float, default=None, help="timed seconds per measurement (adapts repeats)")
-    add("--min-repeats", type=_positive_int, default=None)
-    add("--max-repeats", type=_positive_int, default=None)
+    add("--min-repeats", type=positive_int_argument, default=None)
+    add("--max-repeats", type=positive_int_argument, default=None)
     add(
         "--long-forward-seconds",
         type=float,

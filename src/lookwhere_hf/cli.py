@@ -32,7 +32,7 @@ from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.convert_lookwhere_original_to_hf import main as convert_main
 from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
 from .models.lookwhere.modeling_lookwhere import LookWhereModel
-from .utils import k_ratio_argument, looks_like_local_path
+from .utils import k_ratio_argument, looks_like_local_path, positive_int_argument
 from .visualization import save_selection_figure
 
 __all__ = ["main", "default_demo_model_path", "demo_image_paths"]
@@ -66,16 +66,6 @@ def demo_image_paths() -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return number
 
 
 def _check_image_files(paths) -> list[Path]:
@@ -397,9 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--k-ratio", type=k_ratio_argument, default=None, help="fraction of high-res patches computed, in (0, 1]"
     )
     demo.add_argument(
-        "--repeats", type=_positive_int, default=3, help="timed runs per model after one warm-up (default 3)"
+        "--repeats", type=positive_int_argument, default=3, help="timed runs per model after one warm-up (default 3)"
     )
-    demo.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    demo.add_argument(
+        "--threads", type=positive_int_argument, default=None, help="torch CPU threads (default: torch's choice)"
+    )
 
     predict = sub.add_parser(
         "predict",
@@ -419,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="budgeted inference with the model's saved exit thresholds, checked to spend at most GFLOPS per image "
         "on average (fit them with lookwhere_hf.budget.calibrate_budget)",
     )
-    predict.add_argument("--top-k", type=_positive_int, default=5, help="classes printed per image (default 5)")
+    predict.add_argument("--top-k", type=positive_int_argument, default=5, help="classes printed per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
     predict.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 

@@ -34,3 +34,14 @@ def k_ratio_argument(value: str) -> float:
     if not 0.0 < ratio <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1] (the fraction of high-res patches kept), got {value}")
     return ratio
+
+
+def positive_int_argument(value: str) -> int:
+    """`argparse` type of a count flag (`--repeats`, `--threads`, `--batch-sizes`, ...): an integer >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
