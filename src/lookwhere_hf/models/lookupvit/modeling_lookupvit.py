@@ -441,9 +441,8 @@ class LookupViTPreTrainedModel(PreTrainedModel):
         body = model if isinstance(model, LookupViTModel) else model.lookupvit
         config = model.config
         emb = body.embeddings
-        state = backbone.state_dict()
-        patch_pos = state["embeddings.position_embeddings"][:, 1:]  # drop the CLS slot
         with torch.no_grad():
+            patch_pos = backbone.embeddings.position_embeddings[:, 1:]  # drop the CLS slot
             emb.patch_embeddings.projection.load_state_dict(
                 backbone.embeddings.patch_embeddings.projection.state_dict()
             )
