@@ -355,8 +355,10 @@ def test_base_weights_load_into_task_models(tmp_path):
 
 def test_return_dict_false_gives_tuple():
     model = _tiny_model(LookWhereForImageClassification, num_labels=3)
-    out = model(torch.randn(1, 3, 112, 112), return_dict=False)
+    pixel_values = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    out = model(pixel_values, return_dict=False)
     assert isinstance(out, tuple) and out[0].shape == (1, 3)
+    assert torch.equal(out[0], model(pixel_values).logits)  # the same forward, only packed differently
 
 
 @pytest.mark.slow
