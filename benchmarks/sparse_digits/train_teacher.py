@@ -220,11 +220,9 @@ class TokenLossTrainer(Trainer):
         self, *args, token_loss_weight: float = 0.0, attention_loss_weight: float = 0.0, smoothing: float = 0.1, **kw
     ):
         super().__init__(*args, **kw)
-        self.token_loss_weight, self.attention_loss_weight, self.smoothing = (
-            token_loss_weight,
-            attention_loss_weight,
-            smoothing,
-        )
+        self.token_loss_weight = token_loss_weight
+        self.attention_loss_weight = attention_loss_weight
+        self.smoothing = smoothing
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         token_labels = inputs.pop("token_labels", None)
