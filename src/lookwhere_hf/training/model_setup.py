@@ -59,9 +59,8 @@ def _anytime_config(model_args) -> dict:
     glance = bool(getattr(model_args, "glance_head", False))
     if ratios is None and not glance:
         return {}
-    fields = {"train_all_rungs": True, "glance_head": glance, "budget_thresholds": None, "budget_rung_gflops": None}
-    fields.update(budget_image_size=None, budget_target_gflops=None, budget_expected_gflops=None)
-    fields["budget_calibration_accuracy"] = None
+    budget = ("thresholds", "rung_gflops", "image_size", "target_gflops", "expected_gflops", "calibration_accuracy")
+    fields = {"train_all_rungs": True, "glance_head": glance, **{f"budget_{name}": None for name in budget}}
     if ratios is not None:
         fields["anytime_k_ratios"] = ratios
     return fields
