@@ -88,24 +88,21 @@ class EvaluationArguments:
             raise ValueError(f"--latency_batch_sizes must be positive ints, got {self.latency_batch_sizes!r}.")
 
     def parsed_k_ratios(self) -> list[float]:
-        try:
-            return sorted({float(r) for r in self.k_ratios.split(",") if r.strip()})
-        except ValueError:
-            raise ValueError(f"--k_ratios must be comma-separated numbers, got {self.k_ratios!r}.") from None
+        return sorted(set(comma_separated(self.k_ratios, "--k_ratios", float, "numbers")))
 
     def parsed_latency_threads(self) -> list[int]:
-        try:
-            return [int(t) for t in self.latency_threads.split(",") if t.strip()]
-        except ValueError:
-            raise ValueError(f"--latency_threads must be comma-separated ints, got {self.latency_threads!r}.") from None
+        return comma_separated(self.latency_threads, "--latency_threads", int, "ints")
 
     def parsed_latency_batch_sizes(self) -> list[int]:
-        try:
-            return [int(b) for b in self.latency_batch_sizes.split(",") if b.strip()]
-        except ValueError:
-            raise ValueError(
-                f"--latency_batch_sizes must be comma-separated ints, got {self.latency_batch_sizes!r}."
-            ) from None
+        return comma_separated(self.latency_batch_sizes, "--latency_batch_sizes", int, "ints")
+
+
+def comma_separated(text: str, flag: str, convert: type, what: str) -> list:
+    """The items of a comma-separated flag value, each through `convert`; a ValueError names the flag."""
+    try:
+        return [convert(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated {what}, got {text!r}.") from None
 
 
 # ----------------------------------------------------------------------------------------------------- geometry
