@@ -251,3 +251,26 @@ def test_bad_inputs_raise_clear_errors(call, message):
     indices = torch.tensor([[0, 5, 15], [3, 9, 12]])
     with pytest.raises(ValueError, match=message):
         call(tokens, indices)
+
+
+def test_the_model_skips_the_host_side_index_check_for_its_own_top_k(monkeypatch):
+    """The range check reads min/max back to the host (a device sync); the forward's own top-k indices skip it, while
+    the public function and `LookWhereModel.spread` keep it by default."""
+    from conftest import make_tiny_config
+
+    from lookwhere_hf import LookWhereModel
+    from lookwhere_hf.models.lookwhere import dense_spreading, modeling_lookwhere
+
+    seen = []
+
+    def recording_spread(*args, **kwargs):
+        seen.append(kwargs.get("check_indices", True))
+        return dense_spreading.spread_to_grid(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_lookwhere, "spread_to_grid", recording_spread)
+    model = LookWhereModel(make_tiny_config()).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 112, 112), output_dense_features=True)
+    assert seen == [False]
+    with pytest.raises(ValueError, match="row-major positions"):
+        model.spread(torch.randn(1, 2, 32), torch.tensor([[0, 64]]), (8, 8))

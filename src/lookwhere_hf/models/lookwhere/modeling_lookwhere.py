@@ -708,7 +708,8 @@ class LookWhereModel(LookWherePreTrainedModel):
 
         dense = None
         if output_dense_features:
-            dense = self.spread(sequence_output[:, self.config.num_prefix_tokens :], indices, grid)
+            # The indices come from this forward's top-k: on the grid by construction, no host-side range check.
+            dense = self.spread(sequence_output[:, self.config.num_prefix_tokens :], indices, grid, check_indices=False)
 
         return LookWhereModelOutput(
             last_hidden_state=sequence_output,
@@ -724,9 +725,14 @@ class LookWhereModel(LookWherePreTrainedModel):
             selector_attentions=selector_out.attentions,
         )
 
-    def spread(self, patch_tokens: torch.Tensor, indices: torch.LongTensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Dense features `(B, D, grid_h, grid_w)` from `k` patch tokens `(B, k, D)` at `indices (B, k)`."""
-        dense = spread_to_grid(patch_tokens, indices, grid, self.config.num_spread_neighbors)
+    def spread(
+        self, patch_tokens: torch.Tensor, indices: torch.LongTensor, grid: tuple[int, int], check_indices: bool = True
+    ) -> torch.Tensor:
+        """Dense features `(B, D, grid_h, grid_w)` from `k` patch tokens `(B, k, D)` at `indices (B, k)` (see
+        [`~dense_spreading.spread_to_grid`] for `check_indices`)."""
+        dense = spread_to_grid(
+            patch_tokens, indices, grid, self.config.num_spread_neighbors, check_indices=check_indices
+        )
         return dense.transpose(1, 2).reshape(patch_tokens.shape[0], -1, grid[0], grid[1])
 
 
@@ -1287,7 +1293,9 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         indices = select_top_k(selector_map, k)
         tokens, _ = body.extractor(pixel_values, indices, prefix)
         num_prefix = self.config.num_prefix_tokens
-        dense = spread_to_grid(tokens[:, num_prefix:], indices, grid, self.config.num_spread_neighbors)
+        dense = spread_to_grid(
+            tokens[:, num_prefix:], indices, grid, self.config.num_spread_neighbors, check_indices=False
+        )
 
         loss_cls = cls_distillation_loss(tokens[:, 0], targets.cls_token)
         loss_dense = dense_distillation_loss(dense, targets.patch_tokens)
