@@ -136,6 +136,7 @@ def train_loop(
     metric: TaskMetric | None = None,
     log_names: tuple[str, ...] = ("loss",),
     pass_step: bool = False,
+    updates_per_batch: int = 1,
     project_name: str = "lookwhere",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train `model` on `train_dataset`: AdamW + scheduler, gradient accumulation and clipping, a progress bar, the
@@ -148,6 +149,8 @@ def train_loop(
         log_names: scalar model outputs to log (e.g. the pretraining loss components).
         pass_step: call the model with `step=<optimizer step>` ([`LookWhereForPreTraining`] seeds its per-step k
             with it).
+        updates_per_batch: optimizer updates per batch (Glance-and-Focus stage 2: PPO epochs over one rollout); the
+            model is called with `ppo_epoch=<update>` when > 1. Needs `--gradient_accumulation_steps 1`.
 
     Returns:
         `(model, results)`: the unwrapped model, and `train_loss` (mean over the last epoch), `train_steps`, `epoch`
@@ -158,6 +161,11 @@ def train_loop(
     from transformers import get_scheduler
 
     checkpointing = parse_checkpointing_steps(args.checkpointing_steps)
+    if updates_per_batch > 1 and args.gradient_accumulation_steps != 1:
+        raise ArgumentError(
+            f"{updates_per_batch} updates per batch (PPO epochs) need --gradient_accumulation_steps 1, got "
+            f"{args.gradient_accumulation_steps}."
+        )
     streaming = isinstance(train_dataset, torch.utils.data.IterableDataset)
     if streaming and not args.max_train_steps:
         raise ArgumentError("A streamed dataset has no length: pass --max_train_steps.")
@@ -232,13 +240,15 @@ def train_loop(
             loader = accelerator.skip_first_batches(train_loader, skip_batches)
         for batch in loader:
             with accelerator.accumulate(model):
-                outputs = model(**batch, step=completed_steps) if pass_step else model(**batch)
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
+                for update in range(updates_per_batch):
+                    kwargs = {"step": completed_steps} if pass_step else {}
+                    outputs = model(**batch, **kwargs, **({"ppo_epoch": update} if updates_per_batch > 1 else {}))
+                    accelerator.backward(outputs.loss)
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
                 lr_scheduler.step()
-                optimizer.zero_grad()
             window.add(outputs)
             epoch_loss.add(outputs)
             if not accelerator.sync_gradients:
@@ -287,10 +297,8 @@ def evaluate(accelerator, model: nn.Module, eval_loader, metric: TaskMetric) -> 
 
     model.eval()
     for batch in tqdm(eval_loader, desc="Evaluating", leave=False, disable=not accelerator.is_local_main_process):
-        with torch.no_grad():
-            logits = model(
-                pixel_values=batch["pixel_values"], low_res_pixel_values=batch["low_res_pixel_values"]
-            ).logits
+        with torch.no_grad():  # every input but the labels (the model would compute a loss)
+            logits = model(**{key: value for key, value in batch.items() if key != "labels"}).logits
         predictions, references = accelerator.gather_for_metrics(
             (metric.predict(logits, batch["labels"]), batch["labels"])
         )

@@ -1,0 +1,529 @@
+"""Glance-and-Focus training in three stages, on the one `accelerate` loop ([`train_loop`]) of the example scripts.
+
+What the stages do, as we read the official training code (`train.py`, `network.py`, `configs.py` of
+blackfeather-wang/GFNet-Pytorch) and the paper (Wang et al., NeurIPS 2020):
+
+1. **Stage 1**: the glance and focus encoders and the recurrent classifier learn with *random* crops: every focus
+   step's crop centre is uniform in `[0, 1]^2` (`torch.rand` in the official code). The loss is the cross-entropy of
+   every step's prediction, averaged over the `T` steps. The policy is not used and stays frozen.
+2. **Stage 2**: the patch policy (actor-critic) learns with PPO; the encoders and the classifier are frozen and run
+   in eval mode. Per image and focus step, the reward is the gain of the true class's softmax probability over the
+   previous step; the returns are discounted with `gamma` and normalized over the batch (mean 0, std 1); the
+   advantage is `return - value` (the value detached). The official settings: Adam lr 3e-4, betas (0.9, 0.999),
+   `gamma` 0.7, clip 0.2, 1 PPO epoch per batch, value loss weight 0.5 (MSE to the normalized returns), entropy
+   weight 0.01, Gaussian actions with std 0.1 (the model config's `policy_action_std`), sampled actions clipped to
+   `[0, 1]` and their log-probability taken at the clipped value, 15 epochs.
+3. **Stage 3**: the classifier (and with `train_encoders` the encoders) is fine-tuned on the crops the learned policy
+   picks. As in the official code, training *samples* the crops from the policy's Gaussian (exploration acts as
+   augmentation) and evaluation takes the mean.
+
+Differences from the official code, on purpose: stages 1 and 3 use the loop's AdamW (the official SGD with Nesterov
+momentum, lr 0.1 classifier / 0.01 encoders, cosine, is a choice of flags away: `--learning_rate`,
+`--lr_scheduler_type cosine`); the deep-supervision term of the official stage-1/3 loss (each encoder's own
+ImageNet head, weight `dsn_ratio`) is left out because our encoders have no per-encoder head; and with several
+processes the returns are normalized over each process's batch (the official code runs one `DataParallel` batch).
+
+Every random draw is reproducible across a resume: stage 1's crop centres are drawn in the data transform, seeded per
+example by [`SeededDataset`]; the policy's samples (stages 2 and 3) come from the global torch RNG, which
+`accelerator.save_state` / `load_state` keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .arguments import ArgumentError
+from .transforms import _rgb, processor_size
+
+__all__ = [
+    "GlanceFocusArguments",
+    "GlanceFocusStage",
+    "GlanceFocusStageOutput",
+    "GlanceFocusTransform",
+    "PPOLoss",
+    "PPOSettings",
+    "confidence_gains",
+    "discounted_returns",
+    "normalize_returns",
+    "ppo_loss",
+    "true_class_confidences",
+]
+
+STAGES = (1, 2, 3)
+RETURN_NORM_EPS = 1e-5  # added to the std when the returns are normalized (the official value)
+
+
+# ----------------------------------------------------------------------------------------------- settings
+@dataclass
+class PPOSettings:
+    """The PPO settings of stage 2 (defaults: the official GFNet code).
+
+    Attributes:
+        clip (`float`): the ratio clip `epsilon` of the clipped objective, in (0, 1).
+        epochs (`int`): PPO epochs (optimizer updates) per batch of rollouts.
+        gamma (`float`): discount of the per-step rewards, in [0, 1].
+        value_coef (`float`): weight of the value (critic) loss.
+        entropy_coef (`float`): weight of the entropy bonus (subtracted from the loss).
+        normalize_returns (`bool`): normalize the discounted returns over the batch (mean 0, std 1).
+    """
+
+    clip: float = 0.2
+    epochs: int = 1
+    gamma: float = 0.7
+    value_coef: float = 0.5
+    entropy_coef: float = 0.01
+    normalize_returns: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.clip < 1.0:
+            raise ValueError(f"The PPO clip must be in (0, 1) (the official value is 0.2), got {self.clip}.")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"The PPO epochs per batch must be an integer >= 1 (officially 1), got {self.epochs!r}.")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"The PPO discount gamma must be in [0, 1] (officially 0.7), got {self.gamma}.")
+        for name in ("value_coef", "entropy_coef"):
+            value = getattr(self, name)
+            if not 0.0 <= value < float("inf"):
+                raise ValueError(f"The PPO {name} must be a finite number >= 0, got {value}.")
+
+
+# ----------------------------------------------------------------------------------------------- rewards
+def true_class_confidences(rung_logits: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The softmax probability of the true class after every step.
+
+    Args:
+        rung_logits (`Sequence[torch.Tensor]`): `T` tensors of shape `(batch_size, num_labels)`.
+        labels (`torch.LongTensor` of shape `(batch_size,)`).
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, T)` (float32 or wider).
+    """
+    logits = torch.stack([step.float() for step in rung_logits], dim=1)  # (B, T, C)
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"`labels` must have shape ({logits.shape[0]},), got {tuple(labels.shape)}.")
+    index = labels.long().view(-1, 1, 1).expand(-1, logits.shape[1], 1)
+    return logits.softmax(dim=-1).gather(-1, index).squeeze(-1)
+
+
+def confidence_gains(rung_logits: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The reward of every focus step: the gain of the true class's softmax probability over the previous step
+    (the glance for the first focus step).
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, T - 1)`.
+    """
+    confidences = true_class_confidences(rung_logits, labels)
+    return confidences[:, 1:] - confidences[:, :-1]
+
+
+def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """`G_t = r_t + gamma * G_{t+1}` along the steps (the episode ends after the last step).
+
+    Args:
+        rewards (`torch.Tensor` of shape `(batch_size, num_steps)`).
+
+    Returns:
+        `torch.Tensor` of the same shape.
+    """
+    returns = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for step in range(rewards.shape[1] - 1, -1, -1):
+        running = rewards[:, step] + gamma * running
+        returns[:, step] = running
+    return returns
+
+
+def normalize_returns(returns: torch.Tensor) -> torch.Tensor:
+    """`(returns - mean) / (std + 1e-5)` over every entry (images and steps), as the official PPO update does; a
+    single entry is only centred (its std is undefined)."""
+    centred = returns - returns.mean()
+    if returns.numel() < 2:
+        return centred
+    return centred / (returns.std() + RETURN_NORM_EPS)
+
+
+# ----------------------------------------------------------------------------------------------- PPO
+@dataclass
+class PPOLoss(ModelOutput):
+    """The PPO loss of one update and its parts (all scalars).
+
+    Attributes:
+        loss: `policy_loss + value_coef * value_loss - entropy_coef * entropy`.
+        policy_loss: minus the clipped surrogate objective, averaged over images and steps.
+        value_loss: mean squared error of the critic's values to the returns.
+        entropy: mean entropy of the policy's action distributions.
+        clip_fraction: share of the ratios outside `[1 - clip, 1 + clip]`.
+        approx_kl: mean of `old_log_prob - log_prob` (how far the update moved the policy; 0 on the first epoch).
+    """
+
+    loss: torch.Tensor | None = None
+    policy_loss: torch.Tensor | None = None
+    value_loss: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    clip_fraction: torch.Tensor | None = None
+    approx_kl: torch.Tensor | None = None
+
+
+def ppo_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    entropy: torch.Tensor,
+    settings: PPOSettings,
+) -> PPOLoss:
+    """The PPO update's loss (Schulman et al. 2017, clipped surrogate), as GFNet's update computes it.
+
+    `advantage = returns - values.detach()`; `ratio = exp(log_probs - old_log_probs)`;
+    `policy_loss = -mean(min(ratio * advantage, clip(ratio, 1 - eps, 1 + eps) * advantage))`;
+    `value_loss = mean((values - returns) ** 2)`; `loss = policy_loss + value_coef * value_loss - entropy_coef *
+    mean(entropy)`.
+
+    Args:
+        log_probs (`torch.Tensor` of shape `(batch_size, num_steps)`): log-probabilities of the rollout's actions
+            under the policy being trained (with gradient).
+        old_log_probs (same shape): their log-probabilities when they were sampled (no gradient).
+        values (same shape): the critic's state values (with gradient).
+        returns (same shape): the (normalized) discounted returns.
+        entropy (same shape): entropies of the action distributions.
+        settings ([`PPOSettings`]).
+    """
+    shapes = {tuple(t.shape) for t in (log_probs, old_log_probs, values, returns, entropy)}
+    if len(shapes) != 1:
+        raise ValueError(
+            "log_probs, old_log_probs, values, returns and entropy must have one shape (batch_size, num_steps), got "
+            f"{[tuple(t.shape) for t in (log_probs, old_log_probs, values, returns, entropy)]}."
+        )
+    returns, old_log_probs = returns.detach(), old_log_probs.detach()
+    advantages = returns - values.detach()
+    ratios = torch.exp(log_probs - old_log_probs)
+    surrogate = ratios * advantages
+    clipped = ratios.clamp(1.0 - settings.clip, 1.0 + settings.clip) * advantages
+    policy_loss = -torch.min(surrogate, clipped).mean()
+    value_loss = F.mse_loss(values, returns)
+    mean_entropy = entropy.mean()
+    loss = policy_loss + settings.value_coef * value_loss - settings.entropy_coef * mean_entropy
+    with torch.no_grad():
+        clip_fraction = ((ratios - 1.0).abs() > settings.clip).float().mean()
+        approx_kl = (old_log_probs - log_probs).mean()
+    return PPOLoss(
+        loss=loss,
+        policy_loss=policy_loss.detach(),
+        value_loss=value_loss.detach(),
+        entropy=mean_entropy.detach(),
+        clip_fraction=clip_fraction,
+        approx_kl=approx_kl.detach(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- the stages
+@dataclass
+class GlanceFocusStageOutput(ModelOutput):
+    """What a training stage's forward returns (the loop logs the scalars).
+
+    Attributes:
+        loss: the stage's training loss (stages 1 / 3: the cross-entropy averaged over the steps; stage 2: the PPO
+            loss); None in evaluation.
+        logits (`(batch_size, num_labels)`): the last step's prediction.
+        reward: stage 2: mean reward (true-class confidence gain) per focus step of the rollout.
+        policy_loss, value_loss, entropy, clip_fraction, approx_kl: stage 2: see [`PPOLoss`].
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    reward: torch.Tensor | None = None
+    policy_loss: torch.Tensor | None = None
+    value_loss: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    clip_fraction: torch.Tensor | None = None
+    approx_kl: torch.Tensor | None = None
+
+
+@dataclass
+class _Rollout:
+    states: Any
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    returns: torch.Tensor
+    reward: torch.Tensor
+    logits: torch.Tensor
+
+
+class GlanceFocusStage(nn.Module):
+    """A [`GlanceFocusForImageClassification`] set up for one training stage, with the forward the training loop
+    calls (`outputs.loss` to minimize, scalars to log).
+
+    The constructor freezes what the stage does not train (`requires_grad=False`, so the optimizer and DDP see only
+    the trained parameters) and [`train`] keeps the frozen modules in eval mode (batch-norm statistics and dropout
+    off, as the official stage 2 runs the encoders).
+
+    Args:
+        model: the Glance-and-Focus classifier.
+        stage (`int`): 1, 2 or 3 (see the module docstring).
+        ppo ([`PPOSettings`], *optional*): stage 2's settings (default: the official ones).
+        train_encoders (`bool`): stage 3 also fine-tunes the glance and focus encoders (default: classifier only).
+        sample_crops (`bool`): stage 3 trains on crops sampled from the policy (the official choice); False: on the
+            policy's mean crops.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        stage: int,
+        ppo: PPOSettings | None = None,
+        train_encoders: bool = False,
+        sample_crops: bool = True,
+    ) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}.")
+        for name in ("policy", "config"):
+            if not hasattr(model, name):
+                raise ValueError(
+                    f"GlanceFocusStage needs a Glance-and-Focus model with a `{name}`; got a {type(model)}."
+                )
+        self.model, self.stage = model, stage
+        self.ppo = ppo if ppo is not None else PPOSettings()
+        self.train_encoders, self.sample_crops = bool(train_encoders), bool(sample_crops)
+        self._rollout: _Rollout | None = None
+        trained = self.trained_modules()
+        for name, module in model.named_children():
+            module.requires_grad_(name in trained)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"Stage {stage} would train nothing: the model has no {sorted(trained)} parameters.")
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.model.config.num_steps)
+
+    def trained_modules(self) -> set[str]:
+        """Names of the model's top-level modules this stage trains."""
+        children = {name for name, _ in self.model.named_children()}
+        if self.stage == 2:
+            return {"policy"}
+        if self.stage == 1 or self.train_encoders:
+            return children - {"policy"}
+        if "classifier" not in children:
+            raise ValueError(
+                f"Stage 3 without encoder training needs the model's `classifier` module; its modules are "
+                f"{sorted(children)}. Pass train_encoders=True (--train_encoders) to fine-tune all but the policy."
+            )
+        return {"classifier"}
+
+    def train(self, mode: bool = True) -> GlanceFocusStage:
+        super().train(mode)
+        trained = self.trained_modules()
+        for name, module in self.model.named_children():
+            if name not in trained:
+                module.eval()
+        return self
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+        crop_centers: torch.Tensor | None = None,
+        ppo_epoch: int = 0,
+        **inputs: Any,
+    ) -> GlanceFocusStageOutput:
+        """One training (or evaluation) forward of the stage.
+
+        Args:
+            pixel_values (`(batch_size, 3, H, W)`): the full-resolution images.
+            labels (`(batch_size,)`): class ids (needed in training).
+            crop_centers (`(batch_size, T - 1, 2)`, *optional*): stage 1: the random crop centres (from
+                [`GlanceFocusTransform`]); without them stage 1 draws them here.
+            ppo_epoch (`int`): stage 2: the PPO epoch over this batch; epoch 0 collects the rollout with the current
+                policy, later epochs reuse it (the training loop passes it with `updates_per_batch > 1`).
+            inputs: further model inputs (e.g. `glance_pixel_values`).
+        """
+        if not self.training:
+            mode = "mean" if self.stage > 1 else None
+            outputs = self.model(pixel_values, crop_centers=crop_centers if self.stage == 1 else None,
+                                 **({"policy_mode": mode} if mode else {}), **inputs)  # fmt: skip
+            return GlanceFocusStageOutput(logits=outputs.logits)
+        if labels is None:
+            raise ValueError("Training a Glance-and-Focus stage needs `labels`.")
+        if self.stage == 2:
+            return self._ppo_forward(pixel_values, labels, ppo_epoch, **inputs)
+        if self.stage == 1:
+            if crop_centers is None:
+                crop_centers = torch.rand(pixel_values.shape[0], self.num_steps - 1, 2, device=pixel_values.device)
+            outputs = self.model(pixel_values, crop_centers=crop_centers, anytime=True, **inputs)
+        else:
+            mode = "sample" if self.sample_crops else "mean"
+            outputs = self.model(pixel_values, policy_mode=mode, anytime=True, **inputs)
+        loss = torch.stack([F.cross_entropy(step.float(), labels) for step in outputs.rung_logits]).mean()
+        return GlanceFocusStageOutput(loss=loss, logits=outputs.rung_logits[-1])
+
+    @torch.no_grad()
+    def collect_rollout(self, pixel_values: torch.Tensor, labels: torch.LongTensor, **inputs: Any) -> _Rollout:
+        """Run the model with crops sampled from the current policy; the rewards, returns and what the PPO update
+        needs (states, actions and their log-probabilities)."""
+        outputs = self.model(pixel_values, policy_mode="sample", anytime=True, return_policy=True, **inputs)
+        rewards = confidence_gains(outputs.rung_logits, labels)
+        returns = discounted_returns(rewards, self.ppo.gamma)
+        if self.ppo.normalize_returns:
+            returns = normalize_returns(returns)
+        return _Rollout(
+            states=outputs.policy_states,
+            actions=outputs.policy_actions,
+            log_probs=outputs.policy_log_probs,
+            returns=returns,
+            reward=rewards.mean(),
+            logits=outputs.rung_logits[-1],
+        )
+
+    def _ppo_forward(self, pixel_values, labels, ppo_epoch: int, **inputs) -> GlanceFocusStageOutput:
+        if ppo_epoch == 0 or self._rollout is None:
+            self._rollout = self.collect_rollout(pixel_values, labels, **inputs)
+        rollout = self._rollout
+        log_probs, values, entropy = self.model.policy.evaluate(rollout.states, rollout.actions)
+        parts = ppo_loss(log_probs, rollout.log_probs, values, rollout.returns, entropy, self.ppo)
+        if ppo_epoch >= self.ppo.epochs - 1:
+            self._rollout = None  # the batch is done: do not keep its tensors
+        return GlanceFocusStageOutput(reward=rollout.reward, logits=rollout.logits, **parts)
+
+
+# ----------------------------------------------------------------------------------------------- data
+class GlanceFocusTransform:
+    """`{image, label}` -> the image processor's tensors (`pixel_values`, and the glance view if it makes one) +
+    `labels`, for `Dataset.set_transform`.
+
+    Training: `RandomResizedCrop` to the processor size + horizontal flip (unless `augment=False`), then the processor
+    without its resize; evaluation: the processor alone, as the pipeline does. With `random_crops` (stage 1) every
+    example also gets `crop_centers` of shape `(num_steps - 1, 2)`, uniform in `[0, 1]`: drawn here, so that
+    [`SeededDataset`] makes them a function of `(seed, epoch, index)` (exact resumes, N processes = 1 process).
+    """
+
+    def __init__(
+        self,
+        processor,
+        image_column: str,
+        label_column: str,
+        train: bool,
+        augment: bool = True,
+        random_crops: int | None = None,
+    ) -> None:
+        from torchvision.transforms import v2
+
+        self.processor, self.image_column, self.label_column = processor, image_column, label_column
+        self.train, self.random_crops = train, random_crops
+        size = processor_size(processor)
+        self.augment = (
+            v2.Compose([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]) if train and augment else None
+        )
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
+        images = [_rgb(image) for image in batch[self.image_column]]
+        if self.augment is not None:
+            inputs = self.processor([self.augment(image) for image in images], return_tensors="pt", do_resize=False)
+        else:
+            inputs = self.processor(images, return_tensors="pt")
+        examples = {key: list(value) for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+        if self.random_crops:
+            examples["crop_centers"] = [torch.rand(self.random_crops - 1, 2) for _ in images]
+        examples["labels"] = list(batch[self.label_column])
+        return examples
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+@dataclass
+class GlanceFocusArguments:
+    """What `run_glance_focus.py` adds to the data and loop flags: the stage, the model to start from, and PPO."""
+
+    stage: int = field(metadata={"help": "Training stage: 1 (encoders + classifier, random crops), 2 (policy, PPO), "
+                                         "3 (classifier, optionally encoders, with the learned policy)."})  # fmt: skip
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A Glance-and-Focus checkpoint (save_pretrained folder or Hub id): the previous stage's "
+                          "output for stages 2 and 3, or a model to continue from in stage 1."},
+    )  # fmt: skip
+    backbone_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Stage 1 from scratch: a transformers vision backbone checkpoint (ResNet, MobileNet, "
+                          "ConvNeXt, DINOv2, timm wrapper) that both encoders start from."},
+    )  # fmt: skip
+    num_steps: int | None = field(default=None, metadata={"help": "Glance + focus steps T (stage 1 from a backbone)."})
+    patch_size: int | None = field(
+        default=None, metadata={"help": "Glance / crop size in pixels (stage 1 from a backbone; officially 96 or 128)."}
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Full-resolution input size (default: the model's)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Re-initialize checkpoint weights whose shape differs (other labels)."}
+    )
+    ppo_clip: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon (official: 0.2)."})
+    ppo_epochs: int = field(default=1, metadata={"help": "PPO epochs (updates) per batch (official: 1)."})
+    ppo_gamma: float = field(default=0.7, metadata={"help": "Discount of the per-step rewards (official: 0.7)."})
+    ppo_learning_rate: float = field(default=3e-4, metadata={"help": "Stage 2 Adam learning rate (official: 3e-4)."})
+    ppo_value_coef: float = field(default=0.5, metadata={"help": "Weight of the critic's MSE (official: 0.5)."})
+    ppo_entropy_coef: float = field(default=0.01, metadata={"help": "Weight of the entropy bonus (official: 0.01)."})
+    policy_action_std: float | None = field(
+        default=None,
+        metadata={"help": "Std of the Gaussian over the crop centre (default: the model's, officially 0.1)."},
+    )
+    train_encoders: bool = field(
+        default=False, metadata={"help": "Stage 3: fine-tune the encoders too (default: the classifier only)."}
+    )
+    stage3_sample_crops: bool = field(
+        default=True,
+        metadata={
+            "help": "Stage 3 trains on crops sampled from the policy (official); False: the policy's mean crops."
+        },
+    )
+    calibrate_budget: float | None = field(
+        default=None,
+        metadata={"help": "After stage 3: fit exit thresholds on the validation split for this mean GFLOPs per image "
+                          "(lookwhere_hf.budget.calibrate_budget) and save them in the model's config."},
+    )  # fmt: skip
+
+    def ppo_settings(self) -> PPOSettings:
+        """The PPO flags as [`PPOSettings`]; a value out of range raises [`ArgumentError`]."""
+        try:
+            return PPOSettings(
+                clip=self.ppo_clip, epochs=self.ppo_epochs, gamma=self.ppo_gamma, value_coef=self.ppo_value_coef,
+                entropy_coef=self.ppo_entropy_coef,
+            )  # fmt: skip
+        except ValueError as error:
+            raise ArgumentError(f"{error} (--ppo_* flags)") from None
+
+    def validate(self) -> None:
+        """Check the flags that can be checked before loading anything."""
+        if self.stage not in STAGES:
+            raise ArgumentError(f"--stage must be 1, 2 or 3, got {self.stage}.")
+        if bool(self.model_name_or_path) == bool(self.backbone_name_or_path):
+            if not self.model_name_or_path:
+                raise ArgumentError(
+                    "No model given: pass --model_name_or_path <Glance-and-Focus folder> (the previous stage's "
+                    "output), or for stage 1 --backbone_name_or_path <vision backbone> to start from scratch."
+                )
+            raise ArgumentError("Pass either --model_name_or_path or --backbone_name_or_path, not both.")
+        if self.backbone_name_or_path and self.stage != 1:
+            raise ArgumentError(
+                f"--backbone_name_or_path builds an untrained model: only stage 1 starts from it. Stage {self.stage} "
+                "needs --model_name_or_path <the previous stage's output>."
+            )
+        self.ppo_settings()
+        if not 0.0 < self.ppo_learning_rate < float("inf"):
+            raise ArgumentError(f"--ppo_learning_rate must be a positive number, got {self.ppo_learning_rate}.")
+        if self.policy_action_std is not None and not 0.0 < self.policy_action_std < float("inf"):
+            raise ArgumentError(f"--policy_action_std must be a positive number, got {self.policy_action_std}.")
+        for flag in ("num_steps", "patch_size", "image_size"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise ArgumentError(f"--{flag} must be a positive integer, got {value}.")
+        budget = self.calibrate_budget
+        if budget is not None:
+            if self.stage != 3:
+                raise ArgumentError("--calibrate_budget fits the exit thresholds after stage 3; drop it here.")
+            if not 0.0 < budget < float("inf"):
+                raise ArgumentError(f"--calibrate_budget must be a positive number of GFLOPs per image, got {budget}.")
