@@ -32,6 +32,7 @@ from lookwhere_hf import (
     LookWhereModel,
 )
 from lookwhere_hf.training import (
+    SEMANTIC_SEGMENTATION,
     TRAINER_CHECKPOINT,
     ArgumentError,
     ClassificationTransform,
@@ -464,7 +465,7 @@ def test_build_model_from_dinov2_and_from_lookwhere(tmp_path):
     )
     teacher.save_pretrained(tmp_path / "dinov2")
     args = ModelArguments(init_from_dinov2=str(tmp_path / "dinov2"), selector_depth=1, low_res_size=56, k_ratio=0.5)
-    model, processor = build_model_and_processor(LookWhereForSemanticSegmentation, args, {0: "bg", 1: "fg"})
+    model, processor = build_model_and_processor(SEMANTIC_SEGMENTATION, args, {0: "bg", 1: "fg"})
     assert isinstance(model, LookWhereForSemanticSegmentation) and model.config.id2label == {0: "bg", 1: "fg"}
     assert model.config.high_res_size == 112 and model.config.low_res_size == 56 and model.config.k_ratio == 0.5
     assert processor.size["height"] == 112 and processor.low_res_size["height"] == 56
@@ -477,7 +478,7 @@ def test_build_model_from_dinov2_and_from_lookwhere(tmp_path):
     args = ModelArguments(
         model_name_or_path=str(tmp_path / "lw"), freeze_selector=False, image_size=98, ignore_mismatched_sizes=True
     )
-    model, processor = build_model_and_processor(LookWhereForSemanticSegmentation, args, {0: "a", 1: "b", 2: "c"})
+    model, processor = build_model_and_processor(SEMANTIC_SEGMENTATION, args, {0: "a", 1: "b", 2: "c"})
     assert model.config.num_labels == 3 and model.classifier.out_features == 3
     # the selector's backbone trains; its head gets no gradient through top-k and stays frozen
     trainable = {name for name, p in model.lookwhere.selector.named_parameters() if p.requires_grad}
@@ -487,7 +488,7 @@ def test_build_model_from_dinov2_and_from_lookwhere(tmp_path):
     assert model.config.high_res_size == 98 and processor.size["height"] == 98
     with pytest.raises(ArgumentError, match="ignore_mismatched_sizes"):
         build_model_and_processor(
-            LookWhereForSemanticSegmentation,
+            SEMANTIC_SEGMENTATION,
             ModelArguments(model_name_or_path=str(tmp_path / "lw")),
             {i: str(i) for i in range(5)},
         )

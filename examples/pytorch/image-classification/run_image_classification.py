@@ -28,7 +28,6 @@ import os
 
 from transformers import Trainer, TrainingArguments, set_seed
 
-from lookwhere_hf import LookWhereForImageClassification
 from lookwhere_hf.training import (
     IMAGE_CLASSIFICATION,
     TRAINER_CHECKPOINT,
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
             do_eval=training_args.do_eval, seed=training_args.seed,
         )  # fmt: skip
         dataset, id2label = prepare_classification_labels(dataset, data_args.label_column_name)
-    model, image_processor = build_model_and_processor(LookWhereForImageClassification, model_args, id2label)
+    model, image_processor = build_model_and_processor(IMAGE_CLASSIFICATION, model_args, id2label)
     if training_args.should_log:
         describe_setup(model, image_processor, dataset, logger.info)
 
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results = run_trainer(
         trainer, do_train=training_args.do_train, do_eval=training_args.do_eval, resume_from_checkpoint=checkpoint,
-        finetuned_from=model_args.model_name_or_path or model_args.init_from_dinov2, task=IMAGE_CLASSIFICATION,
+        finetuned_from=model_args.model_source, task=IMAGE_CLASSIFICATION,
         dataset_name=data_args.dataset_name,
     )  # fmt: skip
     if model_args.calibrate_budget is not None:

@@ -21,7 +21,6 @@ import os
 
 from accelerate.utils import set_seed
 
-from lookwhere_hf import LookWhereForImageClassification
 from lookwhere_hf.training import (
     IMAGE_CLASSIFICATION,
     ClassificationModelArguments,
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     with accelerator.main_process_first():
         dataset = load_datasets(data_args, model_args, task=IMAGE_CLASSIFICATION, seed=args.seed)
         dataset, id2label = prepare_classification_labels(dataset, data_args.label_column_name)
-    model, image_processor = build_model_and_processor(LookWhereForImageClassification, model_args, id2label)
+    model, image_processor = build_model_and_processor(IMAGE_CLASSIFICATION, model_args, id2label)
     describe_setup(model, image_processor, dataset, accelerator.print)
 
     columns = (image_processor, data_args.image_column_name, data_args.label_column_name)

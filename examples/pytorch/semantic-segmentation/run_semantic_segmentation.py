@@ -33,7 +33,6 @@ import os
 
 from transformers import Trainer, TrainingArguments, set_seed
 
-from lookwhere_hf import LookWhereForSemanticSegmentation
 from lookwhere_hf.training import (
     SEMANTIC_SEGMENTATION,
     TRAINER_CHECKPOINT,
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
             do_eval=training_args.do_eval, seed=training_args.seed,
         )  # fmt: skip
         id2label = prepare_segmentation_labels(dataset, data_args)
-    model, image_processor = build_model_and_processor(LookWhereForSemanticSegmentation, model_args, id2label)
+    model, image_processor = build_model_and_processor(SEMANTIC_SEGMENTATION, model_args, id2label)
     if training_args.should_log:
         describe_setup(model, image_processor, dataset, logger.info)
 
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     return run_trainer(
         trainer, do_train=training_args.do_train, do_eval=training_args.do_eval, resume_from_checkpoint=checkpoint,
-        finetuned_from=model_args.model_name_or_path or model_args.init_from_dinov2, task=SEMANTIC_SEGMENTATION,
+        finetuned_from=model_args.model_source, task=SEMANTIC_SEGMENTATION,
         dataset_name=data_args.dataset_name,
     )  # fmt: skip
 

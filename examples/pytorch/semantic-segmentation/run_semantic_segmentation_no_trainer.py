@@ -22,7 +22,6 @@ import os
 
 from accelerate.utils import set_seed
 
-from lookwhere_hf import LookWhereForSemanticSegmentation
 from lookwhere_hf.training import (
     SEMANTIC_SEGMENTATION,
     ModelArguments,
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     with accelerator.main_process_first():
         dataset = load_datasets(data_args, model_args, task=SEMANTIC_SEGMENTATION, seed=args.seed)
         id2label = prepare_segmentation_labels(dataset, data_args)
-    model, image_processor = build_model_and_processor(LookWhereForSemanticSegmentation, model_args, id2label)
+    model, image_processor = build_model_and_processor(SEMANTIC_SEGMENTATION, model_args, id2label)
     describe_setup(model, image_processor, dataset, accelerator.print)
 
     columns = (image_processor, data_args.image_column_name, data_args.label_column_name)

@@ -6,6 +6,7 @@ names the flag and says what to change. [`run_cli`] turns that error into `prog:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -13,11 +14,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..models.lookupvit.configuration_lookupvit import LookupViTConfig, check_grid_fits, grid_pair
 from ..models.lookwhere.configuration_lookwhere import to_pair
 from ..utils import hub_offline, looks_like_local_path
 
 LOOKWHERE_MODEL_TYPES = ("lookwhere",)
+LOOKUPVIT_MODEL_TYPES = ("lookupvit",)
 DINOV2_MODEL_TYPES = ("dinov2_with_registers", "dinov2")
+VIT_MODEL_TYPES = ("vit",)
+MODEL_FAMILIES = ("lookwhere", "lookupvit")
+SELECTOR_DEPTH = 3
+# Fine-tuning flags that only one family takes (given = not at the field's default).
+LOOKWHERE_ONLY = ("k_ratio", "low_res_size", "freeze_selector", "selector_depth", "k_ratios", "glance_head")
+LOOKWHERE_ONLY += ("calibrate_budget",)
+LOOKUPVIT_ONLY = ("compressed_grids", "compressed_grid")
+CHECKPOINT_NAMES = {
+    LOOKWHERE_MODEL_TYPES: "a LookWhere",
+    LOOKWHERE_MODEL_TYPES + LOOKUPVIT_MODEL_TYPES: "a LookWhere or LookupViT",
+    DINOV2_MODEL_TYPES: "a DINOv2-with-registers (or DINOv2)",
+    VIT_MODEL_TYPES: "a ViT",
+}
 
 
 class ArgumentError(ValueError):
@@ -43,40 +59,54 @@ class HubArguments:
 
 @dataclass
 class ModelArguments(HubArguments):
-    """Which model to fine-tune, and LookWhere's own settings."""
+    """Which model to fine-tune (LookWhere or LookupViT), and each family's own settings.
+
+    The family comes from the checkpoint's `model_type` with `--model_name_or_path` (as `AutoModel` picks the class),
+    is LookupViT with `--init_from_vit`, and with `--init_from_dinov2` is `--model_family` (default LookWhere). A flag
+    of the other family is an error, not silently ignored."""
 
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A LookWhere checkpoint (local folder or Hub id) to start from."}
+        default=None,
+        metadata={
+            "help": "A LookWhere or LookupViT checkpoint (local folder or Hub id) to start from; its model_type "
+            "decides the family."
+        },
+    )
+    model_family: str | None = field(
+        default=None,
+        metadata={
+            "help": "lookwhere or lookupvit: which model --init_from_dinov2 builds (default lookwhere). With "
+            "--model_name_or_path the checkpoint decides; a different value here is an error.",
+            "choices": list(MODEL_FAMILIES),
+        },
     )
     init_from_dinov2: str | None = field(
         default=None,
         metadata={
-            "help": "A DINOv2-with-registers checkpoint (folder or Hub id) to build LookWhere from when no LookWhere "
-            "weights exist (`from_dinov2`: extractor = the checkpoint, selector = its first --selector_depth layers "
-            "with a new head). Use instead of --model_name_or_path."
+            "help": "A DINOv2-with-registers checkpoint (folder or Hub id) to build the model from when no LookWhere / "
+            "LookupViT weights exist. LookWhere (`from_dinov2`): extractor = the checkpoint, selector = its first "
+            "--selector_depth layers with a new head. LookupViT (--model_family lookupvit, `from_dinov2`): its "
+            "compressed stream = the checkpoint's layers, new cross-attentions and lookup MLP. Use instead of "
+            "--model_name_or_path."
         },
     )
-    selector_depth: int = field(default=3, metadata={"help": "Selector depth for --init_from_dinov2."})
+    init_from_vit: str | None = field(
+        default=None,
+        metadata={
+            "help": "LookupViT only: a ViT checkpoint (folder or Hub id) to build a LookupViT from (`from_vit`). Use "
+            "instead of --model_name_or_path."
+        },
+    )
     image_processor_name: str | None = field(
         default=None, metadata={"help": "Image processor folder / Hub id, if not the model's own."}
-    )
-    k_ratio: float | None = field(
-        default=None,
-        metadata={"help": "Fraction of high-resolution patches the extractor sees, in (0, 1]. Default: the model's."},
     )
     image_size: int | None = field(
         default=None,
         metadata={
-            "help": "High-resolution input size (a multiple of the patch size 14). The extractor position embeddings "
-            "are resized to it and the saved config / image processor use it. Default: the model's."
+            "help": "High-resolution input size (a multiple of the patch size). The position embeddings of the full "
+            "resolution tokens (LookWhere's extractor, LookupViT's lookup tokens) are resized to it and the saved "
+            "config / image processor use it. Default: the model's."
         },
-    )
-    low_res_size: int | None = field(
-        default=None, metadata={"help": "Selector input size (a multiple of the patch size 14). Default: the model's."}
-    )
-    freeze_selector: bool = field(
-        default=True,
-        metadata={"help": "Keep the selector frozen during fine-tuning (as the official fine-tuning does)."},
     )
     ignore_mismatched_sizes: bool = field(
         default=False,
@@ -84,6 +114,60 @@ class ModelArguments(HubArguments):
             "help": "Re-initialize checkpoint weights whose shape differs (e.g. a classifier with other labels)."
         },
     )
+    # LookWhere only
+    k_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "LookWhere: fraction of high-resolution patches the extractor sees, in (0, 1]. Default: the "
+            "model's."
+        },
+    )
+    low_res_size: int | None = field(
+        default=None,
+        metadata={"help": "LookWhere: selector input size (a multiple of the patch size 14). Default: the model's."},
+    )
+    freeze_selector: bool | None = field(
+        default=None,
+        metadata={
+            "help": "LookWhere: keep the selector frozen during fine-tuning (default True, as the official fine-tuning "
+            "does; --freeze_selector False trains its backbone).",
+            "nargs": "?",
+            "const": True,
+        },
+    )
+    selector_depth: int | None = field(
+        default=None, metadata={"help": f"LookWhere: selector depth for --init_from_dinov2 (default {SELECTOR_DEPTH})."}
+    )
+    # LookupViT only
+    compressed_grids: str | None = field(
+        default=None,
+        metadata={
+            "help": "LookupViT: the compressed grids training draws from (one per step, uniformly), comma-separated in "
+            "increasing size, each s (an s x s grid) or HxW, e.g. 4,6,8 (`config.compressed_grids`). Default: the "
+            "model's."
+        },
+    )
+    compressed_grid: str | None = field(
+        default=None,
+        metadata={
+            "help": "LookupViT: the compressed grid of evaluation and of the saved model (`config.compressed_grid`; "
+            "callers can still pass compressed_grid= per call), s or HxW, one of the training grids. Default: the "
+            "model's if it is among the training grids, else the largest of them."
+        },
+    )
+
+    @property
+    def model_source(self) -> str | None:
+        """The checkpoint the run starts from (`--model_name_or_path`, `--init_from_dinov2` or `--init_from_vit`)."""
+        return self.model_name_or_path or self.init_from_dinov2 or self.init_from_vit
+
+    def family_flags_given(self) -> dict[str, tuple[str, ...]]:
+        """The family-specific flags set away from their defaults: `{"lookwhere": (...), "lookupvit": (...)}`."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {
+            family: tuple(name for name in names if name in defaults and getattr(self, name) != defaults[name])
+            for family, names in (("lookwhere", LOOKWHERE_ONLY), ("lookupvit", LOOKUPVIT_ONLY))
+        }
 
 
 @dataclass
@@ -149,7 +233,9 @@ class PretrainingModelArguments(HubArguments):
             "help": "Continue from a LookWhere checkpoint (the student) instead of building it from the teacher."
         },
     )
-    selector_depth: int = field(default=3, metadata={"help": "Number of teacher layers the selector keeps."})
+    selector_depth: int = field(
+        default=SELECTOR_DEPTH, metadata={"help": "Number of teacher layers the selector keeps."}
+    )
     init_from_teacher: bool = field(
         default=True,
         metadata={"help": "Initialize the student from the teacher's weights (--no_init_from_teacher: random)."},
@@ -354,7 +440,7 @@ def load_checkpoint_config(flag: str, source: str, model_types: tuple[str, ...],
         )
         raise ArgumentError(f"{flag} {source!r}: could not load its config.json ({error}).{offline}") from error
     if config.model_type not in model_types:
-        wanted = "a LookWhere" if model_types == LOOKWHERE_MODEL_TYPES else "a DINOv2-with-registers (or DINOv2)"
+        wanted = CHECKPOINT_NAMES[model_types]
         raise ArgumentError(f"{flag} {source!r} is a {config.model_type!r} model; it needs {wanted} checkpoint.{hint}")
     return config
 
@@ -387,16 +473,136 @@ def _validate_data_source(data_args: DataArguments) -> None:
     _check_positive(data_args, tuple(f for f in ("max_train_samples", "max_eval_samples") if hasattr(data_args, f)))
 
 
+def parse_grids(flag: str, value: str) -> list[tuple[int, int]]:
+    """`--compressed_grids` / `--compressed_grid`: comma-separated grids, each `s` (an `s x s` grid) or `HxW`, in
+    strictly increasing size (token count, then height). Raises [`ArgumentError`] saying what to write instead."""
+    grids = []
+    for part in value.split(","):
+        sizes = part.strip().lower().split("x")
+        if len(sizes) not in (1, 2) or not all(size.strip().isdigit() for size in sizes):
+            raise ArgumentError(
+                f"{flag} {value!r}: each grid must be s (an s x s grid of compressed tokens) or HxW, separated by "
+                "commas, e.g. 4,6,8 or 3x4,6x8."
+            )
+        try:
+            grids.append(grid_pair([int(size) for size in (sizes * 2 if len(sizes) == 1 else sizes)], flag))
+        except ValueError as error:
+            raise ArgumentError(f"{flag} {value!r}: {error}") from None
+    ordered = sorted(set(grids), key=lambda g: (g[0] * g[1], g))
+    if grids != ordered:
+        raise ArgumentError(
+            f"{flag} {value!r}: list each grid once, in increasing size, e.g. "
+            f"{','.join(format_grid(g, short=True) for g in ordered)}."
+        )
+    return grids
+
+
+def format_grid(grid: tuple[int, int], short: bool = False) -> str:
+    """`(4, 4)` -> `"4x4"` (`short`: `"4"`, as the flags accept it)."""
+    return str(grid[0]) if short and grid[0] == grid[1] else f"{grid[0]}x{grid[1]}"
+
+
+def lookupvit_grids(model_args: ModelArguments, source_config) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """The `(compressed_grid, compressed_grids)` a LookupViT fine-tuning run saves: `--compressed_grids` or the
+    checkpoint's training grids (a model built from DINOv2 / ViT: the eval grid alone); `--compressed_grid`, else the
+    checkpoint's eval grid if it is among the training grids, else the largest training grid. The eval grid must be
+    one of the training grids (a grid the run never trains would be a silent mismatch)."""
+    grids = parse_grids("--compressed_grids", model_args.compressed_grids) if model_args.compressed_grids else None
+    grid = parse_grids("--compressed_grid", model_args.compressed_grid) if model_args.compressed_grid else None
+    if grid is not None and len(grid) != 1:
+        raise ArgumentError(
+            f"--compressed_grid {model_args.compressed_grid!r} is one grid (the evaluation one); the training set is "
+            "--compressed_grids."
+        )
+    grid = grid[0] if grid else None
+    if source_config.model_type in LOOKUPVIT_MODEL_TYPES:
+        base_grid = grid_pair(source_config.compressed_grid)
+        base_grids = [grid_pair(g) for g in source_config.compressed_grids]
+    else:
+        base_grid = grid_pair({f.name: f.default for f in dataclasses.fields(LookupViTConfig)}["compressed_grid"])
+        base_grids = None
+    if grids is None:
+        grids = base_grids or [grid or base_grid]
+    if grid is None:
+        grid = base_grid if base_grid in grids else max(grids, key=lambda g: (g[0] * g[1], g))
+    if grid not in grids:
+        raise ArgumentError(
+            f"--compressed_grid {format_grid(grid)} is not one of the training grids "
+            f"{', '.join(format_grid(g) for g in grids)}: add it to --compressed_grids (or pick one of those)."
+        )
+    return grid, grids
+
+
+def check_model_source(model_args: ModelArguments):
+    """Which checkpoint the run starts from, its config (loaded without weights) and the model family it gives.
+
+    Raises [`ArgumentError`] for no or several sources, a checkpoint of the wrong type, a `--model_family` that
+    contradicts the checkpoint, and flags of the other family.
+
+    Returns:
+        `(flag, source, config, family)`: the source flag and value, its config and `"lookwhere"` / `"lookupvit"`.
+    """
+    sources = {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--init_from_dinov2": model_args.init_from_dinov2,
+        "--init_from_vit": model_args.init_from_vit,
+    }
+    given = {flag: value for flag, value in sources.items() if value}
+    if not given:
+        raise ArgumentError(
+            "No model given: pass --model_name_or_path <LookWhere or LookupViT folder or Hub id>, or "
+            "--init_from_dinov2 <DINOv2-with-registers folder or Hub id> to build LookWhere (or, with --model_family "
+            "lookupvit, LookupViT) from a DINOv2 checkpoint, or --init_from_vit <ViT> to build LookupViT."
+        )
+    if len(given) > 1:
+        raise ArgumentError(f"Pass either {' or '.join(given)}, not several.")
+    if model_args.model_family not in (None, *MODEL_FAMILIES):
+        raise ArgumentError(
+            f"--model_family must be one of {', '.join(MODEL_FAMILIES)}, got {model_args.model_family!r}."
+        )
+    (flag, source), requested = next(iter(given.items())), model_args.model_family
+    if flag == "--model_name_or_path":
+        hint = " Start from a DINOv2 checkpoint with --init_from_dinov2 (or a ViT with --init_from_vit) instead."
+        config = load_checkpoint_config(flag, source, LOOKWHERE_MODEL_TYPES + LOOKUPVIT_MODEL_TYPES, model_args, hint)
+        family = "lookupvit" if config.model_type in LOOKUPVIT_MODEL_TYPES else "lookwhere"
+        what = f"--model_name_or_path {source!r} (model_type {config.model_type!r})"
+        if requested not in (None, family):
+            raise ArgumentError(
+                f"--model_family {requested}: {what} is a {family} checkpoint, and the checkpoint decides the family. "
+                f"Drop --model_family, or pass a {requested} checkpoint."
+            )
+    elif flag == "--init_from_dinov2":
+        config = load_checkpoint_config(
+            flag, source, DINOV2_MODEL_TYPES, model_args, " For weights use --model_name_or_path."
+        )
+        family, what = requested or "lookwhere", f"the model --init_from_dinov2 builds ({requested or 'lookwhere'})"
+    else:
+        if requested == "lookwhere":
+            raise ArgumentError(
+                "--init_from_vit builds a LookupViT; LookWhere is built from DINOv2-with-registers: pass "
+                "--init_from_dinov2 instead."
+            )
+        config = load_checkpoint_config(
+            flag, source, VIT_MODEL_TYPES, model_args, " For weights use --model_name_or_path."
+        )
+        family, what = "lookupvit", "the model --init_from_vit builds (lookupvit)"
+    other = "lookupvit" if family == "lookwhere" else "lookwhere"
+    wrong = model_args.family_flags_given()[other]
+    if wrong:
+        flags = ", ".join(f"--{name}" for name in wrong)
+        if family == "lookupvit":
+            advice = "LookupViT's compute setting is --compressed_grid / --compressed_grids"
+        elif flag == "--init_from_dinov2" and requested is None:
+            advice = "to build a LookupViT from --init_from_dinov2, pass --model_family lookupvit"
+        else:
+            advice = "LookWhere's compute setting is --k_ratio"
+        raise ArgumentError(f"{flags}: {other} flag(s), but {what} is a {family} model; {advice}. Drop {flags}.")
+    return flag, source, config, family
+
+
 def validate_arguments(model_args: ModelArguments, data_args: DataTrainingArguments, *, push_to_hub: bool = False):
     """Check the fine-tuning arguments that can be checked before loading data or weights. Returns the model source's
     config."""
-    if not model_args.model_name_or_path and not model_args.init_from_dinov2:
-        raise ArgumentError(
-            "No model given: pass --model_name_or_path <LookWhere folder or Hub id>, or --init_from_dinov2 "
-            "<DINOv2-with-registers folder or Hub id> to build LookWhere from a DINOv2 checkpoint."
-        )
-    if model_args.model_name_or_path and model_args.init_from_dinov2:
-        raise ArgumentError("Pass either --model_name_or_path or --init_from_dinov2, not both.")
     if model_args.k_ratio is not None and not 0.0 < model_args.k_ratio <= 1.0:
         raise ArgumentError(
             f"--k_ratio {model_args.k_ratio} is out of range: it is the fraction of high-resolution patches the "
@@ -413,16 +619,19 @@ def validate_arguments(model_args: ModelArguments, data_args: DataTrainingArgume
     _validate_data_source(data_args)
     if push_to_hub and hub_offline():
         raise ArgumentError("--push_to_hub needs the Hub, but HF_HUB_OFFLINE is set. Drop --push_to_hub or go online.")
-    if model_args.model_name_or_path:
-        hint = " Start from a DINOv2 checkpoint with --init_from_dinov2 instead."
-        flag, source, model_types = "--model_name_or_path", model_args.model_name_or_path, LOOKWHERE_MODEL_TYPES
-    else:
-        hint = " For LookWhere weights use --model_name_or_path."
-        flag, source, model_types = "--init_from_dinov2", model_args.init_from_dinov2, DINOV2_MODEL_TYPES
-    config = load_checkpoint_config(flag, source, model_types, model_args, hint)
+    _, _, config, family = check_model_source(model_args)
     patch = to_pair(config.patch_size)[0]
     for flag in ("image_size", "low_res_size"):
         check_patch_multiple(flag, getattr(model_args, flag), patch)
+    if family == "lookupvit":
+        image_size = model_args.image_size or to_pair(config.image_size)[0]
+        grid, grids = lookupvit_grids(model_args, config)
+        token_grid = (image_size // patch, image_size // patch)
+        for name, value in (("--compressed_grid", grid), *(("--compressed_grids", g) for g in grids)):
+            try:
+                check_grid_fits(value, token_grid, name)
+            except ValueError as error:
+                raise ArgumentError(f"{error} (Here: image size {image_size}, patch size {patch}.)") from None
     return config
 
 

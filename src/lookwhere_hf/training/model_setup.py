@@ -1,6 +1,6 @@
-"""The models the example scripts train, with their image processors: a LookWhere task model from LookWhere weights
-or a DINOv2-with-registers checkpoint (fine-tuning), or a `LookWhereForPreTraining` student around a frozen teacher
-(pretraining)."""
+"""The models the example scripts train, with their image processors: a LookWhere or LookupViT task model from its own
+weights or from a DINOv2-with-registers (LookupViT also: ViT) checkpoint (fine-tuning), or a `LookWhereForPreTraining`
+student around a frozen teacher (pretraining)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,47 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..models.lookupvit.modeling_lookupvit import (
+    LookupViTForImageClassification,
+    LookupViTForSemanticSegmentation,
+    LookupViTPreTrainedModel,
+    lookupvit_image_processor,
+)
+from ..models.lookupvit.modeling_lookupvit import resize_position_embeddings as resize_lookupvit_positions
 from ..models.lookwhere.configuration_lookwhere import to_pair
 from ..models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
-from ..models.lookwhere.modeling_lookwhere import LookWhereForPreTraining, resize_position_embeddings
-from .arguments import ArgumentError, ModelArguments, PretrainingDataArguments, PretrainingModelArguments
+from ..models.lookwhere.modeling_lookwhere import (
+    LookWhereForImageClassification,
+    LookWhereForPreTraining,
+    LookWhereForSemanticSegmentation,
+    resize_position_embeddings,
+)
+from .arguments import (
+    SELECTOR_DEPTH,
+    ArgumentError,
+    ModelArguments,
+    PretrainingDataArguments,
+    PretrainingModelArguments,
+    check_model_source,
+    format_grid,
+    lookupvit_grids,
+)
+from .data import IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION
 from .transforms import processor_size
 
 logger = logging.getLogger(__name__)
+
+TASK_MODELS = {
+    "lookwhere": {
+        IMAGE_CLASSIFICATION: LookWhereForImageClassification,
+        SEMANTIC_SEGMENTATION: LookWhereForSemanticSegmentation,
+    },
+    "lookupvit": {
+        IMAGE_CLASSIFICATION: LookupViTForImageClassification,
+        SEMANTIC_SEGMENTATION: LookupViTForSemanticSegmentation,
+    },
+}
+"""The task model class of each `(family, task)`."""
 
 
 def _resize_embeddings(embeddings: nn.Module, image_size: int) -> None:
@@ -49,6 +83,49 @@ def set_model_resolution(model, image_size: int | None = None, low_res_size: int
         _resize_embeddings(body.selector.embeddings, low_res_size)
         config.selector_config.image_size = low_res_size
         config.selector_pretrain_grid = r * (low_res_size // body.selector.embeddings.patch_size)
+    return changes
+
+
+def set_lookupvit_sizes(
+    model, image_size: int | None, compressed_grid: tuple[int, int], compressed_grids: list[tuple[int, int]]
+) -> list[str]:
+    """Set a LookupViT model's input size and compressed grids, in the weights and in the config (so
+    `save_pretrained` writes a consistent folder). Returns a description of what changed.
+
+    - `image_size`: the lookup position embeddings are resized (bicubic, no antialias) to the new token grid and
+      `config.image_size` is set.
+    - `compressed_grid` / `compressed_grids`: set in the config; if that changes `config.position_grid` (the largest
+      grid), the compressed position embeddings, stored at that grid, are resized to it.
+    """
+    config = model.config
+    embeddings = (model.lookupvit if hasattr(model, "lookupvit") else model).embeddings
+    changes = []
+
+    def resize(name: str, source_grid: tuple[int, int], grid: tuple[int, int]) -> None:
+        old = getattr(embeddings, name)
+        resized = resize_lookupvit_positions(old.data, source_grid, grid).contiguous()
+        setattr(embeddings, name, nn.Parameter(resized, requires_grad=old.requires_grad))
+
+    if image_size is not None and image_size != config.image_size:
+        changes.append(f"image size {config.image_size} -> {image_size} (lookup position embeddings resized)")
+        old_grid = config.token_grid
+        config.image_size = image_size
+        resize("lookup_position_embeddings", old_grid, config.token_grid)
+    grids = [list(grid) for grid in compressed_grids]
+    old_position_grid = config.position_grid
+    if grids != config.compressed_grids:
+        old, new = (", ".join(format_grid(g) for g in values) for values in (config.compressed_grids, grids))
+        changes.append(f"training compressed grids {old} -> {new}")
+    if list(compressed_grid) != config.compressed_grid:
+        changes.append(f"evaluation grid {format_grid(config.compressed_grid)} -> {format_grid(compressed_grid)}")
+    config.compressed_grid, config.compressed_grids = list(compressed_grid), grids
+    if config.position_grid != old_position_grid:
+        changes.append(
+            f"compressed position embeddings resized from {format_grid(old_position_grid)} to the largest grid "
+            f"{format_grid(config.position_grid)}"
+        )
+        resize("compressed_position_embeddings", old_position_grid, config.position_grid)
+    config.validate_lookupvit()
     return changes
 
 
@@ -86,22 +163,59 @@ def calibrate_after_training(model, eval_dataset, target_gflops: float, batch_si
     }
 
 
-def build_model_and_processor(model_class, model_args: ModelArguments, id2label: dict[int, str]):
-    """The LookWhere task model and its image processor, ready for fine-tuning.
+def build_model_and_processor(task: str, model_args: ModelArguments, id2label: dict[int, str]):
+    """The task model of the run's family (LookWhere or LookupViT, see [`check_model_source`]) and its image
+    processor, ready for fine-tuning.
 
-    From `--model_name_or_path` (LookWhere weights; a classifier of another size needs `--ignore_mismatched_sizes`)
-    or `--init_from_dinov2`. `--k_ratio`, `--freeze_selector`, `--image_size` and `--low_res_size` are applied to the
-    config, the weights and the processor.
+    From `--model_name_or_path` (a classifier of another size needs `--ignore_mismatched_sizes`), `--init_from_dinov2`
+    or (LookupViT) `--init_from_vit`. LookWhere: `--k_ratio`, `--freeze_selector`, `--image_size` and `--low_res_size`
+    are applied to the config, the weights and the processor (two views). LookupViT: `--image_size`,
+    `--compressed_grid` and `--compressed_grids` ([`set_lookupvit_sizes`]); its processor makes one view.
+
+    Args:
+        task (`str`): `IMAGE_CLASSIFICATION` or `SEMANTIC_SEGMENTATION` (`lookwhere_hf.training`).
 
     Returns:
         `(model, image_processor)`.
     """
-    from transformers import AutoConfig, AutoImageProcessor
-
+    if task not in TASK_MODELS["lookwhere"]:
+        raise ValueError(f"Unknown task {task!r}: use one of {list(TASK_MODELS['lookwhere'])}.")
+    flag, source, source_config, family = check_model_source(model_args)
+    model_class = TASK_MODELS[family][task]
     id2label = dict(enumerate(id2label.values()))
     labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": {n: i for i, n in id2label.items()}}
-    labels.update(_anytime_config(model_args))
-    hub_kwargs = model_args.hub_kwargs()
+    if family == "lookupvit":
+        model = _build_lookupvit(model_class, model_args, flag, source, source_config, labels)
+    else:
+        model = _build_lookwhere(model_class, model_args, labels)
+    return model, _image_processor(model, model_args, family, flag, source)
+
+
+def _load_pretrained(model_class, source: str, config, model_args: ModelArguments):
+    """`model_class.from_pretrained` with the run's config; a classifier that does not fit the labels is an
+    [`ArgumentError`] pointing to `--ignore_mismatched_sizes`."""
+    try:
+        return model_class.from_pretrained(
+            source,
+            config=config,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            trust_remote_code=model_args.trust_remote_code,
+            **model_args.hub_kwargs(),
+        )
+    except (RuntimeError, ValueError) as error:
+        if "size" in str(error).lower() and "mismatch" in str(error).lower():
+            raise ArgumentError(
+                f"The checkpoint's weights do not fit {config.num_labels} labels ({str(error).splitlines()[0]}). Pass "
+                "--ignore_mismatched_sizes to re-initialize the classifier."
+            ) from error
+        raise
+
+
+def _build_lookwhere(model_class, model_args: ModelArguments, labels: dict):
+    from transformers import AutoConfig
+
+    labels = {**labels, **_anytime_config(model_args)}
+    freeze_selector = True if model_args.freeze_selector is None else model_args.freeze_selector
     if model_args.init_from_dinov2:
         sizes = {
             "low_res_size": model_args.low_res_size,
@@ -110,12 +224,12 @@ def build_model_and_processor(model_class, model_args: ModelArguments, id2label:
         }
         model = model_class.from_dinov2(
             model_args.init_from_dinov2,
-            selector_depth=model_args.selector_depth,
-            freeze_selector=model_args.freeze_selector,
+            selector_depth=model_args.selector_depth or SELECTOR_DEPTH,
+            freeze_selector=freeze_selector,
             **{name: value for name, value in sizes.items() if value is not None},
             **labels,
         )
-        if model_args.freeze_selector:
+        if freeze_selector:
             logger.warning(
                 "--init_from_dinov2 gives a selector head that is freshly initialized (not pretrained), so with "
                 "--freeze_selector the patch selection stays random. Pretrain the selector first for real use."
@@ -123,37 +237,75 @@ def build_model_and_processor(model_class, model_args: ModelArguments, id2label:
     else:
         source = model_args.model_name_or_path
         config = AutoConfig.from_pretrained(
-            source, trust_remote_code=model_args.trust_remote_code, **labels, **hub_kwargs
+            source, trust_remote_code=model_args.trust_remote_code, **labels, **model_args.hub_kwargs()
         )
         if model_args.k_ratio is not None:
             config.k_ratio = model_args.k_ratio
-        config.freeze_selector = model_args.freeze_selector
-        try:
-            model = model_class.from_pretrained(
-                source,
-                config=config,
-                ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-                trust_remote_code=model_args.trust_remote_code,
-                **hub_kwargs,
-            )
-        except (RuntimeError, ValueError) as error:
-            if "size" in str(error).lower() and "mismatch" in str(error).lower():
-                raise ArgumentError(
-                    f"The checkpoint's weights do not fit {len(id2label)} labels ({str(error).splitlines()[0]}). Pass "
-                    "--ignore_mismatched_sizes to re-initialize the classifier."
-                ) from error
-            raise
-
+        config.freeze_selector = freeze_selector
+        model = _load_pretrained(model_class, source, config, model_args)
     for change in set_model_resolution(model, model_args.image_size, model_args.low_res_size):
         logger.info(f"Resized: {change} (position embeddings interpolated; the saved config uses the new size).")
-    processor = None
-    processor_source = model_args.image_processor_name or model_args.model_name_or_path
-    if processor_source:
+    return model
+
+
+def _build_lookupvit(model_class, model_args: ModelArguments, flag: str, source: str, source_config, labels: dict):
+    from transformers import AutoConfig, AutoModel
+
+    grid, grids = lookupvit_grids(model_args, source_config)
+    hub_kwargs = model_args.hub_kwargs()
+    if flag == "--model_name_or_path":
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=model_args.trust_remote_code, **labels, **hub_kwargs
+        )
+        model = _load_pretrained(model_class, source, config, model_args)
+    else:
+        backbone = AutoModel.from_pretrained(source, **hub_kwargs)
+        build = model_class.from_vit if flag == "--init_from_vit" else model_class.from_dinov2
+        sizes = {"image_size": model_args.image_size} if model_args.image_size is not None else {}
+        model = build(
+            backbone, compressed_grid=list(grid), compressed_grids=[list(g) for g in grids], **sizes, **labels
+        )
+        logger.info(
+            f"Built {model_class.__name__} from {flag} {source}: patch embedding, position embeddings and the "
+            "compressed stream's layers copied; cross-attentions, lookup MLPs and the head newly initialized."
+        )
+    for change in set_lookupvit_sizes(model, model_args.image_size, grid, grids):
+        logger.info(f"Changed: {change}; the saved config has the new values.")
+    return model
+
+
+def _image_processor(model, model_args: ModelArguments, family: str, flag: str, source: str):
+    """The processor saved with the model: `--image_processor_name`, else the checkpoint's own (with
+    `--model_name_or_path`), else one made from the config (LookWhere: two views; LookupViT: one view, with the
+    normalization of the DINOv2 / ViT checkpoint it was built from). `--image_size` / `--low_res_size` applied."""
+    from transformers import AutoImageProcessor
+
+    hub_kwargs = model_args.hub_kwargs()
+
+    def load(name: str | None):
+        if not name:
+            return None
         try:
-            processor = AutoImageProcessor.from_pretrained(processor_source, **hub_kwargs)
+            return AutoImageProcessor.from_pretrained(name, **hub_kwargs)
         except (OSError, ValueError):
-            processor = None
-    if processor is None:
+            return None
+
+    processor = load(model_args.image_processor_name or (source if flag == "--model_name_or_path" else None))
+    if family == "lookupvit":
+        if processor is not None and hasattr(processor, "low_res_size"):
+            raise ArgumentError(
+                f"The image processor of {model_args.image_processor_name or source!r} makes LookWhere's two views; "
+                "LookupViT takes one view. Drop --image_processor_name or pass a one-view processor."
+            )
+        if processor is None:
+            backbone_processor = load(source)  # a DINOv2 / ViT checkpoint's normalization, if it ships a processor
+            overrides = {
+                name: list(getattr(backbone_processor, name))
+                for name in ("image_mean", "image_std")
+                if getattr(backbone_processor, name, None) is not None
+            }
+            processor = lookupvit_image_processor(model.config, **overrides)
+    elif processor is None:
         processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
     if model_args.image_size is not None:
         processor.size = {"height": model_args.image_size, "width": model_args.image_size}
@@ -166,7 +318,7 @@ def build_model_and_processor(model_class, model_args: ModelArguments, id2label:
             f"The image processor resizes to {height}x{width}, not a multiple of the patch size {patch}: pass "
             f"--image_size {max(patch, height // patch * patch)}."
         )
-    return model, processor
+    return processor
 
 
 def build_pretraining_model(model_args: PretrainingModelArguments, data_args: PretrainingDataArguments):
@@ -234,19 +386,26 @@ def describe_setup(model, processor, dataset, print_fn: Callable = print) -> Non
     grid = (height // config.patch_size) * (width // config.patch_size)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    sizes = f"input {height}x{width} (selector {config.low_res_size}x{config.low_res_size})"
-    if isinstance(model, LookWhereForPreTraining):
-        k_min, k_max = model.k_range(grid)
-        teacher = sum(p.numel() for p in model.teacher.parameters())
+    if isinstance(model, LookupViTPreTrainedModel):
         what = (
-            f"{sizes}, k in [{k_min}, {k_max}] of {grid} patches per step, selector depth "
-            f"{config.selector_config.num_hidden_layers}; teacher {teacher:,} parameters (frozen)"
+            f"{config.num_labels} labels, input {height}x{width} ({grid} lookup tokens), compressed grids "
+            f"{', '.join(format_grid(g) for g in config.compressed_grids)} (one drawn per training forward), "
+            f"evaluation grid {format_grid(config.compressed_grid)}"
         )
     else:
-        what = (
-            f"{config.num_labels} labels, {sizes}, k_ratio {config.k_ratio} -> {config.num_selected(grid)} of {grid} "
-            f"patches, selector {'frozen' if config.freeze_selector else 'trained'}"
-        )
+        sizes = f"input {height}x{width} (selector {config.low_res_size}x{config.low_res_size})"
+        if isinstance(model, LookWhereForPreTraining):
+            k_min, k_max = model.k_range(grid)
+            teacher = sum(p.numel() for p in model.teacher.parameters())
+            what = (
+                f"{sizes}, k in [{k_min}, {k_max}] of {grid} patches per step, selector depth "
+                f"{config.selector_config.num_hidden_layers}; teacher {teacher:,} parameters (frozen)"
+            )
+        else:
+            what = (
+                f"{config.num_labels} labels, {sizes}, k_ratio {config.k_ratio} -> {config.num_selected(grid)} of "
+                f"{grid} patches, selector {'frozen' if config.freeze_selector else 'trained'}"
+            )
     print_fn(f"Model: {type(model).__name__}, {what}; {trainable:,} of {total:,} parameters trainable.")
     sizes = {name: (len(split) if hasattr(split, "__len__") else "streamed") for name, split in dataset.items()}
     print_fn("Data: " + ", ".join(f"{name} {count} examples" for name, count in sizes.items()))

@@ -32,8 +32,10 @@ def _rgb(image):
 
 
 def _both_views(processor, images, **kwargs) -> dict[str, list[torch.Tensor]]:
+    """The processor's views: `pixel_values`, and `low_res_pixel_values` where it makes them (LookWhere; a one-view
+    processor, e.g. LookupViT's, does not)."""
     inputs = processor(images, return_tensors="pt", **kwargs)
-    return {"pixel_values": list(inputs["pixel_values"]), "low_res_pixel_values": list(inputs["low_res_pixel_values"])}
+    return {key: list(inputs[key]) for key in ("pixel_values", "low_res_pixel_values") if key in inputs}
 
 
 class ClassificationTransform:

@@ -86,6 +86,8 @@ class LookupViTConfig(PreTrainedConfig):
     ```"""
 
     model_type = "lookupvit"
+    # outputs that are not logits: `Trainer.evaluate` would try to gather them as predictions
+    keys_to_ignore_at_inference = ["compressed_grid"]
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
