@@ -1,0 +1,687 @@
+#!/usr/bin/env python
+"""Sparse Digits, the families side by side: fixed-k and budgeted LookWhere, LookupViT, and the full-resolution
+teacher, on the same data, with the same training budget after the teacher, mean ± std over training seeds.
+
+It starts from a finished `run_benchmark.py` run (`--sparse_digits_dir`: its `data/` and, per seed,
+`seed_<s>/{teacher,pretrained,finetuned}`; the recipe is read from its `summary.json`) and adds, per seed:
+
+1. `multirung`: `run_image_classification.py --k_ratios ... --glance_head` from the seed's *pretrained* LookWhere,
+   the fixed-k fine-tune's flags and epochs (every step trains every rung: the mean of the rung losses,
+   `config.train_all_rungs`).
+2. `random_rung`: the same fine-tuning, but each step trains one rung drawn at random (uniform over the glance and
+   the focus rungs, a seeded generator) - the other option of issue 12, measured against the first on validation.
+3. `lookupvit`: `LookupViTForImageClassification.from_dinov2(<teacher>)`, fine-tuned with labels for as many epochs
+   as LookWhere gets after the teacher (pretraining + fine-tuning epochs), drawing the compressed grid of every step
+   from `--compressed_grids` (the paper's multi-grid training), with the fine-tune's learning rate and batch size.
+4. `evaluate`: budget thresholds fitted on the **validation** split (`lookwhere_hf.budget`) for means of
+   teacher GFLOPs / `--budget_speedups`; accuracy and mean analytic GFLOPs on the **test** split of every family and
+   operating point; measured CPU latency of all of them interleaved in one process (1 thread, batch 1 and 16).
+
+Then the aggregate (`results.json`, `results.md`, `families.png` in `--output_dir`) and, with `--update_results`,
+the section "Sparse Digits: the families side by side" of `benchmarks/RESULTS.md` (and the figure copied next to
+this script). Every training stage runs as a subprocess and records its wall-clock and CPU time.
+
+Example (the run reported in RESULTS.md):
+
+    python benchmarks/sparse_digits/compare_families.py --sparse_digits_dir outputs/sparse_digits \\
+        --output_dir outputs/families --seeds 0,1,2 --num_threads 1 --update_results
+
+Glance-and-Focus (issue 13) is not in this comparison yet: `FAMILY_HOOKS` below is where a third family's per-seed
+stages and evaluation plug in (see the README section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+FINETUNE_SCRIPT = os.path.join(REPO, "examples", "pytorch", "image-classification", "run_image_classification.py")
+RESULTS_MD = os.path.join(REPO, "benchmarks", "RESULTS.md")
+SECTION = "## Sparse Digits: the families side by side"
+TRAIN_STAGES = ("multirung", "random_rung", "lookupvit")
+STAGES = (*TRAIN_STAGES, "evaluate")
+WORKERS = ("train-random-rung", "train-lookupvit")
+# The recipe of run_benchmark.py this comparison reuses (read from its summary.json; these are its defaults).
+RECIPE_DEFAULTS = {
+    "pretrain_epochs": 4.0,
+    "finetune_epochs": 5.0,
+    "finetune_lr": 3e-4,
+    "batch_size": 32,
+    "k_ratio": 0.1,
+    "canvas_size": 448,
+    "low_res_size": 224,
+}
+
+
+def comma_list(text: str, flag: str, convert: type, what: str) -> list:
+    """The items of a comma-separated flag value through `convert`; a ValueError names the flag."""
+    try:
+        values = [convert(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated {what}, got {text!r}.") from None
+    if not values:
+        raise ValueError(f"{flag} must list at least one value ({what}), got {text!r}.")
+    return values
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--sparse_digits_dir",
+        default="outputs/sparse_digits",
+        help="A finished run_benchmark.py output folder: data/, seed_<s>/{teacher,pretrained,finetuned}, summary.json.",
+    )
+    p.add_argument("--output_dir", default="outputs/families", help="Models, logs and results of this comparison.")
+    p.add_argument("--seeds", default="0,1,2", help="Comma-separated training seeds (those of --sparse_digits_dir).")
+    p.add_argument(
+        "--k_ratios",
+        default="0.025,0.05,0.1,0.25",
+        help="Focus rungs of the multi-rung LookWhere (fractions of the high-resolution patches).",
+    )
+    p.add_argument(
+        "--budget_speedups",
+        default="6,5,4,3",
+        help="Budgets of budgeted LookWhere as FLOPs reductions against the teacher: target mean GFLOPs per image = "
+        "teacher GFLOPs / s. Each must lie between the glance's and the last rung's cost.",
+    )
+    p.add_argument(
+        "--compressed_grids",
+        default="2,4,8",
+        help="LookupViT: compressed grids (s for s x s) drawn at random in training, and evaluated.",
+    )
+    p.add_argument(
+        "--lookupvit_epochs",
+        type=float,
+        default=None,
+        help="LookupViT fine-tuning epochs (default: LookWhere's pretraining + fine-tuning epochs of the recipe).",
+    )
+    p.add_argument("--lookupvit_lr", type=float, default=None, help="Default: the recipe's fine-tuning rate.")
+    p.add_argument("--multirung_epochs", type=float, default=None, help="Default: the recipe's fine-tuning epochs.")
+    p.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
+    p.add_argument("--latency_runs", type=int, default=10, help="Timed rounds per latency measurement.")
+    p.add_argument("--latency_images", type=int, default=16, help="Test images per latency batch (batch 16).")
+    p.add_argument("--max_eval_samples", type=int, default=None, help="Evaluate on the first N images of a split.")
+    p.add_argument("--stages", default=",".join(STAGES), help="Comma-separated subset of " + ", ".join(STAGES) + ".")
+    p.add_argument("--force", action="store_true", help="Re-run stages whose outputs exist (default: skip them).")
+    p.add_argument("--update_results", action="store_true", help=f"Rewrite '{SECTION}' in benchmarks/RESULTS.md.")
+    args = p.parse_args(argv)
+    try:
+        args.seeds = comma_list(args.seeds, "--seeds", int, "integers")
+        args.k_ratios = comma_list(args.k_ratios, "--k_ratios", float, "fractions in (0, 1]")
+        args.budget_speedups = comma_list(args.budget_speedups, "--budget_speedups", float, "numbers > 1")
+        args.compressed_grids = comma_list(args.compressed_grids, "--compressed_grids", int, "integers >= 1")
+        args.stages = comma_list(args.stages, "--stages", str, "stage names")
+    except ValueError as error:
+        p.error(str(error))
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds lists a seed twice: {args.seeds}.")
+    unknown = set(args.stages) - set(STAGES)
+    if unknown:
+        p.error(f"--stages has unknown stages {sorted(unknown)}; use {', '.join(STAGES)}.")
+    if any(s <= 1 for s in args.budget_speedups):
+        p.error(f"--budget_speedups must be > 1 (a budget below the teacher's cost), got {args.budget_speedups}.")
+    if args.latency_runs < 1 or args.latency_images < 1:
+        p.error("--latency_runs and --latency_images must be >= 1.")
+    recipe = dict(RECIPE_DEFAULTS)
+    summary_path = os.path.join(args.sparse_digits_dir, "summary.json")
+    if os.path.isfile(summary_path):
+        with open(summary_path, encoding="utf-8") as f:
+            saved = json.load(f).get("arguments", {})
+        recipe.update({key: saved[key] for key in RECIPE_DEFAULTS if key in saved})
+    args.recipe = recipe
+    args.multirung_epochs = args.multirung_epochs or recipe["finetune_epochs"]
+    args.lookupvit_epochs = args.lookupvit_epochs or recipe["pretrain_epochs"] + recipe["finetune_epochs"]
+    args.lookupvit_lr = args.lookupvit_lr or recipe["finetune_lr"]
+    return args
+
+
+def seed_paths(args, seed: int) -> dict[str, str]:
+    """Inputs (from `--sparse_digits_dir`) and outputs (under `--output_dir`) of one training seed."""
+    source = os.path.join(args.sparse_digits_dir, f"seed_{seed}")
+    target = os.path.join(args.output_dir, f"seed_{seed}")
+    paths = {name: os.path.join(source, name) for name in ("teacher", "pretrained", "finetuned")}
+    paths.update({name: os.path.join(target, name) for name in (*TRAIN_STAGES, "eval", "logs")})
+    paths["data"] = os.path.join(args.sparse_digits_dir, "data")
+    return paths
+
+
+def training_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[str]]:
+    """The command line of every training stage of seed `seed`."""
+    from run_benchmark import common_training_flags, flags  # this script's sibling
+
+    recipe, py, here = args.recipe, sys.executable, os.path.abspath(__file__)
+    # run_benchmark's `common_training_flags` reads the batch size from its own arguments
+    shared = argparse.Namespace(batch_size=recipe["batch_size"])
+    ratios = ",".join(str(r) for r in args.k_ratios)
+    worker_flags = flags(
+        data_dir=paths["data"], seed=seed, epochs=args.multirung_epochs, learning_rate=recipe["finetune_lr"],
+        batch_size=recipe["batch_size"],
+    )  # fmt: skip
+    return {
+        "multirung": [
+            py, FINETUNE_SCRIPT,
+            *flags(model_name_or_path=paths["pretrained"], dataset_name=paths["data"], image_size=recipe["canvas_size"],
+                   low_res_size=recipe["low_res_size"], k_ratio=recipe["k_ratio"], k_ratios=ratios, glance_head=True,
+                   freeze_selector=True, no_augment=True, do_train=True, do_eval=True, eval_strategy="no"),
+            *common_training_flags(shared, paths["multirung"], args.multirung_epochs, recipe["finetune_lr"], seed),
+        ],
+        "random_rung": [
+            py, here, "train-random-rung", *worker_flags,
+            *flags(model=paths["pretrained"], output_dir=paths["random_rung"], k_ratio=recipe["k_ratio"],
+                   k_ratios=ratios),
+        ],
+        "lookupvit": [
+            py, here, "train-lookupvit",
+            *flags(data_dir=paths["data"], seed=seed, epochs=args.lookupvit_epochs, learning_rate=args.lookupvit_lr,
+                   batch_size=recipe["batch_size"], model=paths["teacher"], output_dir=paths["lookupvit"],
+                   compressed_grids=",".join(str(g) for g in args.compressed_grids)),
+        ],
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------- workers
+class ImageFolderSplit:
+    """One split of the Sparse Digits imagefolder as a torch dataset: `{pixel_values, [low_res_pixel_values],
+    labels}` made by `processor` from the PNG (the label is the digit, so the class id is `int(label)`, as the
+    imagefolder's sorted class names `0..9` give)."""
+
+    def __init__(self, data_dir: str, split: str, processor, max_samples: int | None = None) -> None:
+        from make_dataset import read_annotations
+
+        rows = sorted(read_annotations(data_dir, split).values(), key=lambda r: r["file_name"])
+        if not rows:
+            raise ValueError(f"No {split!r} images in {data_dir}/annotations.jsonl; is it a Sparse Digits folder?")
+        self.rows = rows[:max_samples] if max_samples else rows
+        self.data_dir, self.processor = data_dir, processor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image(self, index: int):
+        from PIL import Image
+
+        return Image.open(os.path.join(self.data_dir, self.rows[index]["file_name"])).convert("RGB")
+
+    def __getitem__(self, index: int) -> dict:
+        inputs = self.processor(self.image(index), return_tensors="pt")
+        example = {key: value[0] for key, value in inputs.items() if key.endswith("pixel_values")}
+        example["labels"] = int(self.rows[index]["label"])
+        return example
+
+
+def _worker_parser(name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"compare_families.py {name}")
+    for flag, kind in (("data_dir", str), ("model", str), ("output_dir", str)):
+        p.add_argument(f"--{flag}", type=kind, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--epochs", type=float, required=True)
+    p.add_argument("--learning_rate", type=float, required=True)
+    p.add_argument("--batch_size", type=int, required=True)
+    p.add_argument("--max_train_samples", type=int, default=None)
+    return p
+
+
+def _training_arguments(args, output_dir: str):
+    """The Trainer settings of run_benchmark's fine-tuning stage (`common_training_flags`), as an object."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir, num_train_epochs=args.epochs, learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.batch_size, weight_decay=0.05, warmup_steps=0.1, lr_scheduler_type="cosine",
+        logging_steps=20, save_strategy="no", report_to="none", seed=args.seed, dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )  # fmt: skip
+
+
+def _labels(num_labels: int = 10) -> dict:
+    id2label = {i: str(i) for i in range(num_labels)}
+    return {"num_labels": num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+
+
+def train_random_rung(argv: list[str]) -> None:
+    """Multi-rung fine-tuning with one random rung per step (uniform over glance + focus rungs).
+
+    A focus rung `k` is the model's own fixed-`k` forward and loss; the glance rung is the glance head on the
+    selector's output, built as `LookWhereForImageClassification._forward_rungs` builds it. Everything else (frozen
+    selector, data, schedule, seed) is the `multirung` stage's."""
+    import torch
+    from transformers import Trainer, set_seed
+
+    from lookwhere_hf import LookWhereForImageClassification, LookWhereImageProcessor
+
+    p = _worker_parser("train-random-rung")
+    p.add_argument("--k_ratio", type=float, required=True)
+    p.add_argument("--k_ratios", required=True)
+    args = p.parse_args(argv)
+    set_seed(args.seed)
+    ratios = comma_list(args.k_ratios, "--k_ratios", float, "fractions")
+    model = LookWhereForImageClassification.from_pretrained(
+        args.model, k_ratio=args.k_ratio, anytime_k_ratios=ratios, glance_head=True, train_all_rungs=False,
+        freeze_selector=True, **_labels(),
+    )  # fmt: skip
+    processor = LookWhereImageProcessor.from_pretrained(args.model)
+    train = ImageFolderSplit(args.data_dir, "train", processor, args.max_train_samples)
+    grid = model.config.extractor_config.image_size // model.config.patch_size
+    rung_k = [0] + model.config.rung_ks(grid * grid)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    class RandomRungTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            k = rung_k[int(torch.randint(len(rung_k), (1,), generator=generator))]
+            pixel_values, low_res = inputs["pixel_values"], inputs["low_res_pixel_values"]
+            if k == 0:
+                _, prefix, patches, _ = model.lookwhere.select(pixel_values, low_res)
+                logits = model.glance_classifier(model.dropout(torch.cat((prefix[:, 0], patches.mean(dim=1)), -1)))
+            else:
+                logits = model(pixel_values=pixel_values, low_res_pixel_values=low_res, k=k).logits
+            loss = torch.nn.functional.cross_entropy(logits, inputs["labels"])
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+    trainer = RandomRungTrainer(model=model, args=_training_arguments(args, args.output_dir), train_dataset=train)
+    _train_and_save(trainer, processor, args.output_dir)
+
+
+def train_lookupvit(argv: list[str]) -> None:
+    """LookupViT from the teacher (`from_dinov2`), fine-tuned with labels, one random compressed grid per step."""
+    from transformers import AutoModelForImageClassification, Trainer, set_seed
+
+    from lookwhere_hf.models.lookupvit.modeling_lookupvit import (
+        LookupViTForImageClassification,
+        lookupvit_image_processor,
+    )
+
+    p = _worker_parser("train-lookupvit")
+    p.add_argument("--compressed_grids", required=True)
+    args = p.parse_args(argv)
+    set_seed(args.seed)
+    grids = comma_list(args.compressed_grids, "--compressed_grids", int, "integers")
+    teacher = AutoModelForImageClassification.from_pretrained(args.model)
+    model = LookupViTForImageClassification.from_dinov2(
+        teacher, compressed_grid=grids[len(grids) // 2], compressed_grids=grids, **_labels()
+    )
+    processor = lookupvit_image_processor(model.config)
+    train = ImageFolderSplit(args.data_dir, "train", processor, args.max_train_samples)
+    trainer = Trainer(model=model, args=_training_arguments(args, args.output_dir), train_dataset=train)
+    _train_and_save(trainer, processor, args.output_dir)
+
+
+def _train_and_save(trainer, processor, output_dir: str) -> None:
+    metrics = trainer.train().metrics
+    trainer.save_model(output_dir)
+    processor.save_pretrained(output_dir)
+    with open(os.path.join(output_dir, "train_results.json"), "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=1)
+    print(f"saved {output_dir}: {metrics}")
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+FAMILY_HOOKS: dict = {}
+"""Further families (name -> object with `stages(args, paths, seed) -> {stage: command}` and `evaluate(args, paths,
+seed, split_data) -> dict`): Glance-and-Focus (issue 13) plugs in here once its model and script exist."""
+
+
+def _load_models(paths: dict[str, str], attn_implementation: str = "sdpa") -> dict:
+    """The seed's models in eval mode: `teacher`, `fixed` (the fixed-k fine-tune) and, when trained, `multirung`,
+    `random_rung`, `lookupvit`."""
+    from transformers import AutoModelForImageClassification
+
+    from lookwhere_hf import LookWhereForImageClassification
+    from lookwhere_hf.models.lookupvit.modeling_lookupvit import LookupViTForImageClassification
+
+    kw = {"attn_implementation": attn_implementation}
+    models = {
+        "teacher": AutoModelForImageClassification.from_pretrained(paths["teacher"], **kw),
+        "fixed": LookWhereForImageClassification.from_pretrained(paths["finetuned"], **kw),
+    }
+    for name, cls in (
+        ("multirung", LookWhereForImageClassification),
+        ("random_rung", LookWhereForImageClassification),
+        ("lookupvit", LookupViTForImageClassification),
+    ):
+        if os.path.isfile(os.path.join(paths[name], "model.safetensors")):
+            models[name] = cls.from_pretrained(paths[name], **kw)
+    return {name: model.eval() for name, model in models.items()}
+
+
+def _processors(paths: dict[str, str], models: dict) -> dict:
+    from transformers import AutoImageProcessor
+
+    from lookwhere_hf import LookWhereImageProcessor
+
+    processors = {
+        "lookwhere": LookWhereImageProcessor.from_pretrained(paths["finetuned"]),
+        "teacher": AutoImageProcessor.from_pretrained(paths["teacher"]),
+    }
+    if "lookupvit" in models:
+        processors["lookupvit"] = AutoImageProcessor.from_pretrained(paths["lookupvit"])
+    return processors
+
+
+def _inputs(processors: dict, images: list) -> dict:
+    out = {}
+    for name, processor in processors.items():
+        encoded = processor(images, return_tensors="pt")
+        out[name] = {key: value for key, value in encoded.items() if key.endswith("pixel_values")}
+    return out
+
+
+def num_kept(model, ratio: float) -> int:
+    """High-resolution patches a LookWhere model keeps at `ratio` (floor, at least 1, as `config.num_selected`)."""
+    grid = model.config.extractor_config.image_size // model.config.patch_size
+    return model.config.num_selected(grid * grid, max(1, int(ratio * grid * grid)))
+
+
+def _rung_gflops(model, inputs: dict) -> list[float]:
+    """Cumulative GFLOPs per image of exiting at each rung (the model's own `rung_flops`)."""
+    import torch
+
+    with torch.no_grad():
+        flops = model(**{key: value[:1] for key, value in inputs.items()}, anytime=True).rung_flops
+    return [float(f) / 1e9 for f in flops]
+
+
+def _collect(args, models: dict, processors: dict, split: ImageFolderSplit, budgets: dict | None) -> dict:
+    """Predictions of every model and operating point on one split (batches of 50).
+
+    Returns `labels (N,)`, `teacher`, `fixed/<ratio>`, `lookupvit/<grid>` (logits), `anytime/<model>` (softmax per
+    rung, `(N, T, C)`), `hits/<ratio>` (selector hit per image) and, with `budgets` (name -> thresholds), the real
+    budgeted forward's `budgeted/<name>` logits and `budgeted_flops/<name>` (per image)."""
+    import numpy as np
+    import torch
+    from evaluate_sparse_digits import patch_overlaps, selection_hits
+
+    from lookwhere_hf.models.lookwhere.selection import select_top_k
+
+    fixed = models["fixed"]
+    patch = fixed.config.patch_size
+    grid = fixed.config.extractor_config.image_size // patch
+    ks = [num_kept(fixed, ratio) for ratio in args.k_ratios]
+    out: dict[str, list] = {}
+
+    def add(key, value):
+        out.setdefault(key, []).append(value)
+
+    for start in range(0, len(split), 50):
+        indices = range(start, min(start + 50, len(split)))
+        rows = [split.rows[i] for i in indices]
+        inputs = _inputs(processors, [split.image(i) for i in indices])
+        lw = inputs["lookwhere"]
+        add("labels", torch.tensor([int(r["label"]) for r in rows]))
+        with torch.no_grad():
+            add("teacher", models["teacher"](**inputs["teacher"]).logits)
+            for ratio, k in zip(args.k_ratios, ks):
+                add(f"fixed/{ratio}", fixed(**lw, k=k).logits)
+            for name in ("multirung", "random_rung"):
+                if name in models:
+                    rungs = models[name](**lw, anytime=True).rung_logits
+                    add(f"anytime/{name}", torch.stack([logits.softmax(-1) for logits in rungs], dim=1))
+            if "lookupvit" in models:
+                for g in args.compressed_grids:
+                    add(f"lookupvit/{g}", models["lookupvit"](**inputs["lookupvit"], compressed_grid=g).logits)
+            for name, thresholds in (budgets or {}).items():
+                result = models["multirung"](**lw, exit_thresholds=thresholds)
+                add(f"budgeted/{name}", result.logits)
+                add(f"budgeted_flops/{name}", result.flops.double())
+            selector_map = fixed.lookwhere.select(lw["pixel_values"], lw["low_res_pixel_values"])[0]
+        overlaps = np.stack([patch_overlaps(np.asarray(r["box"]), grid, patch) for r in rows])
+        for ratio, k in zip(args.k_ratios, ks):
+            add(
+                f"hits/{ratio}",
+                torch.from_numpy(selection_hits(select_top_k(selector_map, k).numpy(), overlaps)["hit"]),
+            )
+    return {key: torch.cat(values) for key, values in out.items()}
+
+
+def _accuracy(logits_or_probs, labels) -> float:
+    return float((logits_or_probs.argmax(-1) == labels).double().mean())
+
+
+def _counted_flops(args, paths: dict, split: ImageFolderSplit, budgets: dict) -> dict:
+    """FLOPs per image counted by `FlopCounterMode` (eager attention: the counter does not see the CPU SDPA kernel's
+    matmuls) on 4 test images: teacher, fixed k, LookupViT per grid, and one budgeted forward (its per-image FLOPs
+    summed, against the count)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    models = _load_models(paths, "eager")
+    processors = _processors(paths, models)
+    inputs = _inputs(processors, [split.image(i) for i in range(min(4, len(split)))])
+    n = inputs["teacher"]["pixel_values"].shape[0]
+    calls = {"teacher": lambda: models["teacher"](**inputs["teacher"])}
+    for ratio in args.k_ratios:
+        k = num_kept(models["fixed"], ratio)
+        calls[f"fixed/{ratio}"] = lambda k=k: models["fixed"](**inputs["lookwhere"], k=k)
+    if "lookupvit" in models:
+        for g in args.compressed_grids:
+            calls[f"lookupvit/{g}"] = lambda g=g: models["lookupvit"](**inputs["lookupvit"], compressed_grid=g)
+    reported = {}
+    if "multirung" in models and budgets:
+        name, thresholds = next(iter(budgets.items()))
+
+        def budgeted():
+            result = models["multirung"](**inputs["lookwhere"], exit_thresholds=thresholds)
+            reported["budgeted"] = float(result.flops.double().sum()) / n
+            return result
+
+        calls[f"budgeted/{name}"] = budgeted
+    counted = {}
+    with torch.no_grad():
+        for key, call in calls.items():
+            with FlopCounterMode(display=False) as counter:
+                call()
+            counted[key] = counter.get_total_flops() / n / 1e9
+    counted.update({f"{key}_reported": value / 1e9 for key, value in reported.items()})
+    return counted
+
+
+def _latency(args, models: dict, processors: dict, split: ImageFolderSplit, budgets: dict) -> dict:
+    """Milliseconds per image, median of `--latency_runs` interleaved rounds (one process, the current torch
+    threads): each model on the first `--latency_images` test images as one batch (`b16`) and one image at a time
+    (`b1`: the loop over the same images, divided by their number), so budgeted runs see the test set's mix."""
+    import torch
+
+    from lookwhere_hf.benchmarking import time_interleaved
+
+    count = min(args.latency_images, len(split))
+    inputs = _inputs(processors, [split.image(i) for i in range(count)])
+    forwards = {"teacher": ("teacher", lambda x: models["teacher"](**x))}
+    for ratio in args.k_ratios:
+        k = num_kept(models["fixed"], ratio)
+        forwards[f"fixed/{ratio}"] = ("lookwhere", lambda x, k=k: models["fixed"](**x, k=k))
+    for name, thresholds in budgets.items():
+        forwards[f"budgeted/{name}"] = (
+            "lookwhere",
+            lambda x, t=thresholds: models["multirung"](**x, exit_thresholds=t),
+        )
+    if "lookupvit" in models:
+        for g in args.compressed_grids:
+            forwards[f"lookupvit/{g}"] = ("lookupvit", lambda x, g=g: models["lookupvit"](**x, compressed_grid=g))
+    calls = {}
+    for key, (view, forward) in forwards.items():
+        batch = inputs[view]
+        singles = [{name: value[i : i + 1] for name, value in batch.items()} for i in range(count)]
+        calls[f"b{count}/{key}"] = lambda f=forward, b=batch: f(b)
+        calls[f"b1/{key}"] = lambda f=forward, s=singles: [f(x) for x in s]
+    with torch.inference_mode():
+        timings = time_interleaved(calls, args.latency_runs, warmup=1, desc="latency")
+    return {key: 1000 * timing.median / count for key, timing in timings.items()}
+
+
+def evaluate_seed(args, seed: int) -> dict:
+    """Calibrate on validation, evaluate on test, count FLOPs and time the models of one seed; writes
+    `seed_<s>/eval/results.json` and returns it."""
+    import torch
+
+    from lookwhere_hf.budget import fit_budget_thresholds, simulate_exits
+    from lookwhere_hf.flops import dinov2_flops, lookupvit_flops, lookwhere_flops
+
+    paths = seed_paths(args, seed)
+    torch.manual_seed(seed)
+    models = _load_models(paths)
+    processors = _processors(paths, models)
+    lw_processor = processors["lookwhere"]
+    validation = ImageFolderSplit(paths["data"], "validation", lw_processor, args.max_eval_samples)
+    test = ImageFolderSplit(paths["data"], "test", lw_processor, args.max_eval_samples)
+    teacher, fixed = models["teacher"], models["fixed"]
+    image_size = fixed.config.extractor_config.image_size
+    num_labels = fixed.config.num_labels
+    teacher_gflops = (dinov2_flops(teacher.config, image_size) + 2 * 2 * teacher.config.hidden_size * num_labels) / 1e9
+    results: dict = {
+        "seed": seed,
+        "teacher_gflops": teacher_gflops,
+        "splits": {"validation": len(validation), "test": len(test)},
+    }
+
+    start = time.time()
+    val = _collect(args, models, processors, validation, None)
+    budgets, calibrations, rung_gflops = {}, {}, {}
+    for name in ("multirung", "random_rung"):
+        if name not in models:
+            continue
+        first = _inputs({"lookwhere": lw_processor}, [validation.image(0)])["lookwhere"]
+        rung_gflops[name] = _rung_gflops(models[name], first)
+        probs = val[f"anytime/{name}"]
+        calibrations[name] = {}
+        for speedup in args.budget_speedups:
+            target = teacher_gflops / speedup
+            low, high = rung_gflops[name][0], rung_gflops[name][-1]
+            if not low <= target <= high:
+                print(f"budget {target:.4f} GFLOPs (teacher / {speedup:g}) outside [{low:.4f}, {high:.4f}]: skipped")
+                continue
+            fit = fit_budget_thresholds(probs, val["labels"], rung_gflops[name], target)
+            calibrations[name][f"{speedup:g}x"] = fit.to_dict()
+            if name == "multirung":
+                budgets[f"{speedup:g}x"] = fit.thresholds
+    results["rung_training"] = {
+        name: {
+            "validation_rung_accuracy": [_accuracy(val[f"anytime/{name}"][:, t], val["labels"])
+                                         for t in range(val[f"anytime/{name}"].shape[1])],
+            "validation_budgeted": {b: {"accuracy": c["accuracy"], "gflops": c["expected_flops"]}
+                                    for b, c in calibrations[name].items()},
+        }
+        for name in calibrations
+    }  # fmt: skip
+    for name, timing_dir in (("multirung", "multirung"), ("random_rung", "random_rung"), ("lookupvit", "lookupvit")):
+        timing_file = os.path.join(paths[timing_dir], "stage_timing.json")
+        if os.path.isfile(timing_file):
+            with open(timing_file, encoding="utf-8") as f:
+                timing = json.load(f)
+            results.setdefault("training_cpu_s", {})[name] = timing["cpu_s"]
+            results.setdefault("training_wall_s", {})[name] = timing["wall_s"]
+
+    data = _collect(args, models, processors, test, budgets)
+    labels = data["labels"]
+    results["teacher"] = {"accuracy": _accuracy(data["teacher"], labels), "gflops": teacher_gflops}
+    results["fixed_k"] = {
+        str(ratio): {
+            "accuracy": _accuracy(data[f"fixed/{ratio}"], labels),
+            "gflops": lookwhere_flops(fixed.config, image_size=image_size, k_ratio=ratio, num_labels=num_labels).total
+            / 1e9,
+            "hit_rate": float(data[f"hits/{ratio}"].double().mean()),
+        }
+        for ratio in args.k_ratios
+    }
+    for name in rung_gflops:
+        model, probs = models[name], data[f"anytime/{name}"]
+        points = {}
+        if model.config.glance_head:
+            points["glance"] = {"accuracy": _accuracy(probs[:, 0], labels), "gflops": rung_gflops[name][0]}
+        offset = int(model.config.glance_head)
+        for t, ratio in enumerate(model.config.anytime_k_ratios):
+            flops = lookwhere_flops(model.config, image_size=image_size, k_ratio=ratio, num_labels=num_labels).total
+            points[str(ratio)] = {"accuracy": _accuracy(probs[:, offset + t], labels), "gflops": flops / 1e9}
+        results[f"{name}_rungs"] = points
+    confidences = data["anytime/multirung"].max(-1).values if "anytime/multirung" in data else None
+    results["budgeted"] = {}
+    rung_costs = torch.tensor(rung_gflops.get("multirung", []), dtype=torch.float64)
+    for name, thresholds in budgets.items():
+        exits = simulate_exits(confidences.double(), thresholds)
+        fit = calibrations["multirung"][name]
+        flops = data[f"budgeted_flops/{name}"] / 1e9
+        results["budgeted"][name] = {
+            "target_gflops": fit["target_flops"],
+            "thresholds": thresholds,
+            "validation_accuracy": fit["accuracy"],
+            "validation_gflops": fit["expected_flops"],
+            "accuracy": _accuracy(data[f"budgeted/{name}"], labels),
+            "gflops": float(flops.mean()),
+            "exit_shares": (torch.bincount(exits, minlength=len(rung_costs)).double() / len(exits)).tolist(),
+            "gflops_of_simulated_exits": float(rung_costs[exits].mean()),
+        }
+    if "lookupvit" in models:
+        results["lookupvit"] = {
+            str(g): {
+                "accuracy": _accuracy(data[f"lookupvit/{g}"], labels),
+                "gflops": lookupvit_flops(models["lookupvit"].config, image_size, g, num_labels=num_labels).total / 1e9,
+            }
+            for g in args.compressed_grids
+        }
+    for name, hook in FAMILY_HOOKS.items():
+        results[name] = hook.evaluate(args, paths, seed, {"validation": validation, "test": test})
+    print(f"seed {seed}: predictions in {time.time() - start:.0f} s")
+    results["counted_gflops"] = _counted_flops(args, paths, test, budgets)
+    results["latency_ms_per_image"] = _latency(args, models, processors, test, budgets)
+    results["torch_threads"] = torch.get_num_threads()
+    os.makedirs(paths["eval"], exist_ok=True)
+    with open(os.path.join(paths["eval"], "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    print(f"seed {seed}: evaluation done in {time.time() - start:.0f} s -> {paths['eval']}/results.json")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def run_training(args, seed: int, timings: dict) -> None:
+    from run_benchmark import run_stage
+
+    paths = seed_paths(args, seed)
+    os.makedirs(paths["logs"], exist_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
+    if args.num_threads:
+        env.update(OMP_NUM_THREADS=str(args.num_threads), MKL_NUM_THREADS=str(args.num_threads))
+    for name, command in training_commands(args, paths, seed).items():
+        if name not in args.stages:
+            continue
+        done = os.path.isfile(os.path.join(paths[name], "model.safetensors"))
+        if done and not args.force:
+            print(f"=== [seed {seed} {name}] exists, skipped: {paths[name]} (--force re-runs it)")
+            continue
+        run_stage(f"seed {seed} {name}", command, os.path.join(paths["logs"], f"{name}.log"), env, timings)
+        with open(os.path.join(paths[name], "stage_timing.json"), "w", encoding="utf-8") as f:
+            json.dump({**timings[f"seed {seed} {name}"], "command": command}, f, indent=1)
+
+
+def main(argv=None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in WORKERS:
+        (train_random_rung if argv[0] == "train-random-rung" else train_lookupvit)(argv[1:])
+        return None
+    args = parse_args(argv)
+    if args.num_threads:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    timings: dict = {}
+    start = time.time()
+    for seed in args.seeds:
+        paths = seed_paths(args, seed)
+        missing = [name for name in ("teacher", "pretrained", "finetuned") if not os.path.isdir(paths[name])]
+        if missing:
+            raise SystemExit(
+                f"{args.sparse_digits_dir}/seed_{seed} lacks {missing}: run benchmarks/sparse_digits/run_benchmark.py "
+                f"--output_dir {args.sparse_digits_dir} --seeds {seed} first."
+            )
+        run_training(args, seed, timings)
+        if "evaluate" in args.stages:
+            evaluate_seed(args, seed)
+    print(f"total wall {time.time() - start:.0f} s")
+    return None
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, HERE)
+    main()
