@@ -16,6 +16,14 @@ from transformers import (
     BeitImageProcessor,
 )
 
+from .models.glance_focus import (
+    GlanceFocusConfig,
+    GlanceFocusForImageClassification,
+    GlanceFocusImageClassifierOutput,
+    GlanceFocusImageProcessor,
+    GlanceFocusPolicy,
+    GlanceFocusPreTrainedModel,
+)
 from .models.lookupvit import (
     LookupViTConfig,
     LookupViTForImageClassification,
@@ -80,7 +88,24 @@ LookupViTModel.register_for_auto_class("AutoModel")
 LookupViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 LookupViTForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 
+# Glance-and-Focus (GFNet): a third family (models/glance_focus), with its two-view image processor.
+AutoConfig.register("glance_focus", GlanceFocusConfig, exist_ok=True)
+AutoModelForImageClassification.register(GlanceFocusConfig, GlanceFocusForImageClassification, exist_ok=True)
+AutoImageProcessor.register(
+    GlanceFocusConfig, image_processor_classes={"torchvision": GlanceFocusImageProcessor}, exist_ok=True
+)
+AutoVideoProcessor.register(GlanceFocusConfig, video_processor_classes={"torchvision": None}, exist_ok=True)
+GlanceFocusConfig.register_for_auto_class()
+GlanceFocusForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+GlanceFocusImageProcessor.register_for_auto_class("AutoImageProcessor")
+
 __all__ = [
+    "GlanceFocusConfig",
+    "GlanceFocusForImageClassification",
+    "GlanceFocusImageClassifierOutput",
+    "GlanceFocusImageProcessor",
+    "GlanceFocusPolicy",
+    "GlanceFocusPreTrainedModel",
     "LookWhereConfig",
     "LookWhereSelectorConfig",
     "LookWhereExtractorConfig",
