@@ -627,9 +627,9 @@ def validate_arguments(model_args: ModelArguments, data_args: DataTrainingArgume
         image_size = model_args.image_size or to_pair(config.image_size)[0]
         grid, grids = lookupvit_grids(model_args, config)
         token_grid = (image_size // patch, image_size // patch)
-        for name, value in (("--compressed_grid", grid), *(("--compressed_grids", g) for g in grids)):
+        for value in grids:  # the evaluation grid is one of them
             try:
-                check_grid_fits(value, token_grid, name)
+                check_grid_fits(value, token_grid, "--compressed_grids")
             except ValueError as error:
                 raise ArgumentError(f"{error} (Here: image size {image_size}, patch size {patch}.)") from None
     return config
