@@ -198,7 +198,7 @@ def test_segmentation_trainer_from_vit_resumes_to_the_same_weights(models, works
     output = _run(workspace, [*args, "--output_dir", full])
     _assert_loss_falls(output)
     output = _run(workspace, [*args, "--output_dir", resumed, "--resume_from_checkpoint", full / "checkpoint-4"])
-    assert "Continuing training from checkpoint" in output
+    assert "Resuming training from checkpoint with epoch 1 and global step 4" in output
     final, again, halfway = (load_file(p / "model.safetensors") for p in (full, resumed, full / "checkpoint-4"))
     assert max((final[k] - halfway[k]).abs().max().item() for k in final) > 1e-3
     for name in final:
@@ -224,7 +224,7 @@ def test_segmentation_no_trainer_learns_the_square_with_a_lookupvit(models, work
     _assert_loss_falls(output)
     results = _results(out)
     # Predicting background everywhere gives mean IoU 0.43 (square IoU 0); the square covers 14% of the image.
-    assert results["eval_mean_iou"] >= 0.6 and results["eval_iou_square"] >= 0.3, results
+    assert results["eval_mean_iou"] >= 0.65 and results["eval_iou_square"] >= 0.4, results
     assert _saved_grids(out) == ([3, 3], [[2, 2], [3, 3], [4, 4]])  # the checkpoint's training grids kept
     _assert_eval_grid(out, AutoModelForSemanticSegmentation, (3, 3))
     _check_segmentation_pipeline(out, _validation_images(root, "segmentation"))
