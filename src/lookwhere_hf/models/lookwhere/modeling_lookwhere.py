@@ -289,11 +289,11 @@ class LookWhereEmbeddings(nn.Module):
         if grid == (self.grid, self.grid):
             return weights
         if (
-            self.training
+            torch.compiler.is_compiling()  # first: `is_inference()` below cannot be traced
+            or torch.jit.is_tracing()
+            or self.training
             or torch.is_grad_enabled()
             or weights.is_inference()  # no version counter to detect updates
-            or torch.jit.is_tracing()
-            or torch.compiler.is_compiling()
         ):
             return resize_position_embeddings(weights, self.grid, grid)
         key = (weights.data_ptr(), weights.dtype, weights.device, weights._version)
