@@ -10,7 +10,8 @@ It starts from a finished `run_benchmark.py` run (`--sparse_digits_dir`: its `da
    `config.train_all_rungs`).
 2. `random_rung`: the same fine-tuning, but each step trains one rung drawn at random (uniform over the glance and
    the focus rungs, a seeded generator) - the other option of issue 12, measured against the first on validation.
-3. `lookupvit`: `LookupViTForImageClassification.from_dinov2(<teacher>)`, fine-tuned with labels for as many epochs
+3. `lookupvit`: `run_image_classification.py --model_family lookupvit --init_from_dinov2 <teacher>`
+   (`LookupViTForImageClassification.from_dinov2`), fine-tuned with labels for as many epochs
    as LookWhere gets after the teacher (pretraining + fine-tuning epochs), drawing the compressed grid of every step
    from `--compressed_grids` (the paper's multi-grid training), with the fine-tune's learning rate and batch size.
 4. `evaluate`: budget thresholds fitted on the **validation** split (`lookwhere_hf.budget`) for means of
@@ -34,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import sys
 import time
 
@@ -45,7 +48,7 @@ RESULTS_MD = os.path.join(REPO, "benchmarks", "RESULTS.md")
 SECTION = "## Sparse Digits: the families side by side"
 TRAIN_STAGES = ("multirung", "random_rung", "lookupvit")
 STAGES = (*TRAIN_STAGES, "evaluate")
-WORKERS = ("train-random-rung", "train-lookupvit")
+WORKERS = ("train-random-rung",)
 # The recipe of run_benchmark.py this comparison reuses (read from its summary.json; these are its defaults).
 RECIPE_DEFAULTS = {
     "pretrain_epochs": 4.0,
@@ -108,7 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_eval_samples", type=int, default=None, help="Evaluate on the first N images of a split.")
     p.add_argument("--stages", default=",".join(STAGES), help="Comma-separated subset of " + ", ".join(STAGES) + ".")
     p.add_argument("--force", action="store_true", help="Re-run stages whose outputs exist (default: skip them).")
-    p.add_argument("--update_results", action="store_true", help=f"Rewrite '{SECTION}' in benchmarks/RESULTS.md.")
+    p.add_argument("--update_results", action="store_true", help=f"Rewrite '{SECTION}' in --results_md.")
+    p.add_argument("--results_md", default=RESULTS_MD, help="The results file --update_results writes to.")
     args = p.parse_args(argv)
     try:
         args.seeds = comma_list(args.seeds, "--seeds", int, "integers")
@@ -158,6 +162,7 @@ def training_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[
     # run_benchmark's `common_training_flags` reads the batch size from its own arguments
     shared = argparse.Namespace(batch_size=recipe["batch_size"])
     ratios = ",".join(str(r) for r in args.k_ratios)
+    grids = ",".join(str(g) for g in args.compressed_grids)
     worker_flags = flags(
         data_dir=paths["data"], seed=seed, epochs=args.multirung_epochs, learning_rate=recipe["finetune_lr"],
         batch_size=recipe["batch_size"],
@@ -176,10 +181,11 @@ def training_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[
                    k_ratios=ratios),
         ],
         "lookupvit": [
-            py, here, "train-lookupvit",
-            *flags(data_dir=paths["data"], seed=seed, epochs=args.lookupvit_epochs, learning_rate=args.lookupvit_lr,
-                   batch_size=recipe["batch_size"], model=paths["teacher"], output_dir=paths["lookupvit"],
-                   compressed_grids=",".join(str(g) for g in args.compressed_grids)),
+            py, FINETUNE_SCRIPT,
+            *flags(model_family="lookupvit", init_from_dinov2=paths["teacher"], dataset_name=paths["data"],
+                   image_size=recipe["canvas_size"], compressed_grids=grids, compressed_grid=grids.split(",")[0],
+                   no_augment=True, do_train=True, do_eval=True, eval_strategy="no"),
+            *common_training_flags(shared, paths["lookupvit"], args.lookupvit_epochs, args.lookupvit_lr, seed),
         ],
     }  # fmt: skip
 
@@ -283,30 +289,6 @@ def train_random_rung(argv: list[str]) -> None:
             return (loss, {"logits": logits}) if return_outputs else loss
 
     trainer = RandomRungTrainer(model=model, args=_training_arguments(args, args.output_dir), train_dataset=train)
-    _train_and_save(trainer, processor, args.output_dir)
-
-
-def train_lookupvit(argv: list[str]) -> None:
-    """LookupViT from the teacher (`from_dinov2`), fine-tuned with labels, one random compressed grid per step."""
-    from transformers import AutoModelForImageClassification, Trainer, set_seed
-
-    from lookwhere_hf.models.lookupvit.modeling_lookupvit import (
-        LookupViTForImageClassification,
-        lookupvit_image_processor,
-    )
-
-    p = _worker_parser("train-lookupvit")
-    p.add_argument("--compressed_grids", required=True)
-    args = p.parse_args(argv)
-    set_seed(args.seed)
-    grids = comma_list(args.compressed_grids, "--compressed_grids", int, "integers")
-    teacher = AutoModelForImageClassification.from_pretrained(args.model)
-    model = LookupViTForImageClassification.from_dinov2(
-        teacher, compressed_grid=grids[len(grids) // 2], compressed_grids=grids, **_labels()
-    )
-    processor = lookupvit_image_processor(model.config)
-    train = ImageFolderSplit(args.data_dir, "train", processor, args.max_train_samples)
-    trainer = Trainer(model=model, args=_training_arguments(args, args.output_dir), train_dataset=train)
     _train_and_save(trainer, processor, args.output_dir)
 
 
@@ -634,6 +616,322 @@ def evaluate_seed(args, seed: int) -> dict:
     return results
 
 
+# ----------------------------------------------------------------------------------------------------- aggregate
+def merge_seeds(values: list, key: str = "") -> object:
+    """Mean and sample standard deviation (ddof 1) over seeds of every number, recursively: a number becomes
+    `{"mean", "std", "values"}`, a list of numbers one such entry per position, strings and `seed` stay plain.
+    Raises `ValueError` when the seeds' results have different entries (evaluated with other settings)."""
+    first = values[0]
+    if isinstance(first, dict):
+        if any(set(v) != set(first) for v in values):
+            raise ValueError(
+                f"The seeds' results differ in the entries under {key!r} ({[sorted(v) for v in values]}); evaluate "
+                "every seed with the same settings (--budget_speedups, --compressed_grids, --k_ratios)."
+            )
+        return {name: merge_seeds([v[name] for v in values], name) for name in first}
+    if isinstance(first, list):
+        if any(len(v) != len(first) for v in values):
+            raise ValueError(f"The seeds' results have lists of different lengths under {key!r}.")
+        return [merge_seeds([v[i] for v in values], key) for i in range(len(first))]
+    if isinstance(first, (str, bool)) or first is None or key == "seed":
+        return first if key != "seed" else list(values)
+    mean = math.fsum(values) / len(values)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "values": [float(v) for v in values]}
+
+
+def _fmt(value, scale: float = 1.0, digits: int = 1) -> str:
+    """`12.3 ± 0.4` (scaled) for an aggregated number, `—` for a missing one."""
+    if value is None:
+        return "—"
+    if isinstance(value, dict):
+        return f"{value['mean'] * scale:.{digits}f} ± {value['std'] * scale:.{digits}f}"
+    return f"{value * scale:.{digits}f}"
+
+
+def _mean(value) -> float:
+    return value["mean"] if isinstance(value, dict) else float(value)
+
+
+def operating_points(agg: dict) -> list[dict]:
+    """The rows of the main table and the plot: family, setting, accuracy, GFLOPs, latency key."""
+    teacher_gflops = _mean(agg["teacher_gflops"])
+    rows = [{"family": "teacher (full resolution)", "setting": "all 256 patches", "line": "teacher",
+             **agg["teacher"], "latency": "teacher"}]  # fmt: skip
+    for ratio, point in agg["fixed_k"].items():
+        rows.append({"family": "LookWhere, fixed k", "setting": f"k_ratio {ratio}", "line": "fixed", **point,
+                     "latency": f"fixed/{ratio}"})  # fmt: skip
+    for ratio, point in agg.get("multirung_rungs", {}).items():
+        setting = "glance only" if ratio == "glance" else f"rung k_ratio {ratio}"
+        rows.append({"family": "LookWhere multi-rung, one rung", "setting": setting, "line": "rungs", **point})
+    for name, point in agg.get("budgeted", {}).items():
+        rows.append({"family": "LookWhere, budgeted", "setting": f"budget teacher / {name[:-1]}", "line": "budgeted",
+                     **point, "latency": f"budgeted/{name}"})  # fmt: skip
+    for grid, point in agg.get("lookupvit", {}).items():
+        rows.append({"family": "LookupViT", "setting": f"compressed grid {grid}x{grid}", "line": "lookupvit", **point,
+                     "latency": f"lookupvit/{grid}"})  # fmt: skip
+    for row in rows:
+        row["reduction"] = teacher_gflops / _mean(row["gflops"])
+    return rows
+
+
+def format_markdown(agg: dict, args, recipe_cpu: dict) -> str:
+    """The tables of the aggregate (see the RESULTS.md section)."""
+    seeds = agg["seed"]
+    latency = agg.get("latency_ms_per_image", {})
+    batch = next((key.split("/")[0] for key in latency if not key.startswith("b1/")), "b16")
+    lines = [
+        f"Test split ({_mean(agg['splits']['test']):.0f} images), mean ± std over training seeds "
+        f"{', '.join(str(s) for s in seeds)}; budgets fitted on the validation split "
+        f"({_mean(agg['splits']['validation']):.0f} images). GFLOPs per image: analytic (`lookwhere_hf.flops`; the "
+        "budgeted rows: the mean of the FLOPs of each image's exit rung, as the model reports them), equal to "
+        "`FlopCounterMode`'s count for every model (largest relative difference "
+        f"{agg.get('_flops_check', 0.0):.1e}). Latency: milliseconds per image, median of interleaved rounds in one "
+        f"process, {agg.get('torch_threads', 1)} torch thread, on the first {args.latency_images} test images as one "
+        f"batch ({batch}) and one at a time (b1).",
+        "",
+        f"| family | operating point | accuracy (%) | GFLOPs / image | FLOPs vs teacher | b1 ms / image | {batch} ms / "
+        "image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in operating_points(agg):
+        key = row.get("latency")
+        b1 = latency.get(f"b1/{key}") if key else None
+        bn = latency.get(f"{batch}/{key}") if key else None
+        lines.append(
+            f"| {row['family']} | {row['setting']} | {_fmt(row['accuracy'], 100)} | {_fmt(row['gflops'], 1, 4)} | "
+            f"{row['reduction']:.1f}x | {_fmt(b1, 1, 2)} | {_fmt(bn, 1, 2)} |"
+        )
+    lines.append("")
+    if agg.get("budgeted"):
+        lines += [
+            "Budgeted LookWhere, per budget: the thresholds' calibration on validation and the exits on test.",
+            "",
+            "| budget | target GFLOPs | validation accuracy (%) | validation GFLOPs | test accuracy (%) | "
+            "test GFLOPs | test exit shares (glance, then each k_ratio rung) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, point in agg["budgeted"].items():
+            shares = " / ".join(f"{_mean(s) * 100:.0f}%" for s in point["exit_shares"])
+            lines.append(
+                f"| teacher / {name[:-1]} | {_fmt(point['target_gflops'], 1, 4)} | "
+                f"{_fmt(point['validation_accuracy'], 100)} | {_fmt(point['validation_gflops'], 1, 4)} | "
+                f"{_fmt(point['accuracy'], 100)} | {_fmt(point['gflops'], 1, 4)} | {shares} |"
+            )
+        lines.append("")
+    training = agg.get("rung_training", {})
+    if len(training) == 2:
+        names = {"multirung": "every rung, mean of the rung losses", "random_rung": "one random rung per step"}
+        rungs = ["glance"] + [str(r) for r in args.k_ratios]
+        budgets = list(training["multirung"]["validation_budgeted"])
+        lines += [
+            "Multi-rung training, **validation** split: every rung each step (`config.train_all_rungs`, the scripts' "
+            "mode) against one random rung per step (`compare_families.py train-random-rung`), same epochs, data and "
+            "seeds.",
+            "",
+            "| training | " + " | ".join(f"rung {r} (%)" for r in rungs) + " | "
+            + " | ".join(f"budget / {b[:-1]} (%)" for b in budgets) + " | CPU min |",
+            "|---|" + "---|" * (len(rungs) + len(budgets) + 1),
+        ]  # fmt: skip
+        for name, label in names.items():
+            accs = training[name]["validation_rung_accuracy"]
+            budgeted = [training[name]["validation_budgeted"][b]["accuracy"] for b in budgets]
+            cpu = agg.get("training_cpu_s", {}).get(name)
+            lines.append(
+                f"| {label} | " + " | ".join(_fmt(a, 100) for a in accs) + " | "
+                + " | ".join(_fmt(a, 100) for a in budgeted) + f" | {_fmt(cpu, 1 / 60)} |"
+            )  # fmt: skip
+        lines.append("")
+    cpu = agg.get("training_cpu_s", {})
+    lines += [
+        "Training budget after the teacher (epochs over the 2000 training images; CPU minutes per seed, 1 thread, "
+        "mean ± std over the seeds):",
+        "",
+        "| model | stages (epochs) | CPU min |",
+        "|---|---|---|",
+        f"| LookWhere, fixed k | pretraining without labels ({args.recipe['pretrain_epochs']:g}) + fine-tuning at "
+        f"k_ratio {args.recipe['k_ratio']} ({args.recipe['finetune_epochs']:g}) | "
+        f"{_fmt(recipe_cpu.get('pretrain'), 1 / 60)} + {_fmt(recipe_cpu.get('finetune'), 1 / 60)} |",
+        f"| LookWhere, multi-rung / budgeted | the same pretraining ({args.recipe['pretrain_epochs']:g}) + multi-rung "
+        f"fine-tuning ({args.multirung_epochs:g}) | {_fmt(recipe_cpu.get('pretrain'), 1 / 60)} + "
+        f"{_fmt(cpu.get('multirung'), 1 / 60)} |",
+        f"| LookupViT | supervised fine-tuning from the teacher ({args.lookupvit_epochs:g}) | "
+        f"{_fmt(cpu.get('lookupvit'), 1 / 60)} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_families(agg: dict, path: str) -> None:
+    """Accuracy vs mean GFLOPs per image: one line per family (± 1 std both ways), the teacher as a point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {
+        "fixed": ("LookWhere, fixed k (k_ratio fine-tune)", "o-", "C0"),
+        "rungs": ("LookWhere multi-rung, one rung (glance, k)", "s:", "C9"),
+        "budgeted": ("LookWhere, budgeted (validation thresholds)", "D-", "C3"),
+        "lookupvit": ("LookupViT (compressed grids)", "^-", "C2"),
+        "teacher": ("teacher, full resolution", "*", "k"),
+    }
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    rows = operating_points(agg)
+    for line, (label, fmt, color) in styles.items():
+        points = sorted((r for r in rows if r["line"] == line), key=lambda r: _mean(r["gflops"]))
+        if not points:
+            continue
+        x = [_mean(r["gflops"]) for r in points]
+        y = [100 * _mean(r["accuracy"]) for r in points]
+        xerr = [r["gflops"]["std"] if isinstance(r["gflops"], dict) else 0.0 for r in points]
+        yerr = [100 * r["accuracy"]["std"] if isinstance(r["accuracy"], dict) else 0.0 for r in points]
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=fmt, color=color, label=label, capsize=3,
+                    markersize=12 if line == "teacher" else 6)  # fmt: skip
+    teacher = next(r for r in rows if r["line"] == "teacher")
+    goal = _mean(teacher["gflops"]) / 4
+    ax.axvline(goal, color="grey", linestyle="--", linewidth=0.8)
+    ax.axhline(100 * _mean(teacher["accuracy"]) - 1, color="grey", linestyle=":", linewidth=0.8)
+    ax.text(goal, ax.get_ylim()[0], " teacher / 4", color="grey", va="bottom", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean GFLOPs per image (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Sparse Digits: the families side by side (mean ± std, {len(agg['seed'])} seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _flops_check(runs: list[dict]) -> float:
+    """Largest relative difference between counted and analytic GFLOPs over the seeds' models."""
+    worst = 0.0
+    for run in runs:
+        counted = run["counted_gflops"]
+        analytic = {"teacher": run["teacher"]["gflops"]}
+        analytic.update({f"fixed/{r}": p["gflops"] for r, p in run["fixed_k"].items()})
+        analytic.update({f"lookupvit/{g}": p["gflops"] for g, p in run.get("lookupvit", {}).items()})
+        analytic.update(
+            {key: counted[f"{key.split('/')[0]}_reported"] for key in counted if key.startswith("budgeted/")}
+        )
+        for key, value in analytic.items():
+            worst = max(worst, abs(counted[key] - value) / value)
+    return worst
+
+
+def _recipe_cpu(args) -> dict:
+    """CPU seconds per seed of the reused run_benchmark stages (from its summary.json), aggregated."""
+    path = os.path.join(args.sparse_digits_dir, "summary.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        seeds = json.load(f).get("timings", {}).get("seeds", {})
+    per_seed = [seeds[str(s)] for s in args.seeds if str(s) in seeds]
+    if len(per_seed) != len(args.seeds):
+        return {}
+    stages = set.intersection(*(set(t) for t in per_seed))
+    return {stage: merge_seeds([t[stage]["cpu_s"] for t in per_seed]) for stage in stages}
+
+
+def aggregate(args) -> dict | None:
+    """Mean ± std over the seeds into `--output_dir`: `results.json`, `results.md`, `families.png`."""
+    runs = []
+    for seed in args.seeds:
+        path = os.path.join(seed_paths(args, seed)["eval"], "results.json")
+        if not os.path.isfile(path):
+            print(f"seed {seed} has no evaluation yet ({path}): no aggregate")
+            return None
+        with open(path, encoding="utf-8") as f:
+            runs.append(json.load(f))
+    agg = merge_seeds(runs)
+    agg["_flops_check"] = _flops_check(runs)
+    recipe_cpu = _recipe_cpu(args)
+    text = format_markdown(agg, args, recipe_cpu)
+    agg["_recipe_cpu_s"] = recipe_cpu
+    with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(agg, f, indent=1)
+    with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    try:
+        plot_families(agg, os.path.join(args.output_dir, "families.png"))
+    except ImportError:
+        print("matplotlib is not installed: no figure (pip install matplotlib)")
+    print(text)
+    return agg
+
+
+def goal_sentence(agg: dict) -> str:
+    """Issue 12's goal, checked on the aggregate: a budget within 1 point of the teacher at >= 4x fewer FLOPs?"""
+    teacher_acc, teacher_gflops = _mean(agg["teacher"]["accuracy"]), _mean(agg["teacher"]["gflops"])
+    met = [
+        name
+        for name, point in agg.get("budgeted", {}).items()
+        if _mean(point["accuracy"]) >= teacher_acc - 0.01 and _mean(point["gflops"]) * 4 <= teacher_gflops
+    ]
+    if met:
+        return f"Issue 12's goal (within 1 point of the teacher at >= 4x fewer mean FLOPs) is met at budget(s) {met}."
+    best = max(
+        ((name, p) for name, p in agg.get("budgeted", {}).items() if _mean(p["gflops"]) * 4 <= teacher_gflops),
+        key=lambda item: _mean(item[1]["accuracy"]),
+        default=None,
+    )
+    if best is None:
+        return "Issue 12's goal is not met: no budget reached 4x fewer mean FLOPs than the teacher on test."
+    gap = 100 * (teacher_acc - _mean(best[1]["accuracy"]))
+    return (
+        f"Issue 12's goal (within 1 point of the teacher at >= 4x fewer mean FLOPs) is **not** met: the best budget at "
+        f">= 4x fewer FLOPs ({best[0]}) is {gap:.1f} points below the teacher."
+    )
+
+
+def update_results_md(args, agg: dict, command: str) -> None:
+    """Replace (or append) this comparison's section of `--results_md`; copy the figure next to this script."""
+    figure = os.path.join(args.output_dir, "families.png")
+    if os.path.isfile(figure) and os.path.abspath(args.results_md) == os.path.abspath(RESULTS_MD):
+        shutil.copy2(figure, os.path.join(HERE, "families.png"))
+    recipe_cpu = agg.get("_recipe_cpu_s", {})
+    body = [
+        SECTION,
+        "",
+        f"`{command}` (git commit {_git_commit() or 'unknown'}). It reuses the data and the per-seed teacher, "
+        'pretrained and fixed-k fine-tuned LookWhere of the section "Where to look: sparse digits" (same recipe '
+        "and command; `compare_families.py` trains the rest). Same data for every family; validation for "
+        "calibration only, test for the numbers.",
+        "",
+        goal_sentence(agg),
+        "",
+        format_markdown(agg, args, recipe_cpu).strip(),
+        "",
+        "![Sparse Digits: accuracy vs mean GFLOPs per image, one line per family](sparse_digits/families.png)",
+        "",
+    ]
+    text = "# Results\n"
+    if os.path.isfile(args.results_md):
+        with open(args.results_md, encoding="utf-8") as f:
+            text = f.read()
+    section = "\n".join(body)
+    if SECTION in text:
+        start = text.index(SECTION)
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(args.results_md, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"Updated '{SECTION}' in {args.results_md}")
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
 # ----------------------------------------------------------------------------------------------------- main
 def run_training(args, seed: int, timings: dict) -> None:
     from run_benchmark import run_stage
@@ -658,7 +956,7 @@ def run_training(args, seed: int, timings: dict) -> None:
 def main(argv=None) -> dict | None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in WORKERS:
-        (train_random_rung if argv[0] == "train-random-rung" else train_lookupvit)(argv[1:])
+        train_random_rung(argv[1:])
         return None
     args = parse_args(argv)
     if args.num_threads:
@@ -679,7 +977,11 @@ def main(argv=None) -> dict | None:
         if "evaluate" in args.stages:
             evaluate_seed(args, seed)
     print(f"total wall {time.time() - start:.0f} s")
-    return None
+    agg = aggregate(args)
+    if agg is not None and args.update_results:
+        command = "python benchmarks/sparse_digits/compare_families.py " + " ".join(argv)
+        update_results_md(args, agg, command)
+    return agg
 
 
 if __name__ == "__main__":
