@@ -41,6 +41,11 @@ import shutil
 import sys
 import time
 
+# this script's siblings (its folder is first on sys.path when it runs)
+from evaluate_sparse_digits import patch_overlaps, selection_hits
+from make_dataset import read_annotations
+from run_benchmark import common_training_flags, flags, run_stage
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 FINETUNE_SCRIPT = os.path.join(REPO, "examples", "pytorch", "image-classification", "run_image_classification.py")
@@ -156,7 +161,6 @@ def seed_paths(args, seed: int) -> dict[str, str]:
 
 def training_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[str]]:
     """The command line of every training stage of seed `seed`."""
-    from run_benchmark import common_training_flags, flags  # this script's sibling
 
     recipe, py, here = args.recipe, sys.executable, os.path.abspath(__file__)
     # run_benchmark's `common_training_flags` reads the batch size from its own arguments
@@ -197,8 +201,6 @@ class ImageFolderSplit:
     imagefolder's sorted class names `0..9` give)."""
 
     def __init__(self, data_dir: str, split: str, processor, max_samples: int | None = None) -> None:
-        from make_dataset import read_annotations
-
         rows = sorted(read_annotations(data_dir, split).values(), key=lambda r: r["file_name"])
         if not rows:
             raise ValueError(f"No {split!r} images in {data_dir}/annotations.jsonl; is it a Sparse Digits folder?")
@@ -375,7 +377,6 @@ def _collect(args, models: dict, processors: dict, split: ImageFolderSplit, budg
     budgeted forward's `budgeted/<name>` logits and `budgeted_flops/<name>` (per image)."""
     import numpy as np
     import torch
-    from evaluate_sparse_digits import patch_overlaps, selection_hits
 
     from lookwhere_hf.models.lookwhere.selection import select_top_k
 
@@ -581,6 +582,7 @@ def evaluate_seed(args, seed: int) -> dict:
     confidences = data["anytime/multirung"].max(-1).values if "anytime/multirung" in data else None
     results["budgeted"] = {}
     rung_costs = torch.tensor(rung_gflops.get("multirung", []), dtype=torch.float64)
+    results["budget_rung_gflops"] = rung_costs.tolist()
     for name, thresholds in budgets.items():
         exits = simulate_exits(confidences.double(), thresholds)
         fit = calibrations["multirung"][name]
@@ -618,8 +620,9 @@ def evaluate_seed(args, seed: int) -> dict:
 
 # ----------------------------------------------------------------------------------------------------- aggregate
 def merge_seeds(values: list, key: str = "") -> object:
-    """Mean and sample standard deviation (ddof 1) over seeds of every number, recursively: a number becomes
-    `{"mean", "std", "values"}`, a list of numbers one such entry per position, strings and `seed` stay plain.
+    """Mean and sample standard deviation (ddof 1) over seeds of every number, recursively: a float becomes
+    `{"mean", "std", "values"}`, a list one such entry per position; `seed` becomes the list of seeds, strings and
+    integers equal in every seed (image counts, threads) stay plain.
     Raises `ValueError` when the seeds' results have different entries (evaluated with other settings)."""
     first = values[0]
     if isinstance(first, dict):
@@ -633,8 +636,13 @@ def merge_seeds(values: list, key: str = "") -> object:
         if any(len(v) != len(first) for v in values):
             raise ValueError(f"The seeds' results have lists of different lengths under {key!r}.")
         return [merge_seeds([v[i] for v in values], key) for i in range(len(first))]
-    if isinstance(first, (str, bool)) or first is None or key == "seed":
-        return first if key != "seed" else list(values)
+    if key == "seed":
+        return list(values)
+    if isinstance(first, (str, bool, int)) or first is None:  # settings (counts, thread numbers): equal in every seed
+        if any(v != first for v in values) and not all(isinstance(v, (int, float)) for v in values):
+            raise ValueError(f"The seeds' results differ in the setting {key!r}: {values}.")
+        if all(v == first for v in values):
+            return first
     mean = math.fsum(values) / len(values)
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return {"mean": mean, "std": std, "values": [float(v) for v in values]}
@@ -934,8 +942,6 @@ def _git_commit() -> str | None:
 
 # ----------------------------------------------------------------------------------------------------- main
 def run_training(args, seed: int, timings: dict) -> None:
-    from run_benchmark import run_stage
-
     paths = seed_paths(args, seed)
     os.makedirs(paths["logs"], exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
@@ -985,5 +991,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, HERE)
     main()

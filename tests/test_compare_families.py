@@ -1,0 +1,176 @@
+"""Sparse Digits, the families side by side (`benchmarks/sparse_digits/compare_families.py`): the stage commands, the
+aggregation over seeds, and a tiny end-to-end run whose numbers must be consistent with each other."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "benchmarks", "sparse_digits")
+FINETUNE = os.path.join(REPO, "examples", "pytorch", "image-classification", "run_image_classification.py")
+
+pytest.importorskip("sklearn", reason="Sparse Digits uses scikit-learn's handwritten digits")
+
+
+def _load(name):
+    """Import one of the benchmark's scripts as the module it is when run (they import their siblings by name)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(BENCH)
+        return importlib.import_module(name)
+
+
+def _value(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def test_stage_commands_give_every_family_the_stated_budget(tmp_path):
+    cf = _load("compare_families")
+    args = cf.parse_args(["--sparse_digits_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "out")])
+    # without a summary.json the recipe is run_benchmark's defaults: 4 pretraining + 5 fine-tuning epochs
+    assert args.multirung_epochs == 5 and args.lookupvit_epochs == 9 and args.lookupvit_lr == 3e-4
+    paths = cf.seed_paths(args, 2)
+    commands = cf.training_commands(args, paths, seed=2)
+    assert list(commands) == list(cf.TRAIN_STAGES) == ["multirung", "random_rung", "lookupvit"]
+    multirung, random_rung, lookupvit = commands["multirung"], commands["random_rung"], commands["lookupvit"]
+    assert multirung[1] == FINETUNE and lookupvit[1] == FINETUNE
+    assert _value(multirung, "--model_name_or_path") == paths["pretrained"] == str(tmp_path / "none/seed_2/pretrained")
+    assert _value(multirung, "--k_ratios") == "0.025,0.05,0.1,0.25" and "--glance_head" in multirung
+    assert "--freeze_selector" in multirung and "--no_augment" in multirung
+    assert _value(multirung, "--num_train_epochs") == "5.0" and _value(multirung, "--seed") == "2"
+    assert random_rung[2] == "train-random-rung" and _value(random_rung, "--epochs") == "5.0"
+    assert _value(random_rung, "--model") == paths["pretrained"]
+    assert _value(lookupvit, "--model_family") == "lookupvit"
+    assert _value(lookupvit, "--init_from_dinov2") == paths["teacher"]
+    assert _value(lookupvit, "--compressed_grids") == "2,4,8" and _value(lookupvit, "--num_train_epochs") == "9.0"
+    for name, command in commands.items():
+        assert _value(command, "--output_dir") == paths[name] == str(tmp_path / "out" / "seed_2" / name)
+        assert _value(command, "--learning_rate") == "0.0003"
+
+
+def test_recipe_comes_from_the_reused_run(tmp_path):
+    cf = _load("compare_families")
+    (tmp_path / "summary.json").write_text(json.dumps({"arguments": {"pretrain_epochs": 2, "finetune_epochs": 3}}))
+    args = cf.parse_args(["--sparse_digits_dir", str(tmp_path)])
+    assert args.multirung_epochs == 3 and args.lookupvit_epochs == 5
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--budget_speedups", "4,1"], "must be > 1"),
+        (["--budget_speedups", "4,x"], "comma-separated numbers"),
+        (["--seeds", "0,0"], "lists a seed twice"),
+        (["--stages", "evaluate,plot"], "unknown stages"),
+        (["--compressed_grids", ""], "at least one value"),
+    ],
+)
+def test_bad_arguments_are_rejected(argv, message, capsys):
+    cf = _load("compare_families")
+    with pytest.raises(SystemExit):
+        cf.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_merge_seeds_gives_mean_and_sample_std():
+    cf = _load("compare_families")
+    runs = [
+        {"seed": 0, "splits": {"test": 500}, "a": {"accuracy": 0.80, "shares": [0.5, 0.5]}},
+        {"seed": 1, "splits": {"test": 500}, "a": {"accuracy": 0.84, "shares": [0.25, 0.75]}},
+        {"seed": 2, "splits": {"test": 500}, "a": {"accuracy": 0.86, "shares": [0.0, 1.0]}},
+    ]
+    out = cf.merge_seeds(runs)
+    assert out["seed"] == [0, 1, 2] and out["splits"] == {"test": 500}  # equal integers stay plain
+    accuracy = out["a"]["accuracy"]
+    assert accuracy["values"] == [0.80, 0.84, 0.86] and accuracy["mean"] == pytest.approx(2.5 / 3, rel=1e-12)
+    # sample std (ddof 1): deviations -1/30, 1/150, 4/150 -> sum of squares 0.0018667 / 2
+    assert accuracy["std"] == pytest.approx((0.0018666666666666666 / 2) ** 0.5, rel=1e-9)
+    assert out["a"]["shares"][0]["mean"] == pytest.approx(0.25, rel=1e-12)
+    assert out["a"]["shares"][1]["std"] == pytest.approx(0.25, rel=1e-12)
+    with pytest.raises(ValueError, match="same settings"):
+        cf.merge_seeds([{"budgeted": {"4x": 1.0}}, {"budgeted": {"3x": 1.0}}])
+
+
+# ----------------------------------------------------------------------------------------------------- end to end
+TINY_RECIPE = [
+    "--canvas_size", "112", "--patch_size", "14", "--low_res_size", "56", "--hidden_size", "32",
+    "--num_hidden_layers", "2", "--num_attention_heads", "2", "--selector_depth", "1", "--num_train", "48",
+    "--num_validation", "24", "--num_test", "24", "--teacher_epochs", "1", "--pretrain_epochs", "1",
+    "--finetune_epochs", "1", "--k_min", "2", "--k_max", "16", "--batch_size", "16", "--num_threads", "1",
+    "--seeds", "0", "--stages", "data,teacher,pretrain,finetune",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_end_to_end_numbers_are_consistent(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    source, out, results_md = tmp_path / "sparse_digits", tmp_path / "families", tmp_path / "RESULTS.md"
+    run = [sys.executable, os.path.join(BENCH, "run_benchmark.py"), "--output_dir", str(source), *TINY_RECIPE]
+    subprocess.run(run, check=True, env=env, cwd=REPO, capture_output=True)
+    compare = [
+        sys.executable, os.path.join(BENCH, "compare_families.py"), "--sparse_digits_dir", str(source),
+        "--output_dir", str(out), "--seeds", "0", "--k_ratios", "0.05,0.1,0.25", "--budget_speedups", "6,4,3",
+        "--compressed_grids", "2,4", "--num_threads", "1", "--latency_runs", "1", "--latency_images", "2",
+        "--update_results", "--results_md", str(results_md),
+    ]  # fmt: skip
+    done = subprocess.run(compare, env=env, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(out / "seed_0" / "eval" / "results.json", encoding="utf-8") as f:
+        seed = json.load(f)
+    with open(out / "results.json", encoding="utf-8") as f:
+        agg = json.load(f)
+
+    # the training budget: one epoch each (the tiny recipe's 1 + 1 for LookupViT), every stage timed
+    assert set(seed["training_cpu_s"]) == {"multirung", "random_rung", "lookupvit"}
+    with open(out / "seed_0" / "lookupvit" / "config.json", encoding="utf-8") as f:
+        assert json.load(f)["compressed_grids"] == [[2, 2], [4, 4]]
+
+    # costs: analytic = counted for every model; more patches / a larger grid cost more; rungs are cumulative
+    for key, counted in seed["counted_gflops"].items():
+        if key.startswith("budgeted/"):
+            assert counted == pytest.approx(seed["counted_gflops"]["budgeted_reported"], rel=1e-9)
+    assert seed["counted_gflops"]["teacher"] == pytest.approx(seed["teacher"]["gflops"], rel=1e-9)
+    for ratio, point in seed["fixed_k"].items():
+        assert seed["counted_gflops"][f"fixed/{ratio}"] == pytest.approx(point["gflops"], rel=1e-9)
+        assert 0.0 <= point["accuracy"] <= 1.0 and 0.0 <= point["hit_rate"] <= 1.0
+    for grid, point in seed["lookupvit"].items():
+        assert seed["counted_gflops"][f"lookupvit/{grid}"] == pytest.approx(point["gflops"], rel=1e-9)
+    fixed = [seed["fixed_k"][r]["gflops"] for r in ("0.05", "0.1", "0.25")]
+    assert fixed == sorted(fixed) and len(set(fixed)) == 3
+    assert seed["lookupvit"]["2"]["gflops"] < seed["lookupvit"]["4"]["gflops"] < seed["teacher"]["gflops"]
+    rungs = seed["multirung_rungs"]
+    assert list(rungs) == ["glance", "0.05", "0.1", "0.25"]
+    assert rungs["glance"]["gflops"] < rungs["0.05"]["gflops"] < rungs["0.25"]["gflops"] < seed["teacher"]["gflops"]
+
+    # budgets: each calibration meets its target on validation; a larger budget is never less accurate there; on
+    # test, the mean FLOPs are those of the exit shares, and the model's own budgeted forward agrees with the replayed
+    # exit rule (up to an image whose confidence lies within rounding of a threshold)
+    budgeted = seed["budgeted"]
+    assert budgeted, "no budget fell between the glance's and the last rung's cost"
+    costs = seed["budget_rung_gflops"]  # cumulative: exiting at a rung pays for the rungs before it
+    assert costs == sorted(costs) and costs[0] == rungs["glance"]["gflops"] and costs[-1] > rungs["0.25"]["gflops"]
+    one_image = (costs[-1] - costs[0]) / seed["splits"]["test"]
+    targets = sorted(budgeted.values(), key=lambda b: b["target_gflops"])
+    for point in targets:
+        assert point["validation_gflops"] <= point["target_gflops"] * (1 + 1e-12)
+        assert sum(point["exit_shares"]) == pytest.approx(1.0, rel=1e-12)
+        expected = sum(share * cost for share, cost in zip(point["exit_shares"], costs, strict=True))
+        assert point["gflops_of_simulated_exits"] == pytest.approx(expected, rel=1e-12)
+        assert abs(point["gflops"] - point["gflops_of_simulated_exits"]) <= one_image * (1 + 1e-9)
+    accuracies = [point["validation_accuracy"] for point in targets]
+    assert accuracies == sorted(accuracies)
+    for name, training in seed["rung_training"].items():
+        assert len(training["validation_rung_accuracy"]) == 4, name
+
+    # the aggregate of one seed is that seed, and the report shows every family
+    assert agg["teacher"]["accuracy"]["values"] == [seed["teacher"]["accuracy"]]
+    assert agg["teacher"]["accuracy"]["std"] == 0.0
+    assert (out / "families.png").stat().st_size > 10_000
+    text = results_md.read_text()
+    assert text.count("## Sparse Digits: the families side by side") == 1
+    for row in ("| teacher (full resolution) |", "| LookWhere, fixed k |", "| LookWhere, budgeted |", "| LookupViT |"):
+        assert row in text
+    assert "--sparse_digits_dir" in text
