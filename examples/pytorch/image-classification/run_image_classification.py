@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fine-tune LookWhere for image classification with the transformers `Trainer`.
+"""Fine-tune LookWhere (or LookupViT) for image classification with the transformers `Trainer`.
 
 Data: a Hub dataset, or a local imagefolder (one sub-folder per class, optionally under train/ and validation/), or a
 folder saved with `datasets.save_to_disk`. Training augmentation: RandomResizedCrop + horizontal flip (torchvision,
@@ -19,6 +19,10 @@ Example (runs offline on a local folder):
 Anytime / budgeted classification: `--k_ratios 0.025,0.05,0.1,0.25 --glance_head` trains the glance exit and every
 rung (the mean of the rung losses) and `--calibrate_budget 20` fits exit thresholds for 20 GFLOPs per image on the
 validation split at the end, saved in the model's config (the pipeline then exits early).
+
+LookupViT: a LookupViT folder as --model_name_or_path (its model_type decides the family), or
+`--init_from_dinov2 <DINOv2> --model_family lookupvit`, or `--init_from_vit <ViT>`; `--compressed_grids 4,6,8` is
+the training set (one grid drawn per step), `--compressed_grid 6` the evaluation grid saved in the config.
 
 The output folder loads with `pipeline("image-classification", model="outputs/lookwhere-cls")`.
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Fine-tune LookWhere for image classification with a plain `accelerate` loop (no `Trainer`).
+"""Fine-tune LookWhere (or LookupViT) for image classification with a plain `accelerate` loop (no `Trainer`).
 
-Same data, model and LookWhere flags as `run_image_classification.py`; training flags follow transformers'
+Same data, model, LookWhere and LookupViT flags as `run_image_classification.py`; training flags follow transformers'
 no_trainer examples (`--max_train_steps`, `--checkpointing_steps`, `--resume_from_checkpoint`, `--with_tracking`).
 The loop itself (`lookwhere_hf.training.train_loop`) is the one the pretraining script uses. Runs on one CPU / GPU
 with `python`, or on several processes / GPUs with `accelerate launch`:

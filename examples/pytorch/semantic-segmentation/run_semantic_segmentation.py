@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fine-tune LookWhere for semantic segmentation with the transformers `Trainer`.
+"""Fine-tune LookWhere (or LookupViT) for semantic segmentation with the transformers `Trainer`.
 
 Data: a Hub dataset with an image column and a mask column (`label` / `annotation`), a folder saved with
 `datasets.save_to_disk`, or a local folder of image / mask pairs:
@@ -24,6 +24,9 @@ Example (runs offline on a local folder):
         --do_train --do_eval \\
         --k_ratio 0.5 --image_size 518 \\
         --per_device_train_batch_size 8 --learning_rate 1e-4 --num_train_epochs 10
+
+LookupViT: a LookupViT folder as --model_name_or_path, or `--init_from_dinov2 <DINOv2> --model_family lookupvit`,
+or `--init_from_vit <ViT>`, with `--compressed_grids` / `--compressed_grid` (see run_image_classification.py).
 
 The output folder loads with `pipeline("image-segmentation", model="outputs/lookwhere-seg")`.
 """

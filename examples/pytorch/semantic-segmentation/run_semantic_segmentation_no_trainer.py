@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Fine-tune LookWhere for semantic segmentation with a plain `accelerate` loop (no `Trainer`).
+"""Fine-tune LookWhere (or LookupViT) for semantic segmentation with a plain `accelerate` loop (no `Trainer`).
 
-Same data layout, model and LookWhere flags as `run_semantic_segmentation.py` (image / mask pairs, `--reduce_labels`,
-`id2label.json`); training flags follow transformers' no_trainer examples (`--max_train_steps`,
+Same data layout, model, LookWhere and LookupViT flags as `run_semantic_segmentation.py` (image / mask pairs,
+`--reduce_labels`, `id2label.json`); training flags follow transformers' no_trainer examples (`--max_train_steps`,
 `--checkpointing_steps`, `--resume_from_checkpoint`, `--with_tracking`). The loop itself
 (`lookwhere_hf.training.train_loop`) is the one the pretraining script uses. Runs with `python` or
 `accelerate launch`:
