@@ -314,7 +314,7 @@ class GlanceFocusPolicy(nn.Module):
         self.critic = nn.Sequential(nn.Linear(hidden, 1))
 
     def _check_states(self, states: torch.Tensor, sequence: bool) -> None:
-        expected = (3 if sequence else 2) + len(self.state_shape)
+        expected = (2 if sequence else 1) + len(self.state_shape)
         if states.ndim != expected or tuple(states.shape[-3:]) != self.state_shape:
             layout = "(batch_size, num_focus_steps, C, h, w)" if sequence else "(batch_size, C, h, w)"
             raise ValueError(
