@@ -46,6 +46,9 @@ def test_stage_commands_give_every_family_the_stated_budget(tmp_path):
     assert _value(lookupvit, "--model_family") == "lookupvit"
     assert _value(lookupvit, "--init_from_dinov2") == paths["teacher"]
     assert _value(lookupvit, "--compressed_grids") == "2,4,8" and _value(lookupvit, "--num_train_epochs") == "9.0"
+    assert cf.full_command(["--seeds", "0,1", "--stages", "evaluate", "--update_results"]) == (
+        "python benchmarks/sparse_digits/compare_families.py --seeds 0,1 --update_results"
+    )
     for name, command in commands.items():
         assert _value(command, "--output_dir") == paths[name] == str(tmp_path / "out" / "seed_2" / name)
         assert _value(command, "--learning_rate") == "0.0003"

@@ -52,7 +52,7 @@ FINETUNE_SCRIPT = os.path.join(REPO, "examples", "pytorch", "image-classificatio
 RESULTS_MD = os.path.join(REPO, "benchmarks", "RESULTS.md")
 SECTION = "## Sparse Digits: the families side by side"
 TRAIN_STAGES = ("multirung", "random_rung", "lookupvit")
-STAGES = (*TRAIN_STAGES, "evaluate")
+STAGES = (*TRAIN_STAGES, "evaluate", "aggregate")
 WORKERS = ("train-random-rung",)
 # The recipe of run_benchmark.py this comparison reuses (read from its summary.json; these are its defaults).
 RECIPE_DEFAULTS = {
@@ -983,11 +983,26 @@ def main(argv=None) -> dict | None:
         if "evaluate" in args.stages:
             evaluate_seed(args, seed)
     print(f"total wall {time.time() - start:.0f} s")
+    if "aggregate" not in args.stages:
+        return None
     agg = aggregate(args)
     if agg is not None and args.update_results:
-        command = "python benchmarks/sparse_digits/compare_families.py " + " ".join(argv)
-        update_results_md(args, agg, command)
+        update_results_md(args, agg, full_command(argv))
     return agg
+
+
+def full_command(argv: list[str]) -> str:
+    """The command line that reproduces a run made in passes: `argv` without `--stages` (finished stages are
+    skipped, so the full command redoes only what is missing)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--stages":
+            skip = True
+        elif not item.startswith("--stages="):
+            kept.append(item)
+    return "python benchmarks/sparse_digits/compare_families.py " + " ".join(kept)
 
 
 if __name__ == "__main__":
