@@ -411,7 +411,8 @@ def _collect(args, models: dict, processors: dict, split: ImageFolderSplit, budg
                 add(f"budgeted/{name}", result.logits)
                 add(f"budgeted_flops/{name}", result.flops.double())
             selector_map = fixed.lookwhere.select(lw["pixel_values"], lw["low_res_pixel_values"])[0]
-        overlaps = np.stack([patch_overlaps(np.asarray(r["box"]), grid, patch) for r in rows])
+        scale = grid * patch / split.image(indices[0]).size[0]  # boxes are in canvas pixels
+        overlaps = np.stack([patch_overlaps(np.asarray(r["box"]) * scale, grid, patch) for r in rows])
         for ratio, k in zip(args.k_ratios, ks):
             add(
                 f"hits/{ratio}",
