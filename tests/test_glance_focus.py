@@ -2,6 +2,10 @@
 registers, a timm model through TimmWrapper), the policy, the budgeted forward, FLOPs, save / load and the pipeline."""
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -332,6 +336,58 @@ def test_save_load_calibrate_and_pipeline_use_the_saved_thresholds(tmp_path):
         probabilities = logits.softmax(-1)
         assert top["label"] == loaded.config.id2label[int(probabilities.argmax())]
         assert top["score"] == pytest.approx(probabilities.max().item(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_budgeted_folder_runs_with_trust_remote_code_alone(tmp_path):
+    """Model and processor folder in a process that never imports lookwhere_hf: the copied model, configuration and
+    processor files load with `trust_remote_code=True`, exit with the saved thresholds and crop the same boxes."""
+    model = make_model(dtype=torch.float32)
+    processor = GlanceFocusImageProcessor.from_glance_focus_config(model.config)
+    arrays = np.random.default_rng(1).integers(0, 256, (6, 70, 90, 3), dtype=np.uint8)
+    inputs = processor(list(arrays), return_tensors="pt")
+    with torch.no_grad():
+        anytime = model(**inputs, anytime=True)
+    confidences = confidences_of(anytime.rung_logits)[:, :-1]
+    assert corner_margin(anytime.crop_centers, SIZE - PATCH) > 1e-5  # nor a crop corner
+    ranked = confidences.sort(dim=0).values
+    thresholds = (ranked[2] + ranked[3]) / 2  # half the images leave at each step
+    model.config.budget_thresholds = thresholds.tolist()
+    assert float((confidences - thresholds).abs().min()) > 1e-5  # no exit is a near-tie across instances
+    with torch.no_grad():
+        expected = model(**inputs)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    np.save(tmp_path / "images.npy", arrays)
+    script = textwrap.dedent(
+        f"""
+        import builtins, os, sys
+        import numpy as np, torch
+        builtins.input = lambda *args: os._exit(3)  # a prompt for remote code fails the test
+        torch.set_num_threads({torch.get_num_threads()})
+        from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+        folder = {str(tmp_path / "model")!r}
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+        images = list(np.load({str(tmp_path / "images.npy")!r}))
+        with torch.no_grad():
+            out = model(**processor(images, return_tensors="pt"))
+        top = pipeline("image-classification", model=folder, trust_remote_code=True)(images[0], top_k=1)[0]
+        assert "lookwhere_hf" not in sys.modules, "lookwhere_hf was imported"
+        torch.save({{"logits": out.logits, "exit_step": out.exit_step, "crop_boxes": out.crop_boxes,
+                     "label": top["label"]}}, {str(tmp_path / "out.pt")!r})
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    assert torch.equal(remote["exit_step"], expected.exit_step) and len(set(expected.exit_step.tolist())) >= 2
+    assert torch.equal(remote["crop_boxes"], expected.crop_boxes)
+    torch.testing.assert_close(remote["logits"], expected.logits)
+    assert remote["label"] == model.config.id2label[int(expected.logits[0].argmax())]
 
 
 def test_config_round_trips_through_auto_config(tmp_path):
