@@ -4,8 +4,9 @@ What the stages do, as we read the official training code (`train.py`, `network.
 blackfeather-wang/GFNet-Pytorch) and the paper (Wang et al., NeurIPS 2020):
 
 1. **Stage 1**: the glance and focus encoders and the recurrent classifier learn with *random* crops: every focus
-   step's crop centre is uniform in `[0, 1]^2` (`torch.rand` in the official code). The loss is the cross-entropy of
-   every step's prediction, averaged over the `T` steps. The policy is not used and stays frozen.
+   step's crop centre is uniform in `[0, 1]^2` (`torch.rand` in the official code). The loss is the official one,
+   which the model computes: `(sum_t CE(step t) + encoder_loss_weight * sum_t CE(encoder head t)) / T` (the second
+   sum is the deep supervision of each encoder's own head, the official `dsn_ratio`). The policy stays frozen.
 2. **Stage 2**: the patch policy (actor-critic) learns with PPO; the encoders and the classifier are frozen and run
    in eval mode. Per image and focus step, the reward is the gain of the true class's softmax probability over the
    previous step; the returns are discounted with `gamma` and normalized over the batch (mean 0, std 1); the
@@ -13,15 +14,15 @@ blackfeather-wang/GFNet-Pytorch) and the paper (Wang et al., NeurIPS 2020):
    `gamma` 0.7, clip 0.2, 1 PPO epoch per batch, value loss weight 0.5 (MSE to the normalized returns), entropy
    weight 0.01, Gaussian actions with std 0.1 (the model config's `policy_action_std`), sampled actions clipped to
    `[0, 1]` and their log-probability taken at the clipped value, 15 epochs.
-3. **Stage 3**: the classifier (and with `train_encoders` the encoders) is fine-tuned on the crops the learned policy
-   picks. As in the official code, training *samples* the crops from the policy's Gaussian (exploration acts as
-   augmentation) and evaluation takes the mean.
+3. **Stage 3**: the classifier (with `train_encoders` also the encoders and their heads, as the official stage 3
+   does) is fine-tuned, with the same loss as stage 1, on the crops the learned policy picks. As in the official
+   code, training *samples* the crops from the policy's Gaussian (exploration acts as augmentation) and evaluation
+   takes the mean.
 
-Differences from the official code, on purpose: stages 1 and 3 use the loop's AdamW (the official SGD with Nesterov
-momentum, lr 0.1 classifier / 0.01 encoders, cosine, is a choice of flags away: `--learning_rate`,
-`--lr_scheduler_type cosine`); the deep-supervision term of the official stage-1/3 loss (each encoder's own
-ImageNet head, weight `dsn_ratio`) is left out because our encoders have no per-encoder head; and with several
-processes the returns are normalized over each process's batch (the official code runs one `DataParallel` batch).
+Differences from the official code, on purpose: stages 1 and 3 use the loop's AdamW and scheduler (the official SGD
+with Nesterov momentum 0.9, weight decay 1e-4, lr 0.1 classifier / 0.01 encoders in stage 1, 0.01 in stage 3, cosine
+per epoch, has no flag here); stage 3 trains the classifier alone unless `train_encoders`; and with several processes
+the returns are normalized over each process's batch (the official code runs one `DataParallel` batch).
 
 Every random draw is reproducible across a resume: stage 1's crop centres are drawn in the data transform, seeded per
 example by [`SeededDataset`]; the policy's samples (stages 2 and 3) come from the global torch RNG, which
@@ -303,13 +304,26 @@ class GlanceFocusStage(nn.Module):
     def num_steps(self) -> int:
         return int(self.model.config.num_steps)
 
+    @property
+    def log_names(self) -> tuple[str, ...]:
+        """The scalars of [`GlanceFocusStageOutput`] the training loop logs in this stage."""
+        if self.stage == 2:
+            return ("loss", "reward", "policy_loss", "value_loss", "entropy", "clip_fraction")
+        return ("loss",)
+
     def trained_modules(self) -> set[str]:
-        """Names of the model's top-level modules this stage trains."""
+        """Names of the model's top-level modules this stage trains. An encoder head that gets no gradient (no
+        deep-supervision loss, `encoder_loss_weight = 0`, and not the glance step's logits) is not among them, so
+        that DDP finds a gradient for every trained parameter."""
         children = {name for name, _ in self.model.named_children()}
         if self.stage == 2:
             return {"policy"}
         if self.stage == 1 or self.train_encoders:
-            return children - {"policy"}
+            config = self.model.config
+            unused = {"policy"}
+            if not getattr(config, "encoder_loss_weight", 0):
+                unused |= {"focus_head"} | ({"glance_head"} if config.glance_logits != "glance_head" else set())
+            return children - unused
         if "classifier" not in children:
             raise ValueError(
                 f"Stage 3 without encoder training needs the model's `classifier` module; its modules are "
@@ -356,12 +370,11 @@ class GlanceFocusStage(nn.Module):
         if self.stage == 1:
             if crop_centers is None:
                 crop_centers = torch.rand(pixel_values.shape[0], self.num_steps - 1, 2, device=pixel_values.device)
-            outputs = self.model(pixel_values, crop_centers=crop_centers, anytime=True, **inputs)
+            outputs = self.model(pixel_values, labels=labels, crop_centers=crop_centers, anytime=True, **inputs)
         else:
             mode = "sample" if self.sample_crops else "mean"
-            outputs = self.model(pixel_values, policy_mode=mode, anytime=True, **inputs)
-        loss = torch.stack([F.cross_entropy(step.float(), labels) for step in outputs.rung_logits]).mean()
-        return GlanceFocusStageOutput(loss=loss, logits=outputs.rung_logits[-1])
+            outputs = self.model(pixel_values, labels=labels, policy_mode=mode, anytime=True, **inputs)
+        return GlanceFocusStageOutput(loss=outputs.loss, logits=outputs.logits)
 
     @torch.no_grad()
     def collect_rollout(self, pixel_values: torch.Tensor, labels: torch.LongTensor, **inputs: Any) -> _Rollout:
@@ -393,6 +406,15 @@ class GlanceFocusStage(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- data
+def input_size(processor) -> tuple[int, int]:
+    """`(height, width)` of the `pixel_values` a Glance-and-Focus image processor makes: its centre crop (the
+    official evaluation transform), or its resize when it does not crop."""
+    crop = getattr(processor, "crop_size", None)
+    if getattr(processor, "do_center_crop", False) and crop is not None:
+        return (int(crop.height), int(crop.width)) if hasattr(crop, "height") else (crop["height"], crop["width"])
+    return processor_size(processor)
+
+
 class GlanceFocusTransform:
     """`{image, label}` -> the image processor's tensors (`pixel_values`, and the glance view if it makes one) +
     `labels`, for `Dataset.set_transform`.
@@ -416,7 +438,7 @@ class GlanceFocusTransform:
 
         self.processor, self.image_column, self.label_column = processor, image_column, label_column
         self.train, self.random_crops = train, random_crops
-        size = processor_size(processor)
+        size = input_size(processor)
         self.augment = (
             v2.Compose([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]) if train and augment else None
         )
@@ -424,7 +446,8 @@ class GlanceFocusTransform:
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         images = [_rgb(image) for image in batch[self.image_column]]
         if self.augment is not None:
-            inputs = self.processor([self.augment(image) for image in images], return_tensors="pt", do_resize=False)
+            augmented = [self.augment(image) for image in images]
+            inputs = self.processor(augmented, return_tensors="pt", do_resize=False, do_center_crop=False)
         else:
             inputs = self.processor(images, return_tensors="pt")
         examples = {key: list(value) for key, value in inputs.items() if isinstance(value, torch.Tensor)}
@@ -527,3 +550,125 @@ class GlanceFocusArguments:
                 raise ArgumentError("--calibrate_budget fits the exit thresholds after stage 3; drop it here.")
             if not 0.0 < budget < float("inf"):
                 raise ArgumentError(f"--calibrate_budget must be a positive number of GFLOPs per image, got {budget}.")
+
+
+def validate_glance_focus_arguments(gf_args: GlanceFocusArguments, data_args, hub) -> None:
+    """Check the script's flags before data or weights are loaded: the stage flags, the data source, the loop flags
+    that the stage constrains, and that `--model_name_or_path` is a Glance-and-Focus checkpoint."""
+    from .arguments import _validate_data_source, load_checkpoint_config
+
+    gf_args.validate()
+    if not 0.0 < data_args.train_val_split < 1.0:
+        raise ArgumentError(f"--train_val_split must be in (0, 1), got {data_args.train_val_split}.")
+    _validate_data_source(data_args)
+    if gf_args.model_name_or_path:
+        hint = " Stage 1 can start from a vision backbone with --backbone_name_or_path."
+        load_checkpoint_config("--model_name_or_path", gf_args.model_name_or_path, ("glance_focus",), hub, hint)
+
+
+def stage_training_settings(gf_args: GlanceFocusArguments, args) -> list[str]:
+    """Stage 2 trains the policy with the official PPO optimizer: Adam (AdamW without weight decay) at
+    `--ppo_learning_rate`, constant. Sets those loop arguments and returns what changed (to print)."""
+    if gf_args.stage != 2:
+        return []
+    wanted = {"learning_rate": gf_args.ppo_learning_rate, "weight_decay": 0.0, "lr_scheduler_type": "constant"}
+    changed = [
+        f"{name} {getattr(args, name)} -> {value}" for name, value in wanted.items() if getattr(args, name) != value
+    ]
+    for name, value in wanted.items():
+        setattr(args, name, value)
+    if gf_args.ppo_epochs > 1 and args.gradient_accumulation_steps != 1:
+        raise ArgumentError(
+            f"--ppo_epochs {gf_args.ppo_epochs} runs several updates on each batch's rollout; it needs "
+            f"--gradient_accumulation_steps 1, got {args.gradient_accumulation_steps}."
+        )
+    return changed
+
+
+def describe_stage(stage: GlanceFocusStage, processor, dataset, changed: list[str], print_fn=print) -> None:
+    """Print what the stage trains, on what, and with which settings."""
+    config = stage.model.config
+    trainable = sum(p.numel() for p in stage.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in stage.parameters())
+    height, width = input_size(processor)
+    what = {1: "encoders + classifier, random crops", 2: "policy (PPO), encoders and classifier frozen",
+            3: "classifier" + (" + encoders" if stage.train_encoders else "") + " with the learned policy"}  # fmt: skip
+    print_fn(
+        f"Glance-and-Focus stage {stage.stage}: {what[stage.stage]}. {config.num_labels} labels, input "
+        f"{height}x{width}, {config.num_steps} steps (glance + {config.num_steps - 1} crops of {config.patch_size} "
+        "px); "
+        f"{trainable:,} of {total:,} parameters trainable."
+    )
+    if stage.stage == 2:
+        ppo = stage.ppo
+        print_fn(
+            f"PPO: clip {ppo.clip}, {ppo.epochs} epoch(s) per batch, gamma {ppo.gamma}, value weight "
+            f"{ppo.value_coef}, entropy weight {ppo.entropy_coef}, action std {config.policy_action_std}"
+            + (f"; loop settings for PPO: {', '.join(changed)}" if changed else "")
+        )
+    sizes = {name: len(split) for name, split in dataset.items()}
+    print_fn("Data: " + ", ".join(f"{name} {count} examples" for name, count in sizes.items()))
+
+
+def build_glance_focus_model(gf_args: GlanceFocusArguments, hub, id2label: dict[int, str]):
+    """The model a stage starts from, and its image processor.
+
+    `--model_name_or_path`: a Glance-and-Focus folder (a new classifier for other labels needs
+    `--ignore_mismatched_sizes`); its image processor if saved, else the one matching its config.
+    `--backbone_name_or_path` (stage 1 from scratch): a config around the backbone's (`--num_steps`, `--patch_size`,
+    `--image_size` where given), both encoders loaded with the backbone's weights, the rest freshly initialized.
+    `--policy_action_std` and `--image_size` are written into the config.
+
+    Returns:
+        `(GlanceFocusForImageClassification, GlanceFocusImageProcessor)`.
+    """
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    from ..models.glance_focus import GlanceFocusConfig, GlanceFocusForImageClassification, GlanceFocusImageProcessor
+
+    id2label = dict(enumerate(id2label.values()))
+    fields = {"num_labels": len(id2label), "id2label": id2label, "label2id": {n: i for i, n in id2label.items()}}
+    for name in ("num_steps", "patch_size", "image_size", "policy_action_std"):
+        if getattr(gf_args, name, None) is not None:
+            fields[name] = getattr(gf_args, name)
+    hub_kwargs = hub.hub_kwargs()
+    processor = None
+    try:
+        if gf_args.backbone_name_or_path:
+            source = gf_args.backbone_name_or_path
+            backbone = AutoModel.from_pretrained(source, trust_remote_code=hub.trust_remote_code, **hub_kwargs)
+            model = GlanceFocusForImageClassification(GlanceFocusConfig(backbone_config=backbone.config, **fields))
+            for encoder in (model.glance_encoder, model.focus_encoder):
+                encoder.backbone.load_state_dict(backbone.state_dict())
+        else:
+            source = gf_args.model_name_or_path
+            config = AutoConfig.from_pretrained(source, trust_remote_code=hub.trust_remote_code, **hub_kwargs)
+            if gf_args.stage != 1:
+                for name in ("num_steps", "patch_size"):
+                    if name in fields and fields[name] != getattr(config, name):
+                        raise ArgumentError(
+                            f"--{name} {fields[name]} differs from the stage-{gf_args.stage - 1} model's "
+                            f"{getattr(config, name)}: later stages keep the architecture. Drop --{name}."
+                        )
+            for name, value in fields.items():
+                setattr(config, name, value)
+            config.validate_glance_focus()
+            model = GlanceFocusForImageClassification.from_pretrained(
+                source, config=config, ignore_mismatched_sizes=gf_args.ignore_mismatched_sizes, **hub_kwargs
+            )
+            try:
+                processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+            except (OSError, ValueError):
+                processor = None
+    except ArgumentError:
+        raise
+    except (RuntimeError, ValueError, OSError) as error:
+        if "size" in str(error).lower() and "mismatch" in str(error).lower():
+            raise ArgumentError(
+                f"The checkpoint's weights do not fit {len(id2label)} labels ({str(error).splitlines()[0]}). Pass "
+                "--ignore_mismatched_sizes to re-initialize the classifier."
+            ) from error
+        raise ArgumentError(f"Could not build the model from {source!r}: {type(error).__name__}: {error}") from error
+    if not isinstance(processor, GlanceFocusImageProcessor) or gf_args.image_size is not None:
+        processor = GlanceFocusImageProcessor.from_glance_focus_config(model.config)
+    return model, processor
