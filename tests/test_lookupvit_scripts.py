@@ -8,6 +8,7 @@ grids 2x2, 3x3, 4x4), and tiny DINOv2-with-registers / ViT checkpoints to build 
 """
 
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -88,15 +89,10 @@ def models(workspace):  # noqa: F811
 
 
 def _logged_losses(output: str) -> list[float]:
-    """The training losses a script printed, in order (Trainer: `{'loss': '0.69', ...}`; no_trainer: JSON lines)."""
-    losses = []
-    for line in output.splitlines():
-        line = line.strip()
-        if line.startswith("{'loss'"):
-            losses.append(float(line.split("'loss': '")[1].split("'")[0]))
-        elif line.startswith('{"step"') and '"loss"' in line:
-            losses.append(json.loads(line)["loss"])
-    return losses
+    """The training losses a script printed, in order (Trainer: `{'loss': '0.69', ...}`; no_trainer: JSON lines
+    `{"step": 1, "loss": 0.69, ...}`), wherever a progress bar left them on a line."""
+    pattern = r"\{'loss': '([-+.0-9eE]+)'|\{\"step\": \d+, \"loss\": ([-+.0-9eE]+)"
+    return [float(trainer or loop) for trainer, loop in re.findall(pattern, output)]
 
 
 def _assert_loss_falls(output: str) -> None:
