@@ -24,6 +24,7 @@ from transformers import (
     MobileNetV2Config,
     ResNetConfig,
     TimmWrapperConfig,
+    ViTConfig,
     pipeline,
 )
 
@@ -46,6 +47,9 @@ BACKBONES = {
         patch_size=8,
         image_size=PATCH,
         num_register_tokens=2,
+    ),
+    "vit": lambda: ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, patch_size=8, image_size=PATCH
     ),
     # timm's own tiny test architecture: built from the config alone, no download
     "timm_wrapper": lambda: TimmWrapperConfig(architecture="test_efficientnet"),
@@ -251,10 +255,14 @@ def test_rung_flops_are_what_the_flop_counter_sees_the_forward_compute(backbone)
     for step in range(STEPS - 1):  # budgeted: exit at `step` costs exactly the cumulative FLOPs of that step
         thresholds = [NEVER_EXIT] * step + [0.0] * (STEPS - 1 - step)
         assert counted(exit_thresholds=thresholds) == rung_flops[step]
-    # the glance step at glance_size: the encoder alone is most of it
-    with FlopCounterMode(display=False) as counter:
+    # the parts: each encoder alone, and the steps adding up to the cumulative costs
+    parts = model.step_flops()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.glance_encoder(images(1, size=PATCH))
-    assert 0 < counter.get_total_flops() < rung_flops[0]
+    assert parts["glance_encoder"] == counter.get_total_flops() > 0
+    assert rung_flops[0] == parts["glance_encoder"] + parts["classifier"][0]
+    step_cost = parts["policy"] + parts["focus_encoder"] + parts["classifier"][1]
+    assert rung_flops[1] - rung_flops[0] == step_cost and parts["focus_encoder"] == parts["glance_encoder"]
 
 
 def test_rung_flops_count_sdpa_attention_like_eager():
@@ -277,10 +285,16 @@ def test_official_mobilenet_style_concat_classifier_and_glance_head():
     torch.testing.assert_close(out.loss, expected, **FLOAT64_TOLERANCE)
 
 
-def test_a_glance_larger_than_the_crop_is_pooled_to_the_policy_state():
-    model = make_model(glance_size=48)
+@pytest.mark.parametrize("backbone", ["resnet", "vit"])
+def test_a_glance_larger_than_the_crop_is_pooled_to_the_policy_state(backbone):
+    model = make_model(backbone, glance_size=48)
     out = model(images(2), return_policy=True)
-    assert out.policy_states.shape[-2:] == model.policy.state_shape[1:]
+    _, glance_map = model.glance_encoder(model.glance_view(images(2)))
+    assert glance_map.shape[-1] > model.policy.state_shape[-1]  # a larger map than a crop's ...
+    assert out.policy_states.shape[-3:] == model.policy.state_shape  # ... pooled to the policy's state size
+    torch.testing.assert_close(
+        out.policy_states[:, 0], F.adaptive_avg_pool2d(glance_map, model.policy.state_shape[1:]), **FLOAT64_TOLERANCE
+    )
     with pytest.raises(ValueError, match="glance_pixel_values"):
         model(images(2), glance_pixel_values=images(2, size=PATCH))
 

@@ -203,6 +203,8 @@ class GlanceFocusEncoder(nn.Module):
         self.backbone = AutoModel.from_config(config.backbone_config)
         backbone_config = config.backbone_config
         self.num_channels = getattr(backbone_config, "num_channels", 3)
+        # transformers' ViT resizes its position embeddings for other input sizes only when asked (DINOv2 always does)
+        self._backbone_kwargs = {"interpolate_pos_encoding": True} if backbone_config.model_type == "vit" else {}
         timm_model = getattr(self.backbone, "timm_model", None)
         if timm_model is not None:
             self.num_prefix_tokens = int(getattr(timm_model, "num_prefix_tokens", 0))
@@ -210,7 +212,7 @@ class GlanceFocusEncoder(nn.Module):
             self.num_prefix_tokens = 1 + int(getattr(backbone_config, "num_register_tokens", 0) or 0)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.backbone(pixel_values=pixel_values)
+        outputs = self.backbone(pixel_values=pixel_values, **self._backbone_kwargs)
         hidden = outputs.last_hidden_state
         if hidden.ndim == 3:  # a ViT: (B, prefix + h * w, D) -> (B, D, h, w)
             num_patches = hidden.shape[1] - self.num_prefix_tokens
@@ -472,32 +474,35 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         self.focus_head = nn.Linear(feature_size, config.num_labels)
         self.classifier = GlanceFocusClassifier(config, feature_size)
         self.policy = GlanceFocusPolicy(config, state_shape)
-        self._rung_flops_cache: dict = {}
+        self._step_flops_cache: dict = {}
         self.post_init()
 
     # ------------------------------------------------------------------ FLOPs
-    def rung_flops(self) -> list[int]:
-        """Cumulative inference FLOPs per image of stopping after each step (`num_steps` values).
+    def step_flops(self) -> dict[str, int | list[int]]:
+        """Inference FLOPs per image of each part, counted once with `torch.utils.flop_counter.FlopCounterMode`
+        (plus CPU SDPA, see [`count_flops`]) on batch-1 zero inputs, and cached.
 
-        Counted once with `torch.utils.flop_counter.FlopCounterMode` (plus CPU SDPA) on batch-1 zero inputs of each
-        part, and cached: the cost of a step does not depend on the image, nor on the full-resolution size (the glance
-        view and the crops have fixed sizes). Step 0: the glance encoder at `glance_size`, the classifier's first step
-        and, with `glance_logits="glance_head"`, the glance head. Step `t >= 1` adds the policy (state encoder, GRU,
-        actor; not the critic, which inference does not need), the focus encoder on one `patch_size` crop and the
-        classifier's step `t`. What a forward computes beyond that (the encoder heads and the critic for training
-        and PPO) is not counted. Convention of `FlopCounterMode`: a multiply-add is 2 FLOPs; biases, norms,
-        activations, the glance resize and the crops are not counted.
+        The cost of a step depends neither on the image nor on the full-resolution size (the glance view and the
+        crops have fixed sizes). Convention of `FlopCounterMode`: a multiply-add is 2 FLOPs (the official checkpoints'
+        `flops` count multiply-adds, half of this); biases, norms, activations, the glance resize and the crops are
+        not counted.
+
+        Returns:
+            `dict` with `glance_encoder` (at `glance_size`), `focus_encoder` (one `patch_size` crop), `policy` (state
+            encoder, GRU and actor of one focus step; not the critic, which inference does not need), `classifier`
+            (a list, the classifier's cost at each step), and `glance_head` (the glance encoder's head; counted in
+            step 0 only with `glance_logits="glance_head"`).
         """
         config = self.config
         key = (config.glance_side, config.patch_size, config.num_steps, config.glance_logits, config.classifier_type)
-        cached = self._rung_flops_cache.get(key)
+        cached = self._step_flops_cache.get(key)
         if cached is not None:
-            return list(cached)
+            return {name: list(value) if isinstance(value, list) else value for name, value in cached.items()}
         parameter = next(self.parameters())
         device, dtype = parameter.device, parameter.dtype
         channels = self.glance_encoder.num_channels
         was_training = self.training
-        self.eval()
+        self.eval()  # batch norm must neither fail on 1x1 maps nor update its statistics
         try:
             with torch.no_grad():
                 glance = torch.zeros(1, channels, config.glance_side, config.glance_side, device=device, dtype=dtype)
@@ -505,21 +510,36 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
                 features = torch.zeros(1, self.feature_size, device=device, dtype=dtype)
                 state = torch.zeros(1, *self.policy.state_shape, device=device, dtype=dtype)
                 hidden = torch.zeros(1, config.policy_hidden_size, device=device, dtype=dtype)
-                cost = count_flops(self.glance_encoder, glance)
-                _, memory = self.classifier(features, None, 0)
-                cost += count_flops(self.classifier, features, None, 0)
-                if config.glance_logits == "glance_head":
-                    cost += count_flops(self.glance_head, features)
-                cumulative = [cost]
-                focus = count_flops(self.focus_encoder, crop)
-                policy = count_flops(lambda: self.policy.step(state, hidden, compute_value=False))
-                for step in range(1, config.num_steps):
-                    cost += policy + focus + count_flops(self.classifier, features, memory, step)
+                classifier, memory = [], None
+                for step in range(config.num_steps):
+                    classifier.append(count_flops(self.classifier, features, memory, step))
                     _, memory = self.classifier(features, memory, step)
-                    cumulative.append(cost)
+                parts = {
+                    "glance_encoder": count_flops(self.glance_encoder, glance),
+                    "focus_encoder": count_flops(self.focus_encoder, crop),
+                    "policy": count_flops(lambda: self.policy.step(state, hidden, compute_value=False)),
+                    "classifier": classifier,
+                    "glance_head": count_flops(self.glance_head, features),
+                }
         finally:
             self.train(was_training)
-        self._rung_flops_cache[key] = tuple(cumulative)
+        self._step_flops_cache[key] = parts
+        return self.step_flops()
+
+    def rung_flops(self) -> list[int]:
+        """Cumulative inference FLOPs per image of stopping after each step (`num_steps` values), from
+        [`step_flops`]: step 0 is the glance encoder, the classifier's first step and, with
+        `glance_logits="glance_head"`, the glance head; step `t >= 1` adds the policy, the focus encoder on one crop
+        and the classifier's step `t`. What a forward computes beyond inference (the encoder heads' training logits,
+        the critic for PPO) is not counted."""
+        parts = self.step_flops()
+        cost = parts["glance_encoder"] + parts["classifier"][0]
+        if self.config.glance_logits == "glance_head":
+            cost += parts["glance_head"]
+        cumulative = [cost]
+        for step in range(1, self.config.num_steps):
+            cost += parts["policy"] + parts["focus_encoder"] + parts["classifier"][step]
+            cumulative.append(cost)
         return cumulative
 
     # ------------------------------------------------------------------ helpers
