@@ -1,10 +1,12 @@
-"""The `lookwhere-hf` command line: demo, predict, visualize, convert, benchmark.
+"""The `lookwhere-hf` command line: demo, predict, visualize, convert, export, benchmark.
 
 ```bash
 lookwhere-hf demo                                   # LookWhere vs full-resolution DINOv2: speed + where it looked
 lookwhere-hf predict photo.jpg --model MODEL_DIR    # top-5 classes per image
 lookwhere-hf visualize photo.jpg --model MODEL_DIR --output where.png
 lookwhere-hf convert --checkpoint_path lookwhere_dinov2.pt --output_dir lookwhere-dinov2-hf
+lookwhere-hf convert-gfnet --checkpoint_path resnet50_patch_size_96_T_5.pth.tar --output_dir gfnet-resnet50-96
+lookwhere-hf export --format onnx MODEL_DIR model.onnx   # lookwhere_hf.export: ONNX / .pt2, checked vs eager
 lookwhere-hf benchmark --quick                      # lookwhere_hf.benchmarking: latency, FLOPs, memory
 ```
 
@@ -343,6 +345,36 @@ def cmd_visualize(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import ExportError, export_lookwhere
+
+    model_path = _resolve_model_path(args.model)
+    if args.check_image is not None:
+        _check_image_files([args.check_image])
+    hf_logging.set_verbosity_error()
+    try:
+        result = export_lookwhere(
+            model_path,
+            args.output,
+            format=args.format,
+            image_size=args.image_size,
+            k=args.k,
+            batch_size=args.batch_size,
+            dense_features=args.dense_features,
+            check=not args.skip_check,
+            tolerance=args.tolerance,
+            check_image=args.check_image,
+        )
+    except ExportError as err:
+        raise CLIError(str(err)) from None
+    batch = "dynamic" if result.batch_size is None else result.batch_size
+    print(
+        f"Wrote {result.path} ({result.model_class}, {result.image_size}x{result.image_size} px, k = {result.k}, "
+        f"batch {batch}; outputs {', '.join(result.output_names)}) and {result.path}.json"
+    )
+    return 0
+
+
 def cmd_benchmark(argv: list[str]) -> int:
     from .benchmarking import main as benchmark_main
 
@@ -353,6 +385,14 @@ def cmd_convert(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(f"usage: {PROG} convert [converter arguments]  (the arguments of convert_lookwhere_original_to_hf)\n")
     return convert_main(argv) or 0
+
+
+def cmd_convert_gfnet(argv: list[str]) -> int:
+    from .models.glance_focus.convert_gfnet_original_to_hf import main as convert_gfnet_main
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {PROG} convert-gfnet [converter arguments]  (the arguments of convert_gfnet_original_to_hf)\n")
+    return convert_gfnet_main(argv) or 0
 
 
 # ----------------------------------------------------------------------------------------------------- parser
@@ -432,6 +472,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert an official LookWhere .pt checkpoint to a save_pretrained folder (see `convert --help`)",
         add_help=False,
     )
+    export = sub.add_parser(
+        "export",
+        help="export a LookWhere model to ONNX or a torch.export program (.pt2), checked against the eager model",
+        description=(
+            "Exports the fixed-k forward (selection inside the graph) at one image size, loads the file back (ONNX "
+            "Runtime CPU / torch.export.load) and compares it with the eager model on a seeded random input and a "
+            "real image; fails (exit status 2, file removed) beyond the tolerance. See lookwhere_hf.export."
+        ),
+    )
+    export.add_argument("model", metavar="MODEL_DIR", help="a LookWhere folder written by save_pretrained")
+    export.add_argument("output", metavar="OUT", help="the file to write: .onnx (--format onnx) or .pt2 (torch)")
+    export.add_argument("--format", choices=("onnx", "torch"), default="onnx", help="default: onnx")
+    export.add_argument(
+        "--image-size", type=positive_int_argument, default=None, help="square input side in px (default: config's)"
+    )
+    export.add_argument(
+        "--k", type=positive_int_argument, default=None, help="high-res patches computed (default: config's k_ratio)"
+    )
+    export.add_argument(
+        "--batch-size",
+        type=positive_int_argument,
+        default=1,
+        help="batch size of graphs with dense outputs (others get a dynamic batch dimension; default 1)",
+    )
+    export.add_argument(
+        "--dense-features", action="store_true", help="bare LookWhereModel only: also output the dense features"
+    )
+    export.add_argument(
+        "--check-image", default=None, metavar="IMAGE", help="the real image of the check (default: a shipped one)"
+    )
+    export.add_argument(
+        "--tolerance",
+        type=_positive_float,
+        default=1e-4,
+        help="allowed max abs difference per output, times max(1, max |eager output|) (default 1e-4)",
+    )
+    export.add_argument("--skip-check", action="store_true", help="write the file without the parity check")
+    sub.add_parser(
+        "convert-gfnet",
+        help="convert an official Glance-and-Focus (GFNet) .pth.tar checkpoint to a save_pretrained folder",
+        add_help=False,
+    )
     sub.add_parser(
         "benchmark",
         help="LookWhere vs full-resolution DINOv2: latency, FLOPs, memory (see `benchmark --help`)",
@@ -447,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "convert":
             return cmd_convert(argv[1:])
+        if argv and argv[0] == "convert-gfnet":
+            return cmd_convert_gfnet(argv[1:])
         if argv and argv[0] == "benchmark":
             return cmd_benchmark(argv[1:])
         parser = build_parser()
@@ -454,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return {"demo": cmd_demo, "predict": cmd_predict, "visualize": cmd_visualize}[args.command](args)
+        commands = {"demo": cmd_demo, "predict": cmd_predict, "visualize": cmd_visualize, "export": cmd_export}
+        return commands[args.command](args)
     except CLIError as err:
         command = argv[0] if argv else ""
         print(f"{PROG} {command}: error: {err}".replace("  ", " "), file=sys.stderr)

@@ -1,0 +1,403 @@
+"""Deployment exports of LookWhere models, checked against the eager model: ONNX and `torch.export` programs.
+
+The whole fixed-`k` forward is one graph: the low-resolution view, the selector, the top-k selection, the gather of
+the selected patches, the extractor, the head and (for dense outputs) the inverse-distance spreading. The exported
+graph takes `pixel_values` only (normalized, `(batch, 3, image_size, image_size)`, as `LookWhereImageProcessor` makes
+them) and makes the selector's low-resolution view itself, exactly like the eager model without
+`low_res_pixel_values`. Image size and `k` are fixed at export time (one graph per operating point, as for
+`torch.compile(dynamic=False)`).
+
+Outputs, by model class (the names are the ONNX output names and the keys of [`run_exported`]):
+
+- `LookWhereForImageClassification`: `logits (B, num_labels)`, `selector_map (B, G*G)`, `selected_indices (B, k)`;
+- `LookWhereForSemanticSegmentation`: `logits (B, num_labels, G, G)`, `selector_map`, `selected_indices`;
+- `LookWhereModel`: `last_hidden_state (B, P + k, D)`, `pooler_output (B, D)`, `selector_map`, `selected_indices`
+  and, with `dense_features=True`, `dense_features (B, D, G, G)`.
+
+The batch dimension stays dynamic when the graph has no dense output. The dense spreading sizes its memory blocks
+from the batch size, so graphs with dense outputs are exported for one batch size (`batch_size`, default 1).
+
+After writing the file, [`export_lookwhere`] loads it back (ONNX Runtime's CPU session for ONNX, `torch.export.load`
+for `.pt2`) and compares every output with the eager model on a seeded random input and on a real image: the same
+selected patches, and every float output within `tolerance` (default 1e-4) times its scale (`max(1, max |eager|)`).
+A near-tie in the selector map (two patches whose eager scores differ by less than twice the measured map error) may
+legitimately swap the selection; that image's selection-dependent outputs are then not compared, and the report says
+so. Anything else beyond tolerance raises [`ExportError`], and the exported file is removed.
+
+```bash
+lookwhere-hf export --format onnx MODEL_DIR model.onnx [--image-size 518] [--k 136]
+lookwhere-hf export --format torch MODEL_DIR model.pt2
+```
+
+Note on the ONNX graph optimizer: `onnxscript`'s default rewrite rules match `x + c` as a no-op when `|c| <= 1e-8`
+(its pattern constants compare with `math.isclose(..., abs_tol=1e-8)`), which deletes the `+ 1e-8` of the spreading
+weights `1 / (d + 1e-8)` and turns every selected position's weight into `1 / 0`. The export therefore skips that
+optimizer (`optimize=False`); ONNX Runtime applies its own graph optimizations when it loads the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models.lookwhere.configuration_lookwhere import to_pair
+from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
+from .models.lookwhere.modeling_lookwhere import (
+    LookWhereForImageClassification,
+    LookWhereForSemanticSegmentation,
+    LookWhereModel,
+    LookWherePreTrainedModel,
+)
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportError",
+    "ExportResult",
+    "OutputCheck",
+    "export_lookwhere",
+    "load_for_export",
+    "onnx_session",
+    "output_names_for",
+    "run_exported",
+]
+
+EXPORT_FORMATS = ("onnx", "torch")
+DEFAULT_TOLERANCE = 1e-4
+_SUFFIXES = {"onnx": ".onnx", "torch": ".pt2"}
+_ONNX_PACKAGES = "pip install onnx onnxscript onnxruntime  (or: pip install 'lookwhere_hf[export]')"
+
+
+class ExportError(ValueError):
+    """An export could not be made or did not reproduce the eager model; the message says what and what to do."""
+
+
+@dataclass
+class OutputCheck:
+    """One output of the exported file compared with the eager model on one input."""
+
+    input: str
+    output: str
+    max_abs_diff: float
+    scale: float
+    tolerance: float
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class ExportResult:
+    """What [`export_lookwhere`] wrote and how it compared with the eager model."""
+
+    path: str
+    format: str
+    model_class: str
+    image_size: int
+    k: int
+    batch_size: int | None  # None: dynamic
+    input_names: list[str]
+    output_names: list[str]
+    checks: list[OutputCheck] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------- the graph
+def output_names_for(model: LookWherePreTrainedModel, dense_features: bool = False) -> list[str]:
+    """The exported outputs of `model`'s class, in order (see the module docstring)."""
+    if isinstance(model, (LookWhereForImageClassification, LookWhereForSemanticSegmentation)):
+        return ["logits", "selector_map", "selected_indices"]
+    if isinstance(model, LookWhereModel):
+        names = ["last_hidden_state", "pooler_output", "selector_map", "selected_indices"]
+        return [*names, "dense_features"] if dense_features else names
+    raise ExportError(
+        f"Cannot export a {type(model).__name__}: pass a LookWhereModel, LookWhereForImageClassification or "
+        "LookWhereForSemanticSegmentation (a pretraining checkpoint loads as LookWhereModel)."
+    )
+
+
+class _FixedKForward(nn.Module):
+    """`pixel_values -> tuple of tensors`: the model's fixed-`k` forward with its outputs in `output_names` order."""
+
+    def __init__(self, model: LookWherePreTrainedModel, k: int, output_names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.k = k
+        self.output_names = output_names
+        self.dense = "dense_features" in output_names
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        extra = {"output_dense_features": True} if self.dense else {}
+        outputs = self.model(pixel_values, k=self.k, **extra)
+        return tuple(outputs[name] for name in self.output_names)
+
+
+def _has_dense_output(model: LookWherePreTrainedModel, output_names: list[str]) -> bool:
+    return isinstance(model, LookWhereForSemanticSegmentation) or "dense_features" in output_names
+
+
+def _resolve_size_and_k(model: LookWherePreTrainedModel, image_size: int | None, k: int | None) -> tuple[int, int]:
+    config = model.config
+    patch = to_pair(config.extractor_config.patch_size)[0]
+    if image_size is None:
+        image_size = config.high_res_size
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < patch or image_size % patch:
+        raise ExportError(
+            f"`image_size` must be a positive multiple of the patch size {patch} (e.g. {config.high_res_size}), got "
+            f"{image_size!r}."
+        )
+    num_patches = (image_size // patch) ** 2
+    try:
+        k = config.num_selected(num_patches, k)
+    except (TypeError, ValueError) as err:
+        raise ExportError(f"{err} (at image size {image_size}: {image_size // patch}^2 patches)") from None
+    return image_size, k
+
+
+def _check_output_path(output_path: str | os.PathLike, format: str) -> Path:
+    if format not in EXPORT_FORMATS:
+        raise ExportError(f"`format` must be one of {EXPORT_FORMATS}, got {format!r}.")
+    path = Path(output_path).expanduser()
+    if path.is_dir():
+        raise ExportError(f"{str(path)!r} is a directory; pass a file name such as model{_SUFFIXES[format]}.")
+    if path.suffix != _SUFFIXES[format]:
+        raise ExportError(f"`format={format!r}` is written to a {_SUFFIXES[format]} file, got {str(path)!r}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _require_onnx(with_runtime: bool = True) -> None:
+    import importlib.util
+
+    needed = ["onnx", "onnxscript"] + (["onnxruntime"] if with_runtime else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"ONNX export needs the packages {missing}: {_ONNX_PACKAGES}")
+
+
+def _write(wrapper: _FixedKForward, example: torch.Tensor, path: Path, format: str, dynamic_batch: bool) -> None:
+    dynamic_shapes = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    with torch.no_grad():
+        if format == "torch":
+            program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic_shapes)
+            torch.export.save(program, str(path))
+            return
+        _require_onnx(with_runtime=False)
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            input_names=["pixel_values"],
+            output_names=wrapper.output_names,
+            dynamic_shapes=dynamic_shapes,
+            dynamo=True,
+            optimize=False,  # see the module docstring: onnxscript's rewrites drop the spreading's `+ 1e-8`
+            verbose=False,
+        )
+        program.save(str(path))
+
+
+# ----------------------------------------------------------------------------------------------------- running
+def onnx_session(path: str | os.PathLike, num_threads: int | None = None):
+    """An ONNX Runtime CPU `InferenceSession` for an exported file (`num_threads`: intra-op threads)."""
+    _require_onnx()
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if num_threads is not None:
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def run_exported(exported, pixel_values: torch.Tensor, output_names: list[str]) -> dict[str, torch.Tensor]:
+    """Run an exported model: an ONNX Runtime session or a `torch.export` program (or its `.module()`)."""
+    if hasattr(exported, "get_outputs"):  # onnxruntime.InferenceSession
+        values = exported.run(output_names, {"pixel_values": pixel_values.detach().cpu().numpy()})
+        return {name: torch.from_numpy(value) for name, value in zip(output_names, values)}
+    module = exported.module() if hasattr(exported, "module") else exported
+    with torch.no_grad():
+        return dict(zip(output_names, module(pixel_values)))
+
+
+def _load_exported(path: Path, format: str):
+    return onnx_session(path) if format == "onnx" else torch.export.load(str(path))
+
+
+# ----------------------------------------------------------------------------------------------------- checking
+def _compare(
+    name: str, got: dict, expected: dict, k: int, tolerance: float, map_name: str = "selector_map"
+) -> list[OutputCheck]:
+    """Compare one input's outputs; see the module docstring for the near-tie rule."""
+    checks = []
+    eager_map, exported_map = expected[map_name].double(), got[map_name].double()
+    map_error = float((eager_map - exported_map).abs().max())
+    rows_equal = (got["selected_indices"] == expected["selected_indices"]).all(dim=1)
+    tied = torch.zeros_like(rows_equal)
+    if not rows_equal.all():
+        top = eager_map.topk(min(k + 1, eager_map.shape[1]), dim=1).values
+        smallest_gap = (top[:, :-1] - top[:, 1:]).min(dim=1).values
+        tied = ~rows_equal & (smallest_gap <= 2 * map_error)
+        if not (rows_equal | tied).all():
+            raise ExportError(
+                f"The exported model selects other patches than the eager model on the {name} input, and not on a "
+                f"near-tie of the selector map (max map difference {map_error:.3g}). The export is wrong; please "
+                "report it with the model and the command."
+            )
+    keep = rows_equal
+    for output, expected_value in expected.items():
+        if output == "selected_indices":
+            checks.append(OutputCheck(name, output, 0.0, 1.0, 0.0, True, f"{int(keep.sum())} rows identical"))
+            continue
+        rows = slice(None) if output == map_name else keep
+        note = ""
+        if output != map_name and not keep.all():
+            note = f"{int((~keep).sum())} near-tie rows not compared"
+        if output != map_name and not keep.any():
+            checks.append(OutputCheck(name, output, float("nan"), float("nan"), tolerance, True, note))
+            continue
+        reference, value = expected_value[rows].double(), got[output][rows].double()
+        diff = float((reference - value).abs().max())
+        scale = max(1.0, float(reference.abs().max()))
+        finite = bool(torch.isfinite(value).all())
+        checks.append(OutputCheck(name, output, diff, scale, tolerance, finite and diff <= tolerance * scale, note))
+    return checks
+
+
+def _check_inputs(model, image_size: int, batch_size: int, check_image) -> dict[str, torch.Tensor]:
+    """The seeded random input and the real image, both `(batch_size, 3, image_size, image_size)`."""
+    generator = torch.Generator().manual_seed(0)
+    random_input = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
+    if check_image is None:
+        from .cli import demo_image_paths
+
+        paths = demo_image_paths()
+        if not paths:
+            return {"random (seed 0)": random_input}
+        check_image = paths[0]
+    from PIL import Image
+
+    with Image.open(check_image) as opened:
+        image = opened.convert("RGB")
+    processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
+    size = {"height": image_size, "width": image_size}
+    pixel_values = processor(image, size=size, return_tensors="pt")["pixel_values"]
+    label = f"image {Path(str(check_image)).name}"
+    return {"random (seed 0)": random_input, label: pixel_values.expand(batch_size, -1, -1, -1).contiguous()}
+
+
+# ----------------------------------------------------------------------------------------------------- entry points
+def load_for_export(model_dir: str | os.PathLike) -> LookWherePreTrainedModel:
+    """Load a saved LookWhere folder as the class its `config.json` names (a pretraining checkpoint as its body,
+    `LookWhereModel`), in eval mode."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"Could not read a model config from {str(model_dir)!r}: {first}") from None
+    if getattr(config, "model_type", None) != "lookwhere":
+        raise ExportError(f"{str(model_dir)!r} holds a {config.model_type!r} model, not a LookWhere model.")
+    classes = {cls.__name__: cls for cls in (LookWhereForImageClassification, LookWhereForSemanticSegmentation)}
+    architecture = (getattr(config, "architectures", None) or ["LookWhereModel"])[0]
+    return classes.get(architecture, LookWhereModel).from_pretrained(model_dir).eval()
+
+
+def export_lookwhere(
+    model: LookWherePreTrainedModel | str | os.PathLike,
+    output_path: str | os.PathLike,
+    format: str = "onnx",
+    image_size: int | None = None,
+    k: int | None = None,
+    batch_size: int = 1,
+    dense_features: bool = False,
+    check: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    check_image: str | os.PathLike | None = None,
+    log=print,
+) -> ExportResult:
+    """Export a LookWhere model at a fixed image size and `k`, then check the file against the eager model.
+
+    Args:
+        model: a LookWhere model (any of the three inference classes) or a saved folder ([`load_for_export`]).
+        output_path: the `.onnx` (format `"onnx"`) or `.pt2` (format `"torch"`) file to write; `output_path` +
+            `.json` gets the [`ExportResult`] (names, shapes, parity figures).
+        format: `"onnx"` (`torch.onnx.export(..., dynamo=True)`) or `"torch"` (`torch.export` ExportedProgram).
+        image_size: the square input side in pixels (default: the config's high-resolution size).
+        k: the number of high-resolution patches (default: `floor(config.k_ratio * num_patches)`).
+        batch_size: the example batch size; the exported batch dimension is dynamic unless the graph has a dense
+            output, which is exported for this batch size only.
+        dense_features: `LookWhereModel` only: also output `dense_features`.
+        check: load the file back and compare it with the eager model (see the module docstring).
+        tolerance: the allowed max abs difference per output, relative to `max(1, max |eager output|)`.
+        check_image: the real image of the check (default: the first demo image shipped with the package).
+        log: where progress and the check's figures go (`None`: nowhere).
+
+    Raises:
+        ExportError: bad arguments, missing ONNX packages, or a check beyond tolerance (the file is then removed).
+    """
+    log = log or (lambda *args: None)
+    if not isinstance(model, nn.Module):
+        model = load_for_export(model)
+    path = _check_output_path(output_path, format)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ExportError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    if not 0 < tolerance < 1:
+        raise ExportError(f"`tolerance` must be in (0, 1), got {tolerance!r}.")
+    if dense_features and type(model) is not LookWhereModel:
+        raise ExportError("`dense_features` is for LookWhereModel; the segmentation model's logits are already dense.")
+    if check and format == "onnx":
+        _require_onnx()
+    image_size, k = _resolve_size_and_k(model, image_size, k)
+    model = model.eval()
+    names = output_names_for(model, dense_features)
+    dynamic_batch = not _has_dense_output(model, names)
+    wrapper = _FixedKForward(model, k, names).eval()
+    # A dynamic batch is traced at 2: an example of 1 would be specialized (sizes 0 and 1 always are).
+    dtype = next(model.parameters()).dtype
+    example = torch.zeros(2 if dynamic_batch else batch_size, 3, image_size, image_size, dtype=dtype)
+    log(
+        f"Exporting {type(model).__name__} to {format} at {image_size}x{image_size} px, k = {k}, batch "
+        f"{'dynamic' if dynamic_batch else batch_size}: {path}"
+    )
+    _write(wrapper, example, path, format, dynamic_batch)
+    result = ExportResult(
+        path=str(path),
+        format=format,
+        model_class=type(model).__name__,
+        image_size=image_size,
+        k=k,
+        batch_size=None if dynamic_batch else batch_size,
+        input_names=["pixel_values"],
+        output_names=names,
+    )
+    if check:
+        exported = _load_exported(path, format)
+        for label, pixel_values in _check_inputs(model, image_size, batch_size, check_image).items():
+            pixel_values = pixel_values.to(dtype)
+            with torch.no_grad():
+                expected = dict(zip(names, wrapper(pixel_values)))
+            result.checks.extend(_compare(label, run_exported(exported, pixel_values, names), expected, k, tolerance))
+        failed = [c for c in result.checks if not c.passed]
+        for c in result.checks:
+            if c.output != "selected_indices":
+                verdict = ("ok" if c.passed else "FAILED") + (f" ({c.note})" if c.note else "")
+                log(
+                    f"  {c.input:>24} {c.output:>18}: max abs diff {c.max_abs_diff:.2e} (scale {c.scale:.3g}, "
+                    f"allowed {c.tolerance * c.scale:.1e}) {verdict}"
+                )
+        if failed:
+            path.unlink(missing_ok=True)
+            worst = ", ".join(f"{c.output} on {c.input}: {c.max_abs_diff:.3g}" for c in failed)
+            raise ExportError(
+                f"The exported {format} model does not reproduce the eager model within {tolerance:g} x scale "
+                f"({worst}); {path} was removed. Please report it with the model and the command."
+            )
+        log(f"Parity check passed: {len(result.checks)} comparisons, same selected patches.")
+    Path(f"{path}.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return result
