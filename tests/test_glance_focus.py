@@ -265,6 +265,28 @@ def test_rung_flops_are_what_the_flop_counter_sees_the_forward_compute(backbone)
     assert rung_flops[1] - rung_flops[0] == step_cost and parts["focus_encoder"] == parts["glance_encoder"]
 
 
+def test_default_config_is_the_official_resnet50_model_and_its_flops():
+    """The defaults build the official ResNet-50 GFNet (96 px crops): built on the meta device (no weights, which also
+    exercises the shape probe that `from_pretrained` runs there), its parts have the official shapes and FLOPs."""
+    import torchvision
+
+    with torch.device("meta"):
+        model = GlanceFocusForImageClassification(GlanceFocusConfig(num_labels=1000))
+        reference = torchvision.models.resnet50()
+    assert model.policy.state_shape == (2048, 3, 3)  # 2048 x ceil(96 / 32)^2, the official state_dim
+    assert model.policy.state_encoder[0].in_features == 2048 * 9 and model.policy.state_encoder[0].out_features == 2048
+    assert model.classifier.rnn.weight_ih.shape == (3 * 1024, 2048) and model.classifier.fc.out_features == 1000
+    parts = model.step_flops()
+    with FlopCounterMode(display=False) as counter:
+        reference(torch.zeros(1, 3, 96, 96, device="meta"))
+    # transformers' ResNet-50 is torchvision's (less its 2048 -> 1000 fc), counted independently
+    assert parts["glance_encoder"] == parts["focus_encoder"] == counter.get_total_flops() - 2 * 2048 * 1000
+    # policy: Linear(18432, 2048), Linear(2048, 1024), GRU(1024, 1024) (two 1024 x 3072 products), actor 1024 x 2
+    assert parts["policy"] == 2 * (18432 * 2048 + 2048 * 1024 + 2 * 1024 * 3072 + 1024 * 2)
+    # classifier step: GRU(2048, 1024) and Linear(1024, 1000)
+    assert parts["classifier"] == [2 * (2048 * 3072 + 1024 * 3072 + 1024 * 1000)] * 4
+
+
 def test_rung_flops_count_sdpa_attention_like_eager():
     eager = make_model("dinov2_with_registers")
     sdpa = GlanceFocusForImageClassification._from_config(eager.config, attn_implementation="sdpa")
