@@ -238,7 +238,7 @@ def _run_in_process(script: Path, args, monkeypatch, capsys) -> str:
 @pytest.mark.parametrize(
     "script, source, extra, message",
     [
-        (CLS_SCRIPT, "lookupvit", ["--k_ratio", "0.5"], "--k_ratio: lookwhere flag(s), but --model_name_or_path"),
+        (CLS_SCRIPT, "lookupvit", ["--k_ratio", "0.5"], "--k_ratio: LookWhere flag(s), but --model_name_or_path"),
         (
             SEG_NT_SCRIPT,
             "lookupvit",
@@ -249,14 +249,14 @@ def _run_in_process(script: Path, args, monkeypatch, capsys) -> str:
             CLS_NT_SCRIPT,
             "lookupvit",
             ["--glance_head", "--low_res_size", "56"],
-            "--low_res_size, --glance_head: lookwhere",
+            "--low_res_size, --glance_head: LookWhere flag(s)",
         ),
         (SEG_SCRIPT, "lookwhere", ["--compressed_grids", "2,3"], "LookWhere's compute setting is --k_ratio"),
         (
             CLS_SCRIPT,
             "dinov2",
             ["--compressed_grid", "3"],
-            "to build a LookupViT from --init_from_dinov2, pass --model_family lookupvit",
+            "add --model_family lookupvit, or drop --compressed_grid.",
         ),
         (
             CLS_SCRIPT,

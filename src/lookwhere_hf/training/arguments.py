@@ -590,13 +590,17 @@ def check_model_source(model_args: ModelArguments):
     wrong = model_args.family_flags_given()[other]
     if wrong:
         flags = ", ".join(f"--{name}" for name in wrong)
-        if family == "lookupvit":
-            advice = "LookupViT's compute setting is --compressed_grid / --compressed_grids"
-        elif flag == "--init_from_dinov2" and requested is None:
-            advice = "to build a LookupViT from --init_from_dinov2, pass --model_family lookupvit"
-        else:
-            advice = "LookWhere's compute setting is --k_ratio"
-        raise ArgumentError(f"{flags}: {other} flag(s), but {what} is a {family} model; {advice}. Drop {flags}.")
+        names = {"lookwhere": "LookWhere", "lookupvit": "LookupViT"}
+        if flag == "--init_from_dinov2" and requested is None:
+            raise ArgumentError(
+                f"{flags}: LookupViT flag(s), but --init_from_dinov2 builds LookWhere unless --model_family lookupvit "
+                f"is given: add --model_family lookupvit, or drop {flags}."
+            )
+        knob = "--compressed_grid / --compressed_grids" if family == "lookupvit" else "--k_ratio"
+        raise ArgumentError(
+            f"{flags}: {names[other]} flag(s), but {what} is a {names[family]}; {names[family]}'s compute setting is "
+            f"{knob}. Drop {flags}."
+        )
     return flag, source, config, family
 
 
