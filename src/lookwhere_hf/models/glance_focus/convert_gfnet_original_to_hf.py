@@ -279,21 +279,45 @@ def read_architecture(
             f"fc has neither a GRU (rnn.weight_ih_l0) nor a cascade (fc_2.weight); its keys: {_listing(fc)}."
         )
 
+    # The encoders' last feature map, which the policy reads: ResNet layer4's output, MobileNet-V3's blocks' output
+    # (conv_head's input).
+    resnet = None
+    if model_name == "resnet50":
+        layouts = {part: _resnet_layout(checkpoint[part], part) for part, _ in ENCODER_PARTS}
+        if len(set(layouts.values())) != 1:
+            raise ConversionError(f"The glance and focus ResNets differ in depth or width: {layouts}.")
+        resnet = layouts["model_state_dict"]
+        map_channels = pooled = resnet[1][-1]
+        expected_classifier = "gru"
+    else:
+        pooled, map_channels = _shape(encoder, "conv_head.weight", "model_state_dict")[:2]
+        expected_classifier = "concat"
+    if pooled != feature_size or classifier_type != expected_classifier:
+        raise ConversionError(
+            f"A GFNet {model_name} has a {expected_classifier} classifier on its {pooled}-wide pooled feature; this "
+            f"checkpoint's classifier is a {classifier_type} on {feature_size} features."
+        )
+
     policy_conv = len(_shape(policy, "state_encoder.0.weight", "policy")) == 4
     state_grid = math.ceil(patch_size / 32)  # the official state_dim: channels * ceil(p / 32) ** 2
     if policy_conv:
         conv_channels, state_channels = _shape(policy, "state_encoder.0.weight", "policy")[:2]
         policy_hidden, flat = _shape(policy, "state_encoder.3.weight", "policy")
-        expected_flat, mlp_size = conv_channels * state_grid**2, 2048
+        mlp_size, per_position = 2048, conv_channels
     else:
         mlp_size, flat = _shape(policy, "state_encoder.0.weight", "policy")
         policy_hidden = _shape(policy, "state_encoder.2.weight", "policy")[0]
-        conv_channels, state_channels = 32, flat // state_grid**2
-        expected_flat = state_channels * state_grid**2
-    if flat != expected_flat:
+        conv_channels, state_channels = 32, map_channels
+        per_position = map_channels
+    if state_channels != map_channels:
+        raise ConversionError(
+            f"The policy reads {state_channels}-channel feature maps, but the encoders' maps have {map_channels}."
+        )
+    if flat != per_position * state_grid**2:
         raise ConversionError(
             f"The policy's state encoder reads {flat} values, but a {patch_size} px crop gives a "
-            f"{state_grid}x{state_grid} feature map ({expected_flat} values): is patch_size {patch_size} right?"
+            f"{state_grid}x{state_grid} feature map ({per_position * state_grid**2} values): is patch_size "
+            f"{patch_size} right?"
         )
 
     arch = OfficialArchitecture(
@@ -311,24 +335,8 @@ def read_architecture(
         classifier_type=classifier_type,
         classifier_hidden_size=classifier_hidden,
     )
-    if model_name == "resnet50":
-        layouts = {part: _resnet_layout(checkpoint[part], part) for part, _ in ENCODER_PARTS}
-        if len(set(layouts.values())) != 1:
-            raise ConversionError(f"The glance and focus ResNets differ in depth or width: {layouts}.")
-        depths, widths, stem = layouts["model_state_dict"]
-        arch.resnet_depths, arch.resnet_hidden_sizes, arch.resnet_embedding_size = depths, widths, stem
-        if widths[-1] != feature_size or classifier_type != "gru":
-            raise ConversionError(
-                f"A GFNet ResNet has a GRU classifier on its {widths[-1]}-wide pooled feature; this checkpoint's "
-                f"classifier is a {classifier_type} on {feature_size} features."
-            )
-    else:
-        head = _shape(encoder, "conv_head.weight", "model_state_dict")[0]
-        if head != feature_size or classifier_type != "concat":
-            raise ConversionError(
-                f"A GFNet MobileNet-V3 has a cascade classifier on its {head}-wide head feature; this checkpoint's "
-                f"classifier is a {classifier_type} on {feature_size} features."
-            )
+    if resnet is not None:
+        arch.resnet_depths, arch.resnet_hidden_sizes, arch.resnet_embedding_size = resnet
     return arch
 
 
