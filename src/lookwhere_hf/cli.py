@@ -6,7 +6,6 @@ lookwhere-hf predict photo.jpg --model MODEL_DIR    # top-5 classes per image
 lookwhere-hf visualize photo.jpg --model MODEL_DIR --output where.png
 lookwhere-hf convert --checkpoint_path lookwhere_dinov2.pt --output_dir lookwhere-dinov2-hf
 lookwhere-hf convert-gfnet --checkpoint_path resnet50_patch_size_96_T_5.pth.tar --output_dir gfnet-resnet50-96
-lookwhere-hf convert-gfnet --checkpoint_path resnet50_patch_size_96_T_5.pth.tar --output_dir gfnet-resnet50-96
 lookwhere-hf export --format onnx MODEL_DIR model.onnx   # lookwhere_hf.export: ONNX / .pt2, checked vs eager
 lookwhere-hf benchmark --quick                      # lookwhere_hf.benchmarking: latency, FLOPs, memory
 ```
@@ -396,14 +395,6 @@ def cmd_convert_gfnet(argv: list[str]) -> int:
     return convert_gfnet_main(argv) or 0
 
 
-def cmd_convert_gfnet(argv: list[str]) -> int:
-    from .models.glance_focus.convert_gfnet_original_to_hf import main as convert_gfnet_main
-
-    if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: {PROG} convert-gfnet [converter arguments]  (the arguments of convert_gfnet_original_to_hf)\n")
-    return convert_gfnet_main(argv) or 0
-
-
 # ----------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="LookWhere: learning where to look. Demo, inference and tools.")
@@ -524,11 +515,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     sub.add_parser(
-        "convert-gfnet",
-        help="convert an official Glance-and-Focus (GFNet) .pth.tar checkpoint to a save_pretrained folder",
-        add_help=False,
-    )
-    sub.add_parser(
         "benchmark",
         help="LookWhere vs full-resolution DINOv2: latency, FLOPs, memory (see `benchmark --help`)",
         add_help=False,
@@ -543,8 +529,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "convert":
             return cmd_convert(argv[1:])
-        if argv and argv[0] == "convert-gfnet":
-            return cmd_convert_gfnet(argv[1:])
         if argv and argv[0] == "convert-gfnet":
             return cmd_convert_gfnet(argv[1:])
         if argv and argv[0] == "benchmark":
