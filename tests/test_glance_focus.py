@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import FLOAT64_TOLERANCE
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
@@ -454,6 +455,22 @@ def test_config_round_trips_through_auto_config(tmp_path):
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_config(**kwargs)
+
+
+def test_values_changed_after_construction_are_checked_when_saving(tmp_path):
+    config = make_config()
+    config.policy_action_std = 2.0
+    with pytest.raises(StrictDataclassClassValidationError, match="policy_action_std"):
+        config.save_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"glance_size": 0}, "glance_size"), ({"glance_interpolation": "nearest"}, "glance_interpolation")],
+)
+def test_processor_rejects_bad_glance_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GlanceFocusImageProcessor(**kwargs)
 
 
 def test_vit_views_must_be_tiled_by_its_patches():
