@@ -491,5 +491,7 @@ def test_forward_rejects_bad_inputs(model):
         model(images(1), exit_thresholds=[0.5])
     with pytest.raises(ValueError, match="anytime=True"):
         model(images(1), exit_thresholds=[0.5] * (STEPS - 1), return_policy=True)
+    with pytest.raises(ValueError, match="output_hidden_states"):
+        model(images(1), output_hidden_states=True)
     with pytest.raises(ValueError, match="Policy states"):
         model.policy.evaluate(torch.zeros(1, 2, 3, 1, 1, dtype=torch.float64), torch.zeros(1, 2, 2))

@@ -218,7 +218,7 @@ class GlanceFocusEncoder(nn.Module):
             num_patches = hidden.shape[1] - self.num_prefix_tokens
             height, width = pixel_values.shape[-2:]
             patch = math.isqrt(max(height * width // max(num_patches, 1), 1))
-            if num_patches < 1 or patch * patch * num_patches != height * width or height % patch:
+            if num_patches < 1 or patch * patch * num_patches != height * width or height % patch or width % patch:
                 raise ValueError(
                     f"Cannot lay the backbone's {hidden.shape[1]} output tokens ({self.num_prefix_tokens} prefix "
                     f"tokens) out as a feature map of a {height}x{width} input."
@@ -675,9 +675,16 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         generator (`torch.Generator`, *optional*):
             Random source of `policy_mode="sample"`.
         kwargs:
-            Passed to the loss function.
+            Passed to the loss function. `output_hidden_states` / `output_attentions` are refused (`ValueError`).
         """
         config = self.config
+        for flag in ("output_hidden_states", "output_attentions"):
+            if kwargs.get(flag):
+                raise ValueError(
+                    f"`{flag}` is not supported by Glance-and-Focus (two encoders over several steps); run "
+                    "`model.glance_encoder.backbone` / `model.focus_encoder.backbone` on the views for per-layer "
+                    "outputs."
+                )
         self._check_inputs(pixel_values, glance_pixel_values, crop_centers, policy_mode)
         thresholds = self._resolve_exit_mode(anytime, budget, exit_thresholds)
         if return_policy and thresholds is not None:
