@@ -83,15 +83,19 @@ def _bf16_overlaps(model: LookWhereModel, resolution: int, k: int) -> dict[str, 
     return result
 
 
-def run_deployment_benchmark(args: argparse.Namespace) -> list[dict]:
-    """One row per resolution: median seconds of every variant, compile times, ONNX parity, bf16 overlaps."""
+def run_deployment_benchmark(args: argparse.Namespace, config: LookWhereConfig | None = None) -> list[dict]:
+    """One row per resolution: median seconds of every variant, compile times, ONNX parity, bf16 overlaps.
+
+    `args` holds `resolutions`, `k_ratios` (the first is used), `threads`, `compile`, `onnx`, `bf16`, `target_seconds`,
+    `min_repeats`, `max_repeats` (see `lookwhere_hf.benchmarking.parse_args`); `config` defaults to the released ViT-B
+    size (`LookWhereConfig()`)."""
     torch.set_num_threads(args.threads)
-    return [_measure_resolution(args, resolution) for resolution in args.resolutions]
-
-
-def _measure_resolution(args: argparse.Namespace, resolution: int) -> dict:
-    config = LookWhereConfig()
+    config = LookWhereConfig() if config is None else config
     config._attn_implementation = "sdpa"
+    return [_measure_resolution(args, config, resolution) for resolution in args.resolutions]
+
+
+def _measure_resolution(args: argparse.Namespace, config: LookWhereConfig, resolution: int) -> dict:
     torch.manual_seed(0)
     pixel_values = torch.randn(1, 3, resolution, resolution)
     grid = resolution // config.patch_size
