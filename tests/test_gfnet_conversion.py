@@ -125,6 +125,27 @@ def test_official_rule_reproduced_with_processor_inputs_in_float32(converted, ph
     assert torch.equal(torch.stack(outputs.rung_logits).argmax(-1), expected.step_logits.argmax(-1))
 
 
+@pytest.mark.slow
+def test_release_size_resnet50_matches_the_official_forward(tmp_path, photo_batch):
+    """The released ResNet-50 model's exact sizes (depths 3-4-6-3, policy MLP 18432 -> 2048 -> 1024, GRU 1024, 1000
+    classes, T = 5, 96 px): 108M parameters, float64 parity on the three photos."""
+    checkpoint, reference = make_official_checkpoint("resnet50", PATCH, 5, seed=7)
+    torch.save(checkpoint, tmp_path / "official.pth.tar")
+    del checkpoint
+    result = convert_checkpoint(tmp_path / "official.pth.tar", tmp_path / "hf", log=lambda *a: None)
+    assert result.architecture.resnet_depths == (3, 4, 6, 3) and result.config.policy_mlp_size == 2048
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "hf").double().eval()
+    with torch.no_grad():
+        expected = reference.double()(photo_batch.double())
+        outputs = model(photo_batch.double(), anytime=True)
+    _assert_crop_margin(expected.actions, 224, margin=1e-6)
+    assert torch.equal(outputs.crop_boxes, expected.crop_boxes[..., [1, 0, 3, 2]])
+    scale = expected.step_logits.abs().max().item()
+    # Depth 50 instead of < 40 layers: the bound scales with the depth, 2x covers it.
+    atol = 2 * FLOAT64_LOGIT_RTOL * scale
+    torch.testing.assert_close(torch.stack(outputs.rung_logits), expected.step_logits, rtol=0, atol=atol)
+
+
 # ----------------------------------------------------------------------------------------------------- metadata
 def test_config_carries_architecture_and_stored_budget(converted):
     config, checkpoint = converted.result.config, converted.checkpoint
