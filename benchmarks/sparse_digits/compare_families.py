@@ -49,10 +49,12 @@ from run_benchmark import common_training_flags, flags, run_stage
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 FINETUNE_SCRIPT = os.path.join(REPO, "examples", "pytorch", "image-classification", "run_image_classification.py")
+GLANCE_FOCUS_SCRIPT = os.path.join(REPO, "examples", "pytorch", "glance-focus", "run_glance_focus.py")
 RESULTS_MD = os.path.join(REPO, "benchmarks", "RESULTS.md")
 SECTION = "## Sparse Digits: the families side by side"
 TRAIN_STAGES = ("multirung", "random_rung", "lookupvit")
-STAGES = (*TRAIN_STAGES, "evaluate", "aggregate")
+GF_STAGES = ("gf_stage1", "gf_stage2", "gf_stage3")
+STAGES = (*TRAIN_STAGES, *GF_STAGES, "evaluate", "aggregate")
 WORKERS = ("train-random-rung",)
 # The recipe of run_benchmark.py this comparison reuses (read from its summary.json; these are its defaults).
 RECIPE_DEFAULTS = {
@@ -110,6 +112,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--lookupvit_lr", type=float, default=None, help="Default: the recipe's fine-tuning rate.")
     p.add_argument("--multirung_epochs", type=float, default=None, help="Default: the recipe's fine-tuning epochs.")
+    p.add_argument(
+        "--glance_focus_seeds",
+        default=None,
+        help="Seeds that also train and evaluate Glance-and-Focus (its three stages, run_glance_focus.py; default: "
+        "all --seeds).",
+    )
+    p.add_argument(
+        "--glance_focus_epochs",
+        default="3,1,1",
+        help="Glance-and-Focus epochs of stage 1 (encoders + classifier, random crops), 2 (policy, PPO) and 3 "
+        "(classifier with the policy).",
+    )
+    p.add_argument("--glance_focus_patch_size", type=int, default=112, help="Glance / crop size in pixels.")
+    p.add_argument("--glance_focus_steps", type=int, default=4, help="Glance + focus steps T.")
     p.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
     p.add_argument("--latency_runs", type=int, default=10, help="Timed rounds per latency measurement.")
     p.add_argument("--latency_images", type=int, default=16, help="Test images per latency batch (batch 16).")
@@ -125,8 +141,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.budget_speedups = comma_list(args.budget_speedups, "--budget_speedups", float, "numbers > 1")
         args.compressed_grids = comma_list(args.compressed_grids, "--compressed_grids", int, "integers >= 1")
         args.stages = comma_list(args.stages, "--stages", str, "stage names")
+        args.glance_focus_epochs = comma_list(args.glance_focus_epochs, "--glance_focus_epochs", float, "epochs")
+        args.glance_focus_seeds = (
+            args.seeds
+            if args.glance_focus_seeds is None
+            else [int(s) for s in args.glance_focus_seeds.split(",") if s.strip()]
+        )
     except ValueError as error:
         p.error(str(error))
+    if len(args.glance_focus_epochs) != 3:
+        p.error(f"--glance_focus_epochs needs the epochs of the three stages, got {args.glance_focus_epochs}.")
+    if not set(args.glance_focus_seeds) <= set(args.seeds):
+        p.error(f"--glance_focus_seeds {args.glance_focus_seeds} must be among --seeds {args.seeds}.")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds lists a seed twice: {args.seeds}.")
     unknown = set(args.stages) - set(STAGES)
@@ -154,7 +180,7 @@ def seed_paths(args, seed: int) -> dict[str, str]:
     source = os.path.join(args.sparse_digits_dir, f"seed_{seed}")
     target = os.path.join(args.output_dir, f"seed_{seed}")
     paths = {name: os.path.join(source, name) for name in ("teacher", "pretrained", "finetuned")}
-    paths.update({name: os.path.join(target, name) for name in (*TRAIN_STAGES, "eval", "logs")})
+    paths.update({name: os.path.join(target, name) for name in (*TRAIN_STAGES, *GF_STAGES, "eval", "logs")})
     paths["data"] = os.path.join(args.sparse_digits_dir, "data")
     return paths
 
@@ -190,6 +216,38 @@ def training_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[
                    image_size=recipe["canvas_size"], compressed_grids=grids, compressed_grid=grids.split(",")[0],
                    no_augment=True, do_train=True, do_eval=True, eval_strategy="no"),
             *common_training_flags(shared, paths["lookupvit"], args.lookupvit_epochs, args.lookupvit_lr, seed),
+        ],
+    }  # fmt: skip
+
+
+def glance_focus_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[str]]:
+    """The three Glance-and-Focus stages of seed `seed` (`run_glance_focus.py`, accelerate loop): encoders from the
+    seed's teacher (a DINOv2-with-registers ViT: the glance sees the whole image at the crop size, each focus step
+    one full-resolution crop), the recipe's batch size and fine-tuning learning rate (stage 2: the official PPO
+    settings)."""
+    recipe = args.recipe
+    common = flags(
+        dataset_name=paths["data"], image_size=recipe["canvas_size"], per_device_train_batch_size=recipe["batch_size"],
+        per_device_eval_batch_size=64, weight_decay=0.05, lr_scheduler_type="cosine", seed=seed, no_augment=True,
+        logging_steps=20,
+    )  # fmt: skip
+    first, second, third = args.glance_focus_epochs
+    return {
+        "gf_stage1": [
+            sys.executable, GLANCE_FOCUS_SCRIPT, *common,
+            *flags(stage=1, backbone_name_or_path=paths["teacher"], num_steps=args.glance_focus_steps,
+                   patch_size=args.glance_focus_patch_size, output_dir=paths["gf_stage1"], num_train_epochs=first,
+                   learning_rate=recipe["finetune_lr"]),
+        ],
+        "gf_stage2": [
+            sys.executable, GLANCE_FOCUS_SCRIPT, *common,
+            *flags(stage=2, model_name_or_path=paths["gf_stage1"], output_dir=paths["gf_stage2"],
+                   num_train_epochs=second),
+        ],
+        "gf_stage3": [
+            sys.executable, GLANCE_FOCUS_SCRIPT, *common,
+            *flags(stage=3, model_name_or_path=paths["gf_stage2"], output_dir=paths["gf_stage3"],
+                   num_train_epochs=third, learning_rate=recipe["finetune_lr"]),
         ],
     }  # fmt: skip
 
@@ -949,7 +1007,10 @@ def run_training(args, seed: int, timings: dict) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
     if args.num_threads:
         env.update(OMP_NUM_THREADS=str(args.num_threads), MKL_NUM_THREADS=str(args.num_threads))
-    for name, command in training_commands(args, paths, seed).items():
+    commands = training_commands(args, paths, seed)
+    if seed in args.glance_focus_seeds:
+        commands.update(glance_focus_commands(args, paths, seed))
+    for name, command in commands.items():
         if name not in args.stages:
             continue
         done = os.path.isfile(os.path.join(paths[name], "model.safetensors"))
