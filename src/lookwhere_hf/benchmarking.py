@@ -292,7 +292,13 @@ def _measure_latency(job: dict) -> dict:
 
 def _child(job: dict, queue) -> None:
     try:
-        queue.put(("ok", _measure_memory(job) if job["task"] == "memory" else _measure_latency(job)))
+        if job["task"] in ("official", "official_weights", "profile"):
+            from .official_benchmark import MEASUREMENTS
+
+            measure = MEASUREMENTS[job["task"]]
+        else:
+            measure = _measure_memory if job["task"] == "memory" else _measure_latency
+        queue.put(("ok", measure(job)))
     except BaseException:  # report any failure to the parent
         queue.put(("error", traceback.format_exc()))
 
@@ -565,14 +571,14 @@ def save_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the `## Inference speed` section of `path` (up to the next `## ` heading) or append it."""
+def write_section(path: Path, section: str, heading: str = SECTION) -> None:
+    """Replace the `heading` section of `path` (up to the next `## ` heading) or append it."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION + "\n")
+    start = text.find(heading + "\n")
     if start == -1:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -627,6 +633,27 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
         help="(resolution, batch) pairs to leave out, e.g. 1036x8",
     )
     add("--no-memory", action="store_true", help="skip the peak-memory processes (latency and FLOPs only)")
+    # Deployment rows (lookwhere_hf.deployment_benchmark): any of the three runs that benchmark instead of the grid.
+    add("--compile", action="store_true", help="time torch.compile (inductor) of LookWhere and the full model")
+    add("--onnx", action="store_true", help="time LookWhere exported to ONNX in an ONNX Runtime CPU session")
+    add("--bf16", action="store_true", help="time bf16 autocast and report its effect on the selected patches")
+    add(
+        "--profile",
+        action="store_true",
+        help="profile LookWhere's forwards instead of timing them (torch.profiler: time per part, top operators; 518 "
+        "px, batch 1, k_ratio 0.1 unless given; --max-repeats forwards each). Writes the '## Where the time goes (CPU, "
+        "batch 1)' section with --output",
+    )
+    add("--profile-threads", type=positive_int_argument, nargs="+", default=[1, 2], help="thread counts to profile")
+    add(
+        "--vs-official",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="compare with the official LookWhere code in PATH (a checkout of github.com/antofuller/lookwhere: its "
+        "modeling.py and utils.py; needs timm and einops) given the same weights, and the full model; batch 1 and "
+        "k_ratio 0.1 unless given. Writes the '## Against the official code' section with --output",
+    )
     add("--target-seconds", type=float, default=None, help="timed seconds per measurement (adapts repeats)")
     add("--min-repeats", type=positive_int_argument, default=None)
     add("--max-repeats", type=positive_int_argument, default=None)
@@ -637,7 +664,28 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
         help="forwards longer than this count their first (warm-up) run as a sample",
     )
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.compile or args.onnx or args.bf16:  # lookwhere_hf.deployment_benchmark: batch 1, one k_ratio
+        if args.onnx and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")):
+            parser.error("--onnx needs onnx, onnxscript and onnxruntime: pip install 'lookwhere_hf[export]'")
+        deployment = dict(resolutions=[518], k_ratios=[0.1], target_seconds=6.0, min_repeats=3, max_repeats=10)
+        for key, value in deployment.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    if args.profile:
+        defaults = dict(
+            resolutions=[518], k_ratios=[0.1], batch_sizes=[1], target_seconds=0.0, min_repeats=1, max_repeats=10
+        )
+    elif args.vs_official is not None:
+        from .official_benchmark import check_official_checkout
+
+        try:
+            check_official_checkout(args.vs_official)
+        except ValueError as err:
+            parser.error(str(err))
+        defaults = dict(
+            resolutions=[518, 1036], k_ratios=[0.1], batch_sizes=[1], target_seconds=6.0, min_repeats=3, max_repeats=15
+        )
+    elif args.quick:
         defaults = dict(
             resolutions=[518, 1036], k_ratios=[0.1], batch_sizes=[1], target_seconds=4.0, min_repeats=3, max_repeats=10
         )
@@ -681,6 +729,32 @@ def main(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmark") ->
         f"threads); load average {load_start}",
         file=sys.stderr,
     )
+    if args.profile or args.vs_official is not None:
+        from . import official_benchmark as ob
+
+        rows = ob.run_profile(args) if args.profile else ob.run_official_comparison(args)
+        loads = (load_start, _load_average())
+        render = ob.render_profile_markdown if args.profile else ob.render_official_markdown
+        section = render(rows, machine_description(args.threads), command, started, loads)
+        heading = ob.PROFILE_SECTION if args.profile else ob.OFFICIAL_SECTION
+        print(section)
+        if args.output is not None:
+            write_section(args.output, section, heading)
+            print(f"Wrote the '{heading[3:]}' section of {args.output}", file=sys.stderr)
+        print(f"Done in {time.time() - t0:.0f} s.", file=sys.stderr)
+        return 0
+    if args.compile or args.onnx or args.bf16:
+        from .deployment_benchmark import DEPLOYMENT_SECTION, render_deployment_markdown, run_deployment_benchmark
+
+        rows = run_deployment_benchmark(args)
+        loads = (load_start, _load_average())
+        section = render_deployment_markdown(rows, machine_description(args.threads), command, started, loads)
+        print(section)
+        if args.output is not None:
+            write_section(args.output, section, DEPLOYMENT_SECTION)
+            print(f"Wrote the '{DEPLOYMENT_SECTION[3:]}' section of {args.output}", file=sys.stderr)
+        print(f"Done in {time.time() - t0:.0f} s.", file=sys.stderr)
+        return 0
     rows = run_benchmark(args)
     if args.output is not None:  # the raw numbers, for re-plotting or other tables
         args.output.parent.mkdir(parents=True, exist_ok=True)

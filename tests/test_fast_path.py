@@ -1,0 +1,86 @@
+"""The speed tooling of issue 14: the official-format weights of `--vs-official`, the checkout checks, the tables."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("timm")
+from test_conversion import VARIANTS, build_official, official_checkpoint  # noqa: E402
+
+from lookwhere_hf import LookWhereModel  # noqa: E402
+from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import convert_checkpoint  # noqa: E402
+from lookwhere_hf.official_benchmark import (  # noqa: E402
+    check_official_checkout,
+    render_official_markdown,
+    write_official_checkpoint,
+)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_official_checkpoint_is_the_inverse_of_the_converter(tmp_path, variant):
+    """official format -> converter -> LookWhereModel -> write_official_checkpoint gives back every tensor bit for bit,
+    under the same names (so the official code, which loads its timm modules strictly, reads it)."""
+    selector, head, extractor = build_official(variant)
+    source = official_checkpoint(selector, head, extractor)
+    torch.save(source, tmp_path / f"lookwhere_{variant}.pt")
+    heads = VARIANTS[variant]["heads"]
+    convert_checkpoint(
+        tmp_path / f"lookwhere_{variant}.pt",
+        tmp_path / "converted",
+        num_attention_heads=heads,
+        run_self_check=False,
+        log=lambda *_: None,
+    )
+    model = LookWhereModel.from_pretrained(tmp_path / "converted")
+    written = torch.load(write_official_checkpoint(model, tmp_path / "back.pt"), weights_only=True)
+
+    for part, (got, want) in {
+        "selector.backbone": (written["selector"]["backbone"], source["selector"]["backbone"]),
+        "selector.head": (written["selector"]["head"], source["selector"]["head"]),
+        "extractor": (written["extractor"], source["extractor"]),
+    }.items():
+        assert set(got) == set(want), part
+        for name in want:
+            assert torch.equal(got[name], want[name]), f"{part}.{name}"
+    extractor.load_state_dict(written["extractor"], strict=True)
+    selector.load_state_dict(written["selector"]["backbone"], strict=True)
+
+
+def test_official_checkout_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"lacks \['modeling.py', 'utils.py'\].*git clone"):
+        check_official_checkout(tmp_path)
+    (tmp_path / "modeling.py").write_text("")
+    with pytest.raises(ValueError, match=r"lacks \['utils.py'\]"):
+        check_official_checkout(tmp_path)
+    (tmp_path / "utils.py").write_text("")
+    assert check_official_checkout(tmp_path) == tmp_path.resolve()
+
+
+def test_official_table_ratios():
+    """The table's ratios are the ratios of the medians (and CPU times) it is given, and the goal verdicts follow."""
+
+    def entry(seconds, cpu):
+        return {"median_s": seconds, "min_s": seconds, "max_s": seconds, "n": 3, "cpu_s": cpu}
+
+    row = dict(
+        resolution=518,
+        batch_size=1,
+        k_ratio=0.1,
+        k=136,
+        flops_limit=9.8,
+        full=entry(5.0, 10.0),
+        ours_cls=entry(0.5, 1.0),
+        official_cls=entry(0.625, 1.25),
+        ours_dense=entry(0.625, 1.3),
+        official_dense=entry(0.625, 1.3),
+        max_abs_diff_cls=1e-6,
+        max_abs_diff_dense=0.5,
+        median_abs_diff_dense=1e-7,
+    )
+    text = render_official_markdown([row], "machine", "command", "now", ("0", "0"))
+    assert "| cls: speedup vs full | **10.0x** | 8.0x | 1 | 9.8x |" in text
+    assert "| cls: ours / official (wall; CPU time) | **0.80**; 0.80 | 1 | | |" in text
+    assert "| dense: ours / official (wall; CPU time) | **1.00**; 1.00 | 1 | | |" in text
+    assert "cls: 10.0x vs full (goal >= 9x: met), 0.80x the official code's latency (goal <= 0.85: met)" in text
+    assert "dense: 8.0x vs full (goal >= 9x: missed), 1.00x the official code's latency (goal <= 0.85: missed)" in text
