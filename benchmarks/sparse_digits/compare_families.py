@@ -41,6 +41,8 @@ import shutil
 import sys
 import time
 
+import torch
+
 # this script's siblings (its folder is first on sys.path when it runs)
 from evaluate_sparse_digits import patch_overlaps, selection_hits
 from make_dataset import read_annotations
@@ -315,7 +317,6 @@ def train_random_rung(argv: list[str]) -> None:
     A focus rung `k` is the model's own fixed-`k` forward and loss; the glance rung is the glance head on the
     selector's output, built as `LookWhereForImageClassification._forward_rungs` builds it. Everything else (frozen
     selector, data, schedule, seed) is the `multirung` stage's."""
-    import torch
     from transformers import Trainer, set_seed
 
     from lookwhere_hf import LookWhereForImageClassification, LookWhereImageProcessor
@@ -380,7 +381,10 @@ def _load_models(paths: dict[str, str], attn_implementation: str = "sdpa") -> di
         "teacher": AutoModelForImageClassification.from_pretrained(paths["teacher"], **kw),
         "fixed": LookWhereForImageClassification.from_pretrained(paths["finetuned"], **kw),
     }
+    from lookwhere_hf.models.glance_focus.modeling_glance_focus import GlanceFocusForImageClassification
+
     for name, cls in (
+        ("gf_stage3", GlanceFocusForImageClassification),
         ("multirung", LookWhereForImageClassification),
         ("random_rung", LookWhereForImageClassification),
         ("lookupvit", LookupViTForImageClassification),
@@ -399,8 +403,9 @@ def _processors(paths: dict[str, str], models: dict) -> dict:
         "lookwhere": LookWhereImageProcessor.from_pretrained(paths["finetuned"]),
         "teacher": AutoImageProcessor.from_pretrained(paths["teacher"]),
     }
-    if "lookupvit" in models:
-        processors["lookupvit"] = AutoImageProcessor.from_pretrained(paths["lookupvit"])
+    for name in ("lookupvit", "gf_stage3"):
+        if name in models:
+            processors[name] = AutoImageProcessor.from_pretrained(paths[name])
     return processors
 
 
@@ -420,7 +425,6 @@ def num_kept(model, ratio: float) -> int:
 
 def _rung_gflops(model, inputs: dict) -> list[float]:
     """Cumulative GFLOPs per image of exiting at each rung (the model's own `rung_flops`)."""
-    import torch
 
     with torch.no_grad():
         flops = model(**{key: value[:1] for key, value in inputs.items()}, anytime=True).rung_flops
@@ -434,7 +438,6 @@ def _collect(args, models: dict, processors: dict, split: ImageFolderSplit, budg
     rung, `(N, T, C)`), `hits/<ratio>` (selector hit per image) and, with `budgets` (name -> thresholds), the real
     budgeted forward's `budgeted/<name>` logits and `budgeted_flops/<name>` (per image)."""
     import numpy as np
-    import torch
 
     from lookwhere_hf.models.lookwhere.selection import select_top_k
 
@@ -450,7 +453,8 @@ def _collect(args, models: dict, processors: dict, split: ImageFolderSplit, budg
     for start in range(0, len(split), 50):
         indices = range(start, min(start + 50, len(split)))
         rows = [split.rows[i] for i in indices]
-        inputs = _inputs(processors, [split.image(i) for i in indices])
+        views = {name: processors[name] for name in ("lookwhere", "teacher", "lookupvit") if name in processors}
+        inputs = _inputs(views, [split.image(i) for i in indices])
         lw = inputs["lookwhere"]
         add("labels", torch.tensor([int(r["label"]) for r in rows]))
         with torch.no_grad():
@@ -487,7 +491,6 @@ def _counted_flops(args, paths: dict, split: ImageFolderSplit, budgets: dict) ->
     """FLOPs per image counted by `FlopCounterMode` (eager attention: the counter does not see the CPU SDPA kernel's
     matmuls) on 4 test images: teacher, fixed k, LookupViT per grid, and one budgeted forward (its per-image FLOPs
     summed, against the count)."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     models = _load_models(paths, "eager")
@@ -521,11 +524,10 @@ def _counted_flops(args, paths: dict, split: ImageFolderSplit, budgets: dict) ->
     return counted
 
 
-def _latency(args, models: dict, processors: dict, split: ImageFolderSplit, budgets: dict) -> dict:
+def _latency(args, models: dict, processors: dict, split: ImageFolderSplit, budgets: dict, gf_budgets=None) -> dict:
     """Milliseconds per image, median of `--latency_runs` interleaved rounds (one process, the current torch
     threads): each model on the first `--latency_images` test images as one batch (`b16`) and one image at a time
     (`b1`: the loop over the same images, divided by their number), so budgeted runs see the test set's mix."""
-    import torch
 
     from lookwhere_hf.benchmarking import time_interleaved
 
@@ -543,6 +545,11 @@ def _latency(args, models: dict, processors: dict, split: ImageFolderSplit, budg
     if "lookupvit" in models:
         for g in args.compressed_grids:
             forwards[f"lookupvit/{g}"] = ("lookupvit", lambda x, g=g: models["lookupvit"](**x, compressed_grid=g))
+    for name, thresholds in (gf_budgets or {}).items():
+        forwards[f"gf_budgeted/{name}"] = (
+            "gf_stage3",
+            lambda x, t=thresholds: models["gf_stage3"](**x, exit_thresholds=t),
+        )
     calls = {}
     for key, (view, forward) in forwards.items():
         batch = inputs[view]
@@ -554,10 +561,84 @@ def _latency(args, models: dict, processors: dict, split: ImageFolderSplit, budg
     return {key: 1000 * timing.median / count for key, timing in timings.items()}
 
 
+def _box_hits(crops: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: does a focus crop overlap the digit box, does one contain it whole? `crops (N, S, 4)` pixel boxes
+    (`-1`: step not taken), `boxes (N, 4)`, both `(x0, y0, x1, y1)` with exclusive ends."""
+    box = boxes[:, None, :]
+    taken = crops[..., 0] >= 0
+    overlap = (torch.minimum(crops[..., 2], box[..., 2]) > torch.maximum(crops[..., 0], box[..., 0])) & (
+        torch.minimum(crops[..., 3], box[..., 3]) > torch.maximum(crops[..., 1], box[..., 1])
+    )
+    contain = (crops[..., 0] <= box[..., 0]) & (crops[..., 1] <= box[..., 1])
+    contain &= (crops[..., 2] >= box[..., 2]) & (crops[..., 3] >= box[..., 3])
+    return (overlap & taken).any(dim=1), (contain & taken).any(dim=1)
+
+
+def evaluate_glance_focus(args, model, processor, validation, test, teacher_gflops: float) -> dict:
+    """Glance-and-Focus: per-step accuracy (anytime), thresholds fitted on validation for the same budgets as
+    LookWhere, the budgeted forward on test, and its policy's hit rate (a focus crop on the digit box)."""
+
+    from lookwhere_hf.budget import fit_budget_thresholds
+
+    def collect(split, budgets):
+        out: dict[str, list] = {}
+        for start in range(0, len(split), 50):
+            indices = range(start, min(start + 50, len(split)))
+            images = [split.image(i) for i in indices]
+            inputs = processor(images, return_tensors="pt")
+            scale = inputs["pixel_values"].shape[-1] / images[0].size[0]
+            rows = [split.rows[i] for i in indices]
+            out.setdefault("labels", []).append(torch.tensor([int(r["label"]) for r in rows]))
+            out.setdefault("boxes", []).append(torch.tensor([r["box"] for r in rows], dtype=torch.float64) * scale)
+            with torch.no_grad():
+                result = model(**inputs, anytime=True)
+                probs = torch.stack([logits.softmax(-1) for logits in result.rung_logits], dim=1)
+                out.setdefault("probs", []).append(probs)
+                out.setdefault("crops", []).append(result.crop_boxes.double())
+                out["rung_gflops"] = [[float(f) / 1e9 for f in result.rung_flops]]
+                for name, thresholds in budgets.items():
+                    budgeted = model(**inputs, exit_thresholds=thresholds)
+                    out.setdefault(f"budgeted/{name}", []).append(budgeted.logits)
+                    out.setdefault(f"budgeted_flops/{name}", []).append(budgeted.flops.double() / 1e9)
+        rung_gflops = out.pop("rung_gflops")[0]
+        return {key: torch.cat(values) for key, values in out.items()}, rung_gflops
+
+    val, rung_gflops = collect(validation, {})
+    budgets, fits = {}, {}
+    for speedup in args.budget_speedups:
+        target = teacher_gflops / speedup
+        if rung_gflops[0] <= target <= rung_gflops[-1]:
+            fit = fit_budget_thresholds(val["probs"], val["labels"], rung_gflops, target)
+            budgets[f"{speedup:g}x"], fits[f"{speedup:g}x"] = fit.thresholds, fit
+    data, _ = collect(test, budgets)
+    labels = data["labels"]
+    overlap, contain = _box_hits(data["crops"], data["boxes"])
+    results = {
+        "rung_gflops": rung_gflops,
+        "validation_step_accuracy": [_accuracy(val["probs"][:, t], val["labels"]) for t in range(len(rung_gflops))],
+        "steps": {
+            str(t + 1): {"accuracy": _accuracy(data["probs"][:, t], labels), "gflops": rung_gflops[t]}
+            for t in range(len(rung_gflops))
+        },
+        "crop_hit_rate": float(overlap.double().mean()),
+        "crop_contains_rate": float(contain.double().mean()),
+        "budgeted": {},
+    }
+    for name, fit in fits.items():
+        results["budgeted"][name] = {
+            "target_gflops": fit.target_flops,
+            "thresholds": fit.thresholds,
+            "validation_accuracy": fit.accuracy,
+            "validation_gflops": fit.expected_flops,
+            "accuracy": _accuracy(data[f"budgeted/{name}"], labels),
+            "gflops": float(data[f"budgeted_flops/{name}"].mean()),
+        }
+    return results, budgets
+
+
 def evaluate_seed(args, seed: int) -> dict:
     """Calibrate on validation, evaluate on test, count FLOPs and time the models of one seed; writes
     `seed_<s>/eval/results.json` and returns it."""
-    import torch
 
     from lookwhere_hf.budget import fit_budget_thresholds, simulate_exits
     from lookwhere_hf.flops import dinov2_flops, lookupvit_flops, lookwhere_flops
@@ -666,11 +747,26 @@ def evaluate_seed(args, seed: int) -> dict:
         }
     for name, hook in FAMILY_HOOKS.items():
         results[name] = hook.evaluate(args, paths, seed, {"validation": validation, "test": test})
+    gf, gf_budgets = None, {}
+    if "gf_stage3" in models and seed in args.glance_focus_seeds:
+        gf, gf_budgets = evaluate_glance_focus(
+            args, models["gf_stage3"], processors["gf_stage3"], validation, test, teacher_gflops
+        )
     print(f"seed {seed}: predictions in {time.time() - start:.0f} s")
     results["counted_gflops"] = _counted_flops(args, paths, test, budgets)
-    results["latency_ms_per_image"] = _latency(args, models, processors, test, budgets)
+    latency = _latency(args, models, processors, test, budgets, gf_budgets)
+    results["latency_ms_per_image"] = {key: value for key, value in latency.items() if "/gf_" not in key}
     results["torch_threads"] = torch.get_num_threads()
     os.makedirs(paths["eval"], exist_ok=True)
+    if gf is not None:  # its own file: Glance-and-Focus may run on fewer seeds (--glance_focus_seeds)
+        gf["latency_ms_per_image"] = {key: value for key, value in latency.items() if "/gf_" in key}
+        for name in GF_STAGES:
+            timing_file = os.path.join(paths[name], "stage_timing.json")
+            if os.path.isfile(timing_file):
+                with open(timing_file, encoding="utf-8") as f:
+                    gf.setdefault("training_cpu_s", {})[name] = json.load(f)["cpu_s"]
+        with open(os.path.join(paths["eval"], "glance_focus.json"), "w", encoding="utf-8") as f:
+            json.dump(gf, f, indent=1)
     with open(os.path.join(paths["eval"], "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
     print(f"seed {seed}: evaluation done in {time.time() - start:.0f} s -> {paths['eval']}/results.json")
@@ -737,6 +833,14 @@ def operating_points(agg: dict) -> list[dict]:
     for grid, point in agg.get("lookupvit", {}).items():
         rows.append({"family": "LookupViT", "setting": f"compressed grid {grid}x{grid}", "line": "lookupvit", **point,
                      "latency": f"lookupvit/{grid}"})  # fmt: skip
+    gf = agg.get("glance_focus")
+    if gf:
+        label = "Glance-and-Focus" + (f" (seeds {gf['seeds']})" if gf["seeds"] != agg["seed"] else "")
+        for step, point in gf["steps"].items():
+            rows.append({"family": f"{label}, fixed steps", "setting": f"{step} step(s)", "line": "gf_steps", **point})
+        for name, point in gf["budgeted"].items():
+            rows.append({"family": f"{label}, budgeted", "setting": f"budget teacher / {name[:-1]}",
+                         "line": "gf_budgeted", **point, "latency": f"gf_budgeted/{name}"})  # fmt: skip
     for row in rows:
         row["reduction"] = teacher_gflops / _mean(row["gflops"])
     return rows
@@ -841,6 +945,8 @@ def plot_families(agg: dict, path: str) -> None:
         "rungs": ("LookWhere multi-rung, one rung (glance, k)", "s:", "C9"),
         "budgeted": ("LookWhere, budgeted (validation thresholds)", "D-", "C3"),
         "lookupvit": ("LookupViT (compressed grids)", "^-", "C2"),
+        "gf_steps": ("Glance-and-Focus, fixed steps", "v:", "C4"),
+        "gf_budgeted": ("Glance-and-Focus, budgeted", "P-", "C1"),
         "teacher": ("teacher, full resolution", "*", "k"),
     }
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -914,6 +1020,17 @@ def aggregate(args) -> dict | None:
             runs.append(json.load(f))
     agg = merge_seeds(runs)
     agg["_flops_check"] = _flops_check(runs)
+    gf_runs, gf_seeds = [], []
+    for seed in args.seeds:
+        path = os.path.join(seed_paths(args, seed)["eval"], "glance_focus.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                gf_runs.append(json.load(f))
+            gf_seeds.append(seed)
+    if gf_runs:
+        agg["glance_focus"] = merge_seeds(gf_runs)
+        agg["glance_focus"]["seeds"] = gf_seeds
+        agg["latency_ms_per_image"].update(agg["glance_focus"]["latency_ms_per_image"])
     recipe_cpu = _recipe_cpu(args)
     text = format_markdown(agg, args, recipe_cpu)
     agg["_recipe_cpu_s"] = recipe_cpu
@@ -1029,8 +1146,6 @@ def main(argv=None) -> dict | None:
         return None
     args = parse_args(argv)
     if args.num_threads:
-        import torch
-
         torch.set_num_threads(args.num_threads)
     timings: dict = {}
     start = time.time()
