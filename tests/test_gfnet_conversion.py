@@ -288,6 +288,32 @@ def test_flops_unit_is_read_off_the_magnitude():
         flops_scale([1.0], "tflops")
 
 
+def test_stored_results_as_numpy_or_tensors(small_checkpoint):
+    """The stored numbers may be Python floats, NumPy scalars / arrays or tensors; thresholds outside [0, 1] become
+    "never exit" (above 1) or "always exit" (below 0)."""
+    import numpy as np
+
+    from lookwhere_hf.models.glance_focus.convert_gfnet_original_to_hf import budget_fields
+
+    checkpoint = normalize_checkpoint(small_checkpoint)
+    arch = read_architecture(checkpoint)
+    table = checkpoint["dynamic_threshold"].numpy().copy()
+    table[:, 0] = -1e8  # every image exits at the glance
+    variants = {
+        "flops": np.asarray(checkpoint["flops"], dtype=np.float32),
+        "dynamic_threshold": table,
+        "budgeted_batch_classification": [torch.tensor(v) for v in checkpoint["budgeted_batch_classification"]],
+    }
+    fields = budget_fields(checkpoint | variants, arch, budget_gflops=BUDGET_GFLOPS, log=lambda *a: None)
+    expected = budget_fields(checkpoint, arch, budget_gflops=BUDGET_GFLOPS, log=lambda *a: None)
+    assert fields["budget_thresholds"][0] == 0.0 and expected["budget_thresholds"][0] > 0.0
+    assert fields["budget_thresholds"][1:] == expected["budget_thresholds"][1:]
+    assert fields["budget_rung_gflops"] == pytest.approx(expected["budget_rung_gflops"], rel=1e-6)  # float32 storage
+    assert 2.0 in budget_fields(checkpoint, arch, budget_gflops=1.6, log=lambda *a: None)["budget_thresholds"]
+    with pytest.raises(ConversionError, match="non-number"):
+        budget_fields(checkpoint | {"flops": ["1e9", 2e9]}, arch, log=lambda *a: None)
+
+
 # ----------------------------------------------------------------------------------------------------- command line
 @pytest.mark.slow
 def test_command_line_entry_points(small_checkpoint, tmp_path, capsys):

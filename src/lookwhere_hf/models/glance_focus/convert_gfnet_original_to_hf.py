@@ -493,7 +493,9 @@ def convert_state_dict(
 
 # --------------------------------------------------------------------------------------------------- budget
 def _number_list(value, name: str) -> list[float]:
-    if isinstance(value, torch.Tensor):
+    """A stored list of numbers (a list / tuple of Python, NumPy or 0-d torch numbers, or a 1-d tensor / array) as
+    floats."""
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):  # a torch tensor or a NumPy array
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not value:
         raise ConversionError(
@@ -501,10 +503,13 @@ def _number_list(value, name: str) -> list[float]:
         )
     out = []
     for item in value:
-        item = item.item() if isinstance(item, torch.Tensor) else item
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+        try:
+            number = float(item)  # Python, NumPy and 0-d torch numbers
+        except (TypeError, ValueError, RuntimeError):
+            number = None
+        if isinstance(item, (bool, str, bytes)) or number is None or not math.isfinite(number):
             raise ConversionError(f"The checkpoint's {name} holds a non-number {item!r}.")
-        out.append(float(item))
+        out.append(number)
     return out
 
 
@@ -553,7 +558,9 @@ def budget_fields(
         if key not in checkpoint:
             raise ConversionError(f"--budget_gflops needs the checkpoint's {key}, which it lacks.")
     table = checkpoint["dynamic_threshold"]
-    table = table.tolist() if isinstance(table, torch.Tensor) else table
+    table = [
+        _number_list(row, "dynamic_threshold's rows") for row in (table.tolist() if hasattr(table, "tolist") else table)
+    ]
     profile_flops, profile_accuracy = (
         _number_list(values, f"budgeted_batch_classification[{i}]")
         for i, values in enumerate(checkpoint["budgeted_batch_classification"][:2])
@@ -574,7 +581,8 @@ def budget_fields(
             f"GFLOPs. Pass a larger --budget_gflops, or calibrate your own with lookwhere_hf.budget.calibrate_budget."
         )
     best = max(fitting, key=lambda i: (profile_accuracy[i], -costs[i]))
-    thresholds = [float(t) if 0.0 <= float(t) <= 1.0 else NEVER_EXIT for t in table[best][:-1]]
+    # Above 1 (the official 1e8: no image exits there) -> NEVER_EXIT; below 0 (every image exits) -> 0.
+    thresholds = [NEVER_EXIT if t > 1.0 else max(t, 0.0) for t in table[best][:-1]]
     log(
         f"Budget {budget_gflops} GFLOPs: stored exit profile p = {(best + 1) / 20:.2f} (row {best}), "
         f"{costs[best]:.3f} GFLOPs and {profile_accuracy[best]:.2f}% top-1 as recorded; thresholds {thresholds}."
