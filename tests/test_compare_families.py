@@ -117,6 +117,7 @@ def test_end_to_end_numbers_are_consistent(tmp_path):
         sys.executable, os.path.join(BENCH, "compare_families.py"), "--sparse_digits_dir", str(source),
         "--output_dir", str(out), "--seeds", "0", "--k_ratios", "0.05,0.1,0.25", "--budget_speedups", "6,4,3",
         "--compressed_grids", "2,4", "--num_threads", "1", "--latency_runs", "1", "--latency_images", "2",
+        "--glance_focus_epochs", "1,1,1", "--glance_focus_patch_size", "56", "--glance_focus_steps", "3",
         "--update_results", "--results_md", str(results_md),
     ]  # fmt: skip
     done = subprocess.run(compare, env=env, cwd=REPO, capture_output=True, text=True)
@@ -168,12 +169,26 @@ def test_end_to_end_numbers_are_consistent(tmp_path):
     for name, training in seed["rung_training"].items():
         assert len(training["validation_rung_accuracy"]) == 4, name
 
+    # Glance-and-Focus: its own file; cumulative step costs, budgets met on validation, a hit rate
+    with open(out / "seed_0" / "eval" / "glance_focus.json", encoding="utf-8") as f:
+        gf = json.load(f)
+    assert set(gf["training_cpu_s"]) == {"gf_stage1", "gf_stage2", "gf_stage3"}
+    steps = gf["rung_gflops"]
+    assert len(steps) == 3 and steps == sorted(steps) and len(set(steps)) == 3
+    assert [gf["steps"][str(t)]["gflops"] for t in (1, 2, 3)] == steps
+    assert 0.0 <= gf["crop_contains_rate"] <= gf["crop_hit_rate"] <= 1.0
+    for point in gf["budgeted"].values():
+        assert point["validation_gflops"] <= point["target_gflops"] * (1 + 1e-12)
+        assert steps[0] * (1 - 1e-12) <= point["gflops"] <= steps[-1] * (1 + 1e-12)
+    assert agg["glance_focus"]["seeds"] == [0]
+
     # the aggregate of one seed is that seed, and the report shows every family
     assert agg["teacher"]["accuracy"]["values"] == [seed["teacher"]["accuracy"]]
     assert agg["teacher"]["accuracy"]["std"] == 0.0
     assert (out / "families.png").stat().st_size > 10_000
     text = results_md.read_text()
     assert text.count("## Sparse Digits: the families side by side") == 1
-    for row in ("| teacher (full resolution) |", "| LookWhere, fixed k |", "| LookWhere, budgeted |", "| LookupViT |"):
+    rows = ("| teacher (full resolution) |", "| LookWhere, fixed k |", "| LookWhere, budgeted |", "| LookupViT |")
+    for row in (*rows, "| Glance-and-Focus, fixed steps |"):
         assert row in text
     assert "--sparse_digits_dir" in text

@@ -14,7 +14,10 @@ It starts from a finished `run_benchmark.py` run (`--sparse_digits_dir`: its `da
    (`LookupViTForImageClassification.from_dinov2`), fine-tuned with labels for as many epochs
    as LookWhere gets after the teacher (pretraining + fine-tuning epochs), drawing the compressed grid of every step
    from `--compressed_grids` (the paper's multi-grid training), with the fine-tune's learning rate and batch size.
-4. `evaluate`: budget thresholds fitted on the **validation** split (`lookwhere_hf.budget`) for means of
+4. `gf_stage1..3` (seeds of `--glance_focus_seeds`): Glance-and-Focus, `run_glance_focus.py` in its three stages
+   (encoders + classifier with random crops, the PPO policy, the classifier with the policy), encoders from the
+   teacher, `--glance_focus_epochs` epochs per stage.
+5. `evaluate`: budget thresholds fitted on the **validation** split (`lookwhere_hf.budget`) for means of
    teacher GFLOPs / `--budget_speedups`; accuracy and mean analytic GFLOPs on the **test** split of every family and
    operating point; measured CPU latency of all of them interleaved in one process (1 thread, batch 1 and 16).
 
@@ -27,8 +30,7 @@ Example (the run reported in RESULTS.md):
     python benchmarks/sparse_digits/compare_families.py --sparse_digits_dir outputs/sparse_digits \\
         --output_dir outputs/families --seeds 0,1,2 --num_threads 1 --update_results
 
-Glance-and-Focus (issue 13) is not in this comparison yet: `FAMILY_HOOKS` below is where a third family's per-seed
-stages and evaluation plug in (see the README section).
+`FAMILY_HOOKS` below is where a further family's evaluation plugs in.
 """
 
 from __future__ import annotations
@@ -364,8 +366,8 @@ def _train_and_save(trainer, processor, output_dir: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------- evaluation
 FAMILY_HOOKS: dict = {}
-"""Further families (name -> object with `stages(args, paths, seed) -> {stage: command}` and `evaluate(args, paths,
-seed, split_data) -> dict`): Glance-and-Focus (issue 13) plugs in here once its model and script exist."""
+"""Further families: name -> object with `evaluate(args, paths, seed, {"validation": split, "test": split}) -> dict`
+(its result goes into the seed's results under that name)."""
 
 
 def _load_models(paths: dict[str, str], attn_implementation: str = "sdpa") -> dict:
@@ -928,8 +930,27 @@ def format_markdown(agg: dict, args, recipe_cpu: dict) -> str:
         f"{_fmt(cpu.get('multirung'), 1 / 60)} |",
         f"| LookupViT | supervised fine-tuning from the teacher ({args.lookupvit_epochs:g}) | "
         f"{_fmt(cpu.get('lookupvit'), 1 / 60)} |",
-        "",
     ]
+    gf = agg.get("glance_focus")
+    if gf:
+        gf_cpu = gf.get("training_cpu_s", {})
+        epochs = " + ".join(f"{e:g}" for e in args.glance_focus_epochs)
+        lines.append(
+            f"| Glance-and-Focus (seeds {gf['seeds']}) | stages 1 + 2 + 3 from the teacher as encoder ({epochs}) | "
+            + " + ".join(_fmt(gf_cpu.get(name), 1 / 60) for name in GF_STAGES)
+            + " |"
+        )
+        selector = ", ".join(
+            f"{_fmt(point['hit_rate'], 100)}% at k_ratio {ratio}" for ratio, point in agg["fixed_k"].items()
+        )
+        lines += [
+            "",
+            f"Where they look (test): the LookWhere selector's top-k patches overlap the digit box in {selector}; "
+            f"a Glance-and-Focus focus crop ({args.glance_focus_steps - 1} crops of {args.glance_focus_patch_size} px, "
+            f"policy mean) overlaps it in {_fmt(gf['crop_hit_rate'], 100)}% of the images and contains it whole in "
+            f"{_fmt(gf['crop_contains_rate'], 100)}%.",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 
