@@ -22,6 +22,7 @@ from lookwhere_hf.models.glance_focus.convert_gfnet_original_to_hf import (
     convert_state_dict,
     load_original_checkpoint,
     normalize_checkpoint,
+    push_folder_to_hub,
     read_architecture,
 )
 
@@ -272,6 +273,8 @@ def test_bad_checkpoints_raise_clear_errors(small_checkpoint, tmp_path):
     with pytest.raises(ConversionError, match="--allow_pickle"):
         load_original_checkpoint(tmp_path / "pickled.pth.tar")
     torch.save(small_checkpoint, tmp_path / "small.pth.tar")
+    with pytest.raises(ConversionError, match="offline mode is on"):
+        push_folder_to_hub(tmp_path, "user/gfnet-resnet50-96")
     with pytest.raises(ConversionError, match="No stored exit profile fits 0.5 GFLOPs"):
         convert_checkpoint(tmp_path / "small.pth.tar", tmp_path / "out", budget_gflops=0.5, run_self_check=False,
                            log=lambda *a: None)  # fmt: skip

@@ -64,7 +64,9 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, ResNetConfig, TimmWrapperConfig
 
+from ...budget import NEVER_EXIT
 from ...utils import hub_offline
+from ..lookwhere.convert_lookwhere_original_to_hf import ConversionError, _first_line, _listing
 from .configuration_glance_focus import GlanceFocusConfig
 from .image_processing_glance_focus import GlanceFocusImageProcessor
 from .modeling_glance_focus import GlanceFocusForImageClassification
@@ -89,23 +91,7 @@ BACKBONES = {
 }
 ENCODER_PARTS = (("model_prime_state_dict", "glance"), ("model_state_dict", "focus"))
 FLOPS_UNITS = {"madds": 1.0, "mega_madds": 1e6, "giga_madds": 1e9}
-NEVER_EXIT = 2.0  # above any max-softmax probability (lookwhere_hf.budget's value)
 DATA_PARALLEL_PREFIX = "module."
-
-
-class ConversionError(ValueError):
-    """A checkpoint could not be converted; the message says what was wrong and what to do."""
-
-
-def _listing(names, limit: int = 12) -> str:
-    names = sorted(map(str, names))
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > limit else ''}]"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # --------------------------------------------------------------------------------------------------- reading
