@@ -5,6 +5,12 @@ a target and whose classifier only becomes sure when a crop lands near it, so th
 """
 
 import copy
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -365,3 +371,117 @@ def test_stage3_fine_tunes_the_classifier_with_the_learned_policy(stage2, stripe
     moved = {name.split(".")[0] for name, tensor in model.state_dict().items() if not torch.equal(tensor, start[name])}
     trained = {"classifier", "glance_encoder", "focus_encoder", "glance_head", "focus_head"}
     assert moved == (trained if train_encoders else {"classifier"}), moved
+
+
+# ----------------------------------------------------------------------------------------------- the script
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples/pytorch/glance-focus/run_glance_focus.py"
+COMMON = ["--dataset_name", "stripes", "--no_augment", "--per_device_train_batch_size", "32", "--seed", "0"]
+
+
+def _script_main():
+    return runpy.run_path(str(SCRIPT), run_name="glance_focus_script")["main"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A saved `DatasetDict` of stripes images (train 256, validation 128), a tiny random Glance-and-Focus model
+    whose image processor keeps the images at 46 px (no resize: the glance's exact sampling needs the pixels as
+    drawn), a tiny ResNet backbone, and the environment of the script runs."""
+    import datasets
+    from PIL import Image
+
+    from lookwhere_hf import GlanceFocusImageProcessor
+
+    root = tmp_path_factory.mktemp("glance_focus")
+    rng = np.random.default_rng(0)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["horizontal", "vertical"])}
+    )
+    splits = {}
+    for split, count in (("train", 256), ("validation", 128)):
+        labels = rng.integers(0, 2, size=count).tolist()
+        images = [Image.fromarray(np.repeat(grey[..., None], 3, -1)) for grey in stripes_images(rng, labels)]
+        splits[split] = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    datasets.DatasetDict(splits).save_to_disk(root / "stripes")
+    torch.manual_seed(0)
+    config = tiny_config()
+    GlanceFocusForImageClassification(config).save_pretrained(root / "tiny")
+    GlanceFocusImageProcessor.from_glance_focus_config(config, size={"shortest_edge": SIZE}).save_pretrained(
+        root / "tiny"
+    )
+    from transformers import ResNetModel
+
+    ResNetModel(config.backbone_config).save_pretrained(root / "resnet")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(root / "hf_home"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    return {"root": root, "env": env}
+
+
+def _run(workspace, args, launcher=None) -> str:
+    command = (launcher or [sys.executable]) + [str(SCRIPT)] + [str(a) for a in args]
+    done = subprocess.run(
+        command, check=False, env=workspace["env"], capture_output=True, text=True, timeout=600, cwd=workspace["root"]
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{output[-6000:]}"
+    return output
+
+
+def _results(folder: Path) -> dict:
+    return json.loads((folder / "all_results.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stage", "1"], "No model given"),
+        (["--stage", "1", "--model_name_or_path", "tiny", "--backbone_name_or_path", "resnet"], "not both"),
+        (["--stage", "2", "--backbone_name_or_path", "resnet"], "only stage 1 starts from it"),
+        (["--stage", "4", "--model_name_or_path", "tiny"], "--stage must be 1, 2 or 3"),
+        (["--stage", "1", "--model_name_or_path", "tiny", "--calibrate_budget", "1"], "after stage 3"),
+        (["--stage", "3", "--model_name_or_path", "tiny", "--calibrate_budget", "-1"], "positive number of GFLOPs"),
+        (["--stage", "2", "--model_name_or_path", "tiny", "--ppo_clip", "1.5"], "clip must be in \\(0, 1\\)"),
+        (["--stage", "2", "--model_name_or_path", "tiny", "--ppo_gamma", "2"], "gamma must be in \\[0, 1\\]"),
+        (["--stage", "2", "--model_name_or_path", "tiny", "--ppo_learning_rate", "0"], "--ppo_learning_rate must be"),
+        (["--stage", "2", "--model_name_or_path", "tiny", "--policy_action_std", "0"], "--policy_action_std must be"),
+        (["--stage", "1", "--model_name_or_path", "resnet"], "is a 'resnet' model; it needs"),
+        (["--stage", "1", "--model_name_or_path", "missing/folder/x"], "no such folder"),
+        (
+            ["--stage", "2", "--model_name_or_path", "tiny", "--ppo_epochs", "2", "--gradient_accumulation_steps", "2"],
+            "needs --gradient_accumulation_steps 1",
+        ),
+    ],
+)
+def test_script_rejects_bad_arguments_before_training(workspace, monkeypatch, args, message):
+    from lookwhere_hf.training import ArgumentError
+
+    monkeypatch.chdir(workspace["root"])
+    with pytest.raises(ArgumentError, match=message):
+        _script_main()([*args, "--dataset_name", "stripes", "--output_dir", str(workspace["root"] / "unused")])
+    assert not (workspace["root"] / "unused").exists()
+
+
+def test_stage1_from_a_backbone_loads_it_into_both_encoders(workspace):
+    from transformers import ResNetModel
+
+    from lookwhere_hf.training.arguments import HubArguments
+    from lookwhere_hf.training.glance_focus import GlanceFocusArguments, build_glance_focus_model, input_size
+
+    root = workspace["root"]
+    args = GlanceFocusArguments(stage=1, backbone_name_or_path=str(root / "resnet"), num_steps=3, patch_size=16,
+                                image_size=SIZE)  # fmt: skip
+    model, processor = build_glance_focus_model(args, HubArguments(), {0: "horizontal", 1: "vertical"})
+    expected = ResNetModel.from_pretrained(root / "resnet").state_dict()
+    for encoder in (model.glance_encoder, model.focus_encoder):
+        for name, tensor in encoder.backbone.state_dict().items():
+            torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
+    assert (model.config.num_steps, model.config.patch_size, model.config.num_labels) == (3, 16, 2)
+    assert model.config.id2label == {0: "horizontal", 1: "vertical"} and input_size(processor) == (SIZE, SIZE)

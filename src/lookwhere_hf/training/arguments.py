@@ -22,6 +22,7 @@ LOOKWHERE_MODEL_TYPES = ("lookwhere",)
 LOOKUPVIT_MODEL_TYPES = ("lookupvit",)
 DINOV2_MODEL_TYPES = ("dinov2_with_registers", "dinov2")
 VIT_MODEL_TYPES = ("vit",)
+GLANCE_FOCUS_MODEL_TYPES = ("glance_focus",)
 MODEL_FAMILIES = ("lookwhere", "lookupvit")
 SELECTOR_DEPTH = 3
 # Fine-tuning flags that only one family takes (given = not at the field's default).
@@ -33,6 +34,7 @@ CHECKPOINT_NAMES = {
     LOOKWHERE_MODEL_TYPES + LOOKUPVIT_MODEL_TYPES: "a LookWhere or LookupViT",
     DINOV2_MODEL_TYPES: "a DINOv2-with-registers (or DINOv2)",
     VIT_MODEL_TYPES: "a ViT",
+    GLANCE_FOCUS_MODEL_TYPES: "a Glance-and-Focus",
 }
 
 

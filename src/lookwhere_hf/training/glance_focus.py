@@ -555,7 +555,7 @@ class GlanceFocusArguments:
 def validate_glance_focus_arguments(gf_args: GlanceFocusArguments, data_args, hub) -> None:
     """Check the script's flags before data or weights are loaded: the stage flags, the data source, the loop flags
     that the stage constrains, and that `--model_name_or_path` is a Glance-and-Focus checkpoint."""
-    from .arguments import _validate_data_source, load_checkpoint_config
+    from .arguments import GLANCE_FOCUS_MODEL_TYPES, _validate_data_source, load_checkpoint_config
 
     gf_args.validate()
     if not 0.0 < data_args.train_val_split < 1.0:
@@ -563,7 +563,7 @@ def validate_glance_focus_arguments(gf_args: GlanceFocusArguments, data_args, hu
     _validate_data_source(data_args)
     if gf_args.model_name_or_path:
         hint = " Stage 1 can start from a vision backbone with --backbone_name_or_path."
-        load_checkpoint_config("--model_name_or_path", gf_args.model_name_or_path, ("glance_focus",), hub, hint)
+        load_checkpoint_config("--model_name_or_path", gf_args.model_name_or_path, GLANCE_FOCUS_MODEL_TYPES, hub, hint)
 
 
 def stage_training_settings(gf_args: GlanceFocusArguments, args) -> list[str]:
