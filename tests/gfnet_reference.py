@@ -163,8 +163,9 @@ def encoder_forward(arch: str, encoder: nn.Module, images: torch.Tensor) -> tupl
 
 
 def glance_logits_from_backbone(arch: str) -> bool:
-    """Whether step 0's logits come from the global encoder's own classifier (not the recurrent classifier)."""
-    return not ARCHITECTURES[arch]["fc_rnn"] or "regnet" in arch
+    """Whether step 0's logits come from the global encoder's own `classifier` (MobileNet-V3's cascade has no
+    one-step head) instead of the recurrent classifier (ResNet)."""
+    return not ARCHITECTURES[arch]["fc_rnn"]
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -225,8 +226,7 @@ class ReferenceGFNet(nn.Module):
         features = [feature]
         logits, fc_hidden = self.fc.step(features, None)
         if glance_logits_from_backbone(self.arch):
-            head = self.model_prime.fc if "regnet" in self.arch else self.model_prime.classifier
-            logits = head(feature)
+            logits = self.model_prime.classifier(feature)
         step_logits, actions, boxes, policy_hidden = [logits], [], [], None
         for _ in range(1, self.num_steps):
             action, policy_hidden = self.policy(state, policy_hidden)
