@@ -96,6 +96,10 @@ def run_deployment_benchmark(args: argparse.Namespace, config: LookWhereConfig |
 
 
 def _measure_resolution(args: argparse.Namespace, config: LookWhereConfig, resolution: int) -> dict:
+    # Every transformers model's forward runs through one decorator code object (`can_return_tuple`'s wrapper), so the
+    # compiled variants of all resolutions would share Dynamo's per-code-object cache (8 entries by default); the
+    # previous resolution's compiled models are not used again.
+    torch._dynamo.reset()
     torch.manual_seed(0)
     pixel_values = torch.randn(1, 3, resolution, resolution)
     grid = resolution // config.patch_size

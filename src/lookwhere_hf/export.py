@@ -208,6 +208,7 @@ def onnx_session(path: str | os.PathLike, num_threads: int | None = None):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: not the notes on CastLike nodes it leaves unfolded
     if num_threads is not None:
         options.intra_op_num_threads = num_threads
         options.inter_op_num_threads = 1
