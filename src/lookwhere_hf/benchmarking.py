@@ -296,6 +296,10 @@ def _child(job: dict, queue) -> None:
             from .official_benchmark import MEASUREMENTS
 
             measure = MEASUREMENTS[job["task"]]
+        elif job["task"] == "budget":
+            from .budget_benchmark import MEASUREMENTS
+
+            measure = MEASUREMENTS[job["task"]]
         else:
             measure = _measure_memory if job["task"] == "memory" else _measure_latency
         queue.put(("ok", measure(job)))
@@ -644,6 +648,12 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
         "px, batch 1, k_ratio 0.1 unless given; --max-repeats forwards each). Writes the '## Where the time goes (CPU, "
         "batch 1)' section with --output",
     )
+    add(
+        "--budget-latency",
+        action="store_true",
+        help="time budgeted classification (forced exit proportions) against fixed k at equal mean FLOPs and equal "
+        "mean k (518 px, batch 16 unless given; --max-repeats rounds). Writes its section with --output",
+    )
     add("--profile-threads", type=positive_int_argument, nargs="+", default=[1, 2], help="thread counts to profile")
     add(
         "--vs-official",
@@ -671,7 +681,11 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
         for key, value in deployment.items():
             if getattr(args, key) is None:
                 setattr(args, key, value)
-    if args.profile:
+    if args.budget_latency:
+        defaults = dict(
+            resolutions=[518], k_ratios=[0.1], batch_sizes=[16], target_seconds=0.0, min_repeats=1, max_repeats=3
+        )
+    elif args.profile:
         defaults = dict(
             resolutions=[518], k_ratios=[0.1], batch_sizes=[1], target_seconds=0.0, min_repeats=1, max_repeats=10
         )
@@ -729,6 +743,16 @@ def main(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmark") ->
         f"threads); load average {load_start}",
         file=sys.stderr,
     )
+    if args.budget_latency:
+        from .budget_benchmark import BUDGET_SECTION, render_budget_markdown, run_budget_latency
+
+        rows = run_budget_latency(args)
+        loads = (load_start, _load_average())
+        section = render_budget_markdown(rows, machine_description(args.threads), command, started, loads)
+        print(section)
+        if args.output is not None:
+            write_section(args.output, section, BUDGET_SECTION)
+        return 0
     if args.profile or args.vs_official is not None:
         from . import official_benchmark as ob
 
