@@ -308,10 +308,12 @@ def stage1(stripes):
 
 
 @pytest.fixture(scope="module")
-def stage2(stage1, stripes, random_crops):
-    model = copy.deepcopy(stage1["model"])
+def stage2(stage1, stripes, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stage1")
+    stage1["model"].save_pretrained(folder)
+    before = _anytime(GlanceFocusForImageClassification.from_pretrained(folder), stripes["eval"])
+    model = GlanceFocusForImageClassification.from_pretrained(folder)  # as the script loads it (no forward yet)
     frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("policy.")}
-    before = _anytime(model, stripes["eval"])
     rewards = _train(GlanceFocusStage(model, stage=2), stripes["train"], steps=300, lr=2e-3, seed=1)
     return {"model": model, "frozen": frozen, "before": before, "rewards": rewards}
 
@@ -485,3 +487,95 @@ def test_stage1_from_a_backbone_loads_it_into_both_encoders(workspace):
             torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
     assert (model.config.num_steps, model.config.patch_size, model.config.num_labels) == (3, 16, 2)
     assert model.config.id2label == {0: "horizontal", 1: "vertical"} and input_size(processor) == (SIZE, SIZE)
+
+
+@pytest.mark.slow
+def test_script_runs_the_three_stages_and_saves_a_budgeted_pipeline_folder(workspace):
+    """Stage 1 from the tiny model, stage 2 from stage 1's folder, stage 3 from stage 2's with `--calibrate_budget`:
+    each folder holds a model and processor; stage 2 changed only the policy; stage 3's config has the exit
+    thresholds, and `pipeline("image-classification")` on it gives the budgeted forward's probabilities."""
+    from PIL import Image
+    from safetensors.torch import load_file
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    root = workspace["root"]
+    one, two, three = root / "stage1", root / "stage2", root / "stage3"
+    output = _run(workspace, ["--stage", "1", "--model_name_or_path", "tiny", "--output_dir", one,
+                              "--learning_rate", "3e-3", "--max_train_steps", "24", *COMMON])  # fmt: skip
+    assert "Glance-and-Focus stage 1: encoders + classifier, random crops" in output and str(one) in output
+    assert _results(one)["train_steps"] == 24 and _results(one)["stage"] == 1
+    output = _run(workspace, ["--stage", "2", "--model_name_or_path", one, "--output_dir", two,
+                              "--max_train_steps", "8", "--ppo_epochs", "2", *COMMON])  # fmt: skip
+    assert "PPO: clip 0.2, 2 epoch(s) per batch, gamma 0.7" in output and "learning_rate 5e-05 -> 0.0003" in output
+    assert '"reward"' in output  # the logged PPO scalars
+    before, after = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {"policy"}, changed
+    budget = 0.5 * sum(GlanceFocusForImageClassification.from_pretrained(two).rung_flops()[:2]) / 1e9
+    output = _run(workspace, ["--stage", "3", "--model_name_or_path", two, "--output_dir", three,
+                              "--learning_rate", "1e-3", "--max_train_steps", "8", "--calibrate_budget", budget,
+                              *COMMON])  # fmt: skip
+    assert "Budget calibration on 128 validation images" in output
+    config = json.loads((three / "config.json").read_text())
+    assert len(config["budget_thresholds"]) == 2 and config["budget_expected_gflops"] <= budget
+    assert _results(three)["budget_expected_gflops"] == config["budget_expected_gflops"]
+
+    image = Image.fromarray(np.repeat(stripes_images(np.random.default_rng(5), [1])[0][..., None], 3, -1))
+    model = AutoModelForImageClassification.from_pretrained(three).eval()
+    with torch.no_grad():
+        probabilities = model(**AutoImageProcessor.from_pretrained(three)(image, return_tensors="pt")).logits.softmax(
+            -1
+        )
+    predictions = pipeline("image-classification", model=str(three))(image, top_k=2)
+    for prediction in predictions:  # the same logits; a float32 softmax of 2 classes: a few ulps of 1
+        assert prediction["score"] == pytest.approx(
+            probabilities[0, model.config.label2id[prediction["label"]]].item(), abs=1e-6
+        )
+
+
+@pytest.mark.slow
+def test_stage2_resumed_mid_epoch_ends_at_the_uninterrupted_weights(workspace):
+    """PPO draws its crops from the global torch RNG, which the checkpoint keeps: an 8-step stage-2 run (8 batches
+    of 32 = one epoch of 256 images) that saves `step_3`, and a second run resumed from `step_3`, end at bit-identical
+    policy weights (constant learning rate, as stage 2 uses)."""
+    from safetensors.torch import load_file
+
+    root = workspace["root"]
+    full, resumed = root / "ppo_full", root / "ppo_resumed"
+    args = ["--stage", "2", "--model_name_or_path", "tiny", "--max_train_steps", "8", *COMMON]
+    _run(workspace, [*args, "--output_dir", full, "--checkpointing_steps", "3"])
+    assert sorted(p.name for p in full.glob("step_*")) == ["step_3", "step_6"]
+    output = _run(workspace, [*args, "--output_dir", resumed, "--resume_from_checkpoint", full / "step_3"])
+    assert "Resuming from" in output
+    final, again, halfway = (load_file(p / "model.safetensors") for p in (full, resumed, full / "step_3"))
+    assert max((final[k] - halfway[k]).abs().max().item() for k in final) > 1e-5  # the last 5 steps moved the policy
+    for name in final:
+        torch.testing.assert_close(again[name], final[name], rtol=0, atol=0)
+    assert _results(resumed)["eval_accuracy"] == _results(full)["eval_accuracy"]
+
+
+@pytest.mark.slow
+def test_stages_1_and_2_under_accelerate_launch_two_processes(workspace):
+    """2 CPU processes (gloo, `--multi_gpu` as accelerate needs for several CPU processes): stage 1 (DDP finds a
+    gradient for every trained parameter: the policy is frozen) and stage 2 (only the policy is trained)."""
+    import socket
+
+    from safetensors.torch import load_file
+
+    def launcher():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                str(port)]  # fmt: skip
+
+    root = workspace["root"]
+    one, two = root / "ddp_stage1", root / "ddp_stage2"
+    output = _run(workspace, ["--stage", "1", "--model_name_or_path", "tiny", "--output_dir", one,
+                              "--max_train_steps", "4", "--learning_rate", "3e-3", *COMMON], launcher())  # fmt: skip
+    assert "(2 processes x 32 x 1 accumulation)" in output and _results(one)["train_steps"] == 4
+    _run(workspace, ["--stage", "2", "--model_name_or_path", one, "--output_dir", two, "--max_train_steps", "4",
+                     *COMMON], launcher())  # fmt: skip
+    before, after = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])} == {"policy"}

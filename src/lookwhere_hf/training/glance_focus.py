@@ -333,11 +333,16 @@ class GlanceFocusStage(nn.Module):
 
     def train(self, mode: bool = True) -> GlanceFocusStage:
         super().train(mode)
+        self._freeze_modes()
+        return self
+
+    def _freeze_modes(self) -> None:
+        """Put the frozen modules in eval mode. Called by [`train`] and at every training forward: the model's own
+        helpers may restore a whole-model mode (its FLOPs count runs in eval mode, then calls `train(True)`)."""
         trained = self.trained_modules()
         for name, module in self.model.named_children():
-            if name not in trained:
+            if name not in trained and module.training:
                 module.eval()
-        return self
 
     def forward(
         self,
@@ -365,6 +370,7 @@ class GlanceFocusStage(nn.Module):
             return GlanceFocusStageOutput(logits=outputs.logits)
         if labels is None:
             raise ValueError("Training a Glance-and-Focus stage needs `labels`.")
+        self._freeze_modes()
         if self.stage == 2:
             return self._ppo_forward(pixel_values, labels, ppo_epoch, **inputs)
         if self.stage == 1:
