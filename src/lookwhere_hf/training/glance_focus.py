@@ -50,11 +50,16 @@ __all__ = [
     "GlanceFocusTransform",
     "PPOLoss",
     "PPOSettings",
+    "build_glance_focus_model",
     "confidence_gains",
+    "describe_stage",
     "discounted_returns",
+    "input_size",
     "normalize_returns",
     "ppo_loss",
+    "stage_training_settings",
     "true_class_confidences",
+    "validate_glance_focus_arguments",
 ]
 
 STAGES = (1, 2, 3)
