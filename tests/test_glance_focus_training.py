@@ -437,6 +437,11 @@ def _run(workspace, args, launcher=None) -> str:
     return output
 
 
+def _logged(output: str) -> list[dict]:
+    """The JSON lines the training loop printed."""
+    return [json.loads(line[line.index('{"step"') :]) for line in output.splitlines() if '{"step"' in line]
+
+
 def _results(folder: Path) -> dict:
     return json.loads((folder / "all_results.json").read_text())
 
@@ -507,7 +512,12 @@ def test_script_runs_the_three_stages_and_saves_a_budgeted_pipeline_folder(works
     output = _run(workspace, ["--stage", "2", "--model_name_or_path", one, "--output_dir", two,
                               "--max_train_steps", "8", "--ppo_epochs", "2", *COMMON])  # fmt: skip
     assert "PPO: clip 0.2, 2 epoch(s) per batch, gamma 0.7" in output and "learning_rate 5e-05 -> 0.0003" in output
-    assert '"reward"' in output  # the logged PPO scalars
+    logs = _logged(output)
+    assert (
+        len(logs) == 1 and logs[0]["step"] == 8 and {"reward", "policy_loss", "value_loss", "entropy"} <= set(logs[0])
+    )
+    # the loop ran 2 updates per batch: the second one's ratios are off 1 (with 1 update approx_kl is exactly 0)
+    assert logs[0]["approx_kl"] != 0
     before, after = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
     assert changed == {"policy"}, changed
@@ -547,6 +557,7 @@ def test_stage2_resumed_mid_epoch_ends_at_the_uninterrupted_weights(workspace):
     assert sorted(p.name for p in full.glob("step_*")) == ["step_3", "step_6"]
     output = _run(workspace, [*args, "--output_dir", resumed, "--resume_from_checkpoint", full / "step_3"])
     assert "Resuming from" in output
+    assert [log["approx_kl"] for log in _logged(output)] == [0.0]  # one PPO update per batch: the rollout's policy
     final, again = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     halfway = load_file(full / "step_3" / "model.safetensors")  # the training state: the stage wrapper's `model.*`
     assert set(halfway) == {f"model.{name}" for name in final}

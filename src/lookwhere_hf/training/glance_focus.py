@@ -313,7 +313,7 @@ class GlanceFocusStage(nn.Module):
     def log_names(self) -> tuple[str, ...]:
         """The scalars of [`GlanceFocusStageOutput`] the training loop logs in this stage."""
         if self.stage == 2:
-            return ("loss", "reward", "policy_loss", "value_loss", "entropy", "clip_fraction")
+            return ("loss", "reward", "policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")
         return ("loss",)
 
     def trained_modules(self) -> set[str]:
