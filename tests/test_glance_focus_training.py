@@ -147,6 +147,16 @@ def test_ppo_settings_reject_values_out_of_range(kwargs, message):
         PPOSettings(**kwargs)
 
 
+def test_stage_wrapper_rejects_bad_input():
+    model = GlanceFocusForImageClassification(tiny_config())
+    with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
+        GlanceFocusStage(model, stage=4)
+    with pytest.raises(ValueError, match="needs a Glance-and-Focus model with a `policy`"):
+        GlanceFocusStage(nn.Linear(2, 2), stage=1)
+    with pytest.raises(ValueError, match="needs `labels`"):
+        GlanceFocusStage(model, stage=2).train()(torch.zeros(2, 3, SIZE, SIZE))
+
+
 # ----------------------------------------------------------------------------------------------- a stand-in model
 class StandInPolicy(nn.Module):
     """An actor-critic with the agreed interface: a Gaussian (std `std`) over the crop centre in [0, 1]^2, its mean a
