@@ -185,9 +185,9 @@ def test_pipeline_runs_budgeted_with_the_stored_thresholds(converted, photos):
     gaps = (confidence[:-1] - torch.tensor(thresholds)[:, None]).abs()
     assert gaps.min() > 1e-4  # no confidence within float32 noise of its threshold
     passing = torch.cat([confidence[:-1] >= torch.tensor(thresholds)[:, None], torch.ones(1, len(images), dtype=bool)])
-    exit_step = passing.int().argmax(0)
-    assert torch.equal(budgeted.exit_step, exit_step)
-    chosen = torch.stack(anytime.rung_logits)[exit_step, torch.arange(len(images))]
+    exit_rung = passing.int().argmax(0)
+    assert torch.equal(budgeted.exit_rung, exit_rung)
+    chosen = torch.stack(anytime.rung_logits)[exit_rung, torch.arange(len(images))]
     torch.testing.assert_close(budgeted.logits, chosen, rtol=0, atol=1e-4 * max(1.0, chosen.abs().max().item()))
     classify = pipeline("image-classification", model=model, image_processor=processor)
     predictions = classify([photos[name] for name in sorted(photos)], top_k=1)

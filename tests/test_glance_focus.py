@@ -118,7 +118,7 @@ def test_every_backbone_gives_the_documented_outputs_and_the_official_loss(backb
     assert out.policy_states.shape == (3, STEPS - 1, channels, height, width)
     assert out.policy_actions.shape == (3, STEPS - 1, 2)
     assert out.policy_log_probs.shape == out.state_values.shape == (3, STEPS - 1)
-    assert out.exit_step.tolist() == [STEPS - 1] * 3 and out.rung_flops.shape == (STEPS,)
+    assert out.exit_rung.tolist() == [STEPS - 1] * 3 and out.rung_flops.shape == (STEPS,)
     assert bool((out.rung_flops[1:] > out.rung_flops[:-1]).all()) and torch.equal(out.flops, out.rung_flops[[-1] * 3])
     assert torch.equal(out.policy_actions, out.crop_centers)
     # every crop lies inside the image and has the patch size
@@ -217,7 +217,7 @@ def test_budgeted_output_equals_the_anytime_output_at_each_exit_step(model):
     assert float((confidences[:, :-1] - torch.tensor(thresholds)).abs().min()) > 1e-6  # no exit is a near-tie
     assert corner_margin(anytime.crop_centers, SIZE - PATCH) > 1e-6  # no crop corner is a near-tie
     budgeted = model(batch, exit_thresholds=thresholds)
-    exits = budgeted.exit_step
+    exits = budgeted.exit_rung
     assert len(set(exits.tolist())) >= 3  # the batch really splits over the steps
     assert torch.equal(exits, simulate_exits(confidences, thresholds))
     expected = torch.stack([anytime.rung_logits[s][i] for i, s in enumerate(exits.tolist())])
@@ -232,13 +232,13 @@ def test_saved_thresholds_switch_eval_mode_to_budgeted(model):
     batch = images(4)
     model.config.budget_thresholds = [0.0] * (STEPS - 1)
     try:
-        assert model(batch).exit_step.tolist() == [0] * 4
-        assert model(batch, anytime=True).exit_step.tolist() == [STEPS - 1] * 4
+        assert model(batch).exit_rung.tolist() == [0] * 4
+        assert model(batch, anytime=True).exit_rung.tolist() == [STEPS - 1] * 4
         model.config.use_budget = False
-        assert model(batch).exit_step.tolist() == [STEPS - 1] * 4
+        assert model(batch).exit_rung.tolist() == [STEPS - 1] * 4
     finally:
         model.config.budget_thresholds, model.config.use_budget = None, True
-    assert model(batch, exit_thresholds=[NEVER_EXIT] * (STEPS - 1)).exit_step.tolist() == [STEPS - 1] * 4
+    assert model(batch, exit_thresholds=[NEVER_EXIT] * (STEPS - 1)).exit_rung.tolist() == [STEPS - 1] * 4
 
 
 # ----------------------------------------------------------------------------------------------------- FLOPs
@@ -356,8 +356,8 @@ def test_save_load_calibrate_and_pipeline_use_the_saved_thresholds(tmp_path):
         batched, reference = loaded(**inputs), model(**inputs)
         anytime = loaded(**inputs, anytime=True)
     torch.testing.assert_close(batched.logits, reference.logits)
-    assert torch.equal(batched.exit_step, reference.exit_step)
-    assert len(set(batched.exit_step.tolist())) >= 2  # the saved thresholds really send images out early
+    assert torch.equal(batched.exit_rung, reference.exit_rung)
+    assert len(set(batched.exit_rung.tolist())) >= 2  # the saved thresholds really send images out early
     # The pipeline runs one image at a time in another instance: float32 rounding may differ (by far less than 1e-5
     # for these tiny layers), so check that no exit decision or crop corner is that close to a tie.
     confidences = confidences_of(anytime.rung_logits)[:, :-1]
@@ -373,6 +373,17 @@ def test_save_load_calibrate_and_pipeline_use_the_saved_thresholds(tmp_path):
         probabilities = logits.softmax(-1)
         assert top["label"] == loaded.config.id2label[int(probabilities.argmax())]
         assert top["score"] == pytest.approx(probabilities.max().item(), rel=1e-5)
+
+
+def test_calibration_validates_the_glance_focus_config():
+    """`calibrate_budget` checks the whole config of any family (its `@strict` validators) once it has written the
+    budget: a value made invalid after construction is a `ValueError` that names it, not a silently saved config."""
+    model = make_model(dtype=torch.float32)
+    model.config.policy_action_std = 2.0  # the policy copied the valid value at construction, so the forward runs
+    data = [{"pixel_values": image, "label": i % 2} for i, image in enumerate(images(8, dtype=torch.float32))]
+    rung_gflops = [f / 1e9 for f in model.rung_flops()]
+    with pytest.raises(ValueError, match="policy_action_std"):
+        calibrate_budget(model, data, target_gflops=(rung_gflops[0] + rung_gflops[-1]) / 2, progress=False)
 
 
 @pytest.mark.slow
@@ -413,7 +424,7 @@ def test_budgeted_folder_runs_with_trust_remote_code_alone(tmp_path):
             out = model(**processor(images, return_tensors="pt"))
         top = pipeline("image-classification", model=folder, trust_remote_code=True)(images[0], top_k=1)[0]
         assert "lookwhere_hf" not in sys.modules, "lookwhere_hf was imported"
-        torch.save({{"logits": out.logits, "exit_step": out.exit_step, "crop_boxes": out.crop_boxes,
+        torch.save({{"logits": out.logits, "exit_rung": out.exit_rung, "crop_boxes": out.crop_boxes,
                      "label": top["label"]}}, {str(tmp_path / "out.pt")!r})
         """
     )
@@ -421,7 +432,7 @@ def test_budgeted_folder_runs_with_trust_remote_code_alone(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     remote = torch.load(tmp_path / "out.pt")
-    assert torch.equal(remote["exit_step"], expected.exit_step) and len(set(expected.exit_step.tolist())) >= 2
+    assert torch.equal(remote["exit_rung"], expected.exit_rung) and len(set(expected.exit_rung.tolist())) >= 2
     assert torch.equal(remote["crop_boxes"], expected.crop_boxes)
     torch.testing.assert_close(remote["logits"], expected.logits)
     assert remote["label"] == model.config.id2label[int(expected.logits[0].argmax())]

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 
 __all__ = [
     "BudgetCalibration",
@@ -308,7 +309,8 @@ def calibrate_budget(
     config.budget_target_gflops = result.target_flops
     config.budget_expected_gflops = result.expected_flops
     config.budget_calibration_accuracy = result.accuracy
-    validate = getattr(config, "validate_lookwhere", None)
-    if validate is not None:
-        validate()
+    try:  # every family's `@strict` class validators (`validate_lookwhere`, `validate_glance_focus`, ...)
+        config.validate()
+    except StrictDataclassClassValidationError as error:
+        raise ValueError(f"The calibrated budget does not fit the model's config: {error.__cause__}") from error
     return result

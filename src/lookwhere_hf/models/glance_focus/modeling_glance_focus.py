@@ -126,10 +126,11 @@ class GlanceFocusImageClassifierOutput(ModelOutput):
     rung_flops (`torch.LongTensor` of shape `(num_steps,)`):
         Cumulative inference FLOPs per image of stopping after each step (see
         [`GlanceFocusForImageClassification.rung_flops`]).
-    exit_step (`torch.LongTensor` of shape `(batch_size,)`):
-        The step each image's `logits` come from (the last one when every step runs).
+    exit_rung (`torch.LongTensor` of shape `(batch_size,)`):
+        The rung (= the step) at which each image exited, so the step its `logits` come from (the last one when every
+        step runs); the field name all model families of `lookwhere_hf` share.
     flops (`torch.LongTensor` of shape `(batch_size,)`):
-        FLOPs spent on each image, `rung_flops[exit_step]`.
+        FLOPs spent on each image, `rung_flops[exit_rung]`.
     crop_boxes (`torch.LongTensor` of shape `(batch_size, num_steps - 1, 4)`):
         Pixel boxes `(x0, y0, x1, y1)` (x1, y1 exclusive) of the focus crops in `pixel_values`; `-1` for steps an
         image did not take (budgeted).
@@ -152,7 +153,7 @@ class GlanceFocusImageClassifierOutput(ModelOutput):
     rung_logits: tuple[torch.FloatTensor, ...] | None = None
     encoder_logits: tuple[torch.FloatTensor, ...] | None = None
     rung_flops: torch.LongTensor | None = None
-    exit_step: torch.LongTensor | None = None
+    exit_rung: torch.LongTensor | None = None
     flops: torch.LongTensor | None = None
     crop_boxes: torch.LongTensor | None = None
     crop_centers: torch.FloatTensor | None = None
@@ -698,7 +699,7 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         want_encoder_logits = labels is not None and thresholds is None and config.encoder_loss_weight > 0
 
         running = torch.arange(batch_size, device=device)  # images still going, as indices into the batch
-        exit_step = torch.full((batch_size,), num_steps - 1, dtype=torch.long, device=device)
+        exit_rung = torch.full((batch_size,), num_steps - 1, dtype=torch.long, device=device)
         boxes = torch.full((batch_size, num_steps - 1, 4), -1, dtype=torch.long, device=device)
         centers = torch.full((batch_size, num_steps - 1, 2), float("nan"), dtype=dtype, device=device)
         rung_logits, encoder_logits, logits = [], [], None
@@ -746,7 +747,7 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
                 else _confidence(step_logits) >= thresholds[step]
             )
             logits = logits.index_put((running[leaving],), step_logits[leaving])
-            exit_step[running[leaving]] = step
+            exit_rung[running[leaving]] = step
             staying = ~leaving
             running = running[staying]
             if len(running) == 0:
@@ -780,8 +781,8 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
             rung_logits=tuple(rung_logits) if thresholds is None else None,
             encoder_logits=tuple(encoder_logits) if want_encoder_logits else None,
             rung_flops=rung_flops,
-            exit_step=exit_step,
-            flops=rung_flops[exit_step],
+            exit_rung=exit_rung,
+            flops=rung_flops[exit_rung],
             crop_boxes=boxes,
             crop_centers=centers,
             policy_states=stacked(policy_states, *self.policy.state_shape),
