@@ -65,8 +65,7 @@ import torch
 from transformers import HfArgumentParser, ResNetConfig, TimmWrapperConfig
 
 from ...budget import NEVER_EXIT
-from ...utils import hub_offline
-from ..lookwhere.convert_lookwhere_original_to_hf import ConversionError, _first_line, _listing
+from ..lookwhere.convert_lookwhere_original_to_hf import ConversionError, _first_line, _listing, push_folder_to_hub
 from .configuration_glance_focus import GlanceFocusConfig
 from .image_processing_glance_focus import GlanceFocusImageProcessor
 from .modeling_glance_focus import GlanceFocusForImageClassification
@@ -621,30 +620,6 @@ def self_check(output_dir: str | os.PathLike, converted: GlanceFocusForImageClas
     return report
 
 
-def push_folder_to_hub(output_dir: str | os.PathLike, repo_id: str, log=print) -> str:
-    """Upload a converted folder to the Hub (`create_repo` + `upload_folder`), with clear errors."""
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
-        raise ConversionError(f"--push_to_hub expects a repo id like 'USER/gfnet-resnet50-96', got {repo_id!r}.")
-    later = (
-        f"The converted model is complete in {str(output_dir)!r}; upload it later: `hf upload {repo_id} {output_dir}`."
-    )
-    if hub_offline():
-        raise ConversionError(f"Cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE). {later}")
-    import huggingface_hub
-
-    try:
-        huggingface_hub.create_repo(repo_id, exist_ok=True, repo_type="model")
-        huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="Upload GFNet")
-    except Exception as err:  # network, authentication and permission errors all end here
-        raise ConversionError(
-            f"Pushing to the Hub repo {repo_id!r} failed ({type(err).__name__}: {_first_line(err)}). Check your "
-            f"network and that you are logged in (`hf auth login`) with write access. {later}"
-        ) from None
-    url = f"https://huggingface.co/{repo_id}"
-    log(f"Pushed {output_dir} to {url}.")
-    return url
-
-
 # --------------------------------------------------------------------------------------------------- conversion
 @dataclass
 class ConversionResult:
@@ -736,7 +711,7 @@ def convert_checkpoint(
     if run_self_check:
         result.self_check = self_check(output_dir, model, log=log)
     if push_to_hub:
-        result.pushed_to = push_folder_to_hub(output_dir, push_to_hub, log=log)
+        result.pushed_to = push_folder_to_hub(output_dir, push_to_hub, log=log, commit_message="Upload GFNet")
     log(
         f"Done. Load it with AutoModelForImageClassification.from_pretrained({str(output_dir)!r}) after "
         "`import lookwhere_hf`."

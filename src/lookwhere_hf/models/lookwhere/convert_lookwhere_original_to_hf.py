@@ -415,10 +415,13 @@ def self_check(output_dir: str | os.PathLike, reference_model: LookWhereModel, l
     return report
 
 
-def push_folder_to_hub(output_dir: str | os.PathLike, repo_id: str, log=print) -> str:
-    """Upload a converted folder to the Hub (`create_repo` + `upload_folder`), with clear errors."""
+def push_folder_to_hub(
+    output_dir: str | os.PathLike, repo_id: str, log=print, commit_message: str = "Upload LookWhere"
+) -> str:
+    """Upload a converted folder to the Hub (`create_repo` + `upload_folder`), with clear errors (every converter's
+    `--push_to_hub`)."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
-        raise ConversionError(f"--push_to_hub expects a repo id like 'USER/lookwhere-dinov2-vitb14', got {repo_id!r}.")
+        raise ConversionError(f"--push_to_hub expects a repo id like 'USER/MODEL_NAME', got {repo_id!r}.")
     later = (
         f"The converted model is complete in {str(output_dir)!r}; upload it later: `hf upload {repo_id} {output_dir}`."
     )
@@ -428,7 +431,7 @@ def push_folder_to_hub(output_dir: str | os.PathLike, repo_id: str, log=print) -
 
     try:
         huggingface_hub.create_repo(repo_id, exist_ok=True, repo_type="model")
-        huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="Upload LookWhere")
+        huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message=commit_message)
     except Exception as err:  # network, authentication and permission errors all end here
         raise ConversionError(
             f"Pushing to the Hub repo {repo_id!r} failed ({type(err).__name__}: {_first_line(err)}). Check your "
