@@ -269,10 +269,7 @@ class GlanceFocusClassifier(nn.Module):
         memory = features if memory is None else torch.cat((memory, features), dim=1)
         if step == 0:
             return None, memory
-        head = getattr(self, f"fc_{step + 1}", None)
-        if head is None:
-            raise ValueError(f"The concat classifier has no head for step {step} (num_steps={step}).")
-        return head(memory), memory
+        return getattr(self, f"fc_{step + 1}")(memory), memory
 
 
 class GlanceFocusPolicy(nn.Module):
@@ -496,9 +493,16 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         """
         config = self.config
         key = (config.glance_side, config.patch_size, config.num_steps, config.glance_logits, config.classifier_type)
-        cached = self._step_flops_cache.get(key)
-        if cached is not None:
-            return {name: list(value) if isinstance(value, list) else value for name, value in cached.items()}
+        if key not in self._step_flops_cache:
+            self._step_flops_cache[key] = self._count_step_flops()
+        return {
+            name: list(value) if isinstance(value, list) else value
+            for name, value in self._step_flops_cache[key].items()
+        }
+
+    def _count_step_flops(self) -> dict[str, int | list[int]]:
+        """[`step_flops`] without the cache."""
+        config = self.config
         parameter = next(self.parameters())
         device, dtype = parameter.device, parameter.dtype
         channels = self.glance_encoder.num_channels
@@ -524,8 +528,7 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
                 }
         finally:
             self.train(was_training)
-        self._step_flops_cache[key] = parts
-        return self.step_flops()
+        return parts
 
     def rung_flops(self) -> list[int]:
         """Cumulative inference FLOPs per image of stopping after each step (`num_steps` values), from
