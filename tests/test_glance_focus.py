@@ -506,3 +506,15 @@ def test_forward_rejects_bad_inputs(model):
         model(images(1), output_hidden_states=True)
     with pytest.raises(ValueError, match="Policy states"):
         model.policy.evaluate(torch.zeros(1, 2, 3, 1, 1, dtype=torch.float64), torch.zeros(1, 2, 2))
+
+
+def test_flops_count_gives_every_module_its_own_mode_back():
+    """A training stage keeps frozen encoders in eval mode inside a training model; counting FLOPs (which runs in
+    eval mode) must not switch them to training mode, or their batch-norm statistics would start to move."""
+    model = make_model()
+    model.train()
+    model.glance_encoder.eval()
+    modes = {name: module.training for name, module in model.named_modules()}
+    model.rung_flops()
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    assert not model.glance_encoder.training and model.focus_encoder.training

@@ -342,8 +342,8 @@ class GlanceFocusStage(nn.Module):
         return self
 
     def _freeze_modes(self) -> None:
-        """Put the frozen modules in eval mode. Called by [`train`] and at every training forward: the model's own
-        helpers may restore a whole-model mode (its FLOPs count runs in eval mode, then calls `train(True)`)."""
+        """Put the frozen modules in eval mode. Called by [`train`] and at every training forward, in case anything
+        outside the stage set a whole-model mode (`model.train()`)."""
         trained = self.trained_modules()
         for name, module in self.model.named_children():
             if name not in trained and module.training:

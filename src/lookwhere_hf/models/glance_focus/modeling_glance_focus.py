@@ -506,8 +506,10 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         parameter = next(self.parameters())
         device, dtype = parameter.device, parameter.dtype
         channels = self.glance_encoder.num_channels
-        was_training = self.training
-        self.eval()  # batch norm must neither fail on 1x1 maps nor update its statistics
+        # Batch norm must neither fail on 1x1 maps nor update its statistics: count in eval mode, then give every
+        # module back its own mode (a training stage may keep frozen encoders in eval mode inside a training model).
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
         try:
             with torch.no_grad():
                 glance = torch.zeros(1, channels, config.glance_side, config.glance_side, device=device, dtype=dtype)
@@ -527,7 +529,8 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
                     "glance_head": count_flops(self.glance_head, features),
                 }
         finally:
-            self.train(was_training)
+            for module, mode in modes:
+                module.training = mode
         return parts
 
     def rung_flops(self) -> list[int]:
