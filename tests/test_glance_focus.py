@@ -1,6 +1,7 @@
 """Glance-and-Focus (issue 13): the model family on tiny backbones (ResNet, ConvNeXt, MobileNetV2, DINOv2 with
 registers, a timm model through TimmWrapper), the policy, the budgeted forward, FLOPs, save / load and the pipeline."""
 
+import json
 import math
 import os
 import subprocess
@@ -29,7 +30,7 @@ from transformers import (
     pipeline,
 )
 
-from lookwhere_hf import GlanceFocusConfig, GlanceFocusForImageClassification, GlanceFocusImageProcessor
+from lookwhere_hf import GlanceFocusConfig, GlanceFocusForImageClassification, GlanceFocusImageProcessor, cli
 from lookwhere_hf.budget import NEVER_EXIT, calibrate_budget, simulate_exits
 from lookwhere_hf.models.glance_focus.modeling_glance_focus import crop_boxes_from_centers, crop_patches
 
@@ -323,7 +324,7 @@ def test_a_glance_larger_than_the_crop_is_pooled_to_the_policy_state(backbone):
 
 
 # ----------------------------------------------------------------------------------------------------- save / load
-def test_save_load_calibrate_and_pipeline_use_the_saved_thresholds(tmp_path):
+def test_save_load_calibrate_and_pipeline_use_the_saved_thresholds(tmp_path, capsys):
     model = make_model(dtype=torch.float32)
     processor = GlanceFocusImageProcessor.from_glance_focus_config(model.config)
     rng = np.random.default_rng(0)
@@ -373,6 +374,17 @@ def test_save_load_calibrate_and_pipeline_use_the_saved_thresholds(tmp_path):
         probabilities = logits.softmax(-1)
         assert top["label"] == loaded.config.id2label[int(probabilities.argmax())]
         assert top["score"] == pytest.approx(probabilities.max().item(), rel=1e-5)
+
+    # `lookwhere-hf predict --budget` runs the same budgeted pipeline for this family, and refuses a smaller budget.
+    picture_path = tmp_path / "picture.png"
+    pictures[0].save(picture_path)  # lossless: the same pixels
+    argv = ["predict", str(picture_path), "--model", str(tmp_path), "--top-k", "1", "--json"]
+    assert cli.main([*argv, "--budget", str(result.expected_flops)]) == 0
+    (printed,) = json.loads(capsys.readouterr().out)
+    assert printed["predictions"][0]["label"] == loaded.config.id2label[int(batched.logits[0].argmax())]
+    assert cli.main([*argv, "--budget", str(result.expected_flops / 2)]) == 2
+    assert cli.main([*argv, "--k-ratio", "0.1"]) == 2  # LookWhere's k means nothing here
+    assert "drop --k-ratio" in capsys.readouterr().err
 
 
 def test_calibration_validates_the_glance_focus_config():

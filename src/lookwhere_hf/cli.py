@@ -109,22 +109,35 @@ def _resolve_model_path(model: str | None) -> str:
     return model
 
 
-def _load(auto_class, model_path: str, k_ratio: float | None):
-    """Load a LookWhere model (with `auto_class`) and its image processor; errors become one-line CLIErrors."""
+CLASSIFIER_FAMILIES = ("lookwhere", "lookupvit", "glance_focus")
+"""The `model_type`s `predict` classifies with (every family of the package; `--budget` needs saved thresholds)."""
+
+
+def _load(auto_class, model_path: str, k_ratio: float | None, families: tuple[str, ...] = ("lookwhere",)):
+    """Load a model of one of `families` (with `auto_class`) and its image processor; errors become one-line
+    CLIErrors. `k_ratio` is LookWhere's fixed k (it turns saved budget thresholds off)."""
     hf_logging.set_verbosity_error()  # e.g. the "unexpected classifier weights" report when loading the bare model
     try:
         model = auto_class.from_pretrained(model_path).eval()
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CLIError(f"could not load a LookWhere model from {model_path!r}: {first}") from None
-    if getattr(model.config, "model_type", None) != "lookwhere":
-        raise CLIError(f"{model_path!r} holds a {model.config.model_type!r} model, not a LookWhere model")
+        raise CLIError(f"could not load a model from {model_path!r}: {first}") from None
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in families:
+        wanted = " or ".join(repr(family) for family in families)
+        raise CLIError(f"{model_path!r} holds a {model_type!r} model; this command needs a {wanted} model")
     if k_ratio is not None:
+        if model_type != "lookwhere":
+            raise CLIError(f"--k-ratio sets LookWhere's k; {model_path!r} is a {model_type!r} model, drop --k-ratio")
         model.config.k_ratio = k_ratio
         model.config.use_budget = False  # a fixed k was asked for: saved budget thresholds would override it
     try:
         processor = AutoImageProcessor.from_pretrained(model_path)
     except (OSError, ValueError):  # a folder without preprocessor_config.json
+        if model_type != "lookwhere":
+            raise CLIError(
+                f"{model_path!r} has no preprocessor_config.json; save the image processor with the model"
+            ) from None
         processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
     return model, processor
 
@@ -256,7 +269,7 @@ def cmd_predict(args) -> int:
     files = _check_image_files(args.images)
     images = [_open_image(path) for path in files]  # fail on unreadable files before loading the model
     model_path = _resolve_model_path(args.model)
-    model, processor = _load(AutoModelForImageClassification, model_path, args.k_ratio)
+    model, processor = _load(AutoModelForImageClassification, model_path, args.k_ratio, CLASSIFIER_FAMILIES)
     if not getattr(model.config, "num_labels", 0) or not hasattr(model, "classifier"):
         raise CLIError(f"{model_path!r} is not an image-classification model (no classifier head)")
     if args.budget is not None:
@@ -295,7 +308,9 @@ def _check_budget(config, processor, budget: float, k_ratio: float | None) -> No
             f"the saved thresholds spend {expected:.3g} GFLOPs per image on their calibration split (target "
             f"{config.budget_target_gflops:.3g}), more than --budget {budget:g}; recalibrate for this budget"
         )
-    size = getattr(processor, "size", None) or {}
+    # The size the model sees: the centre crop when the processor crops (Glance-and-Focus), else the resize.
+    size = (getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None) or {}
+    size = size or getattr(processor, "size", None) or {}
     calibrated = config.budget_image_size
     if calibrated is not None and [size.get("height"), size.get("width")] != list(calibrated):
         raise CLIError(
@@ -435,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser(
         "predict",
-        help="classify images with a LookWhere image-classification model",
+        help="classify images with a LookWhere, LookupViT or Glance-and-Focus image-classification model",
         description="Prints the top classes of each image (or JSON with --json).",
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
