@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
+    AutoModel,
     AutoModelForImageClassification,
     BertConfig,
     ConvNextConfig,
@@ -530,3 +531,25 @@ def test_flops_count_gives_every_module_its_own_mode_back():
     model.rung_flops()
     assert {name: module.training for name, module in model.named_modules()} == modes
     assert not model.glance_encoder.training and model.focus_encoder.training
+
+
+@pytest.mark.parametrize("backbone", ["resnet", "dinov2_with_registers"])
+def test_from_backbone_copies_the_backbone_into_both_encoders_and_nothing_else(backbone, tmp_path):
+    torch.manual_seed(0)
+    source = AutoModel.from_config(BACKBONES[backbone]())
+    source.save_pretrained(tmp_path)
+    torch.manual_seed(1)
+    model = GlanceFocusForImageClassification.from_backbone(
+        str(tmp_path), num_labels=NUM_LABELS, image_size=SIZE, patch_size=PATCH, num_steps=STEPS
+    )
+    reference = source.state_dict()
+    for encoder in (model.glance_encoder, model.focus_encoder):
+        copied = encoder.backbone.state_dict()
+        assert copied.keys() == reference.keys()
+        for name, tensor in reference.items():
+            assert torch.equal(copied[name], tensor), name
+    assert model.glance_encoder.backbone.state_dict().keys() == model.focus_encoder.backbone.state_dict().keys()
+    # The encoders own separate tensors: stage 1 trains them apart.
+    assert next(model.glance_encoder.parameters()).data_ptr() != next(model.focus_encoder.parameters()).data_ptr()
+    with pytest.raises(ValueError, match="drop `backbone_config`"):
+        GlanceFocusForImageClassification.from_backbone(source, backbone_config=source.config, num_labels=2)

@@ -635,7 +635,7 @@ def build_glance_focus_model(gf_args: GlanceFocusArguments, hub, id2label: dict[
     """
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-    from ..models.glance_focus import GlanceFocusConfig, GlanceFocusForImageClassification, GlanceFocusImageProcessor
+    from ..models.glance_focus import GlanceFocusForImageClassification, GlanceFocusImageProcessor
 
     id2label = dict(enumerate(id2label.values()))
     fields = {"num_labels": len(id2label), "id2label": id2label, "label2id": {n: i for i, n in id2label.items()}}
@@ -648,9 +648,7 @@ def build_glance_focus_model(gf_args: GlanceFocusArguments, hub, id2label: dict[
         if gf_args.backbone_name_or_path:
             source = gf_args.backbone_name_or_path
             backbone = AutoModel.from_pretrained(source, trust_remote_code=hub.trust_remote_code, **hub_kwargs)
-            model = GlanceFocusForImageClassification(GlanceFocusConfig(backbone_config=backbone.config, **fields))
-            for encoder in (model.glance_encoder, model.focus_encoder):
-                encoder.backbone.load_state_dict(backbone.state_dict())
+            model = GlanceFocusForImageClassification.from_backbone(backbone, **fields)
         else:
             source = gf_args.model_name_or_path
             config = AutoConfig.from_pretrained(source, trust_remote_code=hub.trust_remote_code, **hub_kwargs)

@@ -475,6 +475,32 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         self._step_flops_cache: dict = {}
         self.post_init()
 
+    @classmethod
+    def from_backbone(cls, backbone, **config_kwargs) -> GlanceFocusForImageClassification:
+        """A classifier whose glance and focus encoders both start from the weights of a pretrained backbone (stage 1
+        of the training then fine-tunes them apart); the heads, the classifier and the policy are new.
+
+        Args:
+            backbone (`PreTrainedModel` or `str`): a transformers vision model (e.g. `ResNetModel`,
+                `ConvNextModel`, `Dinov2WithRegistersModel`, `TimmWrapperModel`) or a path / Hub id that
+                `AutoModel.from_pretrained` loads.
+            config_kwargs: the other [`GlanceFocusConfig`] fields (`num_labels`, `patch_size`, `num_steps`, ...).
+
+        Example:
+
+        ```python
+        >>> model = GlanceFocusForImageClassification.from_backbone("microsoft/resnet-50", num_labels=10, patch_size=96)
+        ```
+        """
+        if isinstance(backbone, str):
+            backbone = AutoModel.from_pretrained(backbone)
+        if "backbone_config" in config_kwargs:
+            raise ValueError("`from_backbone` takes the backbone's own config; drop `backbone_config`.")
+        model = cls(GlanceFocusConfig(backbone_config=backbone.config, **config_kwargs))
+        for encoder in (model.glance_encoder, model.focus_encoder):
+            encoder.backbone.load_state_dict(backbone.state_dict())
+        return model
+
     # ------------------------------------------------------------------ FLOPs
     def step_flops(self) -> dict[str, int | list[int]]:
         """Inference FLOPs per image of each part, counted once with `torch.utils.flop_counter.FlopCounterMode`
