@@ -165,6 +165,17 @@ def test_self_check_fails_loudly_and_removes_the_file(tmp_path, monkeypatch):
         export_lookwhere(tiny(LookWhereForImageClassification), path, format="torch", k=K, log=None)
     assert not path.exists()
 
+    def reselecting(exported, pixel_values, names):
+        """Another selection while the maps agree: not a near-tie, a wrong graph."""
+        outputs = real(exported, pixel_values, names)
+        outputs["selected_indices"] = outputs["selected_indices"].flip(1)
+        return outputs
+
+    monkeypatch.setattr(lw_export, "run_exported", reselecting)
+    with pytest.raises(ExportError, match="selects other patches than the eager model"):
+        export_lookwhere(tiny(LookWhereForImageClassification), path, format="torch", k=K, log=None)
+    assert not path.exists()
+
 
 def test_bad_export_arguments(tmp_path):
     model = tiny(LookWhereForImageClassification)
@@ -183,6 +194,9 @@ def test_bad_export_arguments(tmp_path):
             export_lookwhere(model, log=None, **kwargs)
     with pytest.raises(ExportError, match="Could not read a model config"):
         export_lookwhere(tmp_path / "missing", tmp_path / "m.onnx", log=None)
+    (tmp_path / "not_an_image.png").write_text("hello")
+    with pytest.raises(ExportError, match="Cannot read the check image"):
+        export_lookwhere(model, tmp_path / "m.pt2", format="torch", check_image=tmp_path / "not_an_image.png", log=None)
 
 
 # ----------------------------------------------------------------------------------------------------- CLI

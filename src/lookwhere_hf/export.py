@@ -282,8 +282,13 @@ def _check_inputs(model, image_size: int, batch_size: int, check_image) -> dict[
         check_image = paths[0]
     from PIL import Image
 
-    with Image.open(check_image) as opened:
-        image = opened.convert("RGB")
+    try:
+        with Image.open(check_image) as opened:
+            image = opened.convert("RGB")
+    except OSError as err:  # missing file, or not an image (PIL's UnidentifiedImageError is an OSError)
+        raise ExportError(
+            f"Cannot read the check image {str(check_image)!r} ({type(err).__name__}); pass an image file."
+        ) from None
     processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
     size = {"height": image_size, "width": image_size}
     pixel_values = processor(image, size=size, return_tensors="pt")["pixel_values"]
@@ -366,6 +371,7 @@ def export_lookwhere(
         f"Exporting {type(model).__name__} to {format} at {image_size}x{image_size} px, k = {k}, batch "
         f"{'dynamic' if dynamic_batch else batch_size}: {path}"
     )
+    check_inputs = _check_inputs(model, image_size, batch_size, check_image) if check else {}
     _write(wrapper, example, path, format, dynamic_batch)
     result = ExportResult(
         path=str(path),
@@ -379,11 +385,16 @@ def export_lookwhere(
     )
     if check:
         exported = _load_exported(path, format)
-        for label, pixel_values in _check_inputs(model, image_size, batch_size, check_image).items():
+        for label, pixel_values in check_inputs.items():
             pixel_values = pixel_values.to(dtype)
             with torch.no_grad():
                 expected = dict(zip(names, wrapper(pixel_values)))
-            result.checks.extend(_compare(label, run_exported(exported, pixel_values, names), expected, k, tolerance))
+            try:
+                checks = _compare(label, run_exported(exported, pixel_values, names), expected, k, tolerance)
+            except ExportError:  # another selection: the file is wrong, do not leave it behind
+                path.unlink(missing_ok=True)
+                raise
+            result.checks.extend(checks)
         failed = [c for c in result.checks if not c.passed]
         for c in result.checks:
             if c.output != "selected_indices":
