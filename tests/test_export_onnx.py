@@ -98,6 +98,9 @@ def test_selection_is_inside_the_onnx_graph(exported):
     assert [i.name for i in graph.input] == ["pixel_values"]
     ops = {node.op_type for node in graph.node}
     assert "TopK" in ops and "GatherND" in ops
+    # The dense spreading's bag sums are a Gather + ReduceSum, not an ONNX Loop over the grid positions.
+    dense_ops = {node.op_type for node in onnx.load(exported[LookWhereModel][1].path).graph.node}
+    assert "Loop" not in dense_ops and "ReduceSum" in dense_ops
 
 
 def test_onnx_dense_features_keep_the_selected_tokens(exported):

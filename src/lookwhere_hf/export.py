@@ -32,7 +32,9 @@ lookwhere-hf export --format torch MODEL_DIR model.pt2
 Note on the ONNX graph optimizer: `onnxscript`'s default rewrite rules match `x + c` as a no-op when `|c| <= 1e-8`
 (its pattern constants compare with `math.isclose(..., abs_tol=1e-8)`), which deletes the `+ 1e-8` of the spreading
 weights `1 / (d + 1e-8)` and turns every selected position's weight into `1 / 0`. The export therefore skips that
-optimizer (`optimize=False`); ONNX Runtime applies its own graph optimizations when it loads the model.
+optimizer (`optimize=False`); ONNX Runtime applies its own graph optimizations when it loads the model. The
+spreading's weighted sum (`F.embedding_bag`) is written as Gather + Mul + ReduceSum instead of the exporter's ONNX Loop
+over the grid positions (see `_embedding_bag_as_gather_sum`).
 """
 
 from __future__ import annotations
@@ -180,6 +182,33 @@ def _require_onnx(with_runtime: bool = True) -> None:
         raise ExportError(f"ONNX export needs the packages {missing}: {_ONNX_PACKAGES}")
 
 
+def _embedding_bag_as_gather_sum(
+    weight,
+    indices,
+    offsets,
+    scale_grad_by_freq=False,
+    mode=0,
+    sparse=False,
+    per_sample_weights=None,
+    include_last_offset=False,
+    padding_idx=None,
+):
+    """ONNX translation of `aten::embedding_bag.padding_idx` for the dense spreading's weighted bag sums: one Gather of
+    the `(num_bags * K, D)` neighbour tokens, a multiply by the weights and a ReduceSum over each bag's K (the default
+    translation is an ONNX Loop over the bags, slower in ONNX Runtime).
+
+    Valid only for what the spreading calls, `F.embedding_bag` on a 2-D `(num_bags, K)` input (bags of equal size K,
+    offsets `0, K, 2K, ...`, `mode="sum"`, `per_sample_weights` given, no padding index). Only the first output (the
+    bag sums) is used; the other three are placeholders."""
+    from onnxscript import opset18 as op
+
+    tokens = op.Gather(weight, indices, axis=0)  # (num_bags * K, D)
+    weighted = op.Mul(tokens, op.Unsqueeze(per_sample_weights, op.Constant(value_ints=[1])))
+    shape = op.Concat(op.Shape(offsets), op.Constant(value_ints=[-1]), op.Shape(weight, start=1), axis=0)
+    sums = op.ReduceSum(op.Reshape(weighted, shape), op.Constant(value_ints=[1]), keepdims=0)  # (num_bags, D)
+    return sums, offsets, offsets, offsets
+
+
 def _write(wrapper: _FixedKForward, example: torch.Tensor, path: Path, format: str, dynamic_batch: bool) -> None:
     dynamic_shapes = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
     with torch.no_grad():
@@ -197,6 +226,7 @@ def _write(wrapper: _FixedKForward, example: torch.Tensor, path: Path, format: s
             dynamo=True,
             optimize=False,  # see the module docstring: onnxscript's rewrites drop the spreading's `+ 1e-8`
             verbose=False,
+            custom_translation_table={torch.ops.aten.embedding_bag.padding_idx: _embedding_bag_as_gather_sum},
         )
         program.save(str(path))
 
