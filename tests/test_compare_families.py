@@ -164,6 +164,10 @@ def test_end_to_end_numbers_are_consistent(tmp_path):
         expected = sum(share * cost for share, cost in zip(point["exit_shares"], costs, strict=True))
         assert point["gflops_of_simulated_exits"] == pytest.approx(expected, rel=1e-12)
         assert abs(point["gflops"] - point["gflops_of_simulated_exits"]) <= one_image * (1 + 1e-9)
+    for point in seed["budgeted_no_glance"].values():  # the glance exit off: nobody leaves there
+        assert point["exit_shares"][0] == 0.0 and point["thresholds"][0] > 1.0
+        assert point["validation_gflops"] <= point["target_gflops"] * (1 + 1e-12)
+        assert costs[1] * (1 - 1e-12) <= point["gflops"] <= costs[-1] * (1 + 1e-12)
     accuracies = [point["validation_accuracy"] for point in targets]
     assert accuracies == sorted(accuracies)
     for name, training in seed["rung_training"].items():
