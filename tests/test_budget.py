@@ -263,6 +263,28 @@ def test_fit_gives_the_profile_shares_and_the_exit_cost():
     assert cheapest.exit_shares == [1.0, 0.0] and cheapest.expected_flops == 1.0
 
 
+def test_fit_skips_a_rung_that_is_not_worth_stopping_at():
+    # 3 rungs costing 1, 2, 4; rung 0 (a glance at chance) is wrong on every image but confident on some, rungs 1
+    # and 2 are right. For a mean of 2, GFNet's search (shares ~ p ** t over all rungs) must send some images out at
+    # rung 0, wrong; with rung subsets the calibration skips rung 0 and sends everyone to rung 1, right.
+    labels = torch.arange(12) % 3
+    probabilities = torch.zeros(12, 3, 3, dtype=torch.float64)
+    confidence = torch.linspace(0.4, 0.9, 12, dtype=torch.float64)
+    wrong = (labels + 1) % 3
+    probabilities[:, 0] = ((1 - confidence) / 2).unsqueeze(1)
+    probabilities[torch.arange(12), 0, wrong] = confidence
+    sure = torch.linspace(0.5, 0.95, 12, dtype=torch.float64)  # rung 1: right, with distinct confidences (no ties)
+    probabilities[:, 1] = ((1 - sure) / 2).unsqueeze(1)
+    probabilities[torch.arange(12), 1, labels] = sure
+    probabilities[:, 2] = torch.nn.functional.one_hot(labels, 3).double()
+    fit = fit_budget_thresholds(probabilities, labels, [1.0, 2.0, 4.0], target_flops=2.0)
+    assert fit.thresholds[0] == NEVER_EXIT and fit.exit_shares == [0.0, 1.0, 0.0]
+    assert fit.accuracy == 1.0 and fit.expected_flops == 2.0
+    assert simulate_exits(probabilities.max(-1).values, fit.thresholds).tolist() == [1] * 12
+    gfnet = fit_budget_thresholds(probabilities, labels, [1.0, 2.0, 4.0], target_flops=2.0, skip_rungs=False)
+    assert gfnet.exit_shares[0] > 0 and gfnet.accuracy == 1 - gfnet.exit_shares[0]
+
+
 @pytest.mark.parametrize(
     "case, message",
     [

@@ -9,7 +9,10 @@ classification") does it, as we read the paper and its `dynamic_evaluate`:
    exiting at each rung.
 2. For each `p` of a grid, an *exit profile*: the share of images that exits at rung `t` is proportional to `p ** t`
    (`t = 0 .. T-1`; small `p` puts most images on the early rungs, large `p` on the late ones, `p = 0` all on the
-   first).
+   first). Beyond GFNet, the profiles also run over every subset of the rungs that keeps the last one: a skipped rung
+   gets no exits (threshold above any confidence). Without that, every profile sends some images out at the first
+   rung, however bad its predictions (a glance exit near chance level, say); with it, the calibration finds on its
+   own that a rung is not worth stopping at.
 3. Thresholds for a profile, rung by rung: among the images still running, sort their confidence at this rung and
    put the threshold between the `n_t`-th and the `n_t + 1`-th largest (the midpoint, so that a confidence recomputed
    with other rounding does not cross it), where `n_t` is the profile's count for the rung.
@@ -58,7 +61,8 @@ class BudgetCalibration:
         expected_flops (`float`): mean FLOPs per image of the exit rule on the calibration split.
         accuracy (`float`): top-1 accuracy of the exit rule on the calibration split.
         exit_shares (`list[float]`): share of the calibration images that exits at each rung.
-        p (`float`): the exit profile chosen (share at rung `t` proportional to `p ** t`).
+        p (`float`): the exit profile chosen (share at the `j`-th rung used proportional to `p ** j`; rungs with
+            share 0 in `exit_shares` and threshold `NEVER_EXIT` were skipped).
         target_flops (`float`): the budget.
         rung_flops (`list[float]`): cumulative FLOPs per image of each rung.
         num_images (`int`): size of the calibration split.
@@ -125,6 +129,7 @@ def fit_budget_thresholds(
     rung_flops: Sequence[float] | torch.Tensor,
     target_flops: float,
     p_grid: Sequence[float] | None = None,
+    skip_rungs: bool = True,
 ) -> BudgetCalibration:
     """Fit exit thresholds on held-out anytime outputs so that the mean FLOPs per image is `<= target_flops`.
 
@@ -135,6 +140,9 @@ def fit_budget_thresholds(
         target_flops (`float`): the budget, in the unit of `rung_flops`.
         p_grid (`Sequence[float]`, *optional*): exit profiles to try (default: 0 and 241 values from 1e-2 to 1e2,
             geometric).
+        skip_rungs (`bool`, *optional*, defaults to `True`): also try the profiles on every subset of the rungs that
+            keeps the last one (`2 ** (num_rungs - 1)` subsets; skipped rungs get the threshold `NEVER_EXIT`).
+            `False`: GFNet's search, every rung takes its share.
 
     Returns:
         [`BudgetCalibration`].
@@ -176,11 +184,20 @@ def fit_budget_thresholds(
 
     confidences, predictions = probabilities.double().max(dim=-1)
     correct = predictions == labels.unsqueeze(1)
-    steps = torch.arange(num_rungs, dtype=torch.float64)
+    if skip_rungs:  # every subset of the first T-1 rungs, plus the last rung (bit t of the mask: rung t is used)
+        rung_sets = [
+            [t for t in range(num_rungs - 1) if mask >> t & 1] + [num_rungs - 1] for mask in range(2 ** (num_rungs - 1))
+        ]
+    else:
+        rung_sets = [list(range(num_rungs))]
+    profiles = []
+    for rungs in rung_sets:
+        for p in p_grid:
+            shares = torch.zeros(num_rungs, dtype=torch.float64)
+            shares[rungs] = torch.pow(torch.tensor(float(p), dtype=torch.float64), torch.arange(len(rungs)))
+            profiles.append((float(p), shares / shares.sum()))
     best = None
-    for p in p_grid:
-        shares = torch.pow(torch.tensor(float(p), dtype=torch.float64), steps)
-        shares = shares / shares.sum()
+    for p, shares in profiles:
         thresholds = _profile_thresholds(confidences, shares)
         exits = simulate_exits(confidences, thresholds)
         mean_flops = float(rung_flops[exits].mean())
