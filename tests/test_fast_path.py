@@ -48,13 +48,25 @@ def test_official_checkpoint_is_the_inverse_of_the_converter(tmp_path, variant):
     selector.load_state_dict(written["selector"]["backbone"], strict=True)
 
 
-def test_official_checkout_errors(tmp_path):
+def test_official_checkout_errors(tmp_path, monkeypatch):
+    import importlib.util
+
     with pytest.raises(ValueError, match=r"lacks \['modeling.py', 'utils.py'\].*git clone"):
         check_official_checkout(tmp_path)
     (tmp_path / "modeling.py").write_text("")
     with pytest.raises(ValueError, match=r"lacks \['utils.py'\]"):
         check_official_checkout(tmp_path)
     (tmp_path / "utils.py").write_text("")
+    # The official code's own imports (timm, einops): whatever this machine has installed, both branches are checked.
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec_with_einops(present: bool):
+        return lambda name: (object() if present else None) if name == "einops" else real_find_spec(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec_with_einops(False))
+    with pytest.raises(ValueError, match=r"imports \['einops'\]; install them: pip install einops"):
+        check_official_checkout(tmp_path)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec_with_einops(True))
     assert check_official_checkout(tmp_path) == tmp_path.resolve()
 
 
