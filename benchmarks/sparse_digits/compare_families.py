@@ -124,9 +124,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--glance_focus_epochs",
-        default="3,1,1",
+        default="5,2,2",
         help="Glance-and-Focus epochs of stage 1 (encoders + classifier, random crops), 2 (policy, PPO) and 3 "
-        "(classifier with the policy).",
+        "(classifier with the policy); the default's 9 are LookWhere's pretraining + fine-tuning epochs.",
     )
     p.add_argument("--glance_focus_patch_size", type=int, default=112, help="Glance / crop size in pixels.")
     p.add_argument("--glance_focus_steps", type=int, default=4, help="Glance + focus steps T.")
