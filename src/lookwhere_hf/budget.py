@@ -190,15 +190,12 @@ def fit_budget_thresholds(
         ]
     else:
         rung_sets = [list(range(num_rungs))]
-    profiles = []
-    for rungs in rung_sets:
-        for p in p_grid:
-            shares = torch.zeros(num_rungs, dtype=torch.float64)
-            shares[rungs] = torch.pow(torch.tensor(float(p), dtype=torch.float64), torch.arange(len(rungs)))
-            profiles.append((float(p), shares / shares.sum()))
+    profiles = ((float(p), rungs) for rungs in rung_sets for p in p_grid)
     best = None
-    for p, shares in profiles:
-        thresholds = _profile_thresholds(confidences, shares)
+    for p, rungs in profiles:
+        shares = torch.zeros(num_rungs, dtype=torch.float64)
+        shares[rungs] = torch.pow(torch.tensor(p, dtype=torch.float64), torch.arange(len(rungs)))
+        thresholds = _profile_thresholds(confidences, shares / shares.sum())
         exits = simulate_exits(confidences, thresholds)
         mean_flops = float(rung_flops[exits].mean())
         if mean_flops > target_flops:
@@ -211,7 +208,7 @@ def fit_budget_thresholds(
                 expected_flops=mean_flops,
                 accuracy=accuracy,
                 exit_shares=exit_shares.tolist(),
-                p=float(p),
+                p=p,
                 target_flops=float(target_flops),
                 rung_flops=rung_flops.tolist(),
                 num_images=num_images,
