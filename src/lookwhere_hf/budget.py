@@ -41,12 +41,23 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 
 __all__ = [
+    "BUDGET_CONFIG_FIELDS",
     "BudgetCalibration",
     "calibrate_budget",
     "collect_anytime_outputs",
     "fit_budget_thresholds",
     "simulate_exits",
 ]
+
+BUDGET_CONFIG_FIELDS = (
+    "budget_thresholds",
+    "budget_rung_gflops",
+    "budget_image_size",
+    "budget_target_gflops",
+    "budget_expected_gflops",
+    "budget_calibration_accuracy",
+)
+"""The config fields [`calibrate_budget`] writes; they belong to the rungs they were fitted on."""
 
 NEVER_EXIT = 2.0
 """Threshold of a rung no image should leave at: above any max softmax probability."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..budget import BUDGET_CONFIG_FIELDS
 from ..models.lookupvit.modeling_lookupvit import (
     LookupViTForImageClassification,
     LookupViTForSemanticSegmentation,
@@ -136,8 +137,7 @@ def _anytime_config(model_args) -> dict:
     glance = bool(getattr(model_args, "glance_head", False))
     if ratios is None and not glance:
         return {}
-    budget = ("thresholds", "rung_gflops", "image_size", "target_gflops", "expected_gflops", "calibration_accuracy")
-    fields = {"train_all_rungs": True, "glance_head": glance, **{f"budget_{name}": None for name in budget}}
+    fields = {"train_all_rungs": True, "glance_head": glance, **dict.fromkeys(BUDGET_CONFIG_FIELDS)}
     if ratios is not None:
         fields["anytime_k_ratios"] = ratios
     return fields
