@@ -385,6 +385,21 @@ def test_stage3_fine_tunes_the_classifier_with_the_learned_policy(stage2, stripe
     assert moved == (trained if train_encoders else {"classifier"}), moved
 
 
+def test_stage3_trains_with_the_classifier_dropout_and_stage2_without():
+    """`classifier_dropout` (the official MobileNet-V3's drop_rate 0.2) feeds the classifier: stage 3 trains the
+    classifier with it on (the official stage 3 runs its encoders in training mode), so two forwards on the same mean
+    crops differ; stage 2, whose classifier is frozen, runs without it, so the rollout's rewards are deterministic."""
+    torch.manual_seed(0)
+    model = GlanceFocusForImageClassification(tiny_config(classifier_dropout=0.5))
+    images, labels = stripes_tensors(8, seed=3)
+    stage = GlanceFocusStage(model, stage=3, sample_crops=False).train()  # mean crops: no other random draw
+    assert model.dropout.training and not model.focus_encoder.training
+    first, second = (stage(images, labels=labels).logits for _ in range(2))
+    assert not torch.equal(first, second)
+    GlanceFocusStage(model, stage=2).train()
+    assert not model.dropout.training and model.policy.training
+
+
 # ----------------------------------------------------------------------------------------------- the script
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples/pytorch/glance-focus/run_glance_focus.py"

@@ -317,9 +317,11 @@ class GlanceFocusStage(nn.Module):
         return ("loss",)
 
     def trained_modules(self) -> set[str]:
-        """Names of the model's top-level modules this stage trains. An encoder head that gets no gradient (no
-        deep-supervision loss, `encoder_loss_weight = 0`, and not the glance step's logits) is not among them, so
-        that DDP finds a gradient for every trained parameter."""
+        """Names of the model's top-level modules this stage trains (the others are frozen and run in eval mode).
+        An encoder head that gets no gradient (no deep-supervision loss, `encoder_loss_weight = 0`, and not the
+        glance step's logits) is not among them, so that DDP finds a gradient for every trained parameter. The
+        parameterless `dropout` on the step features is among them whenever the classifier it feeds is trained
+        (stages 1 and 3), so that `classifier_dropout` acts in training as in the official code."""
         children = {name for name, _ in self.model.named_children()}
         if self.stage == 2:
             return {"policy"}
@@ -334,7 +336,7 @@ class GlanceFocusStage(nn.Module):
                 f"Stage 3 without encoder training needs the model's `classifier` module; its modules are "
                 f"{sorted(children)}. Pass train_encoders=True (--train_encoders) to fine-tune all but the policy."
             )
-        return {"classifier"}
+        return {"classifier"} | ({"dropout"} & children)
 
     def train(self, mode: bool = True) -> GlanceFocusStage:
         super().train(mode)
