@@ -310,6 +310,22 @@ def test_official_mobilenet_style_concat_classifier_and_glance_head():
     torch.testing.assert_close(out.loss, expected, **FLOAT64_TOLERANCE)
 
 
+def test_official_regnet_style_loss_supervises_the_grus_own_glance_logits():
+    """A GRU classifier with `glance_logits="glance_head"` (official RegNet): the glance step's prediction is the
+    glance head's, but the training loss takes the GRU's own step-0 logits, as the official `train.py` does (the glance
+    head is in the deep-supervision sum)."""
+    model = make_model(glance_logits="glance_head")
+    batch, labels = images(2), torch.tensor([0, 1])
+    out = model(batch, labels=labels)
+    pooled, _ = model.glance_encoder(model.glance_view(batch))
+    torch.testing.assert_close(out.rung_logits[0], model.glance_head(pooled), **FLOAT64_TOLERANCE)
+    gru_logits = model.classifier.fc(model.classifier.rnn(pooled))
+    assert float((gru_logits - out.rung_logits[0]).abs().max()) > 0.1  # the two step-0 predictions differ
+    expected = F.cross_entropy(gru_logits, labels) + sum(F.cross_entropy(r, labels) for r in out.rung_logits[1:])
+    expected = (expected + sum(F.cross_entropy(e, labels) for e in out.encoder_logits)) / STEPS
+    torch.testing.assert_close(out.loss, expected, **FLOAT64_TOLERANCE)
+
+
 @pytest.mark.parametrize("backbone", ["resnet", "vit"])
 def test_a_glance_larger_than_the_crop_is_pooled_to_the_policy_state(backbone):
     model = make_model(backbone, glance_size=48)

@@ -24,8 +24,10 @@ only; this is our own implementation):
 - **Training loss** (`train.py`, stages 1 and 3): with `CE` the cross-entropy,
   `(sum_t CE(step logits_t) + dsn_ratio * sum_t CE(encoder head logits_t)) / T`, where the "encoder head" is each
   encoder's own linear classifier on its pooled feature (deep supervision; `dsn_ratio` is 1 for ResNet / DenseNet /
-  RegNet, 5 for MobileNet-V3 / EfficientNet). Stage 2 trains only the policy, with PPO on the reward "increase of the
-  true class's softmax probability" (that loop lives in `lookwhere_hf.training.glance_focus`).
+  RegNet, 5 for MobileNet-V3 / EfficientNet). The step-0 term is the recurrent classifier's output where it has one
+  (ResNet / DenseNet, and RegNet, whose inference reads the glance head instead), the glance head's otherwise
+  (MobileNet-V3 / EfficientNet). Stage 2 trains only the policy, with PPO on the reward "increase of the true class's
+  softmax probability" (that loop lives in `lookwhere_hf.training.glance_focus`).
 
 Ours differs in presentation only: crop centres are `(x, y)` (the official actions are `(row, column)`), and the two
 GRUs are written out with `F.linear` (gate order r, z, n, the layout of `torch.nn.GRUCell`) so that
@@ -116,7 +118,9 @@ class GlanceFocusImageClassifierOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
         With `labels`. When every step runs: the official training loss, `(sum_t loss(rung_logits[t]) +
-        encoder_loss_weight * sum_t loss(encoder_logits[t])) / num_steps`; budgeted: the loss of `logits`.
+        encoder_loss_weight * sum_t loss(encoder_logits[t])) / num_steps`, except that with a GRU classifier and
+        `glance_logits="glance_head"` (official RegNet) the first sum takes the GRU's own step-0 logits, as the
+        official training does (inference reads the glance head); budgeted: the loss of `logits`.
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
         Each image's logits at its exit step (budgeted), else at the last step.
     rung_logits (`tuple(torch.FloatTensor)`, *optional*):
@@ -734,7 +738,7 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         exit_rung = torch.full((batch_size,), num_steps - 1, dtype=torch.long, device=device)
         boxes = torch.full((batch_size, num_steps - 1, 4), -1, dtype=torch.long, device=device)
         centers = torch.full((batch_size, num_steps - 1, 2), float("nan"), dtype=dtype, device=device)
-        rung_logits, encoder_logits, logits = [], [], None
+        rung_logits, encoder_logits, loss_logits, logits = [], [], [], None
         policy_states, policy_actions, policy_log_probs, state_values = [], [], [], []
         memory = hidden = state = None
         for step in range(num_steps):
@@ -764,7 +768,11 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
             if want_encoder_logits or (step == 0 and config.glance_logits == "glance_head"):
                 head_logits = head(features)
             if step == 0 and config.glance_logits == "glance_head":
+                # the loss still supervises a GRU classifier's own glance logits (official RegNet training)
+                loss_logits.append(step_logits if step_logits is not None else head_logits)
                 step_logits = head_logits
+            else:
+                loss_logits.append(step_logits)
             if step < num_steps - 1:
                 state = self._policy_state(feature_map)
             if thresholds is None:
@@ -792,7 +800,7 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         if thresholds is None:
             logits = rung_logits[-1]
             if labels is not None:
-                loss = sum(self.loss_function(labels, out, config, **kwargs) for out in rung_logits)
+                loss = sum(self.loss_function(labels, out, config, **kwargs) for out in loss_logits)
                 if want_encoder_logits:
                     encoder_loss = sum(self.loss_function(labels, out, config, **kwargs) for out in encoder_logits)
                     loss = loss + config.encoder_loss_weight * encoder_loss
