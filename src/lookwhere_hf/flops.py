@@ -66,20 +66,22 @@ def _mlp_hidden(backbone_config) -> tuple[int, int]:
     return mlp_width(backbone_config.hidden_size, backbone_config.mlp_ratio, swiglu), 2 if swiglu else 1
 
 
-def transformer_layer_flops(backbone_config, num_tokens: int) -> int:
+def transformer_layer_flops(backbone_config, num_tokens: int, num_queries: int | None = None) -> int:
     """FLOPs of one DINOv2(-with-registers) block on `num_tokens` tokens (batch 1).
 
     `2 * N * D * (4 * D_attn)` for q/k/v/o, `2 * 2 * N^2 * D_attn` for the two attention matmuls and the MLP
-    (`2 * N * D * H * 2`, or `* 3` for SwiGLU).
+    (`2 * N * D * H * 2`, or `* 3` for SwiGLU). With `num_queries` `Q` (LookWhere classification's CLS-only last
+    layer: 1), k/v run on the `N` tokens and q/o, the attention rows and the MLP on `Q` of them.
     """
+    queries = num_tokens if num_queries is None else num_queries
     dim = backbone_config.hidden_size
     heads = backbone_config.num_attention_heads
     head_dim = getattr(backbone_config, "head_dim", None) or dim // heads
     attn_dim = heads * head_dim
-    projections = 2 * num_tokens * dim * attn_dim * 4
-    attention = 2 * 2 * num_tokens * num_tokens * attn_dim
+    projections = 2 * (num_tokens + queries) * dim * attn_dim * 2
+    attention = 2 * 2 * queries * num_tokens * attn_dim
     mlp_hidden, num_in = _mlp_hidden(backbone_config)
-    mlp = 2 * num_tokens * dim * mlp_hidden * (num_in + 1)
+    mlp = 2 * queries * dim * mlp_hidden * (num_in + 1)
     return projections + attention + mlp
 
 
@@ -172,7 +174,8 @@ def lookwhere_flops(
             every grid position).
         batch_size (`int`): images per forward.
         num_labels (`int`): add a linear head with this many outputs (on CLS for `"cls"`, per grid position for
-            `"dense"`); 0 for the bare model.
+            `"dense"`); 0 for the bare model. With a CLS head (`LookWhereForImageClassification`) the extractor's
+            last layer computes only the CLS token (keys and values of all tokens), and is counted so.
 
     Returns:
         [`LookWhereFlops`]: the breakdown; `.total` is the sum.
@@ -207,6 +210,8 @@ def lookwhere_flops(
     selector_head = 2 * low_patches * (sel.hidden_size * 4 * sel.hidden_size + 4 * sel.hidden_size * rr)
     extractor_embedding = _patch_embed_flops(ext, k)
     extractor_encoder = ext.num_hidden_layers * transformer_layer_flops(ext, prefix + k)
+    if mode == "cls" and num_labels > 0:
+        extractor_encoder += transformer_layer_flops(ext, prefix + k, 1) - transformer_layer_flops(ext, prefix + k)
     spreading = 0
     classifier = 2 * dim * num_labels
     if mode == "dense":

@@ -31,13 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import ModelOutput
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.dinov2_with_registers.configuration_dinov2_with_registers import Dinov2WithRegistersConfig
 from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
     Dinov2WithRegistersEncoder,
+    Dinov2WithRegistersLayer,
     Dinov2WithRegistersLayerScale,
     Dinov2WithRegistersPatchEmbeddings,
+    eager_attention_forward,
 )
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
@@ -83,10 +85,13 @@ def _load_dinov2(dinov2) -> PreTrainedModel:
     return backbone
 
 
-def _block_flops(backbone_config, num_tokens: int) -> int:
+def _block_flops(backbone_config, num_tokens: int, num_queries: int | None = None) -> int:
     """FLOPs of one DINOv2(-with-registers) block on `num_tokens` tokens: q/k/v/o projections, the two attention
-    matmuls and the MLP (plain or SwiGLU). The same formula as `lookwhere_hf.flops.transformer_layer_flops`, which
-    model folders copied for `trust_remote_code` cannot import (tests check the two agree)."""
+    matmuls and the MLP (plain or SwiGLU). With `num_queries` (the CLS-only last layer: 1), keys and values are
+    computed for all `num_tokens` tokens and the rest for `num_queries` of them. The same formula as
+    `lookwhere_hf.flops.transformer_layer_flops`, which model folders copied for `trust_remote_code` cannot import
+    (tests check the two agree)."""
+    queries = num_tokens if num_queries is None else num_queries
     dim = backbone_config.hidden_size
     heads = backbone_config.num_attention_heads
     attn_dim = heads * (getattr(backbone_config, "head_dim", None) or dim // heads)
@@ -94,10 +99,46 @@ def _block_flops(backbone_config, num_tokens: int) -> int:
     if getattr(backbone_config, "use_swiglu_ffn", False):
         mlp_hidden, num_in = (int(mlp_hidden * 2 / 3) + 7) // 8 * 8, 2
     return (
-        8 * num_tokens * dim * attn_dim
-        + 4 * num_tokens * num_tokens * attn_dim
-        + (2 * num_tokens * dim * mlp_hidden * (num_in + 1))
+        4 * (num_tokens + queries) * dim * attn_dim
+        + 4 * queries * num_tokens * attn_dim
+        + (2 * queries * dim * mlp_hidden * (num_in + 1))
     )
+
+
+def cls_only_layer_forward(
+    layer: Dinov2WithRegistersLayer, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+) -> torch.Tensor:
+    """The CLS output `(B, 1, D)` of a transformers `Dinov2WithRegistersLayer` on `hidden_states (B, N, D)`.
+
+    Exactly the layer's own computation, with its own submodules and attention function, restricted to what the CLS
+    output depends on: `norm1` and the key / value projections run on all `N` tokens; the query, the attention (one
+    query row), `o_proj`, both layer scales, `norm2` and the MLP on the CLS token only. The other tokens' outputs
+    would need all of that for every token and are not used by an image-level head. The same random draws as the
+    full layer in training mode only without attention dropout (its mask has one row here instead of `N`); the
+    caller checks that ([`LookWhereExtractor.can_skip_last_layer_tokens`]).
+    """
+    attention = layer.attention
+    batch_size, num_tokens, _ = hidden_states.shape
+    normed = layer.norm1(hidden_states)
+    query = attention.q_proj(normed[:, :1]).view(batch_size, 1, -1, attention.head_dim).transpose(1, 2)
+    key = attention.k_proj(normed).view(batch_size, num_tokens, -1, attention.head_dim).transpose(1, 2)
+    value = attention.v_proj(normed).view(batch_size, num_tokens, -1, attention.head_dim).transpose(1, 2)
+    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attention.config._attn_implementation, eager_attention_forward
+    )
+    attn_output, _ = attention_interface(
+        attention,
+        query,
+        key,
+        value,
+        None,
+        dropout=0.0 if not attention.training else attention.attention_dropout,
+        scaling=attention.scaling,
+        **kwargs,
+    )
+    attn_output = attention.o_proj(attn_output.reshape(batch_size, 1, -1).contiguous())
+    hidden = layer.drop_path(layer.layer_scale1(attn_output)) + hidden_states[:, :1]
+    return layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(hidden)))) + hidden
 
 
 def _confidence(logits: torch.Tensor) -> torch.Tensor:
@@ -116,7 +157,8 @@ def anytime_rung_flops(
     - selector (patch embedding, encoder, map head): once, before the first rung;
     - glance: a linear `2 * hidden -> num_labels` on the selector's output;
     - focus rung `i`: the patch embedding of its `k_i - k_{i-1}` *new* patches only (the ranking is nested, so the
-      patches of earlier rungs are already embedded), a full extractor pass on `prefix + k_i` tokens, and the head.
+      patches of earlier rungs are already embedded), an extractor pass on `prefix + k_i` tokens whose last layer
+      computes only the CLS token (keys and values of all tokens, see [`LookWhereExtractor.encode`]), and the head.
       The extractor pass cannot be reused across rungs: every token attends to every other in every layer, so
       adding patches changes all the earlier tokens' states from the first layer on.
 
@@ -136,7 +178,8 @@ def anytime_rung_flops(
     previous_k = 0
     for k in ks:
         cost += 2 * (k - previous_k) * ext.num_channels * ext_patch * ext_patch * dim
-        cost += ext.num_hidden_layers * _block_flops(ext, prefix + k) + 2 * dim * num_labels
+        cost += (ext.num_hidden_layers - 1) * _block_flops(ext, prefix + k) + 2 * dim * num_labels
+        cost += _block_flops(ext, prefix + k, num_queries=1)
         cumulative.append(cost)
         previous_k = k
     return cumulative
@@ -399,20 +442,53 @@ class LookWhereExtractor(nn.Module):
         pixel_values: torch.Tensor,
         indices: torch.LongTensor,
         prefix: torch.Tensor,
+        cls_only: bool = False,
         **kwargs: Unpack[TransformersKwargs],
     ):
         """`(B, C, H, W)`, `(B, k)`, `(B, P, D)` -> (normed tokens `(B, P + k, D)`, encoder outputs); `kwargs` go to
-        the encoder.
+        the encoder; `cls_only` as in [`encode`].
 
         The extractor's own `embeddings.cls_token` / `register_tokens` are not used: the selector's prefix tokens take
         their place (they stay in the state dict, frozen, see `LookWherePreTrainedModel._freeze_unused_parameters`)."""
-        return self.encode(self.embeddings.embed_selected(pixel_values, indices), prefix, **kwargs)
+        return self.encode(self.embeddings.embed_selected(pixel_values, indices), prefix, cls_only=cls_only, **kwargs)
 
-    def encode(self, tokens: torch.Tensor, prefix: torch.Tensor, **kwargs: Unpack[TransformersKwargs]):
+    def encode(
+        self, tokens: torch.Tensor, prefix: torch.Tensor, cls_only: bool = False, **kwargs: Unpack[TransformersKwargs]
+    ):
         """Run the encoder on already embedded patches: `(B, k, D)`, `(B, P, D)` -> (normed tokens `(B, P + k, D)`,
-        encoder outputs). Anytime classification embeds each patch once and re-encodes growing prefixes of them."""
-        encoder_outputs = self.encoder(torch.cat((prefix.to(tokens.dtype), tokens), dim=1), **kwargs)
-        return self.layernorm(encoder_outputs.last_hidden_state), encoder_outputs
+        encoder outputs). Anytime classification embeds each patch once and re-encodes growing prefixes of them.
+
+        With `cls_only`, only the normed CLS token `(B, 1, D)` is returned, and the last layer computes only what it
+        needs ([`cls_only_layer_forward`]) when [`can_skip_last_layer_tokens`]; otherwise the full last layer runs
+        and the CLS token is cut out of its output. The caller makes sure no per-layer outputs are recorded (their
+        last entry would be incomplete)."""
+        hidden = torch.cat((prefix.to(tokens.dtype), tokens), dim=1)
+        if not (cls_only and self.can_skip_last_layer_tokens()):
+            encoder_outputs = self.encoder(hidden, **kwargs)
+            sequence = encoder_outputs.last_hidden_state
+            return self.layernorm(sequence[:, :1] if cls_only else sequence), encoder_outputs
+        # `Dinov2WithRegistersEncoder.forward` without its last layer (no outputs are recorded on this path).
+        kwargs = {
+            key: value for key, value in kwargs.items() if key not in ("output_hidden_states", "output_attentions")
+        }
+        *layers, last_layer = self.encoder.layer
+        for layer_module in layers:
+            hidden = layer_module(hidden, None, **kwargs)
+        cls_token = cls_only_layer_forward(last_layer, hidden, **kwargs)
+        return self.layernorm(cls_token), BaseModelOutput(last_hidden_state=cls_token)
+
+    def can_skip_last_layer_tokens(self) -> bool:
+        """Whether [`cls_only_layer_forward`] gives exactly the full last layer's CLS output here. It does not:
+
+        - in training mode with attention dropout: the dropout mask would be drawn for one query row instead of all,
+          so the random stream (and the output) would differ from the full layer's;
+        - when accelerate dispatched the layer (`device_map`, offloading): its hook moves inputs / weights around the
+          layer's own `forward`, which this path does not call.
+        """
+        last_layer = self.encoder.layer[-1]
+        if self.training and last_layer.attention.attention_dropout > 0:
+            return False
+        return not hasattr(last_layer, "_hf_hook")
 
 
 # ----------------------------------------------------------------------------------------------------- models
@@ -676,6 +752,7 @@ class LookWhereModel(LookWherePreTrainedModel):
         low_res_pixel_values: torch.Tensor | None = None,
         k: int | None = None,
         output_dense_features: bool | None = None,
+        cls_only: bool = False,
         **kwargs: Unpack[TransformersKwargs],
     ) -> LookWhereModelOutput:
         r"""
@@ -689,6 +766,12 @@ class LookWhereModel(LookWherePreTrainedModel):
                 `floor(config.k_ratio * num_patches)`.
             output_dense_features (`bool`, *optional*):
                 Also return `dense_features (batch_size, hidden_size, grid_h, grid_w)`.
+            cls_only (`bool`, *optional*, defaults to `False`):
+                Return only the extractor's CLS token: `last_hidden_state` is then `(batch_size, 1, hidden_size)`.
+                The extractor's last layer computes keys and values of all tokens but its query, attention output,
+                MLP and the final norm for the CLS token only (exact: the other tokens' last-layer outputs never
+                reach the CLS token). What image-level heads ([`LookWhereForImageClassification`]) use; it cannot be
+                combined with dense features, hidden states or attentions, which need every token's output.
             kwargs (`TransformersKwargs`):
                 Passed to the selector and extractor encoders: `output_hidden_states` / `output_attentions` (default:
                 the config's; attentions need eager attention) return the per-layer tuples described in
@@ -697,6 +780,17 @@ class LookWhereModel(LookWherePreTrainedModel):
         for flag in ("output_hidden_states", "output_attentions"):
             if kwargs.get(flag) is None:  # the encoders would read their own sub-config's flag otherwise
                 kwargs[flag] = getattr(self.config, flag)
+        if cls_only:
+            wanted = [
+                name
+                for name in ("output_dense_features", "output_hidden_states", "output_attentions")
+                if (output_dense_features if name == "output_dense_features" else kwargs[name])
+            ]
+            if wanted:
+                raise ValueError(
+                    f"`cls_only=True` computes the last layer for the CLS token only, but {', '.join(wanted)} "
+                    "needs every token's output (flags left unset come from the config); pass `cls_only=False`."
+                )
         grid = self._check_inputs(pixel_values, low_res_pixel_values)
         k = self.config.num_selected(grid[0] * grid[1], k)
 
@@ -704,7 +798,7 @@ class LookWhereModel(LookWherePreTrainedModel):
             pixel_values, low_res_pixel_values, grid, **kwargs
         )
         indices = select_top_k(selector_map, k)
-        sequence_output, extractor_out = self.extractor(pixel_values, indices, prefix, **kwargs)
+        sequence_output, extractor_out = self.extractor(pixel_values, indices, prefix, cls_only=cls_only, **kwargs)
 
         dense = None
         if output_dense_features:
@@ -827,7 +921,15 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
                 if kwargs.get(flag):
                     raise ValueError(f"`{flag}` is only supported in fixed-k mode; pass `anytime=False, budget=False`.")
             return self._forward_rungs(pixel_values, low_res_pixel_values, labels, thresholds, **kwargs)
-        outputs = self.lookwhere(pixel_values, low_res_pixel_values=low_res_pixel_values, k=k, **kwargs)
+        # Only the CLS token reaches the head: the extractor's last layer computes nothing else, unless the caller
+        # asks for the per-layer outputs (flags left unset come from the config).
+        per_layer = any(
+            kwargs.get(flag) if kwargs.get(flag) is not None else getattr(self.config, flag)
+            for flag in ("output_hidden_states", "output_attentions")
+        )
+        outputs = self.lookwhere(
+            pixel_values, low_res_pixel_values=low_res_pixel_values, k=k, cls_only=not per_layer, **kwargs
+        )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
@@ -915,7 +1017,7 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
             else:
                 new = body.extractor.embeddings.embed_selected(pixel_values, indices[running, previous_k:k], running)
                 embedded = new if embedded is None else torch.cat((embedded, new), dim=1)
-                tokens, _ = body.extractor.encode(embedded, prefix[running])
+                tokens, _ = body.extractor.encode(embedded, prefix[running], cls_only=True)
                 rung_out = self.classifier(self.dropout(tokens[:, 0]))
                 previous_k = k
             if thresholds is None:
