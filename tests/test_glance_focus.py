@@ -569,3 +569,23 @@ def test_from_backbone_copies_the_backbone_into_both_encoders_and_nothing_else(b
     assert next(model.glance_encoder.parameters()).data_ptr() != next(model.focus_encoder.parameters()).data_ptr()
     with pytest.raises(ValueError, match="drop `backbone_config`"):
         GlanceFocusForImageClassification.from_backbone(source, backbone_config=source.config, num_labels=2)
+    with pytest.raises(ValueError, match="must be a transformers vision model"):
+        GlanceFocusForImageClassification.from_backbone(torch.nn.Linear(2, 2), num_labels=2)
+
+
+def test_from_backbone_takes_the_base_model_of_a_model_with_a_head():
+    """A `ResNetForImageClassification` (a fine-tuned classifier, say) gives its `ResNetModel` weights to both
+    encoders; a model of another architecture than its config says is refused with what to pass instead."""
+    from transformers import ResNetForImageClassification
+
+    torch.manual_seed(0)
+    classifier = ResNetForImageClassification(BACKBONES["resnet"]())
+    kwargs = dict(num_labels=NUM_LABELS, image_size=SIZE, patch_size=PATCH, num_steps=STEPS)
+    model = GlanceFocusForImageClassification.from_backbone(classifier, **kwargs)
+    for name, tensor in classifier.resnet.state_dict().items():
+        assert torch.equal(model.focus_encoder.backbone.state_dict()[name], tensor), name
+        assert torch.equal(model.glance_encoder.backbone.state_dict()[name], tensor), name
+    other = AutoModel.from_config(BACKBONES["convnext"]())
+    other.config = classifier.config  # weights of one architecture under the config of another
+    with pytest.raises(ValueError, match="Pass the bare backbone"):
+        GlanceFocusForImageClassification.from_backbone(other, **kwargs)

@@ -37,6 +37,7 @@ GRUs are written out with `F.linear` (gate order r, z, n, the layout of `torch.n
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -485,8 +486,9 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         of the training then fine-tunes them apart); the heads, the classifier and the policy are new.
 
         Args:
-            backbone (`PreTrainedModel` or `str`): a transformers vision model (e.g. `ResNetModel`,
-                `ConvNextModel`, `Dinov2WithRegistersModel`, `TimmWrapperModel`) or a path / Hub id that
+            backbone (`PreTrainedModel`, `str` or `os.PathLike`): a transformers vision model (e.g. `ResNetModel`,
+                `ConvNextModel`, `Dinov2WithRegistersModel`, `TimmWrapperModel`; a model with a head, such as
+                `ResNetForImageClassification`, gives its base model) or a path / Hub id that
                 `AutoModel.from_pretrained` loads.
             config_kwargs: the other [`GlanceFocusConfig`] fields (`num_labels`, `patch_size`, `num_steps`, ...).
 
@@ -496,13 +498,28 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         >>> model = GlanceFocusForImageClassification.from_backbone("microsoft/resnet-50", num_labels=10, patch_size=96)
         ```
         """
-        if isinstance(backbone, str):
+        if isinstance(backbone, (str, os.PathLike)):
             backbone = AutoModel.from_pretrained(backbone)
+        if not isinstance(backbone, PreTrainedModel):
+            raise ValueError(
+                f"`backbone` must be a transformers vision model or a path / Hub id of one, got "
+                f"{type(backbone).__name__}."
+            )
         if "backbone_config" in config_kwargs:
             raise ValueError("`from_backbone` takes the backbone's own config; drop `backbone_config`.")
         model = cls(GlanceFocusConfig(backbone_config=backbone.config, **config_kwargs))
+        expected = model.glance_encoder.backbone.state_dict().keys()
+        state = backbone.state_dict()
+        if state.keys() != expected:  # a model with a head: its base model holds the backbone's weights
+            state = backbone.base_model.state_dict()
+        if state.keys() != expected:
+            raise ValueError(
+                f"`backbone` ({type(backbone).__name__}) does not hold the weights of the encoders' architecture "
+                f"({type(model.glance_encoder.backbone).__name__}). Pass the bare backbone: "
+                "`AutoModel.from_pretrained(<its folder or Hub id>)`, or the folder / Hub id itself."
+            )
         for encoder in (model.glance_encoder, model.focus_encoder):
-            encoder.backbone.load_state_dict(backbone.state_dict())
+            encoder.backbone.load_state_dict(state)
         return model
 
     # ------------------------------------------------------------------ FLOPs
