@@ -490,6 +490,10 @@ def test_config_round_trips_through_auto_config(tmp_path):
         ({"classifier_type": "concat"}, "glance_logits='glance_head'"),
         ({"glance_interpolation": "nearest"}, "glance_interpolation"),
         ({"budget_thresholds": [0.5]}, "one threshold per step except the last"),
+        ({"policy_conv_channels": 2.5}, "policy_conv_channels` must be a positive int"),
+        ({"initializer_range": -0.02}, "initializer_range` must be a positive number"),
+        ({"budget_rung_gflops": [1.0, "2", 3.0, 4.0]}, "budget_rung_gflops` must be positive and increasing numbers"),
+        ({"budget_image_size": ["a", 64]}, r"budget_image_size` must be a \(height, width\) pair of positive ints"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):

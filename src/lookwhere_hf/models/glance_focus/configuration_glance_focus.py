@@ -186,7 +186,15 @@ class GlanceFocusConfig(PreTrainedConfig):
                 "backbone with feature maps: the policy reads the encoders' last feature map. Use one of "
                 f"{', '.join(CONV_BACKBONES + VIT_BACKBONES)} (timm models through `TimmWrapperConfig`)."
             )
-        for name in ("image_size", "patch_size", "classifier_hidden_size", "policy_hidden_size", "policy_mlp_size"):
+        positive_ints = (
+            "image_size",
+            "patch_size",
+            "classifier_hidden_size",
+            "policy_hidden_size",
+            "policy_mlp_size",
+            "policy_conv_channels",
+        )
+        for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
@@ -216,8 +224,6 @@ class GlanceFocusConfig(PreTrainedConfig):
                 "`classifier_type='concat'` has no classifier for the glance step alone (the official cascade starts "
                 "at two steps); set `glance_logits='glance_head'`."
             )
-        if isinstance(self.policy_conv_channels, bool) or self.policy_conv_channels < 1:
-            raise ValueError(f"`policy_conv_channels` must be a positive int, got {self.policy_conv_channels!r}.")
         std = self.policy_action_std
         if not _is_number(std) or not 0.0 < std <= 1.0:
             raise ValueError(
@@ -228,6 +234,11 @@ class GlanceFocusConfig(PreTrainedConfig):
             raise ValueError(f"`encoder_loss_weight` must be a number >= 0, got {self.encoder_loss_weight!r}.")
         if not _is_number(self.classifier_dropout) or not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"`classifier_dropout` must be in [0, 1), got {self.classifier_dropout!r}.")
+        if not _is_number(self.initializer_range) or not self.initializer_range > 0:
+            raise ValueError(
+                f"`initializer_range` must be a positive number (the standard deviation of the heads' and policy's "
+                f"initial weights), got {self.initializer_range!r}."
+            )
         if self.backbone_kind == "vit":
             patch = self.backbone_config.patch_size
             patch = patch[0] if isinstance(patch, (list, tuple)) else patch
@@ -262,13 +273,19 @@ class GlanceFocusConfig(PreTrainedConfig):
                     f"`budget_rung_gflops` must hold the cumulative GFLOPs of each of the {num_rungs} steps, got "
                     f"{gflops!r}."
                 )
-            if any(not a < b for a, b in zip(gflops, gflops[1:])) or not gflops[0] > 0:
-                raise ValueError(f"`budget_rung_gflops` must be positive and increasing, got {list(gflops)}.")
+            if (
+                not all(_is_number(value) for value in gflops)
+                or any(not a < b for a, b in zip(gflops, gflops[1:]))
+                or not gflops[0] > 0
+            ):
+                raise ValueError(f"`budget_rung_gflops` must be positive and increasing numbers, got {list(gflops)}.")
         size = self.budget_image_size
         if size is not None and (
-            not isinstance(size, (list, tuple)) or len(size) != 2 or not all(int(v) > 0 for v in size)
+            not isinstance(size, (list, tuple))
+            or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
         ):
-            raise ValueError(f"`budget_image_size` must be a (height, width) pair, got {size!r}.")
+            raise ValueError(f"`budget_image_size` must be a (height, width) pair of positive ints, got {size!r}.")
         for name in ("budget_target_gflops", "budget_expected_gflops"):
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not value > 0):
