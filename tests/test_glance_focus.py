@@ -33,7 +33,7 @@ from transformers import (
 
 from lookwhere_hf import GlanceFocusConfig, GlanceFocusForImageClassification, GlanceFocusImageProcessor, cli
 from lookwhere_hf.budget import NEVER_EXIT, calibrate_budget, simulate_exits
-from lookwhere_hf.models.glance_focus.modeling_glance_focus import crop_boxes_from_centers, crop_patches
+from lookwhere_hf.models.glance_focus.modeling_glance_focus import _confidence, crop_boxes_from_centers, crop_patches
 
 SIZE, PATCH, STEPS, NUM_LABELS = 64, 32, 4, 4
 
@@ -228,6 +228,19 @@ def test_budgeted_output_equals_the_anytime_output_at_each_exit_step(model):
     for i, s in enumerate(exits.tolist()):  # the same crops up to the exit, none after it
         assert torch.equal(budgeted.crop_boxes[i, :s], anytime.crop_boxes[i, :s])
         assert bool((budgeted.crop_boxes[i, s:] == -1).all()) and bool(budgeted.crop_centers[i, s:].isnan().all())
+
+
+@torch.no_grad()
+def test_an_image_exits_when_its_confidence_equals_the_threshold(model):
+    """The exit rule is `confidence >= threshold` (the official `dynamic_evaluate`), not `>`: with the step-0
+    threshold set to the batch's highest glance confidence (the same float64 numbers: the glance runs on the whole
+    batch in both modes), exactly that image leaves at the glance."""
+    batch = images(6)
+    glance = _confidence(model(batch, anytime=True).rung_logits[0])
+    top, second = glance.topk(2).values.tolist()
+    assert top - second > 1e-6  # one image alone has the top confidence
+    exits = model(batch, exit_thresholds=[top] + [NEVER_EXIT] * (STEPS - 2)).exit_rung
+    assert exits.tolist() == [0 if i == int(glance.argmax()) else STEPS - 1 for i in range(6)]
 
 
 def test_saved_thresholds_switch_eval_mode_to_budgeted(model):

@@ -131,6 +131,19 @@ def test_ppo_loss_gradient_is_zero_where_the_ratio_is_clipped():
     torch.testing.assert_close(log_probs.grad, expected, **FLOAT64_TOLERANCE)
 
 
+def test_ppo_critic_gradient_comes_from_the_value_loss_alone():
+    """The advantage uses the values detached (the official `rewards - state_values.detach()`): the critic learns
+    only from `value_coef * mean((values - returns) ** 2)`, whose gradient is `2 * value_coef * (values - returns) /
+    n`, whatever the ratios and advantages are."""
+    generator = torch.Generator().manual_seed(1)
+    log_probs, old, returns = (torch.randn(3, 2, generator=generator, dtype=torch.float64) for _ in range(3))
+    values = torch.randn(3, 2, generator=generator, dtype=torch.float64).requires_grad_(True)
+    settings = PPOSettings(value_coef=0.5)
+    ppo_loss(log_probs, old, values, returns, torch.zeros_like(returns), settings).loss.backward()
+    expected = 2 * 0.5 * (values.detach() - returns) / values.numel()
+    torch.testing.assert_close(values.grad, expected, **FLOAT64_TOLERANCE)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
