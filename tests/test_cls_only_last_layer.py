@@ -298,6 +298,11 @@ def test_compiles_to_one_graph_with_the_cls_only_layer():
             graph_module(*example_inputs)
     analytic = lookwhere_flops(model.config, SIZE, k=10, batch_size=2, num_labels=NUM_LABELS).total
     assert counter.get_total_flops() == analytic
+    # = the bare model's FLOPs + the head - what the last layer skips
+    bare = lookwhere_flops(model.config, SIZE, k=10, batch_size=2).total
+    ext, tokens = model.config.extractor_config, PREFIX + 10
+    skipped = 2 * (transformer_layer_flops(ext, tokens) - transformer_layer_flops(ext, tokens, num_queries=1))
+    assert analytic == bare + 2 * 2 * HIDDEN * NUM_LABELS - skipped and skipped > 0
 
 
 def test_state_dict_and_save_load_are_unchanged(tmp_path):
@@ -312,3 +317,8 @@ def test_state_dict_and_save_load_are_unchanged(tmp_path):
     pixel_values = images(2, dtype=torch.float32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values, k=6).logits, model(pixel_values, k=6).logits, atol=0, rtol=0)
+        # the loaded body's CLS-only output is its full output's CLS token (float32 bound as above)
+        cls_token = loaded.lookwhere(pixel_values, k=6, cls_only=True).last_hidden_state
+        full = loaded.lookwhere(pixel_values, k=6).last_hidden_state
+        bound = 1e5 * EPS32 * (1 + full.abs().max().item())
+        torch.testing.assert_close(cls_token, full[:, :1], atol=bound, rtol=0)
