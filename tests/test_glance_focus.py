@@ -170,6 +170,19 @@ def test_given_crop_centers_replace_the_policy():
 
 
 # ----------------------------------------------------------------------------------------------------- policy
+def test_each_focus_step_reads_the_previous_steps_feature_map(model):
+    """The policy's state before focus step t is the feature map of step t - 1: the glance encoder's on the glance
+    view for t = 1, then the focus encoder's on the previous crop (the official loop's `state` of `model(patches)`)."""
+    batch = images(3)
+    out = model(batch, return_policy=True)
+    _, glance_map = model.glance_encoder(model.glance_view(batch))
+    torch.testing.assert_close(out.policy_states[:, 0], glance_map, **FLOAT64_TOLERANCE)
+    for step in range(1, STEPS - 1):
+        _, crop_map = model.focus_encoder(crop_patches(batch, out.crop_boxes[:, step - 1], PATCH))
+        torch.testing.assert_close(out.policy_states[:, step], crop_map, **FLOAT64_TOLERANCE)
+        assert float((crop_map - glance_map).abs().max()) > 0.1  # not the glance's map again
+
+
 def test_policy_evaluate_reproduces_the_rollout(model):
     out = model(images(4), return_policy=True, policy_mode="sample", generator=torch.Generator().manual_seed(2))
     actions = out.policy_actions

@@ -398,6 +398,30 @@ def test_stage3_fine_tunes_the_classifier_with_the_learned_policy(stage2, stripe
     assert moved == (trained if train_encoders else {"classifier"}), moved
 
 
+def test_stage1_trains_on_the_given_random_crops_or_draws_uniform_ones():
+    """Stage 1's loss is the model's official loss on the crop centres the data transform drew (not the untrained
+    policy's crops); without them the stage draws uniform centres from the global RNG."""
+    torch.manual_seed(0)
+    model = GlanceFocusForImageClassification(tiny_config())
+    with torch.no_grad():  # a classifier and policy far from their near-zero start: crops change the loss
+        for name, param in model.named_parameters():
+            if "backbone" not in name and param.ndim > 1:
+                param.add_(torch.randn_like(param))
+    images, labels = stripes_tensors(4, seed=3)
+    centers = torch.rand(4, 2, 2, generator=torch.Generator().manual_seed(4))
+    stage = GlanceFocusStage(model, stage=1).eval()  # the same numbers as training, without batch-norm updates
+    stage.training = True  # the stage's training branch; its modules stay in eval mode
+    loss = stage(images, labels=labels, crop_centers=centers).loss
+    expected = model(images, labels=labels, crop_centers=centers, anytime=True).loss
+    assert loss.item() == expected.item()
+    policy_loss = model(images, labels=labels, anytime=True).loss  # the policy's mean crops
+    assert abs(loss.item() - policy_loss.item()) > 0.01
+    torch.manual_seed(5)
+    drawn = torch.rand(4, 2, 2)
+    torch.manual_seed(5)
+    assert stage(images, labels=labels).loss.item() == model(images, labels=labels, crop_centers=drawn).loss.item()
+
+
 def test_stage3_trains_with_the_classifier_dropout_and_stage2_without():
     """`classifier_dropout` (the official MobileNet-V3's drop_rate 0.2) feeds the classifier: stage 3 trains the
     classifier with it on (the official stage 3 runs its encoders in training mode), so two forwards on the same mean
