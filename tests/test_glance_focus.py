@@ -551,6 +551,10 @@ def test_vit_views_must_be_tiled_by_its_patches():
 def test_forward_rejects_bad_inputs(model):
     with pytest.raises(ValueError, match="larger than the image"):
         model(images(1, size=PATCH - 8))
+    with pytest.raises(ValueError, match="must be a float tensor of normalized images"):
+        model(torch.zeros(1, 3, SIZE, SIZE, dtype=torch.uint8))  # raw pixels
+    with pytest.raises(ValueError, match="`glance_pixel_values` must be a float tensor"):
+        model(images(1), glance_pixel_values=torch.zeros(1, 3, PATCH, PATCH, dtype=torch.uint8))
     with pytest.raises(ValueError, match="crop_centers"):
         model(images(1), crop_centers=torch.full((1, STEPS - 1, 2), 1.5, dtype=torch.float64))
     with pytest.raises(ValueError, match="crop_centers"):

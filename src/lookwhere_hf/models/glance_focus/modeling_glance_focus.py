@@ -612,11 +612,23 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
     def _check_inputs(self, pixel_values, glance_pixel_values, crop_centers, policy_mode) -> None:
         """Shape and value checks of the forward's inputs (`ValueError`s that say what to change)."""
         config = self.config
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
-            got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or not pixel_values.is_floating_point():
+            got = (
+                f"a {pixel_values.dtype} tensor of shape {tuple(pixel_values.shape)}"
+                if isinstance(pixel_values, torch.Tensor)
+                else type(pixel_values).__name__
+            )
             raise ValueError(
-                f"`pixel_values` must be a float tensor of shape (batch_size, channels, height, width), got {got}. "
-                "Use GlanceFocusImageProcessor to turn images into model inputs."
+                f"`pixel_values` must be a float tensor of normalized images, shape (batch_size, channels, height, "
+                f"width), got {got}. Use GlanceFocusImageProcessor to turn images into model inputs."
+            )
+        if glance_pixel_values is not None and (
+            not isinstance(glance_pixel_values, torch.Tensor) or not glance_pixel_values.is_floating_point()
+        ):
+            raise ValueError(
+                "`glance_pixel_values` must be a float tensor (the normalized glance view), got "
+                f"{getattr(glance_pixel_values, 'dtype', type(glance_pixel_values).__name__)}. Omit it to let the "
+                "model make it from `pixel_values`."
             )
         batch_size, channels, height, width = pixel_values.shape
         if batch_size == 0:
