@@ -8,9 +8,9 @@ sees `k = floor(k_ratio * patches)` of them. For every (resolution, batch size, 
 
 - latency: median over repeated forwards after a warm-up forward (the number of repeats adapts to the forward's
   duration, within `--min-repeats` / `--max-repeats`). Both models run in one forked process per (resolution, batch),
-  interleaved round by round ([`time_interleaved`]: the full model, then LookWhere's CLS path `model(x, k=k)` and
-  dense path `model(x, k=k, output_dense_features=True)` for every k), so that changes of the machine's load hit all
-  alike;
+  interleaved round by round ([`time_interleaved`]: the full model, then LookWhere's CLS path
+  `model(x, k=k, cls_only=True)` and dense path `model(x, k=k, output_dense_features=True)` for every k), so that
+  changes of the machine's load hit all alike;
 - peak memory: the increase of a process's peak resident set size (Linux `VmHWM`, reset through
   `/proc/self/clear_refs` right before the forward) over its resident size just before the first forward in a freshly
   forked process (one process per LookWhere k / mode; the full model's first forward in the latency process). It sees
@@ -215,7 +215,9 @@ def _build(kind: str, resolution: int):
 def _call(model, kind: str, pixel_values, k=None, mode="cls"):
     if kind == "full":
         return model(pixel_values=pixel_values)
-    return model(pixel_values, k=k, output_dense_features=mode == "dense")
+    if mode == "cls":  # the CLS token only, as image classification computes it
+        return model(pixel_values, k=k, cls_only=True)
+    return model(pixel_values, k=k, output_dense_features=True)
 
 
 def _first_forward_peak(model, kind, pixel_values, k=None, mode="cls") -> tuple[float, float, str]:
@@ -452,7 +454,8 @@ def render_markdown(rows: list[dict], machine: str, command: str, started: str, 
         f"- Run: {started}; load average (1/5/15 min) at start {loads[0]}, at end {loads[1]}",
         "- Latency: median over the repeats (n) after a warm-up forward; spread = (max - min) / median of the samples.",
         "  Both models run in one process per (resolution, batch), interleaved round by round (full, then LookWhere",
-        "  CLS and dense for each k). CLS = `model(x, k=k)`; dense = `model(x, k=k, output_dense_features=True)`",
+        "  CLS and dense for each k). CLS = `model(x, k=k, cls_only=True)`; dense =",
+        "  `model(x, k=k, output_dense_features=True)`",
         "  (features on the full patch grid). The full model's row is the same forward for both modes (it computes",
         "  every patch).",
         "- Peak memory: increase of the process's peak RSS (Linux VmHWM, reset via /proc/self/clear_refs) during the",

@@ -138,7 +138,7 @@ def _measure_official(job: dict) -> dict:
 
     calls = {
         "full": lambda: full(pixel_values=pixel_values),
-        "ours_cls": lambda: ours(pixel_values, k=k),
+        "ours_cls": lambda: ours(pixel_values, k=k, cls_only=True),
         "official_cls": lambda: official_call(True),
         "ours_dense": lambda: ours(pixel_values, k=k, output_dense_features=True),
         "official_dense": lambda: official_call(False),
