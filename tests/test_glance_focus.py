@@ -534,6 +534,15 @@ def test_values_changed_after_construction_are_checked_when_saving(tmp_path):
         config.save_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("image_size, shorter_side", [(224, 256), (300, 342), (46, 52)])
+def test_processor_resizes_like_the_official_evaluation(image_size, shorter_side):
+    """Shorter side to `int(image_size / 0.875)` (the official `inference.py`; rounding would give 343 for 300 px and
+    53 for 46 px), then the `image_size` centre crop."""
+    processor = GlanceFocusImageProcessor.from_glance_focus_config(make_config(image_size=image_size))
+    assert processor.size.shortest_edge == shorter_side
+    assert (processor.crop_size.height, processor.crop_size.width) == (image_size, image_size)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"glance_size": 0}, "glance_size"), ({"glance_interpolation": "nearest"}, "glance_interpolation")],

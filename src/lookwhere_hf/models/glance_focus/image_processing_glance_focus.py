@@ -62,10 +62,10 @@ class GlanceFocusImageProcessor(TorchvisionBackend):
     @classmethod
     def from_glance_focus_config(cls, config, **kwargs) -> GlanceFocusImageProcessor:
         """The processor that matches a [`GlanceFocusConfig`]: centre crop `image_size` of the shorter side resized
-        to `round(image_size / 0.875)`, and the config's glance size and interpolation. `kwargs` override any
-        setting."""
+        to `int(image_size / 0.875)` (the official `inference.py`'s rule), and the config's glance size and
+        interpolation. `kwargs` override any setting."""
         settings = {
-            "size": {"shortest_edge": round(config.image_size / OFFICIAL_CROP_PCT)},
+            "size": {"shortest_edge": int(config.image_size / OFFICIAL_CROP_PCT)},
             "crop_size": {"height": config.image_size, "width": config.image_size},
             "glance_size": config.glance_side,
             "glance_interpolation": config.glance_interpolation,
