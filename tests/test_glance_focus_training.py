@@ -85,6 +85,8 @@ def test_discounted_returns_and_confidence_gains_by_hand():
     # one float32 softmax of 2 classes: a few ulps of 1
     torch.testing.assert_close(confidences.double(), sigmoid, rtol=0, atol=1e-6)
     torch.testing.assert_close(confidence_gains(logits, labels), confidences[:, 1:] - confidences[:, :-1])
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\)"):
+        confidence_gains(logits, torch.tensor([0, 2]))
 
     returns = torch.tensor([[1.0, 3.0], [5.0, 7.0]], dtype=torch.float64)
     std = returns.flatten().std()  # the sample std (n - 1), as torch.std and the official code use
@@ -153,6 +155,8 @@ def test_ppo_critic_gradient_comes_from_the_value_loss_alone():
         ({"gamma": 1.2}, "gamma must be in \\[0, 1\\]"),
         ({"value_coef": -1.0}, "value_coef must be a finite number >= 0"),
         ({"entropy_coef": float("nan")}, "entropy_coef must be a finite number >= 0"),
+        ({"clip": "0.2"}, "clip must be a number"),
+        ({"gamma": None}, "gamma must be a number"),
     ],
 )
 def test_ppo_settings_reject_values_out_of_range(kwargs, message):

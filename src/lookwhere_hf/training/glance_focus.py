@@ -88,6 +88,10 @@ class PPOSettings:
     normalize_returns: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("clip", "gamma", "value_coef", "entropy_coef"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"The PPO {name} must be a number, got {value!r}.")
         if not 0.0 < self.clip < 1.0:
             raise ValueError(f"The PPO clip must be in (0, 1) (the official value is 0.2), got {self.clip}.")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -114,6 +118,11 @@ def true_class_confidences(rung_logits: Sequence[torch.Tensor], labels: torch.Te
     logits = torch.stack([step.float() for step in rung_logits], dim=1)  # (B, T, C)
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"`labels` must have shape ({logits.shape[0]},), got {tuple(labels.shape)}.")
+    if labels.is_floating_point() or bool((labels < 0).any() or (labels >= logits.shape[-1]).any()):
+        raise ValueError(
+            f"`labels` must be class indices in [0, {logits.shape[-1]}) (the model's num_labels), got "
+            f"{labels.tolist() if labels.numel() <= 8 else labels}."
+        )
     index = labels.long().view(-1, 1, 1).expand(-1, logits.shape[1], 1)
     return logits.softmax(dim=-1).gather(-1, index).squeeze(-1)
 
@@ -370,10 +379,8 @@ class GlanceFocusStage(nn.Module):
                 policy, later epochs reuse it (the training loop passes it with `updates_per_batch > 1`).
             inputs: further model inputs (e.g. `glance_pixel_values`).
         """
-        if not self.training:
-            mode = "mean" if self.stage > 1 else None
-            outputs = self.model(pixel_values, crop_centers=crop_centers if self.stage == 1 else None,
-                                 **({"policy_mode": mode} if mode else {}), **inputs)  # fmt: skip
+        if not self.training:  # stage 1: the transform's random crops; stages 2 and 3: the policy's mean crops
+            outputs = self.model(pixel_values, crop_centers=crop_centers if self.stage == 1 else None, **inputs)
             return GlanceFocusStageOutput(logits=outputs.logits)
         if labels is None:
             raise ValueError("Training a Glance-and-Focus stage needs `labels`.")
