@@ -172,6 +172,8 @@ def test_stage_wrapper_rejects_bad_input():
         GlanceFocusStage(nn.Linear(2, 2), stage=1)
     with pytest.raises(ValueError, match="needs `labels`"):
         GlanceFocusStage(model, stage=2).train()(torch.zeros(2, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="no focus step"):
+        GlanceFocusStage(GlanceFocusForImageClassification(tiny_config(num_steps=1)), stage=2)
 
 
 # ----------------------------------------------------------------------------------------------- a stand-in model

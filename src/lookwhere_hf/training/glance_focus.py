@@ -304,6 +304,11 @@ class GlanceFocusStage(nn.Module):
                 raise ValueError(
                     f"GlanceFocusStage needs a Glance-and-Focus model with a `{name}`; got a {type(model)}."
                 )
+        if stage == 2 and int(model.config.num_steps) < 2:
+            raise ValueError(
+                f"Stage 2 trains the policy that picks the focus crops, but this model has num_steps="
+                f"{model.config.num_steps} (the glance alone, no focus step). Use a model with num_steps >= 2."
+            )
         self.model, self.stage = model, stage
         self.ppo = ppo if ppo is not None else PPOSettings()
         self.train_encoders, self.sample_crops = bool(train_encoders), bool(sample_crops)
