@@ -263,7 +263,11 @@ class GlanceFocusStageOutput(ModelOutput):
 
 @dataclass
 class _Rollout:
-    states: Any
+    """One batch's PPO rollout (no gradient): `states (B, S, C, h, w)`, `actions (B, S, 2)` and their `log_probs (B,
+    S)` under the rollout's policy, the (normalized) discounted `returns (B, S)` of its rewards, their mean `reward`
+    (scalar) and the last step's `logits (B, num_labels)`; `S = num_steps - 1` focus steps."""
+
+    states: torch.Tensor
     actions: torch.Tensor
     log_probs: torch.Tensor
     returns: torch.Tensor

@@ -218,6 +218,8 @@ class GlanceFocusEncoder(nn.Module):
             self.num_prefix_tokens = 1 + int(getattr(backbone_config, "num_register_tokens", 0) or 0)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`pixel_values (B, C, H, W)` (the glance view or the focus crops) -> `(pooled (B, D), feature map (B, C',
+        h, w))`; the map is what the policy reads before the next step."""
         outputs = self.backbone(pixel_values=pixel_values, **self._backbone_kwargs)
         hidden = outputs.last_hidden_state
         if hidden.ndim == 3:  # a ViT: (B, prefix + h * w, D) -> (B, D, h, w)
