@@ -562,6 +562,23 @@ def test_stage1_from_a_backbone_loads_it_into_both_encoders(workspace):
     assert model.config.id2label == {0: "horizontal", 1: "vertical"} and input_size(processor) == (SIZE, SIZE)
 
 
+@pytest.mark.parametrize("stage", [1, 3])
+def test_a_saved_budget_is_dropped_when_training_starts(tmp_path, stage):
+    """Exit thresholds fitted on a model's predictions do not hold once a stage changes them: the model a stage starts
+    from has no budget (and its evaluation during training runs every step), whatever its folder saved."""
+    from lookwhere_hf.budget import BUDGET_CONFIG_FIELDS
+    from lookwhere_hf.training.arguments import HubArguments
+    from lookwhere_hf.training.glance_focus import GlanceFocusArguments, build_glance_focus_model
+
+    budget = dict(budget_thresholds=[0.6, 0.7], budget_rung_gflops=[0.1, 0.2, 0.3], budget_image_size=[SIZE, SIZE],
+                  budget_target_gflops=0.2, budget_expected_gflops=0.19, budget_calibration_accuracy=0.8)  # fmt: skip
+    assert set(budget) == set(BUDGET_CONFIG_FIELDS)
+    GlanceFocusForImageClassification(tiny_config(**budget)).save_pretrained(tmp_path)
+    args = GlanceFocusArguments(stage=stage, model_name_or_path=str(tmp_path))
+    model, _ = build_glance_focus_model(args, HubArguments(), {0: "horizontal", 1: "vertical"})
+    assert all(getattr(model.config, name) is None for name in BUDGET_CONFIG_FIELDS)
+
+
 @pytest.mark.slow
 def test_script_runs_the_three_stages_and_saves_a_budgeted_pipeline_folder(workspace):
     """Stage 1 from the tiny model, stage 2 from stage 1's folder, stage 3 from stage 2's with `--calibrate_budget`:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from ..budget import BUDGET_CONFIG_FIELDS
 from .arguments import ArgumentError
 from .transforms import _rgb, processor_size
 
@@ -646,7 +647,9 @@ def build_glance_focus_model(gf_args: GlanceFocusArguments, hub, id2label: dict[
     `--ignore_mismatched_sizes`); its image processor if saved, else the one matching its config.
     `--backbone_name_or_path` (stage 1 from scratch): a config around the backbone's (`--num_steps`, `--patch_size`,
     `--image_size` where given), both encoders loaded with the backbone's weights, the rest freshly initialized.
-    `--policy_action_std` and `--image_size` are written into the config.
+    `--policy_action_std` and `--image_size` are written into the config. A saved budget (`budget_*` fields, e.g.
+    the release's thresholds of a converted checkpoint) is dropped: training changes the predictions its exit
+    thresholds were fitted on (stage 3's `--calibrate_budget` fits new ones).
 
     Returns:
         `(GlanceFocusForImageClassification, GlanceFocusImageProcessor)`.
@@ -677,7 +680,7 @@ def build_glance_focus_model(gf_args: GlanceFocusArguments, hub, id2label: dict[
                             f"--{name} {fields[name]} differs from the stage-{gf_args.stage - 1} model's "
                             f"{getattr(config, name)}: later stages keep the architecture. Drop --{name}."
                         )
-            for name, value in fields.items():
+            for name, value in {**fields, **dict.fromkeys(BUDGET_CONFIG_FIELDS)}.items():
                 setattr(config, name, value)
             config.validate_glance_focus()
             model = GlanceFocusForImageClassification.from_pretrained(
