@@ -199,6 +199,10 @@ def test_requests_for_every_token_run_the_full_last_layer():
         with FlopCounterMode(display=False) as counter:
             model.lookwhere(pixel_values, k=k, cls_only=True)
         assert module_flops(counter, mlp) == full_mlp // (PREFIX + k)
+    # the bare model with `cls_only=True` is what `lookwhere_flops(..., cls_only=True)` counts
+    assert counter.get_total_flops() == lookwhere_flops(model.config, SIZE, k=k, batch_size=2, cls_only=True).total
+    with pytest.raises(ValueError, match="dense outputs need every token"):
+        lookwhere_flops(model.config, SIZE, k=k, mode="dense", cls_only=True)
 
 
 def test_cls_only_refuses_outputs_that_need_every_token():

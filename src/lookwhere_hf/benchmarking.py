@@ -394,7 +394,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
             cls = measured[(k, "cls")]
             for mode in args.modes:
                 lw = measured[(k, mode)]
-                flops = lookwhere_flops(config, res, k=k, mode=mode, batch_size=batch)
+                flops = lookwhere_flops(config, res, k=k, mode=mode, batch_size=batch, cls_only=mode == "cls")
                 grid_mb = batch * flops.grid[0] * flops.grid[1] * config.hidden_size * 4 / 2**20
                 rows.append(
                     dict(

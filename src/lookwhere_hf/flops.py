@@ -161,6 +161,7 @@ def lookwhere_flops(
     mode: str = "cls",
     batch_size: int = 1,
     num_labels: int = 0,
+    cls_only: bool | None = None,
 ) -> LookWhereFlops:
     """FLOPs of a LookWhere forward.
 
@@ -174,14 +175,20 @@ def lookwhere_flops(
             every grid position).
         batch_size (`int`): images per forward.
         num_labels (`int`): add a linear head with this many outputs (on CLS for `"cls"`, per grid position for
-            `"dense"`); 0 for the bare model. With a CLS head (`LookWhereForImageClassification`) the extractor's
-            last layer computes only the CLS token (keys and values of all tokens), and is counted so.
+            `"dense"`); 0 for the bare model.
+        cls_only (`bool`, *optional*): the extractor's last layer computes only the CLS token (keys and values of
+            all tokens; `LookWhereModel(..., cls_only=True)`); by default with a CLS head (`"cls"` and
+            `num_labels > 0`: `LookWhereForImageClassification`, which computes it so).
 
     Returns:
         [`LookWhereFlops`]: the breakdown; `.total` is the sum.
     """
     if mode not in ("cls", "dense"):
         raise ValueError(f"`mode` must be 'cls' or 'dense', got {mode!r}.")
+    if cls_only is None:
+        cls_only = mode == "cls" and num_labels > 0
+    if cls_only and mode == "dense":
+        raise ValueError("`cls_only=True` counts the CLS token only in the last layer; dense outputs need every token.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
     sel, ext = config.selector_config, config.extractor_config
@@ -210,7 +217,7 @@ def lookwhere_flops(
     selector_head = 2 * low_patches * (sel.hidden_size * 4 * sel.hidden_size + 4 * sel.hidden_size * rr)
     extractor_embedding = _patch_embed_flops(ext, k)
     extractor_encoder = ext.num_hidden_layers * transformer_layer_flops(ext, prefix + k)
-    if mode == "cls" and num_labels > 0:
+    if cls_only:
         extractor_encoder += transformer_layer_flops(ext, prefix + k, 1) - transformer_layer_flops(ext, prefix + k)
     spreading = 0
     classifier = 2 * dim * num_labels
