@@ -170,6 +170,7 @@ def test_given_crop_centers_replace_the_policy():
 
 
 # ----------------------------------------------------------------------------------------------------- policy
+@torch.no_grad()
 def test_each_focus_step_reads_the_previous_steps_feature_map(model):
     """The policy's state before focus step t is the feature map of step t - 1: the glance encoder's on the glance
     view for t = 1, then the focus encoder's on the previous crop (the official loop's `state` of `model(patches)`)."""
