@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "benchmarks", "sparse_digits")
@@ -69,6 +70,10 @@ def test_recipe_comes_from_the_reused_run(tmp_path):
         (["--seeds", "0,0"], "lists a seed twice"),
         (["--stages", "evaluate,plot"], "unknown stages"),
         (["--compressed_grids", ""], "at least one value"),
+        (["--glance_focus_backbone", "cnn"], "invalid choice"),
+        (["--glance_focus_backbone", "resnet", "--glance_focus_resnet_depths", "1,1"], "as many sizes as depths"),
+        (["--glance_focus_resnet_sizes", "16,0,8,8"], "one positive integer per ResNet stage"),
+        (["--glance_focus_glance_size", "96"], "is for --glance_focus_backbone resnet"),
     ],
 )
 def test_bad_arguments_are_rejected(argv, message, capsys):
@@ -76,6 +81,102 @@ def test_bad_arguments_are_rejected(argv, message, capsys):
     with pytest.raises(SystemExit):
         cf.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_glance_focus_teacher_backbone_is_the_default(tmp_path):
+    cf = _load("compare_families")
+    args = cf.parse_args(["--sparse_digits_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "out")])
+    assert args.glance_focus_backbone == "teacher" and args.glance_focus_lr == 3e-4
+    paths = cf.seed_paths(args, 1)
+    stage1 = cf.glance_focus_commands(args, paths, seed=1)["gf_stage1"]
+    assert _value(stage1, "--backbone_name_or_path") == paths["teacher"] == str(tmp_path / "none/seed_1/teacher")
+    assert _value(stage1, "--image_size") == "448" and "--model_name_or_path" not in stage1
+    assert paths["gf_stage1"] == str(tmp_path / "out" / "seed_1" / "gf_stage1")
+    assert cf.glance_focus_json(args) == "glance_focus.json"
+
+
+def test_glance_focus_resnet_backbone_is_built_saved_and_given_to_both_encoders(tmp_path):
+    from transformers import AutoModel, ResNetModel
+
+    from lookwhere_hf.models.glance_focus import GlanceFocusForImageClassification, GlanceFocusImageProcessor
+
+    cf = _load("compare_families")
+    argv = [
+        "--sparse_digits_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "out"),
+        "--glance_focus_backbone", "resnet", "--glance_focus_resnet_sizes", "8,16", "--glance_focus_resnet_depths",
+        "1,2", "--glance_focus_patch_size", "64", "--glance_focus_glance_size", "96", "--glance_focus_steps", "3",
+        "--glance_focus_lr", "1e-3",
+    ]  # fmt: skip
+    args = cf.parse_args(argv)
+    paths = cf.seed_paths(args, 1)
+    assert paths["gf_stage1"] == str(tmp_path / "out" / "seed_1" / "gf_resnet_stage1")
+    assert cf.glance_focus_json(args) == "glance_focus_resnet.json"
+    cf.build_resnet_glance_focus(args, paths, seed=1)
+
+    backbone = AutoModel.from_pretrained(paths["gf_resnet_backbone"])
+    assert isinstance(backbone, ResNetModel)
+    config = backbone.config
+    assert (config.embedding_size, config.hidden_sizes, config.depths) == (8, [8, 16], [1, 2])
+    assert config.layer_type == "basic"
+    model = GlanceFocusForImageClassification.from_pretrained(paths["gf_resnet_init"])
+    assert (model.config.num_labels, model.config.num_steps, model.config.patch_size) == (10, 3, 64)
+    assert (model.config.image_size, model.config.glance_side) == (448, 96)
+    weights = backbone.state_dict()
+    for encoder in (model.glance_encoder, model.focus_encoder):  # both encoders hold exactly the saved ResNet
+        assert isinstance(encoder.backbone, ResNetModel)
+        state = encoder.backbone.state_dict()
+        assert state.keys() == weights.keys()
+        assert all(torch.equal(state[key], weights[key]) for key in weights)
+    processor = GlanceFocusImageProcessor.from_pretrained(paths["gf_resnet_init"])
+    assert not processor.do_center_crop and (processor.size.height, processor.size.width) == (448, 448)
+
+    # random weights drawn from the seed: the same seed gives the same ResNet, another seed another
+    again = cf.seed_paths(cf.parse_args([*argv[:2], "--output_dir", str(tmp_path / "again"), *argv[4:]]), 1)
+    cf.build_resnet_glance_focus(args, again, seed=1)
+    other = cf.seed_paths(args, 2)
+    cf.build_resnet_glance_focus(args, other, seed=2)
+    same = AutoModel.from_pretrained(again["gf_resnet_backbone"]).state_dict()
+    different = AutoModel.from_pretrained(other["gf_resnet_backbone"]).state_dict()
+    conv = "embedder.embedder.convolution.weight"
+    assert torch.equal(same[conv], weights[conv]) and not torch.equal(different[conv], weights[conv])
+
+    # run_glance_focus.py receives it: stage 1 starts from that model (its whole-canvas processor: no --image_size,
+    # which would rebuild the centre-cropping one), stages 2 and 3 from the stage before
+    commands = cf.glance_focus_commands(args, paths, seed=1)
+    stage1, stage2, stage3 = commands["gf_stage1"], commands["gf_stage2"], commands["gf_stage3"]
+    assert stage1[1] == cf.GLANCE_FOCUS_SCRIPT and _value(stage1, "--model_name_or_path") == paths["gf_resnet_init"]
+    assert "--backbone_name_or_path" not in stage1 and all("--image_size" not in c for c in commands.values())
+    assert _value(stage1, "--num_steps") == "3" and _value(stage1, "--patch_size") == "64"
+    assert _value(stage2, "--model_name_or_path") == paths["gf_stage1"]
+    assert _value(stage3, "--model_name_or_path") == paths["gf_stage2"]
+    assert _value(stage1, "--learning_rate") == _value(stage3, "--learning_rate") == "0.001"
+    assert [_value(c, "--num_train_epochs") for c in commands.values()] == ["5.0", "2.0", "2.0"]
+
+
+def test_digit_boxes_follow_the_processors_resize_and_crop():
+    """The crop hit rate compares crops in processed pixels with digit boxes in canvas pixels: a white square drawn
+    at a box must land where `processed_boxes` puts it, for the official centre-cropping processor and without."""
+    import numpy as np
+    from PIL import Image
+
+    from lookwhere_hf.models.glance_focus import GlanceFocusImageProcessor
+
+    cf = _load("compare_families")
+    canvas = np.zeros((448, 448, 3), dtype=np.uint8)
+    canvas[224:252, 56:84] = 255  # box [x0, y0, x1, y1] = [56, 224, 84, 252]
+    box = torch.tensor([[56.0, 224.0, 84.0, 252.0]], dtype=torch.float64)
+    cropping = GlanceFocusImageProcessor(size={"shortest_edge": 512}, crop_size={"height": 448, "width": 448})
+    whole = GlanceFocusImageProcessor(size={"height": 448, "width": 448}, do_center_crop=False)
+    # 448 -> 512 (x 8/7), then 32 px off each side; whole canvas: unchanged
+    expected = {id(cropping): [32.0, 224.0, 64.0, 256.0], id(whole): [56.0, 224.0, 84.0, 252.0]}
+    for processor in (cropping, whole):
+        mapped = cf.processed_boxes(processor, box, 448)[0]
+        assert mapped.tolist() == pytest.approx(expected[id(processor)], abs=1e-9)
+        pixels = processor(Image.fromarray(canvas), return_tensors="pt")["pixel_values"][0, 0]
+        bright = (pixels > 1.0).nonzero()  # normalized white ~2.2, black ~-2.1; bilinear edges lie in between
+        low, high = bright.min(0).values, bright.max(0).values + 1
+        # inside the mapped box, within the resize's one-pixel bilinear blur
+        assert torch.allclose(torch.stack([low[1], low[0], high[1], high[0]]).double(), mapped, atol=1.0)
 
 
 def test_merge_seeds_gives_mean_and_sample_std():

@@ -16,7 +16,8 @@ It starts from a finished `run_benchmark.py` run (`--sparse_digits_dir`: its `da
    from `--compressed_grids` (the paper's multi-grid training), with the fine-tune's learning rate and batch size.
 4. `gf_stage1..3` (seeds of `--glance_focus_seeds`): Glance-and-Focus, `run_glance_focus.py` in its three stages
    (encoders + classifier with random crops, the PPO policy, the classifier with the policy), encoders from the
-   teacher, `--glance_focus_epochs` epochs per stage.
+   teacher (`--glance_focus_backbone teacher`) or from a small randomly initialized transformers ResNet
+   (`--glance_focus_backbone resnet`, the original GFNet's kind of encoder), `--glance_focus_epochs` epochs per stage.
 5. `evaluate`: budget thresholds fitted on the **validation** split (`lookwhere_hf.budget`) for means of
    teacher GFLOPs / `--budget_speedups`; accuracy and mean analytic GFLOPs on the **test** split of every family and
    operating point; measured CPU latency of all of them interleaved in one process (1 thread, batch 1 and 16).
@@ -58,6 +59,7 @@ RESULTS_MD = os.path.join(REPO, "benchmarks", "RESULTS.md")
 SECTION = "## Sparse Digits: the families side by side"
 TRAIN_STAGES = ("multirung", "random_rung", "lookupvit")
 GF_STAGES = ("gf_stage1", "gf_stage2", "gf_stage3")
+GF_BACKBONES = ("teacher", "resnet")
 STAGES = (*TRAIN_STAGES, *GF_STAGES, "evaluate", "aggregate")
 WORKERS = ("train-random-rung",)
 # The recipe of run_benchmark.py this comparison reuses (read from its summary.json; these are its defaults).
@@ -128,6 +130,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Glance-and-Focus epochs of stage 1 (encoders + classifier, random crops), 2 (policy, PPO) and 3 "
         "(classifier with the policy); the default's 9 are LookWhere's pretraining + fine-tuning epochs.",
     )
+    p.add_argument(
+        "--glance_focus_backbone",
+        choices=GF_BACKBONES,
+        default="teacher",
+        help="Encoders of Glance-and-Focus: `teacher` (both start from the seed's ViT teacher; stage folders "
+        "gf_stage1..3) or `resnet` (both start from one small transformers ResNet with random weights drawn from "
+        "the seed, --glance_focus_resnet_*; the image processor keeps the whole canvas; stage folders "
+        "gf_resnet_stage1..3, results in eval/glance_focus_resnet.json).",
+    )
+    p.add_argument(
+        "--glance_focus_resnet_sizes",
+        default="16,32,64,128",
+        help="`resnet`: channels of the four stages (the stem has the first); basic blocks.",
+    )
+    p.add_argument("--glance_focus_resnet_depths", default="1,1,1,1", help="`resnet`: blocks per stage.")
+    p.add_argument(
+        "--glance_focus_glance_size",
+        type=int,
+        default=None,
+        help="`resnet`: side of the glance view (default: --glance_focus_patch_size, as for the teacher).",
+    )
+    p.add_argument(
+        "--glance_focus_lr",
+        type=float,
+        default=None,
+        help="Learning rate of Glance-and-Focus stages 1 and 3 (default: the recipe's fine-tuning rate; stage 2 "
+        "keeps the official PPO rate).",
+    )
     p.add_argument("--glance_focus_patch_size", type=int, default=112, help="Glance / crop size in pixels.")
     p.add_argument("--glance_focus_steps", type=int, default=4, help="Glance + focus steps T.")
     p.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
@@ -146,6 +176,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.compressed_grids = comma_list(args.compressed_grids, "--compressed_grids", int, "integers >= 1")
         args.stages = comma_list(args.stages, "--stages", str, "stage names")
         args.glance_focus_epochs = comma_list(args.glance_focus_epochs, "--glance_focus_epochs", float, "epochs")
+        args.glance_focus_resnet_sizes = comma_list(
+            args.glance_focus_resnet_sizes, "--glance_focus_resnet_sizes", int, "positive integers"
+        )
+        args.glance_focus_resnet_depths = comma_list(
+            args.glance_focus_resnet_depths, "--glance_focus_resnet_depths", int, "positive integers"
+        )
         args.glance_focus_seeds = (
             args.seeds
             if args.glance_focus_seeds is None
@@ -155,6 +191,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(str(error))
     if len(args.glance_focus_epochs) != 3:
         p.error(f"--glance_focus_epochs needs the epochs of the three stages, got {args.glance_focus_epochs}.")
+    resnet_sizes, resnet_depths = args.glance_focus_resnet_sizes, args.glance_focus_resnet_depths
+    if len(resnet_sizes) != len(resnet_depths) or min(resnet_sizes + resnet_depths) < 1:
+        p.error(
+            f"--glance_focus_resnet_sizes {resnet_sizes} and --glance_focus_resnet_depths {resnet_depths} need one "
+            "positive integer per ResNet stage each, as many sizes as depths."
+        )
+    if args.glance_focus_glance_size is not None and args.glance_focus_backbone != "resnet":
+        p.error(
+            "--glance_focus_glance_size is for --glance_focus_backbone resnet (the teacher's glance has the crop size)."
+        )
     if not set(args.glance_focus_seeds) <= set(args.seeds):
         p.error(f"--glance_focus_seeds {args.glance_focus_seeds} must be among --seeds {args.seeds}.")
     if len(set(args.seeds)) != len(args.seeds):
@@ -176,6 +222,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.multirung_epochs = args.multirung_epochs or recipe["finetune_epochs"]
     args.lookupvit_epochs = args.lookupvit_epochs or recipe["pretrain_epochs"] + recipe["finetune_epochs"]
     args.lookupvit_lr = args.lookupvit_lr or recipe["finetune_lr"]
+    args.glance_focus_lr = args.glance_focus_lr or recipe["finetune_lr"]
     return args
 
 
@@ -185,8 +232,59 @@ def seed_paths(args, seed: int) -> dict[str, str]:
     target = os.path.join(args.output_dir, f"seed_{seed}")
     paths = {name: os.path.join(source, name) for name in ("teacher", "pretrained", "finetuned")}
     paths.update({name: os.path.join(target, name) for name in (*TRAIN_STAGES, *GF_STAGES, "eval", "logs")})
+    if getattr(args, "glance_focus_backbone", "teacher") == "resnet":  # its own folders: both variants can coexist
+        paths.update({name: os.path.join(target, name.replace("gf_", "gf_resnet_")) for name in GF_STAGES})
+        paths["gf_resnet_backbone"] = os.path.join(target, "gf_resnet_backbone")
+        paths["gf_resnet_init"] = os.path.join(target, "gf_resnet_init")
     paths["data"] = os.path.join(args.sparse_digits_dir, "data")
     return paths
+
+
+def glance_focus_json(args) -> str:
+    """File name of the Glance-and-Focus results in `seed_<s>/eval/` for `--glance_focus_backbone`."""
+    return "glance_focus.json" if args.glance_focus_backbone == "teacher" else "glance_focus_resnet.json"
+
+
+def resnet_backbone_config(args):
+    """The `ResNetConfig` of `--glance_focus_backbone resnet`: basic blocks, the stem as wide as the first stage."""
+    from transformers import ResNetConfig
+
+    sizes = args.glance_focus_resnet_sizes
+    return ResNetConfig(
+        embedding_size=sizes[0], hidden_sizes=list(sizes), depths=list(args.glance_focus_resnet_depths),
+        layer_type="basic", hidden_act="relu", downsample_in_first_stage=False,
+    )  # fmt: skip
+
+
+def build_resnet_glance_focus(args, paths: dict[str, str], seed: int) -> None:
+    """`--glance_focus_backbone resnet`, before stage 1: a ResNet with random weights drawn from `seed`, saved with
+    `save_pretrained` in `gf_resnet_backbone`; then the Glance-and-Focus model whose two encoders both hold exactly
+    those weights (`GlanceFocusForImageClassification.from_backbone`, the stage-1 settings: labels 0-9, steps,
+    crop size, canvas size) with an image processor that keeps the whole canvas, saved in `gf_resnet_init`, which
+    stage 1 starts from (`--model_name_or_path`).
+
+    The processor is why stage 1 does not get `--backbone_name_or_path`: `run_glance_focus.py` then builds the
+    official ImageNet evaluation transform (shorter side to `image_size / 0.875`, centre crop `image_size`), which on
+    the 448 px canvas drops a 28 px border, the outer ring of digit cells (60 of 256)."""
+    from transformers import ResNetModel
+
+    from lookwhere_hf.models.glance_focus import GlanceFocusForImageClassification, GlanceFocusImageProcessor
+
+    torch.manual_seed(seed)
+    backbone = ResNetModel(resnet_backbone_config(args))
+    backbone.save_pretrained(paths["gf_resnet_backbone"])
+    canvas = int(args.recipe["canvas_size"])
+    id2label = {i: str(i) for i in range(10)}
+    model = GlanceFocusForImageClassification.from_backbone(
+        paths["gf_resnet_backbone"], num_labels=10, id2label=id2label, label2id={n: i for i, n in id2label.items()},
+        num_steps=args.glance_focus_steps, patch_size=args.glance_focus_patch_size, image_size=canvas,
+        glance_size=args.glance_focus_glance_size,
+    )  # fmt: skip
+    model.save_pretrained(paths["gf_resnet_init"])
+    processor = GlanceFocusImageProcessor.from_glance_focus_config(
+        model.config, size={"height": canvas, "width": canvas}, do_center_crop=False
+    )
+    processor.save_pretrained(paths["gf_resnet_init"])
 
 
 def training_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[str]]:
@@ -227,21 +325,25 @@ def training_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[
 def glance_focus_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[str]]:
     """The three Glance-and-Focus stages of seed `seed` (`run_glance_focus.py`, accelerate loop): encoders from the
     seed's teacher (a DINOv2-with-registers ViT: the glance sees the whole image at the crop size, each focus step
-    one full-resolution crop), the recipe's batch size and fine-tuning learning rate (stage 2: the official PPO
-    settings)."""
+    one full-resolution crop) or, with `--glance_focus_backbone resnet`, from the model `build_resnet_glance_focus`
+    saves; the recipe's batch size and fine-tuning learning rate (stage 2: the official PPO settings)."""
     recipe = args.recipe
+    # `--image_size` makes run_glance_focus.py rebuild the official (centre-cropping) processor, so the ResNet
+    # variant, whose saved model already has the canvas size, goes without it and keeps its whole-canvas processor
+    resnet = args.glance_focus_backbone == "resnet"
+    start = {"model_name_or_path": paths["gf_resnet_init"]} if resnet else {"backbone_name_or_path": paths["teacher"]}
     common = flags(
-        dataset_name=paths["data"], image_size=recipe["canvas_size"], per_device_train_batch_size=recipe["batch_size"],
-        per_device_eval_batch_size=64, weight_decay=0.05, lr_scheduler_type="cosine", seed=seed, no_augment=True,
-        logging_steps=20,
+        dataset_name=paths["data"], **({} if resnet else {"image_size": recipe["canvas_size"]}),
+        per_device_train_batch_size=recipe["batch_size"], per_device_eval_batch_size=64, weight_decay=0.05,
+        lr_scheduler_type="cosine", seed=seed, no_augment=True, logging_steps=20,
     )  # fmt: skip
     first, second, third = args.glance_focus_epochs
     return {
         "gf_stage1": [
             sys.executable, GLANCE_FOCUS_SCRIPT, *common,
-            *flags(stage=1, backbone_name_or_path=paths["teacher"], num_steps=args.glance_focus_steps,
+            *flags(stage=1, **start, num_steps=args.glance_focus_steps,
                    patch_size=args.glance_focus_patch_size, output_dir=paths["gf_stage1"], num_train_epochs=first,
-                   learning_rate=recipe["finetune_lr"]),
+                   learning_rate=args.glance_focus_lr),
         ],
         "gf_stage2": [
             sys.executable, GLANCE_FOCUS_SCRIPT, *common,
@@ -251,7 +353,7 @@ def glance_focus_commands(args, paths: dict[str, str], seed: int) -> dict[str, l
         "gf_stage3": [
             sys.executable, GLANCE_FOCUS_SCRIPT, *common,
             *flags(stage=3, model_name_or_path=paths["gf_stage2"], output_dir=paths["gf_stage3"],
-                   num_train_epochs=third, learning_rate=recipe["finetune_lr"]),
+                   num_train_epochs=third, learning_rate=args.glance_focus_lr),
         ],
     }  # fmt: skip
 
@@ -576,6 +678,15 @@ def _box_hits(crops: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, t
     return (overlap & taken).any(dim=1), (contain & taken).any(dim=1)
 
 
+def processed_boxes(processor, boxes: torch.Tensor, canvas: int) -> torch.Tensor:
+    """Digit boxes `(N, 4)` of square `canvas`-pixel images in the pixels of the processor's output: scaled by its
+    resize (`shortest_edge` or `height`), then shifted by its centre crop (`crop_size`) when it crops."""
+    size = processor.size
+    resized = (size.shortest_edge or size.height) if processor.do_resize else canvas
+    final = processor.crop_size.height if processor.do_center_crop else resized
+    return boxes * (resized / canvas) - (resized - final) / 2
+
+
 def evaluate_glance_focus(args, model, processor, validation, test, teacher_gflops: float) -> dict:
     """Glance-and-Focus: per-step accuracy (anytime), thresholds fitted on validation for the same budgets as
     LookWhere, the budgeted forward on test, and its policy's hit rate (a focus crop on the digit box)."""
@@ -588,10 +699,10 @@ def evaluate_glance_focus(args, model, processor, validation, test, teacher_gflo
             indices = range(start, min(start + 50, len(split)))
             images = [split.image(i) for i in indices]
             inputs = processor(images, return_tensors="pt")
-            scale = inputs["pixel_values"].shape[-1] / images[0].size[0]
             rows = [split.rows[i] for i in indices]
             out.setdefault("labels", []).append(torch.tensor([int(r["label"]) for r in rows]))
-            out.setdefault("boxes", []).append(torch.tensor([r["box"] for r in rows], dtype=torch.float64) * scale)
+            boxes = torch.tensor([r["box"] for r in rows], dtype=torch.float64)
+            out.setdefault("boxes", []).append(processed_boxes(processor, boxes, images[0].size[0]))
             with torch.no_grad():
                 result = model(**inputs, anytime=True)
                 probs = torch.stack([logits.softmax(-1) for logits in result.rung_logits], dim=1)
@@ -780,7 +891,7 @@ def evaluate_seed(args, seed: int) -> dict:
             if os.path.isfile(timing_file):
                 with open(timing_file, encoding="utf-8") as f:
                     gf.setdefault("training_cpu_s", {})[name] = json.load(f)["cpu_s"]
-        with open(os.path.join(paths["eval"], "glance_focus.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(paths["eval"], glance_focus_json(args)), "w", encoding="utf-8") as f:
             json.dump(gf, f, indent=1)
     with open(os.path.join(paths["eval"], "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
@@ -1062,7 +1173,7 @@ def aggregate(args) -> dict | None:
     agg["_flops_check"] = _flops_check(runs)
     gf_runs, gf_seeds = [], []
     for seed in args.seeds:
-        path = os.path.join(seed_paths(args, seed)["eval"], "glance_focus.json")
+        path = os.path.join(seed_paths(args, seed)["eval"], glance_focus_json(args))
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 gf_runs.append(json.load(f))
@@ -1176,6 +1287,8 @@ def run_training(args, seed: int, timings: dict) -> None:
         if done and not args.force:
             print(f"=== [seed {seed} {name}] exists, skipped: {paths[name]} (--force re-runs it)")
             continue
+        if name == "gf_stage1" and args.glance_focus_backbone == "resnet":
+            build_resnet_glance_focus(args, paths, seed)
         run_stage(f"seed {seed} {name}", command, os.path.join(paths["logs"], f"{name}.log"), env, timings)
         with open(os.path.join(paths[name], "stage_timing.json"), "w", encoding="utf-8") as f:
             json.dump({**timings[f"seed {seed} {name}"], "command": command}, f, indent=1)
