@@ -342,6 +342,7 @@ def test_official_mobilenet_style_concat_classifier_and_glance_head():
     torch.testing.assert_close(out.loss, expected, **FLOAT64_TOLERANCE)
 
 
+@torch.no_grad()
 def test_official_regnet_style_loss_supervises_the_grus_own_glance_logits():
     """A GRU classifier with `glance_logits="glance_head"` (official RegNet): the glance step's prediction is the
     glance head's, but the training loss takes the GRU's own step-0 logits, as the official `train.py` does (the glance
@@ -582,6 +583,8 @@ def test_forward_rejects_bad_inputs(model):
         model(images(1), exit_thresholds=[0.5] * (STEPS - 1), return_policy=True)
     with pytest.raises(ValueError, match="output_hidden_states"):
         model(images(1), output_hidden_states=True)
+    with pytest.raises(ValueError, match=r"unexpected arguments \['policy_mod'\]"):
+        model(images(1), policy_mod="sample")  # misspelt: not silently the mean crops
     with pytest.raises(ValueError, match="Policy states"):
         model.policy.evaluate(torch.zeros(1, 2, 3, 1, 1, dtype=torch.float64), torch.zeros(1, 2, 2))
 

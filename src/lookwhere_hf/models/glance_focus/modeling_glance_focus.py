@@ -52,6 +52,7 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_glance_focus import GlanceFocusConfig
 
 POLICY_MODES = ("mean", "sample")
+LOSS_KWARGS = ("num_items_in_batch", "ignore_index")  # what transformers' classification loss takes besides labels
 
 
 # ----------------------------------------------------------------------------------------------------- views
@@ -743,16 +744,24 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         generator (`torch.Generator`, *optional*):
             Random source of `policy_mode="sample"`.
         kwargs:
-            Passed to the loss function. `output_hidden_states` / `output_attentions` are refused (`ValueError`).
+            The loss function's `num_items_in_batch` / `ignore_index`. `output_hidden_states` / `output_attentions`
+            are refused, and so is any other name (`ValueError`: a misspelt argument would otherwise be ignored).
         """
         config = self.config
         for flag in ("output_hidden_states", "output_attentions"):
-            if kwargs.get(flag):
+            if kwargs.pop(flag, None):
                 raise ValueError(
                     f"`{flag}` is not supported by Glance-and-Focus (two encoders over several steps); run "
                     "`model.glance_encoder.backbone` / `model.focus_encoder.backbone` on the views for per-layer "
                     "outputs."
                 )
+        unknown = sorted(set(kwargs) - set(LOSS_KWARGS))
+        if unknown:
+            raise ValueError(
+                f"GlanceFocusForImageClassification.forward got unexpected arguments {unknown}; it takes pixel_values, "
+                "glance_pixel_values, labels, crop_centers, policy_mode, anytime, budget, exit_thresholds, "
+                f"return_policy, generator and the loss's {list(LOSS_KWARGS)}."
+            )
         self._check_inputs(pixel_values, glance_pixel_values, crop_centers, policy_mode)
         thresholds = self._resolve_exit_mode(anytime, budget, exit_thresholds)
         if return_policy and thresholds is not None:
