@@ -168,6 +168,10 @@ def test_stage_wrapper_rejects_bad_input():
     model = GlanceFocusForImageClassification(tiny_config())
     with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
         GlanceFocusStage(model, stage=4)
+    with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
+        GlanceFocusStage(model, stage=True)
+    with pytest.raises(ValueError, match="`ppo` must be a PPOSettings"):
+        GlanceFocusStage(model, stage=2, ppo={"clip": 0.1})
     with pytest.raises(ValueError, match="needs a Glance-and-Focus model with a `policy`"):
         GlanceFocusStage(nn.Linear(2, 2), stage=1)
     with pytest.raises(ValueError, match="needs `labels`"):

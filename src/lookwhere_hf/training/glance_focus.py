@@ -302,8 +302,10 @@ class GlanceFocusStage(nn.Module):
         sample_crops: bool = True,
     ) -> None:
         super().__init__()
-        if stage not in STAGES:
+        if isinstance(stage, bool) or stage not in STAGES:
             raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}.")
+        if ppo is not None and not isinstance(ppo, PPOSettings):
+            raise ValueError(f"`ppo` must be a PPOSettings (the stage-2 settings), got {type(ppo).__name__}.")
         for name in ("policy", "config"):
             if not hasattr(model, name):
                 raise ValueError(
