@@ -383,6 +383,20 @@ def test_stage2_policy_earns_more_reward_than_random_crops(stage2, stripes, rand
             torch.testing.assert_close(tensor, stage2["frozen"][name], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("stage", [1, 3])
+def test_a_frozen_glance_encoder_does_not_change(stripes, stage):
+    """`freeze_glance_encoder` (the official MobileNet-V3 / EfficientNet recipe): stage 1, or stage 3 with the
+    encoders, trains the focus encoder and the classifier, and leaves the glance encoder (batch-norm statistics
+    included) and its head bit for bit as they were."""
+    torch.manual_seed(0)
+    model = GlanceFocusForImageClassification(tiny_config())
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    stage_ = GlanceFocusStage(model, stage=stage, train_encoders=True, freeze_glance_encoder=True)
+    _train(stage_, stripes["train"], steps=3, lr=1e-2, seed=0)
+    moved = {name.split(".")[0] for name, tensor in model.state_dict().items() if not torch.equal(tensor, start[name])}
+    assert moved == {"focus_encoder", "focus_head", "classifier"}, moved
+
+
 def _last_step_loss(model, data) -> float:
     """Cross-entropy of the last step on held-out data, with the policy's mean crops (eval mode)."""
     images, labels = data

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, image_processor = build_glance_focus_model(gf_args, hub, id2label)
     stage = GlanceFocusStage(
         model, gf_args.stage, ppo=gf_args.ppo_settings(), train_encoders=gf_args.train_encoders,
-        sample_crops=gf_args.stage3_sample_crops,
+        sample_crops=gf_args.stage3_sample_crops, freeze_glance_encoder=gf_args.freeze_glance_encoder,
     )  # fmt: skip
     describe_stage(stage, image_processor, dataset, changed, accelerator.print)
 

@@ -21,8 +21,11 @@ blackfeather-wang/GFNet-Pytorch) and the paper (Wang et al., NeurIPS 2020):
 
 Differences from the official code, on purpose: stages 1 and 3 use the loop's AdamW and scheduler (the official SGD
 with Nesterov momentum 0.9, weight decay 1e-4, lr 0.1 classifier / 0.01 encoders in stage 1, 0.01 in stage 3, cosine
-per epoch, has no flag here); stage 3 trains the classifier alone unless `train_encoders`; and with several processes
-the returns are normalized over each process's batch (the official code runs one `DataParallel` batch).
+per epoch, has no flag here); stage 3 trains the classifier alone unless `train_encoders`; with several processes
+the returns are normalized over each process's batch (the official code runs one `DataParallel` batch); and with a
+GRU classifier and `glance_logits="glance_head"` (official RegNet) the first focus step's reward is measured against
+the glance head's prediction (the one inference uses), where the official stage 2 takes the GRU's. The official
+MobileNet-V3 / EfficientNet recipe keeps the glance encoder frozen in stages 1 and 3: `freeze_glance_encoder`.
 
 Every random draw is reproducible across a resume: stage 1's crop centres are drawn in the data transform, seeded per
 example by [`SeededDataset`]; the policy's samples (stages 2 and 3) come from the global torch RNG, which
@@ -291,6 +294,9 @@ class GlanceFocusStage(nn.Module):
         train_encoders (`bool`): stage 3 also fine-tunes the glance and focus encoders (default: classifier only).
         sample_crops (`bool`): stage 3 trains on crops sampled from the policy (the official choice); False: on the
             policy's mean crops.
+        freeze_glance_encoder (`bool`): stages 1 and 3 (with `train_encoders`) keep the glance encoder and its head
+            frozen, as the official MobileNet-V3 / EfficientNet recipe does (`train_model_prime` off: their glance
+            encoder is a pretrained low-resolution model); default: trained, as for ResNet / DenseNet / RegNet.
     """
 
     def __init__(
@@ -300,6 +306,7 @@ class GlanceFocusStage(nn.Module):
         ppo: PPOSettings | None = None,
         train_encoders: bool = False,
         sample_crops: bool = True,
+        freeze_glance_encoder: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(stage, bool) or stage not in STAGES:
@@ -319,6 +326,7 @@ class GlanceFocusStage(nn.Module):
         self.model, self.stage = model, stage
         self.ppo = ppo if ppo is not None else PPOSettings()
         self.train_encoders, self.sample_crops = bool(train_encoders), bool(sample_crops)
+        self.freeze_glance_encoder = bool(freeze_glance_encoder)
         self._rollout: _Rollout | None = None
         trained = self.trained_modules()
         for name, module in model.named_children():
@@ -351,6 +359,8 @@ class GlanceFocusStage(nn.Module):
             unused = {"policy"}
             if not getattr(config, "encoder_loss_weight", 0):
                 unused |= {"focus_head"} | ({"glance_head"} if config.glance_logits != "glance_head" else set())
+            if self.freeze_glance_encoder:
+                unused |= {"glance_encoder", "glance_head"}
             return children - unused
         if "classifier" not in children:
             raise ValueError(
@@ -529,6 +539,11 @@ class GlanceFocusArguments:
     train_encoders: bool = field(
         default=False, metadata={"help": "Stage 3: fine-tune the encoders too (default: the classifier only)."}
     )
+    freeze_glance_encoder: bool = field(
+        default=False,
+        metadata={"help": "Stages 1 and 3: keep the glance encoder and its head frozen (the official MobileNet-V3 / "
+                          "EfficientNet recipe); default: trained with the rest (official ResNet / RegNet)."},
+    )  # fmt: skip
     stage3_sample_crops: bool = field(
         default=True,
         metadata={
@@ -623,8 +638,12 @@ def describe_stage(stage: GlanceFocusStage, processor, dataset, changed: list[st
     trainable = sum(p.numel() for p in stage.parameters() if p.requires_grad)
     total = sum(p.numel() for p in stage.parameters())
     height, width = input_size(processor)
-    what = {1: "encoders + classifier, random crops", 2: "policy (PPO), encoders and classifier frozen",
-            3: "classifier" + (" + encoders" if stage.train_encoders else "") + " with the learned policy"}  # fmt: skip
+    encoders = "focus encoder (glance encoder frozen)" if stage.freeze_glance_encoder else "encoders"
+    what = {
+        1: f"{encoders} + classifier, random crops",
+        2: "policy (PPO), encoders and classifier frozen",
+        3: "classifier" + (f" + {encoders}" if stage.train_encoders else "") + " with the learned policy",
+    }
     print_fn(
         f"Glance-and-Focus stage {stage.stage}: {what[stage.stage]}. {config.num_labels} labels, input "
         f"{height}x{width}, {config.num_steps} steps (glance + {config.num_steps - 1} crops of {config.patch_size} "
