@@ -545,6 +545,7 @@ def _results(folder: Path) -> dict:
         (["--stage", "2", "--model_name_or_path", "tiny", "--ppo_gamma", "2"], "gamma must be in \\[0, 1\\]"),
         (["--stage", "2", "--model_name_or_path", "tiny", "--ppo_learning_rate", "0"], "--ppo_learning_rate must be"),
         (["--stage", "2", "--model_name_or_path", "tiny", "--policy_action_std", "0"], "--policy_action_std must be"),
+        (["--stage", "2", "--model_name_or_path", "tiny", "--policy_action_std", "1.5"], r"must be in \(0, 1\]"),
         (["--stage", "1", "--model_name_or_path", "resnet"], "is a 'resnet' model; it needs"),
         (["--stage", "1", "--model_name_or_path", "missing/folder/x"], "no such folder"),
         (

@@ -585,8 +585,11 @@ class GlanceFocusArguments:
         self.ppo_settings()
         if not 0.0 < self.ppo_learning_rate < float("inf"):
             raise ArgumentError(f"--ppo_learning_rate must be a positive number, got {self.ppo_learning_rate}.")
-        if self.policy_action_std is not None and not 0.0 < self.policy_action_std < float("inf"):
-            raise ArgumentError(f"--policy_action_std must be a positive number, got {self.policy_action_std}.")
+        if self.policy_action_std is not None and not 0.0 < self.policy_action_std <= 1.0:
+            raise ArgumentError(
+                f"--policy_action_std must be in (0, 1] (a fraction of the crop's free range; official 0.1), got "
+                f"{self.policy_action_std}."
+            )
         for flag in ("num_steps", "patch_size", "image_size"):
             value = getattr(self, flag)
             if value is not None and value < 1:
