@@ -190,7 +190,7 @@ def test_bad_export_arguments(tmp_path):
         ({"output_path": tmp_path / "m.onnx", "k": 65}, "between 1 and the number of high-res patches"),
         ({"output_path": tmp_path / "m.onnx", "batch_size": 0}, "`batch_size` must be a positive int"),
         ({"output_path": tmp_path / "m.onnx", "dense_features": True}, "`dense_features` is for LookWhereModel"),
-        ({"output_path": tmp_path / "m.onnx", "tolerance": 2.0}, "`tolerance` must be in"),
+        ({"output_path": tmp_path / "m.onnx", "tolerance": 2.0}, "`tolerance` must be a number in"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ExportError, match=message):
@@ -291,3 +291,176 @@ def test_deployment_benchmark_rows():
     section = render_deployment_markdown([row], "machine", "command", "now", ("0.0", "0.0"))
     assert section.startswith(DEPLOYMENT_SECTION)
     assert "| LookWhere ONNX Runtime (CPU) |" in section and "| LookWhere bf16 autocast |" in section
+
+
+# ----------------------------------------------------------------------------------------------------- LookupViT
+# Tiny LookupViT: hidden 32, 2 heads, 2 blocks, 112 px / patch 14 = an 8 x 8 lookup grid, config compressed grid 4x4.
+# The same float32 bound as LookWhere (PARITY): both sides compute in float32 with other kernels and summation orders,
+# reductions of <= 588 terms (the patch embedding's 3 x 14 x 14) over 2 blocks, so rounding differences are ~1e-6 of
+# the scale; a wrong op (no antialias in the compressed resize, another grid, a dropped residual) is > 1e-3 of it.
+LOOKUPVIT_GRID = (3, 2)  # not the config's 4x4, and not square: the exported graph must use the asked grid
+
+
+def tiny_lookupvit(cls, tmp_path):
+    from lookwhere_hf import LookupViTConfig
+    from lookwhere_hf.models.lookupvit.modeling_lookupvit import lookupvit_image_processor
+
+    config = LookupViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=112,
+        patch_size=14,
+        compressed_grid=4,
+        compressed_grids=[2, 3, 4],
+        lookup_mlp_ratio=0.5,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    model.save_pretrained(tmp_path)
+    lookupvit_image_processor(config).save_pretrained(tmp_path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def lookupvit_exports(tmp_path_factory):
+    """Each LookupViT task model saved with save_pretrained and exported by `lookwhere-hf export --format onnx` at the
+    compressed grid 3x2."""
+    from lookwhere_hf import LookupViTForImageClassification, LookupViTForSemanticSegmentation
+
+    made = {}
+    for cls in (LookupViTForImageClassification, LookupViTForSemanticSegmentation):
+        folder = tmp_path_factory.mktemp(cls.__name__)
+        model = tiny_lookupvit(cls, folder / "model")
+        out = folder / "model.onnx"
+        grid = f"{LOOKUPVIT_GRID[0]}x{LOOKUPVIT_GRID[1]}"
+        assert cli.main(["export", str(folder / "model"), str(out), "--compressed-grid", grid]) == 0
+        made[cls] = (model, out, json.loads(Path(f"{out}.json").read_text()))
+    return made
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["LookupViTForImageClassification", "LookupViTForSemanticSegmentation"])
+def test_lookupvit_onnx_runtime_matches_eager(lookupvit_exports, name, photos):
+    """`lookwhere-hf export --format onnx` on a saved LookupViT: the report (3x2 grid, dynamic batch, every check of
+    the random input and the real image passed), and a fresh ONNX Runtime session reproduces the eager logits at that
+    grid within PARITY on a batch of 3 random images and a photo; the config's 4x4 grid gives other logits (by far
+    more than PARITY), so the graph really runs the asked grid."""
+    import lookwhere_hf
+
+    cls = getattr(lookwhere_hf, name)
+    model, out, report = lookupvit_exports[cls]
+    assert report["model_class"] == name and report["compressed_grid"] == list(LOOKUPVIT_GRID)
+    assert report["k"] is None and report["batch_size"] is None and report["output_names"] == ["logits"]
+    assert {c["input"] for c in report["checks"]} >= {"random (seed 0)"} and len(report["checks"]) == 2
+    assert all(c["passed"] and c["max_abs_diff"] <= PARITY * c["scale"] for c in report["checks"])
+
+    session = onnx_session(out)
+    processor = lw_export.lookupvit_image_processor(model.config)
+    photo = processor(photos["chelsea"], return_tensors="pt")["pixel_values"]
+    torch.manual_seed(3)
+    for pixel_values in (torch.randn(3, 3, 112, 112), photo):
+        got = run_exported(session, pixel_values, ["logits"])["logits"]
+        with torch.no_grad():
+            expected = model(pixel_values, compressed_grid=LOOKUPVIT_GRID).logits
+            other_grid = model(pixel_values).logits  # config.compressed_grid 4x4
+        scale = max(1.0, expected.abs().max().item())
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=PARITY * scale)
+        assert (other_grid - expected).abs().max().item() > 10 * PARITY * scale
+
+
+def test_lookupvit_pt2_program_matches_eager(tmp_path):
+    """`--format torch` for the bare LookupViTModel: its three outputs from the reloaded program equal eager in float64
+    (two operation orders agree to FLOAT64_TOLERANCE), at the config's grid and a dynamic batch."""
+    from lookwhere_hf import LookupViTModel
+
+    model = tiny_lookupvit(LookupViTModel, tmp_path / "model").double()
+    result = export_lookwhere(model, tmp_path / "m.pt2", format="torch", check=False, log=None)
+    assert result.output_names == ["last_hidden_state", "pooler_output", "lookup_last_hidden_state"]
+    assert result.compressed_grid == [4, 4] and result.batch_size is None and result.image_size == 112
+    pixel_values = torch.randn(3, 3, 112, 112, dtype=torch.float64)
+    got = run_exported(torch.export.load(result.path), pixel_values, result.output_names)
+    with torch.no_grad():
+        expected = model(pixel_values)
+    assert got["last_hidden_state"].shape == (3, 16, 32) and got["lookup_last_hidden_state"].shape == (3, 64, 32)
+    for name in result.output_names:
+        torch.testing.assert_close(got[name], expected[name], **FLOAT64_TOLERANCE, msg=name)
+
+
+def test_lookupvit_export_arguments(tmp_path, capsys):
+    """Each family refuses the other's knob, a grid larger than the token grid and `dense_features` are errors that
+    say what to do, and the CLI's --compressed-grid parses S / HxW and refuses the rest."""
+    from lookwhere_hf import LookupViTForImageClassification, LookupViTModel
+
+    lookupvit = tiny_lookupvit(LookupViTForImageClassification, tmp_path / "model")
+    cases = [
+        (lookupvit, {"k": 5}, "a LookupViTForImageClassification has none: drop `k`"),
+        (lookupvit, {"compressed_grid": 9}, "larger than the lookup token grid 8x8"),
+        (lookupvit, {"compressed_grid": 2, "image_size": 14}, "larger than the lookup token grid 1x1"),
+        (lookupvit, {"image_size": 100}, "multiple of the patch size 14 \\(e.g. 112\\)"),
+        (tiny(LookWhereForImageClassification), {"compressed_grid": 3}, "drop `compressed_grid` \\(pass `k`\\)"),
+        (tiny_lookupvit(LookupViTModel, tmp_path / "bare"), {"dense_features": True}, "got a LookupViTModel"),
+    ]
+    for model, kwargs, message in cases:
+        with pytest.raises(ExportError, match=message):
+            export_lookwhere(model, tmp_path / "m.onnx", log=None, **kwargs)
+    assert not (tmp_path / "m.onnx").exists()
+    assert cli._compressed_grid_argument("7") == (7, 7) and cli._compressed_grid_argument("3x5") == (3, 5)
+    for bad in ("0", "3x", "2.5", "3x4x5"):
+        with pytest.raises(SystemExit):
+            cli.main(["export", str(tmp_path / "model"), str(tmp_path / "m.onnx"), "--compressed-grid", bad])
+        assert "expected a grid such as 7 or 7x5" in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path / "model"), str(tmp_path / "m.onnx"), "--k", "3"]) == 2
+    assert "drop `k`" in capsys.readouterr().err
+
+
+def test_lookupvit_loads_as_its_saved_class(tmp_path):
+    """`load_for_export` on a LookupViT folder gives the saved task class in eval mode (no dropout in the export)."""
+    from lookwhere_hf import LookupViTForSemanticSegmentation
+
+    tiny_lookupvit(LookupViTForSemanticSegmentation, tmp_path)
+    loaded = lw_export.load_for_export(tmp_path)
+    assert type(loaded) is LookupViTForSemanticSegmentation and not loaded.training
+
+
+# ----------------------------------------------------------------------------------------------------- failures
+def test_failed_export_removes_a_stale_report(tmp_path, monkeypatch):
+    """A check that fails removes the file and the `.json` report next to it, also one left by an earlier export
+    (it described a file that is no longer there)."""
+    model = tiny(LookWhereForImageClassification)
+    path = tmp_path / "m.pt2"
+    export_lookwhere(model, path, format="torch", k=K, log=None)
+    assert Path(f"{path}.json").is_file()
+    real = lw_export.run_exported
+
+    def drifting(exported, pixel_values, names):
+        outputs = real(exported, pixel_values, names)
+        outputs["logits"] = outputs["logits"] + 1.0
+        return outputs
+
+    monkeypatch.setattr(lw_export, "run_exported", drifting)
+    with pytest.raises(ExportError, match="does not reproduce the eager model"):
+        export_lookwhere(model, path, format="torch", k=K, log=None)
+    assert not path.exists() and not Path(f"{path}.json").exists()
+
+
+def test_exporter_failure_is_an_export_error(tmp_path, monkeypatch, capsys):
+    """An exporter that raises (an unsupported op, say) gives an ExportError naming the model and the cause, with the
+    original exception chained, and `lookwhere-hf export` exit status 2 instead of a traceback."""
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("no decomposition for aten::made_up_op\nlong details")
+
+    monkeypatch.setattr(torch.export, "export", unsupported)
+    with pytest.raises(ExportError, match="torch exporter failed on LookWhereForImageClassification: Runtime") as info:
+        export_lookwhere(tiny(LookWhereForImageClassification), tmp_path / "m.pt2", format="torch", k=K, log=None)
+    assert isinstance(info.value.__cause__, RuntimeError) and "made_up_op" in str(info.value)
+    assert not (tmp_path / "m.pt2").exists()
+    model_dir = tmp_path / "model"
+    tiny(LookWhereForImageClassification).save_pretrained(model_dir)
+    assert cli.main(["export", "--format", "torch", str(model_dir), str(tmp_path / "m.pt2"), "--k", "3"]) == 2
+    assert "exporter failed" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="`tolerance` must be a number in"):
+        export_lookwhere(tiny(LookWhereForImageClassification), tmp_path / "m.pt2", format="torch", tolerance="1e-4")

@@ -374,6 +374,7 @@ def cmd_export(args) -> int:
             format=args.format,
             image_size=args.image_size,
             k=args.k,
+            compressed_grid=args.compressed_grid,
             batch_size=args.batch_size,
             dense_features=args.dense_features,
             check=not args.skip_check,
@@ -383,11 +384,21 @@ def cmd_export(args) -> int:
     except ExportError as err:
         raise CLIError(str(err)) from None
     batch = "dynamic" if result.batch_size is None else result.batch_size
+    grid = result.compressed_grid
+    point = f"k = {result.k}" if grid is None else f"compressed grid {grid[0]}x{grid[1]}"
     print(
-        f"Wrote {result.path} ({result.model_class}, {result.image_size}x{result.image_size} px, k = {result.k}, "
+        f"Wrote {result.path} ({result.model_class}, {result.image_size}x{result.image_size} px, {point}, "
         f"batch {batch}; outputs {', '.join(result.output_names)}) and {result.path}.json"
     )
     return 0
+
+
+def _compressed_grid_argument(value: str) -> tuple[int, int]:
+    """`--compressed-grid S` (an S x S grid) or `HxW`."""
+    parts = value.lower().split("x")
+    if len(parts) in (1, 2) and all(part.strip().isdigit() and int(part) >= 1 for part in parts):
+        return (int(parts[0]), int(parts[-1]))
+    raise argparse.ArgumentTypeError(f"expected a grid such as 7 or 7x5 (positive ints), got {value!r}")
 
 
 def cmd_benchmark(argv: list[str]) -> int:
@@ -489,21 +500,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export = sub.add_parser(
         "export",
-        help="export a LookWhere model to ONNX or a torch.export program (.pt2), checked against the eager model",
+        help="export a LookWhere or LookupViT model to ONNX or a torch.export program (.pt2), checked against the "
+        "eager model",
         description=(
-            "Exports the fixed-k forward (selection inside the graph) at one image size, loads the file back (ONNX "
-            "Runtime CPU / torch.export.load) and compares it with the eager model on a seeded random input and a "
-            "real image; fails (exit status 2, file removed) beyond the tolerance. See lookwhere_hf.export."
+            "Exports a LookWhere model's fixed-k forward (selection inside the graph), or a LookupViT model's forward "
+            "at a fixed compressed grid, at one image size, loads the file back (ONNX Runtime CPU / "
+            "torch.export.load) and compares it with the eager model on a seeded random input and a real image; "
+            "fails (exit status 2, file removed) beyond the tolerance. See lookwhere_hf.export."
         ),
     )
-    export.add_argument("model", metavar="MODEL_DIR", help="a LookWhere folder written by save_pretrained")
+    export.add_argument("model", metavar="MODEL_DIR", help="a LookWhere or LookupViT folder written by save_pretrained")
     export.add_argument("output", metavar="OUT", help="the file to write: .onnx (--format onnx) or .pt2 (torch)")
     export.add_argument("--format", choices=("onnx", "torch"), default="onnx", help="default: onnx")
     export.add_argument(
         "--image-size", type=positive_int_argument, default=None, help="square input side in px (default: config's)"
     )
     export.add_argument(
-        "--k", type=positive_int_argument, default=None, help="high-res patches computed (default: config's k_ratio)"
+        "--k",
+        type=positive_int_argument,
+        default=None,
+        help="LookWhere: high-res patches computed (default: config's k_ratio)",
+    )
+    export.add_argument(
+        "--compressed-grid",
+        type=_compressed_grid_argument,
+        default=None,
+        metavar="HxW",
+        help="LookupViT: the compressed-token grid, S or HxW (default: config's compressed_grid)",
     )
     export.add_argument(
         "--batch-size",

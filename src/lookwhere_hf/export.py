@@ -1,32 +1,43 @@
-"""Deployment exports of LookWhere models, checked against the eager model: ONNX and `torch.export` programs.
+"""Deployment exports of LookWhere and LookupViT models, checked against the eager model: ONNX and `torch.export`
+programs.
 
-The whole fixed-`k` forward is one graph: the low-resolution view, the selector, the top-k selection, the gather of
-the selected patches, the extractor, the head and (for dense outputs) the inverse-distance spreading. The exported
-graph takes `pixel_values` only (normalized, `(batch, 3, image_size, image_size)`, as `LookWhereImageProcessor` makes
-them) and makes the selector's low-resolution view itself, exactly like the eager model without
-`low_res_pixel_values`. Image size and `k` are fixed at export time (one graph per operating point, as for
+LookWhere: the whole fixed-`k` forward is one graph: the low-resolution view, the selector, the top-k selection, the
+gather of the selected patches, the extractor, the head and (for dense outputs) the inverse-distance spreading. The
+exported graph takes `pixel_values` only (normalized, `(batch, 3, image_size, image_size)`, as
+`LookWhereImageProcessor` makes them) and makes the selector's low-resolution view itself, exactly like the eager model
+without `low_res_pixel_values`. Image size and `k` are fixed at export time (one graph per operating point, as for
 `torch.compile(dynamic=False)`).
+
+LookupViT: the forward at one image size and one compressed grid `(h, w)` (default: `config.compressed_grid`, the
+eval-mode grid): patch embedding, the (antialiased) bilinear resize to the compressed tokens, every block's gather /
+refine / scatter / lookup MLP, the final norms and the head.
 
 Outputs, by model class (the names are the ONNX output names and the keys of [`run_exported`]):
 
 - `LookWhereForImageClassification`: `logits (B, num_labels)`, `selector_map (B, G*G)`, `selected_indices (B, k)`;
 - `LookWhereForSemanticSegmentation`: `logits (B, num_labels, G, G)`, `selector_map`, `selected_indices`;
 - `LookWhereModel`: `last_hidden_state (B, P + k, D)`, `pooler_output (B, D)`, `selector_map`, `selected_indices`
-  and, with `dense_features=True`, `dense_features (B, D, G, G)`.
+  and, with `dense_features=True`, `dense_features (B, D, G, G)`;
+- `LookupViTForImageClassification`: `logits (B, num_labels)`;
+- `LookupViTForSemanticSegmentation`: `logits (B, num_labels, G, G)`;
+- `LookupViTModel`: `last_hidden_state (B, h*w, D)`, `pooler_output (B, D)`, `lookup_last_hidden_state (B, G*G, D)`.
 
-The batch dimension stays dynamic when the graph has no dense output. The dense spreading sizes its memory blocks
-from the batch size, so graphs with dense outputs are exported for one batch size (`batch_size`, default 1).
+The batch dimension stays dynamic when the graph has no dense LookWhere output. LookWhere's dense spreading sizes its
+memory blocks from the batch size, so graphs with dense LookWhere outputs are exported for one batch size
+(`batch_size`, default 1); LookupViT graphs (segmentation included) always have a dynamic batch.
 
 After writing the file, [`export_lookwhere`] loads it back (ONNX Runtime's CPU session for ONNX, `torch.export.load`
 for `.pt2`) and compares every output with the eager model on a seeded random input and on a real image: the same
-selected patches, and every float output within `tolerance` (default 1e-4) times its scale (`max(1, max |eager|)`).
-A near-tie in the selector map (two patches whose eager scores differ by less than twice the measured map error) may
-legitimately swap the selection; that image's selection-dependent outputs are then not compared, and the report says
-so. Anything else beyond tolerance raises [`ExportError`], and the exported file is removed.
+selected patches (LookWhere), and every float output within `tolerance` (default 1e-4) times its scale
+(`max(1, max |eager|)`). A near-tie in the selector map (two patches whose eager scores differ by less than twice
+the measured map error) may legitimately swap the selection; that image's selection-dependent outputs are then not
+compared, and the report says so. Anything else beyond tolerance raises [`ExportError`], and the exported file (and
+its report) is removed.
 
 ```bash
 lookwhere-hf export --format onnx MODEL_DIR model.onnx [--image-size 518] [--k 136]
 lookwhere-hf export --format torch MODEL_DIR model.pt2
+lookwhere-hf export --format onnx LOOKUPVIT_DIR model.onnx [--compressed-grid 7 | 7x5]
 ```
 
 Note on the ONNX graph optimizer: `onnxscript`'s default rewrite rules match `x + c` as a no-op when `|c| <= 1e-8`
@@ -47,6 +58,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .models.lookupvit.modeling_lookupvit import (
+    LookupViTForImageClassification,
+    LookupViTForSemanticSegmentation,
+    LookupViTModel,
+    LookupViTPreTrainedModel,
+    lookupvit_image_processor,
+)
 from .models.lookwhere.configuration_lookwhere import to_pair
 from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
 from .models.lookwhere.modeling_lookwhere import (
@@ -99,66 +117,101 @@ class ExportResult:
     format: str
     model_class: str
     image_size: int
-    k: int
+    k: int | None  # LookWhere's number of selected patches (None for LookupViT)
     batch_size: int | None  # None: dynamic
     input_names: list[str]
     output_names: list[str]
     checks: list[OutputCheck] = field(default_factory=list)
+    compressed_grid: list[int] | None = None  # LookupViT's (h, w) (None for LookWhere)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------------- the graph
-def output_names_for(model: LookWherePreTrainedModel, dense_features: bool = False) -> list[str]:
+ExportableModel = LookWherePreTrainedModel | LookupViTPreTrainedModel
+
+
+def output_names_for(model: ExportableModel, dense_features: bool = False) -> list[str]:
     """The exported outputs of `model`'s class, in order (see the module docstring)."""
     if isinstance(model, (LookWhereForImageClassification, LookWhereForSemanticSegmentation)):
         return ["logits", "selector_map", "selected_indices"]
     if isinstance(model, LookWhereModel):
         names = ["last_hidden_state", "pooler_output", "selector_map", "selected_indices"]
         return [*names, "dense_features"] if dense_features else names
+    if isinstance(model, (LookupViTForImageClassification, LookupViTForSemanticSegmentation)):
+        return ["logits"]
+    if isinstance(model, LookupViTModel):
+        return ["last_hidden_state", "pooler_output", "lookup_last_hidden_state"]
     raise ExportError(
-        f"Cannot export a {type(model).__name__}: pass a LookWhereModel, LookWhereForImageClassification or "
-        "LookWhereForSemanticSegmentation (a pretraining checkpoint loads as LookWhereModel)."
+        f"Cannot export a {type(model).__name__}: pass a LookWhereModel, LookWhereForImageClassification, "
+        "LookWhereForSemanticSegmentation (a pretraining checkpoint loads as LookWhereModel), LookupViTModel, "
+        "LookupViTForImageClassification or LookupViTForSemanticSegmentation."
     )
 
 
-class _FixedKForward(nn.Module):
-    """`pixel_values -> tuple of tensors`: the model's fixed-`k` forward with its outputs in `output_names` order."""
+class _FixedForward(nn.Module):
+    """`pixel_values -> tuple of tensors`: the model's forward at a fixed operating point (`call_kwargs`: LookWhere's
+    `k` and dense flag, or LookupViT's `compressed_grid`) with its outputs in `output_names` order."""
 
-    def __init__(self, model: LookWherePreTrainedModel, k: int, output_names: list[str]) -> None:
+    def __init__(self, model: ExportableModel, call_kwargs: dict, output_names: list[str]) -> None:
         super().__init__()
         self.model = model
-        self.k = k
+        self.call_kwargs = call_kwargs
         self.output_names = output_names
-        self.dense = "dense_features" in output_names
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        extra = {"output_dense_features": True} if self.dense else {}
-        outputs = self.model(pixel_values, k=self.k, **extra)
+        outputs = self.model(pixel_values, **self.call_kwargs)
         return tuple(outputs[name] for name in self.output_names)
 
 
-def _has_dense_output(model: LookWherePreTrainedModel, output_names: list[str]) -> bool:
+def _has_dense_output(model: ExportableModel, output_names: list[str]) -> bool:
+    """Whether the graph runs LookWhere's dense spreading (whose memory blocks are sized from the batch size)."""
     return isinstance(model, LookWhereForSemanticSegmentation) or "dense_features" in output_names
 
 
-def _resolve_size_and_k(model: LookWherePreTrainedModel, image_size: int | None, k: int | None) -> tuple[int, int]:
-    config = model.config
-    patch = to_pair(config.extractor_config.patch_size)[0]
+def _check_image_size(image_size, patch: int, default: int) -> int:
     if image_size is None:
-        image_size = config.high_res_size
+        image_size = default
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < patch or image_size % patch:
         raise ExportError(
-            f"`image_size` must be a positive multiple of the patch size {patch} (e.g. {config.high_res_size}), got "
-            f"{image_size!r}."
+            f"`image_size` must be a positive multiple of the patch size {patch} (e.g. {default}), got {image_size!r}."
         )
+    return image_size
+
+
+def _resolve_operating_point(
+    model: ExportableModel, image_size: int | None, k: int | None, compressed_grid
+) -> tuple[int, dict]:
+    """The image size and the fixed forward keywords: `{"k": k}` for LookWhere, `{"compressed_grid": (h, w)}` for
+    LookupViT (each family refuses the other's knob)."""
+    config = model.config
+    if isinstance(model, LookupViTPreTrainedModel):
+        if k is not None:
+            raise ExportError(
+                f"`k` is LookWhere's number of selected patches; a {type(model).__name__} has none: drop `k` (pass "
+                "`compressed_grid` to pick LookupViT's compute)."
+            )
+        image_size = _check_image_size(image_size, config.patch_size, config.image_size)
+        token_grid = (image_size // config.patch_size, image_size // config.patch_size)
+        try:  # in eval mode: None gives config.compressed_grid
+            grid = model.eval().resolve_compressed_grid(compressed_grid, token_grid)
+        except ValueError as err:
+            raise ExportError(f"{err} (at image size {image_size})") from None
+        return image_size, {"compressed_grid": grid}
+    if compressed_grid is not None:
+        raise ExportError(
+            f"`compressed_grid` is LookupViT's; a {type(model).__name__} selects `k` patches instead: drop "
+            "`compressed_grid` (pass `k`)."
+        )
+    patch = to_pair(config.extractor_config.patch_size)[0]
+    image_size = _check_image_size(image_size, patch, config.high_res_size)
     num_patches = (image_size // patch) ** 2
     try:
         k = config.num_selected(num_patches, k)
     except (TypeError, ValueError) as err:
         raise ExportError(f"{err} (at image size {image_size}: {image_size // patch}^2 patches)") from None
-    return image_size, k
+    return image_size, {"k": k}
 
 
 def _check_output_path(output_path: str | os.PathLike, format: str) -> Path:
@@ -169,8 +222,13 @@ def _check_output_path(output_path: str | os.PathLike, format: str) -> Path:
         raise ExportError(f"{str(path)!r} is a directory; pass a file name such as model{_SUFFIXES[format]}.")
     if path.suffix != _SUFFIXES[format]:
         raise ExportError(f"`format={format!r}` is written to a {_SUFFIXES[format]} file, got {str(path)!r}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _remove_export(path: Path) -> None:
+    """Remove a failed export and its report (a report left from an earlier export would describe a missing file)."""
+    path.unlink(missing_ok=True)
+    Path(f"{path}.json").unlink(missing_ok=True)
 
 
 def _require_onnx(with_runtime: bool = True) -> None:
@@ -209,26 +267,36 @@ def _embedding_bag_as_gather_sum(
     return sums, offsets, offsets, offsets
 
 
-def _write(wrapper: _FixedKForward, example: torch.Tensor, path: Path, format: str, dynamic_batch: bool) -> None:
+def _write(wrapper: _FixedForward, example: torch.Tensor, path: Path, format: str, dynamic_batch: bool) -> None:
     dynamic_shapes = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
-    with torch.no_grad():
-        if format == "torch":
-            program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic_shapes)
-            torch.export.save(program, str(path))
-            return
+    if format == "onnx":
         _require_onnx(with_runtime=False)
-        program = torch.onnx.export(
-            wrapper,
-            (example,),
-            input_names=["pixel_values"],
-            output_names=wrapper.output_names,
-            dynamic_shapes=dynamic_shapes,
-            dynamo=True,
-            optimize=False,  # see the module docstring: onnxscript's rewrites drop the spreading's `+ 1e-8`
-            verbose=False,
-            custom_translation_table={torch.ops.aten.embedding_bag.padding_idx: _embedding_bag_as_gather_sum},
-        )
-        program.save(str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with torch.no_grad():
+            if format == "torch":
+                program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic_shapes)
+                torch.export.save(program, str(path))
+                return
+            program = torch.onnx.export(
+                wrapper,
+                (example,),
+                input_names=["pixel_values"],
+                output_names=wrapper.output_names,
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+                optimize=False,  # see the module docstring: onnxscript's rewrites drop the spreading's `+ 1e-8`
+                verbose=False,
+                custom_translation_table={torch.ops.aten.embedding_bag.padding_idx: _embedding_bag_as_gather_sum},
+            )
+            program.save(str(path))
+    except Exception as err:  # the exporters raise many types; the CLI needs one error with the cause named
+        _remove_export(path)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ExportError(
+            f"The {format} exporter failed on {type(wrapper.model).__name__}: {type(err).__name__}: {first} "
+            "Please report it with the model and the command (the chained traceback has the details)."
+        ) from err
 
 
 # ----------------------------------------------------------------------------------------------------- running
@@ -265,6 +333,8 @@ def _compare(
 ) -> list[OutputCheck]:
     """Compare one input's outputs; see the module docstring for the near-tie rule."""
     checks = []
+    if "selected_indices" not in expected:  # LookupViT: no selection, every output compared on every row
+        return [_compare_values(name, output, got[output], value, tolerance) for output, value in expected.items()]
     eager_map, exported_map = expected[map_name].double(), got[map_name].double()
     map_error = float((eager_map - exported_map).abs().max())
     rows_equal = (got["selected_indices"] == expected["selected_indices"]).all(dim=1)
@@ -291,12 +361,19 @@ def _compare(
         if output != map_name and not keep.any():
             checks.append(OutputCheck(name, output, float("nan"), float("nan"), tolerance, True, note))
             continue
-        reference, value = expected_value[rows].double(), got[output][rows].double()
-        diff = float((reference - value).abs().max())
-        scale = max(1.0, float(reference.abs().max()))
-        finite = bool(torch.isfinite(value).all())
-        checks.append(OutputCheck(name, output, diff, scale, tolerance, finite and diff <= tolerance * scale, note))
+        checks.append(_compare_values(name, output, got[output][rows], expected_value[rows], tolerance, note))
     return checks
+
+
+def _compare_values(name: str, output: str, got: torch.Tensor, expected: torch.Tensor, tolerance: float, note=""):
+    """One output: max abs difference against `tolerance x max(1, max |eager|)`; NaN / inf always fail."""
+    if got.shape != expected.shape:
+        return OutputCheck(name, output, float("inf"), 1.0, tolerance, False, f"shape {tuple(got.shape)}")
+    reference, value = expected.double(), got.double()
+    diff = float((reference - value).abs().max())
+    scale = max(1.0, float(reference.abs().max()))
+    finite = bool(torch.isfinite(value).all())
+    return OutputCheck(name, output, diff, scale, tolerance, finite and diff <= tolerance * scale, note)
 
 
 def _check_inputs(model, image_size: int, batch_size: int, check_image) -> dict[str, torch.Tensor]:
@@ -319,7 +396,10 @@ def _check_inputs(model, image_size: int, batch_size: int, check_image) -> dict[
         raise ExportError(
             f"Cannot read the check image {str(check_image)!r} ({type(err).__name__}); pass an image file."
         ) from None
-    processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
+    if isinstance(model, LookupViTPreTrainedModel):
+        processor = lookupvit_image_processor(model.config)
+    else:
+        processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
     size = {"height": image_size, "width": image_size}
     pixel_values = processor(image, size=size, return_tensors="pt")["pixel_values"]
     label = f"image {Path(str(check_image)).name}"
@@ -327,9 +407,15 @@ def _check_inputs(model, image_size: int, batch_size: int, check_image) -> dict[
 
 
 # ----------------------------------------------------------------------------------------------------- entry points
-def load_for_export(model_dir: str | os.PathLike) -> LookWherePreTrainedModel:
-    """Load a saved LookWhere folder as the class its `config.json` names (a pretraining checkpoint as its body,
-    `LookWhereModel`), in eval mode."""
+_FAMILIES = {  # model_type -> (the bare model, the task classes)
+    "lookwhere": (LookWhereModel, (LookWhereForImageClassification, LookWhereForSemanticSegmentation)),
+    "lookupvit": (LookupViTModel, (LookupViTForImageClassification, LookupViTForSemanticSegmentation)),
+}
+
+
+def load_for_export(model_dir: str | os.PathLike) -> ExportableModel:
+    """Load a saved LookWhere or LookupViT folder as the class its `config.json` names (any other architecture, such
+    as a LookWhere pretraining checkpoint, as the family's bare model), in eval mode."""
     from transformers import AutoConfig
 
     try:
@@ -337,19 +423,23 @@ def load_for_export(model_dir: str | os.PathLike) -> LookWherePreTrainedModel:
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"Could not read a model config from {str(model_dir)!r}: {first}") from None
-    if getattr(config, "model_type", None) != "lookwhere":
-        raise ExportError(f"{str(model_dir)!r} holds a {config.model_type!r} model, not a LookWhere model.")
-    classes = {cls.__name__: cls for cls in (LookWhereForImageClassification, LookWhereForSemanticSegmentation)}
-    architecture = (getattr(config, "architectures", None) or ["LookWhereModel"])[0]
-    return classes.get(architecture, LookWhereModel).from_pretrained(model_dir).eval()
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _FAMILIES:
+        raise ExportError(
+            f"{str(model_dir)!r} holds a {model_type!r} model; export handles LookWhere and LookupViT models."
+        )
+    bare, tasks = _FAMILIES[model_type]
+    architecture = (getattr(config, "architectures", None) or [bare.__name__])[0]
+    return {cls.__name__: cls for cls in tasks}.get(architecture, bare).from_pretrained(model_dir).eval()
 
 
 def export_lookwhere(
-    model: LookWherePreTrainedModel | str | os.PathLike,
+    model: ExportableModel | str | os.PathLike,
     output_path: str | os.PathLike,
     format: str = "onnx",
     image_size: int | None = None,
     k: int | None = None,
+    compressed_grid: int | tuple[int, int] | None = None,
     batch_size: int = 1,
     dense_features: bool = False,
     check: bool = True,
@@ -357,17 +447,21 @@ def export_lookwhere(
     check_image: str | os.PathLike | None = None,
     log=print,
 ) -> ExportResult:
-    """Export a LookWhere model at a fixed image size and `k`, then check the file against the eager model.
+    """Export a LookWhere model at a fixed image size and `k` (a LookupViT model at a fixed image size and compressed
+    grid), then check the file against the eager model.
 
     Args:
-        model: a LookWhere model (any of the three inference classes) or a saved folder ([`load_for_export`]).
+        model: a LookWhere or LookupViT model (any of the three inference classes of either) or a saved folder
+            ([`load_for_export`]).
         output_path: the `.onnx` (format `"onnx"`) or `.pt2` (format `"torch"`) file to write; `output_path` +
             `.json` gets the [`ExportResult`] (names, shapes, parity figures).
         format: `"onnx"` (`torch.onnx.export(..., dynamo=True)`) or `"torch"` (`torch.export` ExportedProgram).
-        image_size: the square input side in pixels (default: the config's high-resolution size).
-        k: the number of high-resolution patches (default: `floor(config.k_ratio * num_patches)`).
-        batch_size: the example batch size; the exported batch dimension is dynamic unless the graph has a dense
-            output, which is exported for this batch size only.
+        image_size: the square input side in pixels (default: the config's high-resolution / image size).
+        k: LookWhere only: the number of high-res patches (default: `floor(config.k_ratio * num_patches)`).
+        compressed_grid: LookupViT only: the compressed grid, an int `s` or `(h, w)` (default:
+            `config.compressed_grid`).
+        batch_size: the check's batch size; the exported batch dimension is dynamic unless the graph has a dense
+            LookWhere output, which is exported for this batch size only.
         dense_features: `LookWhereModel` only: also output `dense_features`.
         check: load the file back and compare it with the eager model (see the module docstring).
         tolerance: the allowed max abs difference per output, relative to `max(1, max |eager output|)`.
@@ -383,22 +477,29 @@ def export_lookwhere(
     path = _check_output_path(output_path, format)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-    if not 0 < tolerance < 1:
-        raise ExportError(f"`tolerance` must be in (0, 1), got {tolerance!r}.")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+        raise ExportError(f"`tolerance` must be a number in (0, 1), got {tolerance!r}.")
     if dense_features and type(model) is not LookWhereModel:
-        raise ExportError("`dense_features` is for LookWhereModel; the segmentation model's logits are already dense.")
+        raise ExportError(
+            f"`dense_features` is for LookWhereModel, got a {type(model).__name__} (LookWhere's segmentation logits "
+            "are already dense; LookupViTModel outputs `lookup_last_hidden_state`)."
+        )
     if check and format == "onnx":
         _require_onnx()
-    image_size, k = _resolve_size_and_k(model, image_size, k)
-    model = model.eval()
     names = output_names_for(model, dense_features)
+    image_size, call_kwargs = _resolve_operating_point(model, image_size, k, compressed_grid)
+    model = model.eval()
     dynamic_batch = not _has_dense_output(model, names)
-    wrapper = _FixedKForward(model, k, names).eval()
+    if "dense_features" in names:
+        call_kwargs["output_dense_features"] = True
+    wrapper = _FixedForward(model, call_kwargs, names).eval()
+    k, grid = call_kwargs.get("k"), call_kwargs.get("compressed_grid")
+    point = f"k = {k}" if grid is None else f"compressed grid {grid[0]}x{grid[1]}"
     # A dynamic batch is traced at 2: an example of 1 would be specialized (sizes 0 and 1 always are).
     dtype = next(model.parameters()).dtype
     example = torch.zeros(2 if dynamic_batch else batch_size, 3, image_size, image_size, dtype=dtype)
     log(
-        f"Exporting {type(model).__name__} to {format} at {image_size}x{image_size} px, k = {k}, batch "
+        f"Exporting {type(model).__name__} to {format} at {image_size}x{image_size} px, {point}, batch "
         f"{'dynamic' if dynamic_batch else batch_size}: {path}"
     )
     check_inputs = _check_inputs(model, image_size, batch_size, check_image) if check else {}
@@ -412,6 +513,7 @@ def export_lookwhere(
         batch_size=None if dynamic_batch else batch_size,
         input_names=["pixel_values"],
         output_names=names,
+        compressed_grid=None if grid is None else list(grid),
     )
     if check:
         exported = _load_exported(path, format)
@@ -422,7 +524,7 @@ def export_lookwhere(
             try:
                 checks = _compare(label, run_exported(exported, pixel_values, names), expected, k, tolerance)
             except ExportError:  # another selection: the file is wrong, do not leave it behind
-                path.unlink(missing_ok=True)
+                _remove_export(path)
                 raise
             result.checks.extend(checks)
         failed = [c for c in result.checks if not c.passed]
@@ -434,12 +536,13 @@ def export_lookwhere(
                     f"allowed {c.tolerance * c.scale:.1e}) {verdict}"
                 )
         if failed:
-            path.unlink(missing_ok=True)
+            _remove_export(path)
             worst = ", ".join(f"{c.output} on {c.input}: {c.max_abs_diff:.3g}" for c in failed)
             raise ExportError(
                 f"The exported {format} model does not reproduce the eager model within {tolerance:g} x scale "
                 f"({worst}); {path} was removed. Please report it with the model and the command."
             )
-        log(f"Parity check passed: {len(result.checks)} comparisons, same selected patches.")
+        same = ", same selected patches" if k is not None else ""
+        log(f"Parity check passed: {len(result.checks)} comparisons{same}.")
     Path(f"{path}.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     return result
