@@ -25,11 +25,30 @@ from .flops import lookwhere_flops
 from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.modeling_lookwhere import LookWhereForImageClassification
 
-__all__ = ["BUDGET_SECTION", "forced_exit_thresholds", "render_budget_markdown", "run_budget_latency"]
+__all__ = [
+    "BUDGET_SECTION",
+    "exit_counts",
+    "forced_exit_thresholds",
+    "render_budget_markdown",
+    "run_budget_latency",
+]
 
 BUDGET_SECTION = "## Budgeted classification: wall time at the release size"
 # Images exiting at each rung (glance, then the four focus rungs), in eighths of the batch.
 DEFAULT_EXIT_EIGHTHS = (2, 2, 2, 1, 1)
+
+
+def exit_counts(eighths, batch_size: int) -> list[int]:
+    """Images exiting at each rung for a batch: the cumulative shares `cumsum(eighths) / 8` rounded to whole images, so
+    the counts are never negative and add up to `batch_size` for any batch size (rounding each rung on its own gave
+    `[2, 2, 2, 1, -1]` for a batch of 6)."""
+    if sum(eighths) != 8 or min(eighths) < 0:
+        raise ValueError(f"Exit proportions {eighths} must be non-negative eighths of the batch summing to 8.")
+    cumulative, total = [], 0
+    for share in eighths:
+        total += share
+        cumulative.append(round(total * batch_size / 8))
+    return [cumulative[0]] + [b - a for a, b in zip(cumulative, cumulative[1:])]
 
 
 def forced_exit_thresholds(confidences: torch.Tensor, counts: list[int]) -> list[float]:
@@ -67,8 +86,7 @@ def _measure_budget(job: dict) -> dict:
     # Per-image contrast, so that the random head's confidences spread over the batch.
     scale = 0.5 + 3 * torch.rand(batch_size, 1, 1, 1, generator=generator)
     pixel_values = torch.randn(batch_size, 3, size, size, generator=generator) * scale
-    counts = [round(e * batch_size / 8) for e in job["exit_eighths"]]
-    counts[-1] = batch_size - sum(counts[:-1])
+    counts = exit_counts(job["exit_eighths"], batch_size)
     with torch.inference_mode():
         anytime = model(pixel_values, anytime=True)
         confidences = torch.stack([logits.softmax(-1).amax(-1) for logits in anytime.rung_logits])
