@@ -494,7 +494,9 @@ def _load_models(paths: dict[str, str], attn_implementation: str = "sdpa") -> di
         ("lookupvit", LookupViTForImageClassification),
     ):
         if os.path.isfile(os.path.join(paths[name], "model.safetensors")):
-            models[name] = cls.from_pretrained(paths[name], **kw)
+            # a convolutional Glance-and-Focus backbone has no attention to choose; transformers' default is sdpa
+            # where the backbone supports it, the ViT teacher's case
+            models[name] = cls.from_pretrained(paths[name], **({} if name == "gf_stage3" else kw))
     return {name: model.eval() for name, model in models.items()}
 
 
