@@ -12,6 +12,13 @@ Sparse Digits image, with labels, and prints the **validation** accuracy after e
 
 Views come from the same whole-canvas `GlanceFocusImageProcessor` the ResNet variant trains with.
 
+`--gf_model <folder>` instead evaluates a trained Glance-and-Focus model (a `compare_families.py` stage folder) on
+validation with every focus crop centred on the digit box (`crop_centers=`, oracle policy) next to its own policy:
+is the classifier the problem or the policy? (No training.)
+
+    python benchmarks/sparse_digits/probe_glance_focus_encoder.py --data_dir outputs/sparse_digits/data \
+        --gf_model outputs/families_gf_resnet/seed_0/gf_resnet_stage3
+
     python benchmarks/sparse_digits/probe_glance_focus_encoder.py --data_dir outputs/sparse_digits/data \\
         --view oracle_crop --epochs 5 --output outputs/families_gf_resnet/probe_oracle_crop.json
 """
@@ -28,7 +35,7 @@ import time
 import torch
 
 # this script's siblings (its folder is first on sys.path when it runs)
-from compare_families import ImageFolderSplit
+from compare_families import ImageFolderSplit, processed_boxes
 
 VIEWS = ("oracle_crop", "glance")
 
@@ -36,7 +43,8 @@ VIEWS = ("oracle_crop", "glance")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", default="outputs/sparse_digits/data", help="The Sparse Digits imagefolder.")
-    p.add_argument("--view", choices=VIEWS, required=True, help="What the encoder sees (see the module docstring).")
+    p.add_argument("--view", choices=VIEWS, default=None, help="What the encoder sees (see the module docstring).")
+    p.add_argument("--gf_model", default=None, help="A trained Glance-and-Focus folder: evaluate it with oracle crops.")
     p.add_argument("--crop_size", type=int, default=112, help="oracle_crop: side of the crop, in canvas pixels.")
     p.add_argument("--glance_size", type=int, default=112, help="glance: side of the resized canvas.")
     p.add_argument("--resnet_sizes", default="16,32,64,128", help="Channels of the ResNet stages (stem: the first).")
@@ -48,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_threads", type=int, default=1)
     p.add_argument("--output", default=None, help="Write the per-epoch accuracies here (JSON).")
     args = p.parse_args(argv)
+    if (args.view is None) == (args.gf_model is None):
+        p.error("Give either --view (train an encoder on one view) or --gf_model (evaluate with oracle crops).")
     try:
         args.resnet_sizes = [int(v) for v in args.resnet_sizes.split(",")]
         args.resnet_depths = [int(v) for v in args.resnet_depths.split(",")]
@@ -83,6 +93,39 @@ def views(args, split: ImageFolderSplit) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(out), torch.tensor([int(r["label"]) for r in split.rows])
 
 
+def evaluate_with_oracle_crops(args) -> dict:
+    """Validation accuracy per step of a trained Glance-and-Focus model: its own policy (mean) and every focus crop
+    centred on the digit box (clamped where the crop would leave the image)."""
+    from transformers import AutoImageProcessor
+
+    from lookwhere_hf.models.glance_focus import GlanceFocusForImageClassification
+
+    model = GlanceFocusForImageClassification.from_pretrained(args.gf_model).eval()
+    processor = AutoImageProcessor.from_pretrained(args.gf_model)
+    split = ImageFolderSplit(args.data_dir, "validation", processor)
+    correct = {"policy": 0, "oracle": 0}
+    steps = model.config.num_steps
+    per_step = {name: torch.zeros(steps) for name in correct}
+    for start in range(0, len(split), 50):
+        indices = range(start, min(start + 50, len(split)))
+        images = [split.image(i) for i in indices]
+        inputs = processor(images, return_tensors="pt")
+        labels = torch.tensor([int(split.rows[i]["label"]) for i in indices])
+        boxes = processed_boxes(processor, torch.tensor([split.rows[i]["box"] for i in indices]).double(), 448)
+        side, patch = inputs["pixel_values"].shape[-1], model.config.patch_size
+        centre = torch.stack(((boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2), dim=-1)
+        oracle = ((centre - patch / 2) / (side - patch)).clamp(0, 1).float()
+        oracle = oracle[:, None, :].expand(-1, steps - 1, -1).contiguous()
+        with torch.no_grad():
+            for name, extra in (("policy", {}), ("oracle", {"crop_centers": oracle})):
+                rungs = model(**inputs, anytime=True, **extra).rung_logits
+                per_step[name] += torch.tensor([float((r.argmax(-1) == labels).sum()) for r in rungs])
+    result = {name: (values / len(split)).tolist() for name, values in per_step.items()}
+    print(f"{args.gf_model}: validation accuracy per step, own policy {result['policy']}, oracle crops "
+          f"{result['oracle']}")  # fmt: skip
+    return {"gf_model": args.gf_model, "validation_step_accuracy": result}
+
+
 def main(argv=None) -> dict:
     from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -90,6 +133,12 @@ def main(argv=None) -> dict:
 
     args = parse_args(argv)
     torch.set_num_threads(args.num_threads)
+    if args.gf_model is not None:
+        result = evaluate_with_oracle_crops(args)
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=1)
+        return result
     torch.manual_seed(args.seed)
     canvas = 448
     processor = GlanceFocusImageProcessor(
