@@ -297,3 +297,16 @@ def test_end_to_end_numbers_are_consistent(tmp_path):
     for row in (*rows, "| Glance-and-Focus, fixed steps |"):
         assert row in text
     assert "--sparse_digits_dir" in text
+
+
+def test_probe_oracle_crop_is_centred_on_the_digit_and_stays_inside():
+    probe = _load("probe_glance_focus_encoder")
+    canvas = torch.arange(448 * 448, dtype=torch.float64).reshape(1, 448, 448)
+    crop = probe.oracle_crop(canvas, [200, 100, 226, 126], 112)  # centre (213, 113) -> corner (157, 57)
+    assert crop.shape == (1, 112, 112) and crop[0, 0, 0] == 57 * 448 + 157
+    corner = probe.oracle_crop(canvas, [430, 2, 448, 20], 112)  # would leave the canvas: shifted inside
+    assert corner[0, 0, 0] == 0 * 448 + 336 and corner[0, -1, -1] == 111 * 448 + 447
+    with pytest.raises(ValueError, match="larger than"):
+        probe.oracle_crop(canvas, [0, 0, 10, 10], 500)
+    with pytest.raises(SystemExit):
+        probe.parse_args(["--view", "glance", "--gf_model", "x"])
