@@ -262,37 +262,6 @@ def test_cli_export_subprocess(tmp_path):
     assert torch.export.load(str(out)) is not None
 
 
-# ----------------------------------------------------------------------------------------------------- benchmark rows
-def test_deployment_benchmark_rows():
-    """`lookwhere-hf benchmark --onnx --bf16` on a tiny config: every variant timed, ONNX within 1e-4 of eager with
-    the same patches, bf16 overlaps measured on real images, and the markdown section lists them."""
-    import argparse
-
-    from lookwhere_hf.benchmarking import parse_args
-    from lookwhere_hf.deployment_benchmark import (
-        DEPLOYMENT_SECTION,
-        render_deployment_markdown,
-        run_deployment_benchmark,
-    )
-
-    args = parse_args(["--onnx", "--bf16", "--resolutions", "112", "--max-repeats", "1", "--min-repeats", "1"])
-    assert args.k_ratios == [0.1] and args.onnx and args.bf16 and not args.compile
-    args = argparse.Namespace(**{**vars(args), "target_seconds": 0.0})
-    (row,) = run_deployment_benchmark(args, config=make_tiny_config())
-    assert row["k"] == 6  # floor(0.1 * 64)
-    expected = {"eager cls", "eager dense", "full eager cls", "onnx cls", "onnx dense", "bf16 cls", "bf16 dense"}
-    assert expected | {"full bf16 cls"} == set(row["seconds"])
-    assert all(seconds > 0 for seconds in row["seconds"].values())
-    for mode in ("cls", "dense"):
-        parity = row["parity"][f"onnx {mode}"]
-        assert parity["overlap"] == 1.0 and parity["pooler_output"] <= PARITY
-    assert row["parity"]["onnx dense"]["dense_features"] <= PARITY
-    assert row["bf16_overlap"] and all(0.0 <= value <= 1.0 for value in row["bf16_overlap"].values())
-    section = render_deployment_markdown([row], "machine", "command", "now", ("0.0", "0.0"))
-    assert section.startswith(DEPLOYMENT_SECTION)
-    assert "| LookWhere ONNX Runtime (CPU) |" in section and "| LookWhere bf16 autocast |" in section
-
-
 # ----------------------------------------------------------------------------------------------------- LookupViT
 # Tiny LookupViT: hidden 32, 2 heads, 2 blocks, 112 px / patch 14 = an 8 x 8 lookup grid, config compressed grid 4x4.
 # The same float32 bound as LookWhere (PARITY): both sides compute in float32 with other kernels and summation orders,

@@ -123,18 +123,19 @@ def _measure_resolution(args: argparse.Namespace, config: LookWhereConfig, resol
     if args.onnx:  # exported outside inference mode (torch.export traces with autograd's tensors)
         from .export import export_lookwhere, onnx_session, run_exported
 
-        folder = Path(tempfile.mkdtemp(prefix="lookwhere_onnx_"))
         with torch.no_grad():
             eager = lookwhere(pixel_values, k=k, output_dense_features=True)
-        for mode, dense in (("cls", False), ("dense", True)):
-            result = export_lookwhere(
-                lookwhere, folder / f"{mode}.onnx", image_size=resolution, k=k, dense_features=dense, check=False,
-                log=None,
-            )  # fmt: skip
-            session = onnx_session(result.path, num_threads=args.threads)
-            names = result.output_names
-            calls[("onnx", mode)] = lambda s=session, n=names: run_exported(s, pixel_values, n)
-            row["parity"][f"onnx {mode}"] = _parity(run_exported(session, pixel_values, names), eager)
+        # The sessions hold the graphs in memory: the files (~0.5 GB each at ViT-B) are removed once they are loaded.
+        with tempfile.TemporaryDirectory(prefix="lookwhere_onnx_") as folder:
+            for mode, dense in (("cls", False), ("dense", True)):
+                result = export_lookwhere(
+                    lookwhere, Path(folder) / f"{mode}.onnx", image_size=resolution, k=k, dense_features=dense,
+                    check=False, log=None,
+                )  # fmt: skip
+                session = onnx_session(result.path, num_threads=args.threads)
+                names = result.output_names
+                calls[("onnx", mode)] = lambda s=session, n=names: run_exported(s, pixel_values, n)
+                row["parity"][f"onnx {mode}"] = _parity(run_exported(session, pixel_values, names), eager)
     with torch.inference_mode():
         if args.compile:
             compiled = torch.compile(lookwhere, fullgraph=True, dynamic=False)
