@@ -295,7 +295,8 @@ def tiny_lookupvit(cls, tmp_path):
 @pytest.fixture(scope="module")
 def lookupvit_exports(tmp_path_factory):
     """Each LookupViT task model saved with save_pretrained and exported by `lookwhere-hf export --format onnx` at the
-    compressed grid 3x2."""
+    compressed grid 3x2; the segmentation model at 140 px (a 10 x 10 lookup grid: both position embeddings are resized
+    inside the graph), the classifier at its config's 112 px."""
     from lookwhere_hf import LookupViTForImageClassification, LookupViTForSemanticSegmentation
 
     made = {}
@@ -304,7 +305,9 @@ def lookupvit_exports(tmp_path_factory):
         model = tiny_lookupvit(cls, folder / "model")
         out = folder / "model.onnx"
         grid = f"{LOOKUPVIT_GRID[0]}x{LOOKUPVIT_GRID[1]}"
-        assert cli.main(["export", str(folder / "model"), str(out), "--compressed-grid", grid]) == 0
+        size = "140" if cls is LookupViTForSemanticSegmentation else "112"
+        argv = ["export", str(folder / "model"), str(out), "--compressed-grid", grid, "--image-size", size]
+        assert cli.main(argv) == 0
         made[cls] = (model, out, json.loads(Path(f"{out}.json").read_text()))
     return made
 
@@ -327,9 +330,11 @@ def test_lookupvit_onnx_runtime_matches_eager(lookupvit_exports, name, photos):
 
     session = onnx_session(out)
     processor = lw_export.lookupvit_image_processor(model.config)
-    photo = processor(photos["chelsea"], return_tensors="pt")["pixel_values"]
+    size = report["image_size"]
+    assert size == (140 if "Segmentation" in name else 112)
+    photo = processor(photos["chelsea"], size={"height": size, "width": size}, return_tensors="pt")["pixel_values"]
     torch.manual_seed(3)
-    for pixel_values in (torch.randn(3, 3, 112, 112), photo):
+    for pixel_values in (torch.randn(3, 3, size, size), photo):
         got = run_exported(session, pixel_values, ["logits"])["logits"]
         with torch.no_grad():
             expected = model(pixel_values, compressed_grid=LOOKUPVIT_GRID).logits
