@@ -438,3 +438,44 @@ def test_exporter_failure_is_an_export_error(tmp_path, monkeypatch, capsys):
     assert "exporter failed" in capsys.readouterr().err
     with pytest.raises(ExportError, match="`tolerance` must be a number in"):
         export_lookwhere(tiny(LookWhereForImageClassification), tmp_path / "m.pt2", format="torch", tolerance="1e-4")
+
+
+def test_export_keeps_the_callers_training_mode(tmp_path):
+    """The export and its check run in eval mode (a LookupViT in training mode would draw a random grid; dropout
+    would be on), and a model passed in training mode is in training mode again afterwards."""
+    from lookwhere_hf import LookupViTForImageClassification
+
+    lookupvit = tiny_lookupvit(LookupViTForImageClassification, tmp_path / "model").train()
+    result = export_lookwhere(lookupvit, tmp_path / "m.pt2", format="torch", log=None)
+    assert result.compressed_grid == [4, 4] and all(check.passed for check in result.checks)
+    assert lookupvit.training and all(module.training for module in lookupvit.modules())
+    lookwhere = tiny(LookWhereForImageClassification).train()
+    with pytest.raises(ExportError):
+        export_lookwhere(lookwhere, tmp_path / "m.pt2", format="torch", k=10_000, log=None)
+    assert lookwhere.training
+    export_lookwhere(lookwhere, tmp_path / "m.pt2", format="torch", k=K, check=False, log=None)
+    assert lookwhere.training
+
+
+def test_self_check_near_tie_rule():
+    """A row whose selection differs on a near-tie of the eager map (a gap among the top k + 1 within twice the map
+    error) is left out of the selection-dependent comparisons, and the report says so; the same swap without a
+    near-tie is an ExportError."""
+    expected = {
+        "logits": torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+        "selector_map": torch.tensor([[3.0, 2.0, 1.0, 0.0], [1.0, 0.99999, 0.5, 0.0]]),
+        "selected_indices": torch.tensor([[0, 1], [0, 1]]),
+    }
+    got = {
+        "logits": torch.tensor([[1.0, 2.0], [30.0, 40.0]]),  # row 1 took the other patch: other logits
+        "selector_map": expected["selector_map"] + torch.tensor([[0.0, 0, 0, 0], [0.0, 1e-5, 0, 0]]),
+        "selected_indices": torch.tensor([[0, 1], [1, 0]]),
+    }
+    checks = {c.output: c for c in lw_export._compare("random", got, expected, k=2, tolerance=PARITY)}
+    assert all(c.passed for c in checks.values())
+    assert checks["logits"].max_abs_diff == 0.0 and checks["logits"].note == "1 near-tie rows not compared"
+    assert checks["selector_map"].max_abs_diff == pytest.approx(1e-5, abs=2 * EPS32)  # float32 values ~1
+    assert checks["selected_indices"].note == "1 rows identical"
+    apart = {**expected, "selector_map": torch.tensor([[3.0, 2.0, 1.0, 0.0], [1.0, 0.9, 0.5, 0.0]])}
+    with pytest.raises(ExportError, match="not on a near-tie"):
+        lw_export._compare("random", {**got, "selector_map": apart["selector_map"]}, apart, k=2, tolerance=PARITY)

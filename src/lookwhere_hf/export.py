@@ -471,9 +471,23 @@ def export_lookwhere(
     Raises:
         ExportError: bad arguments, missing ONNX packages, or a check beyond tolerance (the file is then removed).
     """
-    log = log or (lambda *args: None)
     if not isinstance(model, nn.Module):
         model = load_for_export(model)
+    was_training = model.training
+    try:
+        return _export_and_check(
+            model, output_path, format, image_size, k, compressed_grid, batch_size, dense_features, check, tolerance,
+            check_image, log or (lambda *args: None),
+        )  # fmt: skip
+    finally:
+        model.train(was_training)  # exported and checked in eval mode; the caller's model keeps its mode
+
+
+def _export_and_check(
+    model, output_path, format, image_size, k, compressed_grid, batch_size, dense_features, check, tolerance,
+    check_image, log,
+) -> ExportResult:  # fmt: skip
+    """The body of [`export_lookwhere`] (same arguments; `model` is a module)."""
     path = _check_output_path(output_path, format)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"`batch_size` must be a positive int, got {batch_size!r}.")
