@@ -532,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=positive_int_argument,
         default=1,
-        help="batch size of graphs with dense outputs (others get a dynamic batch dimension; default 1)",
+        help="batch size of LookWhere graphs with dense outputs (others get a dynamic batch dimension; default 1)",
     )
     export.add_argument(
         "--dense-features", action="store_true", help="bare LookWhereModel only: also output the dense features"
