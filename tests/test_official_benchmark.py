@@ -91,15 +91,18 @@ def test_official_markdown_ratios_and_goals():
 
 
 @pytest.mark.slow
-def test_profile_parts_are_disjoint_and_all_run():
-    """The profiled forward (a forked child, ViT-B/14 random weights at 112 px) times every part of the dense path
-    (each wrapped callable is really called: a renamed method would show 0) and the parts do not overlap (their sum
-    stays within the forward; a nested pair would be counted twice)."""
-    job = dict(task="profile", resolution=112, batch_size=1, k_ratio=0.1, k=6, mode="dense", threads=1, repeats=2)
+@pytest.mark.parametrize("mode", ["dense", "cls"])
+def test_profile_parts_are_disjoint_and_all_run(mode):
+    """The profiled forward (a forked child, ViT-B/14 random weights at 112 px) times every part of the path (each
+    wrapped callable is really called: a renamed method, or a path that bypasses it as the CLS-only last layer bypasses
+    the encoder's forward, would show 0) and the parts do not overlap (their sum stays within the forward; a nested
+    pair would be counted twice). The CLS path has no dense spreading."""
+    job = dict(task="profile", resolution=112, batch_size=1, k_ratio=0.1, k=6, mode=mode, threads=1, repeats=2)
     row = {**job, **run_in_fresh_process(job)}
     assert set(row["parts"]) == {label for label, _, _ in PROFILE_PARTS}
-    assert all(seconds > 0 for seconds in row["parts"].values()), row["parts"]
+    expected_zero = {"dense spreading"} if mode == "cls" else set()
+    assert {label for label, seconds in row["parts"].items() if seconds == 0} == expected_zero, row["parts"]
     assert sum(row["parts"].values()) <= row["forward_s"]
     assert row["ops"] and all(name.startswith("aten::") for name, _ in row["ops"])
     text = render_profile_markdown([row], "machine", "command", "now", ("0", "0"))
-    assert "| dense spreading |" in text and "| rest |" in text
+    assert "| rest |" in text and ("| dense spreading |" in text) == (mode == "dense")

@@ -310,8 +310,9 @@ PROFILE_PARTS = (
     ("selector: map head", lambda m: m.selector.head, "forward"),
     ("selection: top-k", None, "select_top_k"),
     ("extractor: patch embedding (selected)", lambda m: m.extractor.embeddings, "embed_selected"),
-    ("extractor: encoder", lambda m: m.extractor.encoder, "forward"),
-    ("extractor: final norm", lambda m: m.extractor.layernorm, "forward"),
+    # `encode` rather than `encoder.forward`: the CLS path (`cls_only=True`) runs the layers itself, with a CLS-only
+    # last layer, and never calls the encoder's forward.
+    ("extractor: encoder + final norm", lambda m: m.extractor, "encode"),
     ("dense spreading", lambda m: m, "spread"),
 )
 
