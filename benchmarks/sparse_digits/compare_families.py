@@ -1067,7 +1067,7 @@ def format_markdown(agg: dict, args, recipe_cpu: dict) -> str:
         gf_cpu = gf.get("training_cpu_s", {})
         epochs = " + ".join(f"{e:g}" for e in args.glance_focus_epochs)
         lines.append(
-            f"| Glance-and-Focus (seeds {gf['seeds']}) | stages 1 + 2 + 3 from the teacher as encoder ({epochs}) | "
+            f"| Glance-and-Focus (seeds {gf['seeds']}) | stages 1 + 2 + 3 from {gf_encoder(args)} ({epochs}) | "
             + " + ".join(_fmt(gf_cpu.get(name), 1 / 60) for name in GF_STAGES)
             + " |"
         )
@@ -1083,6 +1083,15 @@ def format_markdown(agg: dict, args, recipe_cpu: dict) -> str:
         ]
     lines.append("")
     return "\n".join(lines)
+
+
+def gf_encoder(args) -> str:
+    """What the Glance-and-Focus encoders start from, in words, for the report."""
+    if args.glance_focus_backbone == "teacher":
+        return "the teacher as encoder"
+    sizes = "/".join(str(v) for v in args.glance_focus_resnet_sizes)
+    depths = "/".join(str(v) for v in args.glance_focus_resnet_depths)
+    return f"a random-init ResNet (widths {sizes}, depths {depths}) as encoder, learning rate {args.glance_focus_lr:g}"
 
 
 def plot_families(agg: dict, path: str) -> None:
