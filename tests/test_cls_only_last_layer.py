@@ -13,6 +13,12 @@ import pytest
 import torch
 from conftest import EPS32, FLOAT64_TOLERANCE, make_tiny_config
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import AttentionInterface
+from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
+    Dinov2WithRegistersAttention,
+    Dinov2WithRegistersLayer,
+    eager_attention_forward,
+)
 
 from lookwhere_hf import LookWhereForImageClassification
 from lookwhere_hf.flops import lookwhere_flops, transformer_layer_flops
@@ -113,6 +119,82 @@ def test_float32_logits_are_within_float32_rounding_of_the_float64_reference(att
         torch.testing.assert_close(fast.logits, model.classifier(full.pooler_output), atol=bound, rtol=0)
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        dict(use_swiglu_ffn=True, num_register_tokens=0),  # the Franca layout: SwiGLU MLP, CLS the only prefix token
+        dict(qkv_bias=False),
+        dict(attention_probs_dropout_prob=0.5, drop_path_rate=0.5),  # both off in eval mode
+    ],
+    ids=["swiglu-no-registers", "no-qkv-bias", "dropout-configured"],
+)
+def test_other_backbone_layouts_match_the_full_last_layer(backbone, attn):
+    """float64, eval mode: the CLS-only layer runs (it is not a fall-back to the full layer that matches) and gives
+    the full layer's logits. With attention dropout configured, eval mode must pass no dropout probability to the
+    attention function (SDPA applies any `dropout_p` it is given, whatever the module's mode)."""
+    model = make_model(attn, backbone=backbone)
+    assert model.lookwhere.extractor.can_skip_last_layer_tokens()
+    prefix = model.config.num_prefix_tokens
+    pixel_values = images(3)
+    mlp = f"{last_layer(model)}.mlp"
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fast_counter:
+            fast = model(pixel_values, k=9).logits
+        with FlopCounterMode(display=False) as full_counter:
+            full_out = model.lookwhere(pixel_values, k=9)
+    # the last layer's MLP ran on the CLS token only
+    assert module_flops(fast_counter, mlp) * (prefix + 9) == module_flops(full_counter, mlp) > 0
+    assert full_out.last_hidden_state.shape[1] == prefix + 9
+    torch.testing.assert_close(fast, model.classifier(full_out.pooler_output), **FLOAT64_TOLERANCE)
+    assert fast.abs().max() > 0.1
+
+
+def test_a_registered_attention_implementation_gets_the_cls_query_row(monkeypatch):
+    """The CLS-only layer calls the attention function the config names, as the full layer does (here one registered
+    through `AttentionInterface`, which records what it is given and computes eager attention): one query row against
+    every key, no mask, and the full layer's logits."""
+    calls = []
+
+    def recording_attention(module, query, key, value, attention_mask, **kwargs):
+        calls.append((tuple(query.shape), tuple(key.shape), attention_mask))
+        return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "recording_for_test", recording_attention)
+    model = make_model("recording_for_test")
+    assert model.config.extractor_config._attn_implementation == "recording_for_test"
+    pixel_values, k, heads = images(2), 7, 2
+    head_dim = HIDDEN // heads
+    with torch.no_grad():
+        fast = model(pixel_values, k=k).logits
+        extractor_calls = calls[-EXTRACTOR_DEPTH:]
+        assert len(calls) == 1 + EXTRACTOR_DEPTH  # the selector's one layer, then the extractor's
+        calls.clear()
+        full = model.classifier(model.lookwhere(pixel_values, k=k).pooler_output)
+    every_token = (2, heads, PREFIX + k, head_dim)
+    assert [call[0] for call in extractor_calls] == [every_token] * (EXTRACTOR_DEPTH - 1) + [(2, heads, 1, head_dim)]
+    assert all(call[1] == every_token and call[2] is None for call in extractor_calls)
+    assert calls[-1][0] == every_token
+    torch.testing.assert_close(fast, full, **FLOAT64_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_flex_attention_runs_the_cls_only_layer():
+    """transformers' flex attention (compiled; float32 only on CPU) with one query row against `P + k` keys: the
+    float32 bound of `test_float32_logits_are_within_float32_rounding_of_the_float64_reference` against the float64
+    eager reference."""
+    reference = make_model("eager")
+    model = make_model("flex_attention", dtype=torch.float32)
+    assert model.lookwhere.extractor.can_skip_last_layer_tokens()
+    pixel_values, k = images(2), 6
+    with torch.no_grad():
+        expected = reference(pixel_values, k=k, output_hidden_states=True)  # the full last layer
+        got = model(pixel_values.float(), k=k)
+    assert torch.equal(got.selected_indices, expected.selected_indices)
+    bound = 1e5 * EPS32 * (1 + expected.logits.abs().max().item())
+    torch.testing.assert_close(got.logits.double(), expected.logits, atol=bound, rtol=0)
+
+
 # ----------------------------------------------------------------------------------------------------- the saving
 @pytest.mark.parametrize("batch, k", [(1, 6), (3, 23)])
 def test_the_last_layer_computes_the_cls_token_only(batch, k):
@@ -155,6 +237,9 @@ def test_flops_formulas_agree_and_reduce_to_the_full_layer():
         for queries in (None, 1, tokens):
             assert _block_flops(config, tokens, queries) == transformer_layer_flops(config, tokens, queries)
         assert transformer_layer_flops(config, tokens, tokens) == transformer_layer_flops(config, tokens)
+    for queries in (0, -1, 31, 1.0, True):
+        with pytest.raises(ValueError, match="`num_queries` must be an int between 1 and `num_tokens` \\(30\\)"):
+            transformer_layer_flops(config, 30, queries)
     # ViT-B/14 at 518 px, k = 136: the last layer's saving, 1.7 of 31 GFLOPs
     from lookwhere_hf import LookWhereConfig
 
@@ -234,6 +319,109 @@ def test_an_accelerate_dispatched_last_layer_runs_in_full():
         remove_hook_from_module(extractor.encoder.layer[-1])
 
 
+def ramp(like: torch.Tensor) -> torch.Tensor:
+    """`0, 1 / D, ..., (D - 1) / D` over the channels: a change that the final LayerNorm does not normalize away (it
+    would a scaling or a constant shift of a token)."""
+    return torch.arange(like.shape[-1], dtype=like.dtype) / like.shape[-1]
+
+
+class RampedOutputLayer(Dinov2WithRegistersLayer):
+    """A custom last layer: its own `forward` adds `ramp` to the DINOv2 layer's output."""
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        output = super().forward(hidden_states, attention_mask, **kwargs)
+        return output + ramp(output)
+
+
+class HalvedOutputAttention(Dinov2WithRegistersAttention):
+    """A custom attention module: its own `forward` halves the attention output."""
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        attn_output, attn_weights = super().forward(hidden_states, attention_mask, **kwargs)
+        return attn_output / 2, attn_weights
+
+
+def replace_last_layer_part(model, part: str) -> None:
+    """Put a `RampedOutputLayer` (`part="layer"`) or a `HalvedOutputAttention` (`"attention"`) with the same
+    weights in place of the last extractor layer or its attention."""
+    layers = model.lookwhere.extractor.encoder.layer
+    config = model.config.extractor_config
+    old = layers[-1] if part == "layer" else layers[-1].attention
+    new = (RampedOutputLayer if part == "layer" else HalvedOutputAttention)(config).to(torch.float64)
+    new.load_state_dict(old.state_dict())
+    if part == "layer":
+        layers[-1] = new.eval()
+    else:
+        layers[-1].attention = new.eval()
+
+
+@pytest.mark.parametrize("part", ["layer", "attention"])
+def test_a_custom_last_layer_runs_its_own_forward(part):
+    """A subclass (or any other module) in place of the last layer or its attention has a `forward` the CLS-only path
+    cannot know: the full layer runs, so the logits are the custom layer's."""
+    model = make_model("eager")
+    pixel_values = images(2)
+    with torch.no_grad():
+        standard = model(pixel_values, k=6).logits
+    replace_last_layer_part(model, part)
+    assert not model.lookwhere.extractor.can_skip_last_layer_tokens()
+    with torch.no_grad():
+        custom = model(pixel_values, k=6).logits
+        full = model.classifier(model.lookwhere(pixel_values, k=6).pooler_output)
+    torch.testing.assert_close(custom, full, **FLOAT64_TOLERANCE)
+    assert (custom - standard).abs().max() > 1e-3  # the custom forward changes the logits
+
+
+@pytest.mark.parametrize(
+    "where, register",
+    [
+        (
+            "layer",
+            lambda module, seen: module.register_forward_hook(lambda m, args, out: seen.append(1) or out + ramp(out)),
+        ),
+        (
+            "layer",
+            lambda module, seen: module.register_forward_pre_hook(
+                lambda m, args: seen.append(1) or (args[0] * 0.5, *args[1:])
+            ),
+        ),
+        (
+            "attention",
+            lambda module, seen: module.register_forward_hook(
+                lambda m, args, out: seen.append(1) or (out[0] / 2, out[1])
+            ),
+        ),
+    ],
+    ids=["layer-forward-hook", "layer-pre-hook", "attention-forward-hook"],
+)
+def test_hooks_on_the_last_layer_run(where, register):
+    """A hook registered on the last layer or its attention changes the output (a user's feature probe, say): the
+    full layer runs so that the hook does. Without it, the CLS-only layer runs again; transformers' output-capturing
+    hooks, installed by a call with `output_hidden_states` / `output_attentions`, do not stop it."""
+    model = make_model("eager")
+    layer = model.lookwhere.extractor.encoder.layer[-1]
+    module = layer if where == "layer" else layer.attention
+    pixel_values = images(2)
+    with torch.no_grad():
+        standard = model(pixel_values, k=6).logits
+        seen = []
+        handle = register(module, seen)
+        assert not model.lookwhere.extractor.can_skip_last_layer_tokens()
+        hooked = model(pixel_values, k=6).logits
+        assert seen == [1]
+        full = model.classifier(model.lookwhere(pixel_values, k=6).pooler_output)
+        torch.testing.assert_close(hooked, full, **FLOAT64_TOLERANCE)
+        assert (hooked - standard).abs().max() > 1e-3
+        handle.remove()
+        model(pixel_values, k=6, output_hidden_states=True, output_attentions=True)
+        assert layer._forward_hooks and layer.attention._forward_hooks  # transformers' capturing hooks
+        assert model.lookwhere.extractor.can_skip_last_layer_tokens()
+        torch.testing.assert_close(model(pixel_values, k=6).logits, standard, atol=0, rtol=0)
+    backward = layer.register_full_backward_hook(lambda m, grad_input, grad_output: None)
+    assert not model.lookwhere.extractor.can_skip_last_layer_tokens()
+    backward.remove()
+
+
 # ----------------------------------------------------------------------------------------------------- training
 def test_training_gives_the_full_layers_loss_and_gradients():
     """Train mode, selector trainable, drop path on (its per-image mask has the same shape on both paths, so the
@@ -275,6 +463,36 @@ def test_training_with_attention_dropout_runs_the_full_layer():
     torch.testing.assert_close(default, full, atol=0, rtol=0)
     model.eval()  # no dropout in eval mode: the CLS-only layer again
     assert model.lookwhere.extractor.can_skip_last_layer_tokens()
+    # the attention module's own mode decides whether it drops (a model in eval mode with that module training)
+    model.lookwhere.extractor.encoder.layer[-1].attention.train()
+    assert not model.lookwhere.extractor.can_skip_last_layer_tokens()
+
+
+def test_gradient_checkpointing_checkpoints_the_cls_only_layer():
+    """With gradient checkpointing the CLS-only layer is checkpointed like the full one: its MLP runs in the forward
+    and again in the backward's recomputation (on the CLS token), with the same drop-path draws, so the loss and the
+    gradients are those of the full last layer without checkpointing (float64)."""
+    config_kwargs = dict(freeze_selector=False, backbone=dict(drop_path_rate=0.3))
+    fast, full = make_model(**config_kwargs).train(), make_model(**config_kwargs).train()
+    fast.gradient_checkpointing_enable()
+    assert fast.lookwhere.extractor.can_skip_last_layer_tokens()
+    mlp_inputs = []
+    fast.lookwhere.extractor.encoder.layer[-1].mlp.register_forward_hook(
+        lambda module, args, output: mlp_inputs.append(tuple(args[0].shape))
+    )
+    pixel_values, labels = images(4), torch.tensor([0, 3, 1, 4])
+    torch.manual_seed(7)
+    fast_out = fast(pixel_values, labels=labels, k=10)
+    torch.manual_seed(7)
+    full_out = full(pixel_values, labels=labels, k=10, output_hidden_states=True)
+    fast_out.loss.backward()
+    full_out.loss.backward()
+    assert mlp_inputs == [(4, 1, HIDDEN)] * 2  # the forward, then the recomputation
+    torch.testing.assert_close(fast_out.loss, full_out.loss, **FLOAT64_TOLERANCE)
+    for (name, a), (_, b) in zip(fast.named_parameters(), full.named_parameters(), strict=True):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, **FLOAT64_TOLERANCE, msg=name)
 
 
 # ----------------------------------------------------------------------------------------------------- compile, save

@@ -73,6 +73,13 @@ def transformer_layer_flops(backbone_config, num_tokens: int, num_queries: int |
     (`2 * N * D * H * 2`, or `* 3` for SwiGLU). With `num_queries` `Q` (LookWhere classification's CLS-only last
     layer: 1), k/v run on the `N` tokens and q/o, the attention rows and the MLP on `Q` of them.
     """
+    if num_queries is not None and (
+        isinstance(num_queries, bool) or not isinstance(num_queries, int) or not 1 <= num_queries <= num_tokens
+    ):
+        raise ValueError(
+            f"`num_queries` must be an int between 1 and `num_tokens` ({num_tokens}): the tokens whose layer output is "
+            f"computed (1 for a CLS-only last layer), got {num_queries!r}; leave it unset for the full layer."
+        )
     queries = num_tokens if num_queries is None else num_queries
     dim = backbone_config.hidden_size
     heads = backbone_config.num_attention_heads

@@ -26,6 +26,7 @@ layer norm) or `num_hidden_layers` (attentions) entries. When not passed, the fl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from transformers.modeling_outputs import BaseModelOutput, ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.dinov2_with_registers.configuration_dinov2_with_registers import Dinov2WithRegistersConfig
 from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
+    Dinov2WithRegistersAttention,
     Dinov2WithRegistersEncoder,
     Dinov2WithRegistersLayer,
     Dinov2WithRegistersLayerScale,
@@ -475,21 +477,49 @@ class LookWhereExtractor(nn.Module):
         *layers, last_layer = self.encoder.layer
         for layer_module in layers:
             hidden = layer_module(hidden, None, **kwargs)
-        cls_token = cls_only_layer_forward(last_layer, hidden, **kwargs)
+        if last_layer.gradient_checkpointing and last_layer.training:  # as the layer's own `forward` does
+            cls_token = last_layer._gradient_checkpointing_func(
+                partial(cls_only_layer_forward, last_layer, **kwargs), hidden
+            )
+        else:
+            cls_token = cls_only_layer_forward(last_layer, hidden, **kwargs)
         return self.layernorm(cls_token), BaseModelOutput(last_hidden_state=cls_token)
 
     def can_skip_last_layer_tokens(self) -> bool:
         """Whether [`cls_only_layer_forward`] gives exactly the full last layer's CLS output here. It does not:
 
+        - when the last layer is not exactly transformers' `Dinov2WithRegistersLayer` with a
+          `Dinov2WithRegistersAttention` (a subclass, a replaced or wrapped module, FSDP2's layer class): their own
+          `forward` may compute something else, and this path does not call it;
         - in training mode with attention dropout: the dropout mask would be drawn for one query row instead of all,
           so the random stream (and the output) would differ from the full layer's;
-        - when accelerate dispatched the layer (`device_map`, offloading): its hook moves inputs / weights around the
-          layer's own `forward`, which this path does not call.
+        - when the layer or its attention module has a replaced `forward` (accelerate's `device_map` / offloading
+          hooks: they move inputs and weights around the layer's own `forward`) or forward / backward hooks of its
+          own (`register_forward_hook`, ...): they would not run. transformers' output-capturing hooks do not count:
+          they record only inside the encoder's `forward` with `output_hidden_states` / `output_attentions`, which
+          this path never has. Global hooks (`torch.nn.modules.module.register_module_forward_hook`) still run on
+          the submodules this path calls, with the CLS token's shapes.
+
+        With gradient checkpointing, the CLS-only layer is checkpointed as the full one would be.
         """
         last_layer = self.encoder.layer[-1]
-        if self.training and last_layer.attention.attention_dropout > 0:
+        attention = getattr(last_layer, "attention", None)
+        if type(last_layer) is not Dinov2WithRegistersLayer or type(attention) is not Dinov2WithRegistersAttention:
             return False
-        return not hasattr(last_layer, "_hf_hook")
+        if attention.training and attention.attention_dropout > 0:
+            return False
+        for module in (last_layer, attention):
+            if hasattr(module, "_hf_hook") or "forward" in vars(module):
+                return False
+            hooks = (
+                *module._forward_pre_hooks.values(),
+                *module._forward_hooks.values(),
+                *module._backward_pre_hooks.values(),
+                *module._backward_hooks.values(),
+            )
+            if any(getattr(hook, "__name__", None) != "output_capturing_hook" for hook in hooks):
+                return False
+        return True
 
 
 # ----------------------------------------------------------------------------------------------------- models
