@@ -299,6 +299,10 @@ def test_cls_only_refuses_outputs_that_need_every_token():
         model.lookwhere(pixel_values, cls_only=True, output_hidden_states=True)
     with pytest.raises(ValueError, match="output_attentions needs every token"):
         model.lookwhere(pixel_values, cls_only=True, output_attentions=True)
+    # the classification model decides itself (a second `cls_only` was a TypeError, or ignored in anytime mode)
+    for mode in ({}, {"anytime": True}, {"budget": False}):
+        with pytest.raises(ValueError, match="takes no `cls_only`.*output_hidden_states=True"):
+            model(pixel_values, cls_only=False, **mode)
 
 
 def test_an_accelerate_dispatched_last_layer_runs_in_full():

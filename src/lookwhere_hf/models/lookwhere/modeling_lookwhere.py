@@ -909,7 +909,8 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
 
     In all three modes the head reads only the extractor's CLS token, so the extractor's last layer computes only
     that token (`LookWhereModel(..., cls_only=True)`; exact, about 5% fewer FLOPs at 518 px, k = 10%), except when
-    hidden states or attentions are requested.
+    hidden states or attentions are requested, and where skipping the other tokens would not be exact (a custom
+    last layer, hooks on it, attention dropout in training: [`LookWhereExtractor.can_skip_last_layer_tokens`]).
     """
 
     _has_glance_head = True
@@ -948,6 +949,12 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
         the per-layer outputs of [`LookWhereModelOutput`]; in anytime / budgeted mode also `exit_rung`, `flops`,
         `rung_flops`, `rung_k` (and `rung_logits` when anytime).
         """
+        if "cls_only" in kwargs:  # `LookWhereModel`'s flag; it would collide with the one passed below
+            raise ValueError(
+                "LookWhereForImageClassification takes no `cls_only`: its head reads only the CLS token, so the "
+                "extractor's last layer computes that token alone whenever that is exact. To run the full last layer, "
+                "pass `output_hidden_states=True`, or call `model.lookwhere(...)` without `cls_only`."
+            )
         thresholds = self._resolve_exit_mode(k, anytime, budget, exit_thresholds)
         if self.training and self.config.train_all_rungs and labels is not None and k is None and thresholds is None:
             anytime = True
