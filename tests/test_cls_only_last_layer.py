@@ -288,6 +288,8 @@ def test_requests_for_every_token_run_the_full_last_layer():
     assert counter.get_total_flops() == lookwhere_flops(model.config, SIZE, k=k, batch_size=2, cls_only=True).total
     with pytest.raises(ValueError, match="dense outputs need every token"):
         lookwhere_flops(model.config, SIZE, k=k, mode="dense", cls_only=True)
+    with pytest.raises(ValueError, match="`cls_only` must be True, False or None"):
+        lookwhere_flops(model.config, SIZE, k=k, cls_only="no")  # truthy: counted as CLS-only before
 
 
 def test_cls_only_refuses_outputs_that_need_every_token():

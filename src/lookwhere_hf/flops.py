@@ -194,6 +194,8 @@ def lookwhere_flops(
         raise ValueError(f"`mode` must be 'cls' or 'dense', got {mode!r}.")
     if cls_only is None:
         cls_only = mode == "cls" and num_labels > 0
+    if not isinstance(cls_only, bool):
+        raise ValueError(f"`cls_only` must be True, False or None (from the head), got {cls_only!r}.")
     if cls_only and mode == "dense":
         raise ValueError("`cls_only=True` counts the CLS token only in the last layer; dense outputs need every token.")
     if not isinstance(batch_size, int) or batch_size < 1:
