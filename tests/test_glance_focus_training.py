@@ -546,6 +546,7 @@ def _results(folder: Path) -> dict:
         (["--stage", "2", "--model_name_or_path", "tiny", "--ppo_learning_rate", "0"], "--ppo_learning_rate must be"),
         (["--stage", "2", "--model_name_or_path", "tiny", "--policy_action_std", "0"], "--policy_action_std must be"),
         (["--stage", "2", "--model_name_or_path", "tiny", "--policy_action_std", "1.5"], r"must be in \(0, 1\]"),
+        (["--stage", "1", "--model_name_or_path", "tiny", "--crop_pct", "1.2"], r"--crop_pct must be in \(0, 1\]"),
         (["--stage", "1", "--model_name_or_path", "resnet"], "is a 'resnet' model; it needs"),
         (["--stage", "1", "--model_name_or_path", "missing/folder/x"], "no such folder"),
         (
@@ -579,6 +580,29 @@ def test_stage1_from_a_backbone_loads_it_into_both_encoders(workspace):
             torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
     assert (model.config.num_steps, model.config.patch_size, model.config.num_labels) == (3, 16, 2)
     assert model.config.id2label == {0: "horizontal", 1: "vertical"} and input_size(processor) == (SIZE, SIZE)
+
+
+@pytest.mark.parametrize(("crop_pct", "shortest_edge"), [(None, int(SIZE / 0.875)), (1.0, SIZE), (0.5, 2 * SIZE)])
+def test_crop_pct_sets_how_much_of_the_image_the_processor_keeps(workspace, crop_pct, shortest_edge):
+    """`--crop_pct 1.0` keeps the whole (square) image: the shorter side is resized to the crop size itself, so a
+    marker in the image's corner survives preprocessing; the official 0.875 default cuts it off."""
+    from PIL import Image
+
+    from lookwhere_hf.training.arguments import HubArguments
+    from lookwhere_hf.training.glance_focus import GlanceFocusArguments, build_glance_focus_model
+
+    args = GlanceFocusArguments(stage=1, backbone_name_or_path=str(workspace["root"] / "resnet"), num_steps=2,
+                                patch_size=16, image_size=SIZE, crop_pct=crop_pct)  # fmt: skip
+    _, processor = build_glance_focus_model(args, HubArguments(), {0: "horizontal", 1: "vertical"})
+    assert processor.size["shortest_edge"] == shortest_edge
+    assert (processor.crop_size["height"], processor.crop_size["width"]) == (SIZE, SIZE)
+    image = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+    image[: SIZE // 16, : SIZE // 16] = 255  # a white corner, 1/16 of the side
+    pixels = processor(Image.fromarray(image), return_tensors="pt")["pixel_values"][0]
+    corner_kept = bool(pixels[:, 0, 0].mean() > pixels[:, SIZE // 2, SIZE // 2].mean())
+    assert corner_kept == (crop_pct == 1.0)
+    with pytest.raises(ValueError, match="crop_pct"):
+        processor.from_glance_focus_config(type("C", (), {"image_size": SIZE})(), crop_pct=0.0)
 
 
 @pytest.mark.parametrize("stage", [1, 3])

@@ -523,6 +523,12 @@ class GlanceFocusArguments:
     image_size: int | None = field(
         default=None, metadata={"help": "Full-resolution input size (default: the model's)."}
     )
+    crop_pct: float | None = field(
+        default=None,
+        metadata={"help": "Build the image processor anew: resize the shorter side to image_size / crop_pct, then "
+                          "centre-crop image_size (official ImageNet evaluation 0.875; 1.0 keeps the whole image). "
+                          "Default: the saved processor, else 0.875."},
+    )  # fmt: skip
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Re-initialize checkpoint weights whose shape differs (other labels)."}
     )
@@ -594,6 +600,11 @@ class GlanceFocusArguments:
             value = getattr(self, flag)
             if value is not None and value < 1:
                 raise ArgumentError(f"--{flag} must be a positive integer, got {value}.")
+        if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
+            raise ArgumentError(
+                f"--crop_pct must be in (0, 1] (the share of the resized shorter side the centre crop keeps; 1.0 keeps "
+                f"the whole image), got {self.crop_pct}."
+            )
         budget = self.calibrate_budget
         if budget is not None:
             if self.stage != 3:
@@ -671,7 +682,9 @@ def build_glance_focus_model(gf_args: GlanceFocusArguments, hub, id2label: dict[
     `--ignore_mismatched_sizes`); its image processor if saved, else the one matching its config.
     `--backbone_name_or_path` (stage 1 from scratch): a config around the backbone's (`--num_steps`, `--patch_size`,
     `--image_size` where given), both encoders loaded with the backbone's weights, the rest freshly initialized.
-    `--policy_action_std` and `--image_size` are written into the config. A saved budget (`budget_*` fields, e.g.
+    `--policy_action_std` and `--image_size` are written into the config. The image processor is built anew from
+    the config (centre crop of `--crop_pct`, default 0.875) when there is no saved one or `--image_size` /
+    `--crop_pct` is given. A saved budget (`budget_*` fields, e.g.
     the release's thresholds of a converted checkpoint) is dropped: training changes the predictions its exit
     thresholds were fitted on (stage 3's `--calibrate_budget` fits new ones).
 
@@ -723,6 +736,7 @@ def build_glance_focus_model(gf_args: GlanceFocusArguments, hub, id2label: dict[
                 "--ignore_mismatched_sizes to re-initialize the classifier."
             ) from error
         raise ArgumentError(f"Could not build the model from {source!r}: {type(error).__name__}: {error}") from error
-    if not isinstance(processor, GlanceFocusImageProcessor) or gf_args.image_size is not None:
-        processor = GlanceFocusImageProcessor.from_glance_focus_config(model.config)
+    if not isinstance(processor, GlanceFocusImageProcessor) or gf_args.image_size is not None or gf_args.crop_pct:
+        crop = {} if gf_args.crop_pct is None else {"crop_pct": gf_args.crop_pct}
+        processor = GlanceFocusImageProcessor.from_glance_focus_config(model.config, **crop)
     return model, processor

@@ -60,12 +60,19 @@ class GlanceFocusImageProcessor(TorchvisionBackend):
         self._check_glance(self.glance_size, self.glance_interpolation)
 
     @classmethod
-    def from_glance_focus_config(cls, config, **kwargs) -> GlanceFocusImageProcessor:
+    def from_glance_focus_config(
+        cls, config, crop_pct: float = OFFICIAL_CROP_PCT, **kwargs
+    ) -> GlanceFocusImageProcessor:
         """The processor that matches a [`GlanceFocusConfig`]: centre crop `image_size` of the shorter side resized
-        to `int(image_size / 0.875)` (the official `inference.py`'s rule), and the config's glance size and
-        interpolation. `kwargs` override any setting."""
+        to `int(image_size / crop_pct)` (default 0.875, the official `inference.py`'s rule; 1.0 keeps the whole
+        square image), and the config's glance size and interpolation. `kwargs` override any setting."""
+        if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.0 < crop_pct <= 1.0:
+            raise ValueError(
+                f"`crop_pct` must be in (0, 1] (the share of the resized shorter side kept by the centre crop; "
+                f"official 0.875, 1.0 keeps everything), got {crop_pct!r}."
+            )
         settings = {
-            "size": {"shortest_edge": int(config.image_size / OFFICIAL_CROP_PCT)},
+            "size": {"shortest_edge": int(config.image_size / crop_pct)},
             "crop_size": {"height": config.image_size, "width": config.image_size},
             "glance_size": config.glance_side,
             "glance_interpolation": config.glance_interpolation,
