@@ -1,7 +1,6 @@
-"""`lookwhere_hf.official_benchmark`: the official-format weights it writes (converted back, bit for bit), the checkout
-check, the comparison table's ratios and goals, and the profile's parts (slow: a forked ViT-B forward)."""
-
-import importlib.util
+"""`lookwhere_hf.official_benchmark`: the official-format weights it writes (converted back, bit for bit), the
+comparison table's ratios and goals, and the profile's parts (slow: a forked ViT-B forward). The checkout check is in
+test_fast_path.py."""
 
 import pytest
 import torch
@@ -13,7 +12,6 @@ from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import conve
 from lookwhere_hf.official_benchmark import (
     OFFICIAL_SECTION,
     PROFILE_PARTS,
-    check_official_checkout,
     render_official_markdown,
     render_profile_markdown,
     write_official_checkpoint,
@@ -34,21 +32,6 @@ def test_official_checkpoint_converts_back_to_the_same_weights(tmp_path):
     pixel_values = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         assert torch.equal(converted(pixel_values, k=6).pooler_output, model(pixel_values, k=6).pooler_output)
-
-
-def test_check_official_checkout(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match=r"lacks \['modeling.py', 'utils.py'\].*git clone"):
-        check_official_checkout(tmp_path)
-    (tmp_path / "modeling.py").write_text("")
-    with pytest.raises(ValueError, match=r"lacks \['utils.py'\]"):
-        check_official_checkout(tmp_path)
-    (tmp_path / "utils.py").write_text("")
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "einops" else real(name, *a))
-    with pytest.raises(ValueError, match=r"imports \['einops'\]; install them: pip install einops"):
-        check_official_checkout(tmp_path)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
-    assert check_official_checkout(tmp_path) == tmp_path.resolve()
 
 
 def _timing(median, cpu):
