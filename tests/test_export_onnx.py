@@ -271,20 +271,11 @@ LOOKUPVIT_GRID = (3, 2)  # not the config's 4x4, and not square: the exported gr
 
 
 def tiny_lookupvit(cls, tmp_path):
-    from lookwhere_hf import LookupViTConfig
+    from test_lookupvit import tiny_config
+
     from lookwhere_hf.models.lookupvit.modeling_lookupvit import lookupvit_image_processor
 
-    config = LookupViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=112,
-        patch_size=14,
-        compressed_grid=4,
-        compressed_grids=[2, 3, 4],
-        lookup_mlp_ratio=0.5,
-        num_labels=3,
-    )
+    config = tiny_config(num_labels=3)
     torch.manual_seed(0)
     model = cls(config).eval()
     model.save_pretrained(tmp_path)

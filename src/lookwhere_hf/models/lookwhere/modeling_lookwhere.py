@@ -812,11 +812,9 @@ class LookWhereModel(LookWherePreTrainedModel):
             if kwargs.get(flag) is None:  # the encoders would read their own sub-config's flag otherwise
                 kwargs[flag] = getattr(self.config, flag)
         if cls_only:
-            wanted = [
-                name
-                for name in ("output_dense_features", "output_hidden_states", "output_attentions")
-                if (output_dense_features if name == "output_dense_features" else kwargs[name])
-            ]
+            requested = {"output_dense_features": output_dense_features, **kwargs}
+            flags = ("output_dense_features", "output_hidden_states", "output_attentions")
+            wanted = [name for name in flags if requested[name]]
             if wanted:
                 raise ValueError(
                     f"`cls_only=True` computes the last layer for the CLS token only, but {', '.join(wanted)} "
