@@ -16,6 +16,7 @@ from lookwhere_hf.deployment_benchmark import (
     run_deployment_benchmark,
     top_k_overlap,
 )
+from lookwhere_hf.models.lookwhere import modeling_lookwhere
 
 PARITY = 1e-4  # ONNX Runtime vs eager, relative to max(1, max |eager|): see tests/test_export_onnx.py
 
@@ -56,7 +57,15 @@ def test_deployment_benchmark_rows(tmp_path, monkeypatch):
     args = parse_args(["--onnx", "--bf16", "--resolutions", "112", "--max-repeats", "1", "--min-repeats", "1"])
     assert args.k_ratios == [0.1] and args.onnx and args.bf16 and not args.compile
     args = argparse.Namespace(**{**vars(args), "target_seconds": 0.0})
+    # The CLS rows time the CLS-only last extractor layer, as the classification model runs it.
+    cls_only_calls = []
+    spied = modeling_lookwhere.cls_only_layer_forward
+    monkeypatch.setattr(
+        modeling_lookwhere, "cls_only_layer_forward", lambda *a, **kw: cls_only_calls.append(1) or spied(*a, **kw)
+    )
     (row,) = run_deployment_benchmark(args, config=make_tiny_config())
+    # eager and bf16 CLS: a warm-up and one timed call each; the ONNX CLS graph: its trace
+    assert len(cls_only_calls) >= 5
     assert list(tmp_path.iterdir()) == []
     assert row["k"] == 6 and row["repeats"] == 1  # floor(0.1 * 64)
     expected = {"eager cls", "eager dense", "full eager cls", "onnx cls", "onnx dense", "bf16 cls", "bf16 dense"}

@@ -121,6 +121,29 @@ def test_onnx_dense_features_keep_the_selected_tokens(exported):
     torch.testing.assert_close(own, tokens, rtol=0, atol=bound)
 
 
+def test_onnx_cls_only_graph_gives_the_full_layers_cls_token(tmp_path):
+    """`cls_only=True` exports the bare model whose extractor's last layer computes the CLS token only: ONNX Runtime
+    gives `last_hidden_state (B, 1, D)` equal to the CLS token of the full-layer eager model, and the graph has fewer
+    matrix products (the last layer's query, output projection and MLP run on one row)."""
+    model = tiny(LookWhereModel)
+    result = export_lookwhere(model, tmp_path / "cls.onnx", image_size=SIZE, k=K, cls_only=True, log=None)
+    assert result.cls_only and all(check.passed for check in result.checks)
+    assert json.loads(Path(result.path + ".json").read_text())["cls_only"] is True
+    torch.manual_seed(2)
+    pixel_values = torch.randn(2, 3, SIZE, SIZE)
+    got = run_exported(onnx_session(result.path), pixel_values, result.output_names)
+    expected = eager_outputs(model, pixel_values, result.output_names)  # the full last layer
+    assert got["last_hidden_state"].shape == (2, 1, model.config.hidden_size)
+    expected["last_hidden_state"] = expected["last_hidden_state"][:, :1]
+    assert_parity(got, expected)
+    # The last layer's query, attention row, output projection and MLP are matrix products with one row (per
+    # image); the full-layer graph has none (every token row is computed).
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(result.path))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    rows = [shapes[n.input[0]][-2] for n in inferred.graph.node if n.op_type == "MatMul" and n.input[0] in shapes]
+    assert rows.count(1) >= 4, rows
+
+
 # ----------------------------------------------------------------------------------------------------- torch.export
 @pytest.mark.parametrize("cls", [LookWhereForImageClassification, LookWhereForSemanticSegmentation])
 def test_pt2_program_matches_eager(tmp_path, cls):
@@ -191,10 +214,14 @@ def test_bad_export_arguments(tmp_path):
         ({"output_path": tmp_path / "m.onnx", "batch_size": 0}, "`batch_size` must be a positive int"),
         ({"output_path": tmp_path / "m.onnx", "dense_features": True}, "`dense_features` is for LookWhereModel"),
         ({"output_path": tmp_path / "m.onnx", "tolerance": 2.0}, "`tolerance` must be a number in"),
+        ({"output_path": tmp_path / "m.onnx", "cls_only": True}, "`cls_only` is for LookWhereModel"),
+        ({"output_path": tmp_path / "m.onnx", "cls_only": 1}, "`cls_only` must be True or False"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ExportError, match=message):
             export_lookwhere(model, log=None, **kwargs)
+    with pytest.raises(ExportError, match="`dense_features` needs every token"):
+        export_lookwhere(tiny(LookWhereModel), tmp_path / "m.onnx", cls_only=True, dense_features=True, log=None)
     with pytest.raises(ExportError, match="Could not read a model config"):
         export_lookwhere(tmp_path / "missing", tmp_path / "m.onnx", log=None)
     (tmp_path / "not_an_image.png").write_text("hello")

@@ -377,6 +377,7 @@ def cmd_export(args) -> int:
             compressed_grid=args.compressed_grid,
             batch_size=args.batch_size,
             dense_features=args.dense_features,
+            cls_only=args.cls_only,
             check=not args.skip_check,
             tolerance=args.tolerance,
             check_image=args.check_image,
@@ -536,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--dense-features", action="store_true", help="bare LookWhereModel only: also output the dense features"
+    )
+    export.add_argument(
+        "--cls-only",
+        action="store_true",
+        help="bare LookWhereModel only: the extractor's last layer computes the CLS token only (last_hidden_state "
+        "(B, 1, D); the classification model always does this)",
     )
     export.add_argument(
         "--check-image", default=None, metavar="IMAGE", help="the real image of the check (default: a shipped one)"

@@ -4,10 +4,12 @@
 rounds ([`time_interleaved`], so that the machine's load changes hit every variant alike), at batch 1 and
 `k = floor(k_ratio * patches)`:
 
-- LookWhere eager float32, CLS path (`model(x, k=k)`) and dense path (`output_dense_features=True`);
+- LookWhere eager float32, CLS path (`model(x, k=k, cls_only=True)`: the extractor's last layer computes the CLS token
+  only, as in `LookWhereForImageClassification`) and dense path (`output_dense_features=True`);
 - `--compile`: the same two paths through `torch.compile(fullgraph=True, dynamic=False)` (inductor), and the
   full-resolution model eager and compiled (the compiled speedup of both);
-- `--onnx`: the two paths exported with [`lookwhere_hf.export.export_lookwhere`] (the selection inside the graph) and
+- `--onnx`: the two paths exported with [`lookwhere_hf.export.export_lookwhere`] (the selection inside the graph; the
+  CLS graph with `cls_only=True`) and
   run by an ONNX Runtime CPU session with the same number of threads; their max abs difference to eager is reported;
 - `--bf16`: the two paths (and the full model) under `torch.autocast("cpu", dtype=torch.bfloat16)`, and the overlap
   of the bf16 top-k selection with the float32 one on real images: the random-weight ViT-B on photos (scikit-image's,
@@ -112,8 +114,10 @@ def _measure_resolution(args: argparse.Namespace, config: LookWhereConfig, resol
     full = build_full_resolution_model(config, resolution, attn_implementation="sdpa")
     row = {"resolution": resolution, "k": k, "threads": args.threads, "compile_s": {}, "parity": {}}
 
-    def lw(net, dense):
-        return lambda: net(pixel_values, k=k, output_dense_features=dense)
+    def lw(net, dense):  # the CLS path runs the CLS-only last extractor layer, as the classification model does
+        if dense:
+            return lambda: net(pixel_values, k=k, output_dense_features=True)
+        return lambda: net(pixel_values, k=k, cls_only=True)
 
     calls = {
         ("eager", "cls"): lw(lookwhere, False),
@@ -130,7 +134,7 @@ def _measure_resolution(args: argparse.Namespace, config: LookWhereConfig, resol
             for mode, dense in (("cls", False), ("dense", True)):
                 result = export_lookwhere(
                     lookwhere, Path(folder) / f"{mode}.onnx", image_size=resolution, k=k, dense_features=dense,
-                    check=False, log=None,
+                    cls_only=not dense, check=False, log=None,
                 )  # fmt: skip
                 session = onnx_session(result.path, num_threads=args.threads)
                 names = result.output_names

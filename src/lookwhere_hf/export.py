@@ -17,7 +17,8 @@ Outputs, by model class (the names are the ONNX output names and the keys of [`r
 - `LookWhereForImageClassification`: `logits (B, num_labels)`, `selector_map (B, G*G)`, `selected_indices (B, k)`;
 - `LookWhereForSemanticSegmentation`: `logits (B, num_labels, G, G)`, `selector_map`, `selected_indices`;
 - `LookWhereModel`: `last_hidden_state (B, P + k, D)`, `pooler_output (B, D)`, `selector_map`, `selected_indices`
-  and, with `dense_features=True`, `dense_features (B, D, G, G)`;
+  and, with `dense_features=True`, `dense_features (B, D, G, G)`; with `cls_only=True` (the extractor's last layer
+  computes the CLS token only, as the classification model's does) `last_hidden_state` is `(B, 1, D)`;
 - `LookupViTForImageClassification`: `logits (B, num_labels)`;
 - `LookupViTForSemanticSegmentation`: `logits (B, num_labels, G, G)`;
 - `LookupViTModel`: `last_hidden_state (B, h*w, D)`, `pooler_output (B, D)`, `lookup_last_hidden_state (B, G*G, D)`.
@@ -123,6 +124,7 @@ class ExportResult:
     output_names: list[str]
     checks: list[OutputCheck] = field(default_factory=list)
     compressed_grid: list[int] | None = None  # LookupViT's (h, w) (None for LookWhere)
+    cls_only: bool = False  # LookWhereModel: the last layer computes the CLS token only (`last_hidden_state (B, 1, D)`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -446,6 +448,7 @@ def export_lookwhere(
     tolerance: float = DEFAULT_TOLERANCE,
     check_image: str | os.PathLike | None = None,
     log=print,
+    cls_only: bool = False,
 ) -> ExportResult:
     """Export a LookWhere model at a fixed image size and `k` (a LookupViT model at a fixed image size and compressed
     grid), then check the file against the eager model.
@@ -463,6 +466,9 @@ def export_lookwhere(
         batch_size: the check's batch size; the exported batch dimension is dynamic unless the graph has a dense
             LookWhere output, which is exported for this batch size only.
         dense_features: `LookWhereModel` only: also output `dense_features`.
+        cls_only: `LookWhereModel` only: export `model(..., cls_only=True)`, whose extractor's last layer computes the
+            CLS token only (`last_hidden_state` is then `(B, 1, D)`; about 5% fewer FLOPs at 518 px, k = 10%). The
+            classification model always does this.
         check: load the file back and compare it with the eager model (see the module docstring).
         tolerance: the allowed max abs difference per output, relative to `max(1, max |eager output|)`.
         check_image: the real image of the check (default: the first demo image shipped with the package).
@@ -477,7 +483,7 @@ def export_lookwhere(
     try:
         return _export_and_check(
             model, output_path, format, image_size, k, compressed_grid, batch_size, dense_features, check, tolerance,
-            check_image, log or (lambda *args: None),
+            check_image, log or (lambda *args: None), cls_only,
         )  # fmt: skip
     finally:
         model.train(was_training)  # exported and checked in eval mode; the caller's model keeps its mode
@@ -485,7 +491,7 @@ def export_lookwhere(
 
 def _export_and_check(
     model, output_path, format, image_size, k, compressed_grid, batch_size, dense_features, check, tolerance,
-    check_image, log,
+    check_image, log, cls_only=False,
 ) -> ExportResult:  # fmt: skip
     """The body of [`export_lookwhere`] (same arguments; `model` is a module)."""
     path = _check_output_path(output_path, format)
@@ -498,6 +504,18 @@ def _export_and_check(
             f"`dense_features` is for LookWhereModel, got a {type(model).__name__} (LookWhere's segmentation logits "
             "are already dense; LookupViTModel outputs `lookup_last_hidden_state`)."
         )
+    if not isinstance(cls_only, bool):
+        raise ExportError(f"`cls_only` must be True or False, got {cls_only!r}.")
+    if cls_only and type(model) is not LookWhereModel:
+        raise ExportError(
+            f"`cls_only` is for LookWhereModel, got a {type(model).__name__} (LookWhereForImageClassification always "
+            "computes the last layer for the CLS token only; segmentation and LookupViT need every token)."
+        )
+    if cls_only and dense_features:
+        raise ExportError(
+            "`cls_only` computes the extractor's last layer for the CLS token only, but `dense_features` needs every "
+            "token's output: pass one of them."
+        )
     if check and format == "onnx":
         _require_onnx()
     names = output_names_for(model, dense_features)
@@ -506,6 +524,8 @@ def _export_and_check(
     dynamic_batch = not _has_dense_output(model, names)
     if "dense_features" in names:
         call_kwargs["output_dense_features"] = True
+    if cls_only:
+        call_kwargs["cls_only"] = True
     wrapper = _FixedForward(model, call_kwargs, names).eval()
     k, grid = call_kwargs.get("k"), call_kwargs.get("compressed_grid")
     point = f"k = {k}" if grid is None else f"compressed grid {grid[0]}x{grid[1]}"
@@ -528,6 +548,7 @@ def _export_and_check(
         input_names=["pixel_values"],
         output_names=names,
         compressed_grid=None if grid is None else list(grid),
+        cls_only=cls_only,
     )
     if check:
         exported = _load_exported(path, format)
