@@ -9,7 +9,6 @@ pytest.importorskip("timm")
 from test_conversion import VARIANTS, build_official, official_checkpoint  # noqa: E402
 
 from lookwhere_hf import LookWhereModel  # noqa: E402
-from lookwhere_hf.budget_benchmark import forced_exit_thresholds  # noqa: E402
 from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import convert_checkpoint  # noqa: E402
 from lookwhere_hf.official_benchmark import (  # noqa: E402
     check_official_checkout,
@@ -98,21 +97,3 @@ def test_official_table_ratios():
     assert "| dense: ours / official (wall; CPU time) | **1.00**; 1.00 | 1 | | |" in text
     assert "cls: 10.0x vs full (goal >= 9x: met), 0.80x the official code's latency (goal <= 0.85: met)" in text
     assert "dense: 8.0x vs full (goal >= 9x: missed), 1.00x the official code's latency (goal <= 0.85: missed)" in text
-
-
-def test_forced_exit_thresholds_give_the_asked_exits():
-    """Budgeted inference with the forced thresholds exits exactly `counts[r]` images at rung `r` (the exit rule is
-    `confidence >= threshold` at the first such rung), and refuses counts that do not fit the batch."""
-    generator = torch.Generator().manual_seed(0)
-    confidences = torch.rand(5, 16, generator=generator)  # distinct values: no ties at the cuts
-    counts = [4, 4, 4, 2, 2]
-    thresholds = forced_exit_thresholds(confidences, counts)
-    exit_rung = torch.full((16,), 4)
-    for rung in reversed(range(4)):
-        exit_rung = torch.where(confidences[rung] >= thresholds[rung], rung, exit_rung)
-    assert torch.bincount(exit_rung, minlength=5).tolist() == counts
-    assert min(forced_exit_thresholds(confidences, [0, 0, 0, 0, 16])) > float(confidences.max())
-    with pytest.raises(ValueError, match="summing to 16"):
-        forced_exit_thresholds(confidences, [4, 4, 4, 2, 1])
-    with pytest.raises(ValueError, match="tie"):
-        forced_exit_thresholds(torch.full((2, 4), 0.5), [2, 2])

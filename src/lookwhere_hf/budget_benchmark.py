@@ -21,6 +21,7 @@ import sys
 import torch
 
 from .benchmarking import random_weight_model, run_in_fresh_process, time_interleaved
+from .budget import _profile_thresholds, simulate_exits
 from .flops import lookwhere_flops
 from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.modeling_lookwhere import LookWhereForImageClassification
@@ -54,24 +55,19 @@ def exit_counts(eighths, batch_size: int) -> list[int]:
 def forced_exit_thresholds(confidences: torch.Tensor, counts: list[int]) -> list[float]:
     """Thresholds that make exactly `counts[r]` images exit at rung `r`, from anytime confidences `(num_rungs, B)`.
 
-    At each rung the images still running are ranked by confidence, and the threshold is set halfway between the
-    `counts[r]`-th and the next one, so no image sits on a threshold. Raises `ValueError` if the counts do not add up to
-    the batch or two confidences tie at a cut.
+    The thresholds of `lookwhere_hf.budget`'s exit profiles (at each rung, halfway between the `counts[r]`-th most
+    confident image still running and the next), checked to give exactly these counts. Raises `ValueError` if the
+    counts do not add up to the batch or two confidences tie at a cut (more images would leave there).
     """
     num_rungs, batch_size = confidences.shape
     if len(counts) != num_rungs or sum(counts) != batch_size or min(counts) < 0:
         raise ValueError(f"Exit counts {counts} must give one count per rung ({num_rungs}) summing to {batch_size}.")
-    running = torch.ones(batch_size, dtype=torch.bool)
-    thresholds = []
-    for rung, count in enumerate(counts[:-1]):
-        ranked = confidences[rung][running].sort(descending=True).values.tolist()
-        above = ranked[count - 1] if count > 0 else 2.0
-        below = ranked[count] if count < len(ranked) else 0.0
-        if above <= below:
-            raise ValueError(f"Confidences tie at the cut of rung {rung}; use another batch or seed.")
-        threshold = (above + below) / 2
-        thresholds.append(threshold)
-        running &= confidences[rung] < threshold
+    shares = torch.tensor(counts, dtype=torch.float64) / batch_size
+    thresholds = _profile_thresholds(confidences.T, shares)
+    got = torch.bincount(simulate_exits(confidences.T, thresholds), minlength=num_rungs).tolist()
+    if got != list(counts):
+        rung = next(r for r, (a, b) in enumerate(zip(got, counts)) if a != b)
+        raise ValueError(f"Confidences tie at the cut of rung {rung}; use another batch or seed.")
     return thresholds
 
 
