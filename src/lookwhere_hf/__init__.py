@@ -54,6 +54,7 @@ from .models.lookwhere import (
     selector_scores_to_map,
     spread_to_grid,
 )
+from .packed_linear import PackedLinear, pack_linear_weights, unpack_linear_weights
 
 __version__ = "0.1.0"
 
@@ -132,4 +133,7 @@ __all__ = [
     "LookupViTImageClassifierOutput",
     "LookupViTSemanticSegmenterOutput",
     "lookupvit_image_processor",
+    "PackedLinear",
+    "pack_linear_weights",
+    "unpack_linear_weights",
 ]
