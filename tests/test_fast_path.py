@@ -9,6 +9,7 @@ pytest.importorskip("timm")
 from test_conversion import VARIANTS, build_official, official_checkpoint  # noqa: E402
 
 from lookwhere_hf import LookWhereModel  # noqa: E402
+from lookwhere_hf.benchmarking import parse_args  # noqa: E402
 from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import convert_checkpoint  # noqa: E402
 from lookwhere_hf.official_benchmark import (  # noqa: E402
     check_official_checkout,
@@ -97,3 +98,48 @@ def test_official_table_ratios():
     assert "| dense: ours / official (wall; CPU time) | **1.00**; 1.00 | 1 | | |" in text
     assert "cls: 10.0x vs full (goal >= 9x: met), 0.80x the official code's latency (goal <= 0.85: met)" in text
     assert "dense: 8.0x vs full (goal >= 9x: missed), 1.00x the official code's latency (goal <= 0.85: missed)" in text
+
+
+def test_official_table_with_packed_weights():
+    """`--packed`: the packed rows' ratios against the plain models as shipped and against the packed ones, and goal
+    lines for both; `--packed` without `--vs-official` is refused."""
+
+    def entry(seconds, cpu):
+        return {"median_s": seconds, "min_s": seconds, "max_s": seconds, "n": 3, "cpu_s": cpu}
+
+    row = dict(
+        resolution=518,
+        batch_size=1,
+        k_ratio=0.1,
+        k=136,
+        flops_limit={"cls": 10.4, "dense": 9.8},
+        full=entry(5.0, 10.0),
+        ours_cls=entry(0.5, 1.0),
+        official_cls=entry(0.5, 1.0),
+        ours_dense=entry(0.5, 1.0),
+        official_dense=entry(0.5, 1.0),
+        full_packed=entry(4.0, 8.0),
+        ours_cls_packed=entry(0.4, 0.8),
+        official_cls_packed=entry(0.4, 0.8),
+        ours_dense_packed=entry(0.45, 0.9),
+        official_dense_packed=entry(0.5, 1.0),
+        max_abs_diff_cls=1e-6,
+        max_abs_diff_dense=0.5,
+        median_abs_diff_dense=1e-7,
+        max_abs_diff_cls_packed=2e-6,
+    )
+    text = render_official_markdown([row], "machine", "command", "now", ("0", "0"))
+    assert "max abs difference 2.0e-06" in text
+    assert "| cls | 0.400 s | 0.400 s | 4.000 s |" in text
+    assert "| cls: packed / plain, same code (wall; CPU time) | 0.80; 0.80 | 0.80; 0.80 | 0.80; 0.80 |" in text
+    plain_full = "| cls: speedup vs the plain full model (wall; CPU time) | **12.5x; 12.5x** | 12.5x; 12.5x | 1.2x; 1.2x"
+    assert plain_full in text
+    assert "| cls: speedup vs the packed full model (wall; CPU time) | 10.0x; 10.0x | 10.0x; 10.0x | 1 |" in text
+    assert "| dense: ours packed / official plain; / official packed (wall) | **0.90**; 0.90 | | |" in text
+    assert (
+        "cls, packed weights: 12.5x vs full (goal >= 9x: met), 0.80x the official code's latency (goal <= 0.85: met); "
+        "against the full model and the official code on the same packed weights: 10.0x and 1.00x"
+    ) in text
+    assert "dense: 10.0x vs full (goal >= 9x: met), 1.00x the official code's latency (goal <= 0.85: missed)" in text
+    with pytest.raises(SystemExit):
+        parse_args(["--packed"])

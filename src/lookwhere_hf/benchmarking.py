@@ -667,6 +667,12 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
         "modeling.py and utils.py; needs timm and einops) given the same weights, and the full model; batch 1 and "
         "k_ratio 0.1 unless given. Writes the '## Against the official code' section with --output",
     )
+    add(
+        "--packed",
+        action="store_true",
+        help="with --vs-official: also time all three models with their linear layers on oneDNN-packed weights "
+        "(lookwhere_hf.pack_linear_weights), interleaved with the plain ones",
+    )
     add("--target-seconds", type=float, default=None, help="timed seconds per measurement (adapts repeats)")
     add("--min-repeats", type=positive_int_argument, default=None)
     add("--max-repeats", type=positive_int_argument, default=None)
@@ -677,6 +683,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
         help="forwards longer than this count their first (warm-up) run as a sample",
     )
     args = parser.parse_args(argv)
+    if args.packed and args.vs_official is None:
+        parser.error("--packed adds rows to the comparison with the official code: pass --vs-official PATH too")
     if args.compile or args.onnx or args.bf16:  # lookwhere_hf.deployment_benchmark: batch 1, one k_ratio
         if args.onnx and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")):
             parser.error("--onnx needs onnx, onnxscript and onnxruntime: pip install 'lookwhere_hf[export]'")

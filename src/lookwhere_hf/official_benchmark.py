@@ -8,7 +8,9 @@ rest of [`lookwhere_hf.benchmarking`]):
   weights, and against the full-resolution model: random ViT-B/14 weights are written in the official checkpoint
   format ([`write_official_checkpoint`]), converted with `convert_lookwhere_original_to_hf` for this package and read
   by the official code from the same file. All five forwards (full; ours and theirs, CLS and dense) are timed in
-  interleaved rounds in one process.
+  interleaved rounds in one process. With `--packed`, the same five again with every model's plain `nn.Linear` layers
+  on oneDNN-packed weights ([`lookwhere_hf.packed_linear`]) join the rounds: the kernel's gain shows on all three
+  models alike, apart from what the method itself saves.
 - `--profile`: torch.profiler over LookWhere's CLS and dense forwards, with the time of each part (selector,
   selection, patch embedding, extractor, dense spreading, the rest) and the heaviest operators.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import importlib.util
 import math
@@ -46,6 +49,7 @@ from .benchmarking import (
 from .flops import full_resolution_flops, lookwhere_flops
 from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.modeling_lookwhere import LookWhereModel
+from .packed_linear import pack_linear_weights
 
 __all__ = [
     "OFFICIAL_SECTION",
@@ -132,21 +136,34 @@ def _measure_official(job: dict) -> dict:
     pixel_values = torch.randn(job["batch_size"], 3, job["resolution"], job["resolution"])
     k = job["k"]
 
-    def official_call(is_cls: bool):
-        theirs.is_cls = is_cls
-        return theirs(pixel_values, k=k)
+    def official_call(is_cls: bool, model=theirs):
+        model.is_cls = is_cls
+        return model(pixel_values, k=k)
 
-    calls = {
-        "full": lambda: full(pixel_values=pixel_values),
-        "ours_cls": lambda: ours(pixel_values, k=k, cls_only=True),
-        "official_cls": lambda: official_call(True),
-        "ours_dense": lambda: ours(pixel_values, k=k, output_dense_features=True),
-        "official_dense": lambda: official_call(False),
-    }
+    def calls_for(ours, official, full, suffix=""):
+        return {
+            f"full{suffix}": lambda: full(pixel_values=pixel_values),
+            f"ours_cls{suffix}": lambda: ours(pixel_values, k=k, cls_only=True),
+            f"official_cls{suffix}": lambda: official_call(True, official),
+            f"ours_dense{suffix}": lambda: ours(pixel_values, k=k, output_dense_features=True),
+            f"official_dense{suffix}": lambda: official_call(False, official),
+        }
+
+    calls = calls_for(ours, theirs, full)
+    packed = {}
+    if job.get("packed"):  # copies of the three models on oneDNN-packed linear weights
+        packed = {name: copy.deepcopy(model) for name, model in (("ours", ours), ("official", theirs), ("full", full))}
+        packed_layers = {name: pack_linear_weights(model) for name, model in packed.items()}
+        if not all(packed_layers.values()):
+            raise RuntimeError(f"--packed: no linear layer was packed ({packed_layers}); this torch has no oneDNN.")
+        calls.update(calls_for(packed["ours"], packed["official"], packed["full"], suffix="_packed"))
     with torch.inference_mode():
         mine = ours(pixel_values, k=k, output_dense_features=True)
         cls_diff = float((mine.pooler_output - official_call(True)).abs().max())
         dense_diff = (mine.dense_features - official_call(False)).abs()
+        if packed:
+            packed_cls = packed["ours"](pixel_values, k=k, cls_only=True).pooler_output
+            packed_diff = float((packed_cls - mine.pooler_output).abs().max())
         first = {}
         for name, fn in calls.items():  # warm-up, and the duration that sets the number of repeats
             start = time.perf_counter()
@@ -157,8 +174,8 @@ def _measure_official(job: dict) -> dict:
             wanted = math.ceil(job["target_seconds"] / max(seconds, 1e-6))
             return max(job["min_repeats"], min(job["max_repeats"], wanted))
 
-        longest_sparse = max(seconds for name, seconds in first.items() if name != "full")
-        counts = {name: repeats(first["full"] if name == "full" else longest_sparse) for name in calls}
+        longest_sparse = max(seconds for name, seconds in first.items() if not name.startswith("full"))
+        counts = {name: repeats(first[name] if name.startswith("full") else longest_sparse) for name in calls}
         timings = time_interleaved(calls, counts)
     result = {
         name: {
@@ -175,6 +192,8 @@ def _measure_official(job: dict) -> dict:
     result["max_abs_diff_cls"] = cls_diff
     result["max_abs_diff_dense"] = float(dense_diff.max())
     result["median_abs_diff_dense"] = float(dense_diff.median())
+    if packed:
+        result["max_abs_diff_cls_packed"] = packed_diff
     return result
 
 
@@ -213,6 +232,7 @@ def run_official_comparison(args: argparse.Namespace) -> list[dict]:
                 batch_size=batch,
                 k_ratio=k_ratio,
                 k=lookwhere_flops(config, res, k_ratio=k_ratio).k,
+                packed=getattr(args, "packed", False),
             )
             for res in args.resolutions
             for batch in args.batch_sizes
@@ -290,17 +310,64 @@ def render_official_markdown(rows: list[dict], machine: str, command: str, start
             "the 5th neighbour, broken by the official unstable argsort).",
             "",
         ]
+        if "full_packed" in r:
+            lines += _packed_table(r)
         target = 9.0 if r["resolution"] <= 518 else 19.0
         for mode in ("cls", "dense"):
-            speedup = full["median_s"] / r[f"ours_{mode}"]["median_s"]
-            versus = r[f"ours_{mode}"]["median_s"] / r[f"official_{mode}"]["median_s"]
-            goals.append(
-                f"- {r['resolution']} px b{r['batch_size']} k={r['k_ratio']:.0%} {mode}: {speedup:.1f}x vs full "
-                f"(goal >= {target:.0f}x: {'met' if speedup >= target else 'missed'}), {versus:.2f}x the official "
-                f"code's latency (goal <= 0.85: {'met' if versus <= 0.85 else 'missed'})"
-            )
+            for suffix, label in (("", ""), ("_packed", ", packed weights")):
+                if f"ours_{mode}{suffix}" not in r:
+                    continue
+                speedup = full["median_s"] / r[f"ours_{mode}{suffix}"]["median_s"]
+                versus = r[f"ours_{mode}{suffix}"]["median_s"] / r[f"official_{mode}"]["median_s"]
+                goals.append(
+                    f"- {r['resolution']} px b{r['batch_size']} k={r['k_ratio']:.0%} {mode}{label}: {speedup:.1f}x "
+                    f"vs full (goal >= {target:.0f}x: {'met' if speedup >= target else 'missed'}), {versus:.2f}x the "
+                    f"official code's latency (goal <= 0.85: {'met' if versus <= 0.85 else 'missed'})"
+                )
+                if suffix:
+                    same_speedup = r[f"full{suffix}"]["median_s"] / r[f"ours_{mode}{suffix}"]["median_s"]
+                    same_versus = r[f"ours_{mode}{suffix}"]["median_s"] / r[f"official_{mode}{suffix}"]["median_s"]
+                    goals[-1] += (
+                        f"; against the full model and the official code on the same packed weights: "
+                        f"{same_speedup:.1f}x and {same_versus:.2f}x"
+                    )
     lines += ["Goals of issue 14 (ratios from this run):", "", *goals]
     return "\n".join(lines) + "\n"
+
+
+def _packed_table(r: dict) -> list[str]:
+    """The `--packed` rows of one (resolution, batch, k) block: the three models on oneDNN-packed linear weights,
+    timed in the same rounds as the plain ones, against the plain (as shipped / released) and the packed versions."""
+
+    def cell(a: dict, b: dict) -> str:  # a / b, wall; CPU time
+        return f"{a['median_s'] / b['median_s']:.2f}; {a['cpu_s'] / b['cpu_s']:.2f}"
+
+    def speedup(a: dict, b: dict) -> str:
+        return f"{b['median_s'] / a['median_s']:.1f}x; {b['cpu_s'] / a['cpu_s']:.1f}x"
+
+    full, full_packed = r["full"], r["full_packed"]
+    lines = [
+        f"With every model's linear layers on oneDNN-packed weights (`--packed`, `lookwhere_hf.pack_linear_weights`; "
+        f"in the same rounds; CLS of ours packed vs plain: max abs difference {r['max_abs_diff_cls_packed']:.1e}):",
+        "",
+        "| packed weights | this package | official code | full DINOv2-reg |",
+        "|---|---|---|---|",
+    ]
+    for mode in ("cls", "dense"):
+        ours, theirs = r[f"ours_{mode}_packed"], r[f"official_{mode}_packed"]
+        lines += [
+            f"| {mode} | {ours['median_s']:.3f} s | {theirs['median_s']:.3f} s | {full_packed['median_s']:.3f} s |",
+            f"| {mode}: packed / plain, same code (wall; CPU time) | {cell(ours, r[f'ours_{mode}'])} "
+            f"| {cell(theirs, r[f'official_{mode}'])} | {cell(full_packed, full)} |",
+            f"| {mode}: speedup vs the plain full model (wall; CPU time) | **{speedup(ours, full)}** "
+            f"| {speedup(theirs, full)} | {speedup(full_packed, full)} |",
+            f"| {mode}: speedup vs the packed full model (wall; CPU time) | {speedup(ours, full_packed)} "
+            f"| {speedup(theirs, full_packed)} | 1 |",
+            f"| {mode}: ours packed / official plain; / official packed (wall) | "
+            f"**{ours['median_s'] / r[f'official_{mode}']['median_s']:.2f}**; "
+            f"{ours['median_s'] / theirs['median_s']:.2f} | | |",
+        ]
+    return [*lines, ""]
 
 
 # ----------------------------------------------------------------------------------------------------- profile
