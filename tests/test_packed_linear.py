@@ -120,6 +120,8 @@ def test_a_weight_changed_in_place_or_replaced_is_packed_again():
     packed.weight = nn.Parameter(torch.eye(40, 48))
     with torch.inference_mode():
         torch.testing.assert_close(packed(inputs), inputs[:, :40] + 1, rtol=0, atol=4 * EPS32)
+    packed.double()  # a dtype or device move drops the packed copy (float64 then takes the plain path)
+    assert packed._packed is None
 
 
 def test_copies_and_pickles_drop_the_packed_cache():

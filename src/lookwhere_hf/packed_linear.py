@@ -121,6 +121,10 @@ class PackedLinear(nn.Linear):
             return torch.ops.mkldnn._linear_pointwise(inputs, self.packed_weight(), self.bias, "none", [], "")
         return F.linear(inputs, self.weight, self.bias)
 
+    def _apply(self, fn, recurse=True):  # `.to()`, `.cuda()`, `.half()`...: the packed copy is dropped with the old weight
+        self._packed = None
+        return super()._apply(fn, recurse)
+
     def __getstate__(self) -> dict:  # copies and pickles rebuild the cache instead of carrying a oneDNN tensor
         state = self.__dict__.copy()
         state["_packed"] = None
