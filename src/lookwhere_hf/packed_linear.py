@@ -121,7 +121,7 @@ class PackedLinear(nn.Linear):
             return torch.ops.mkldnn._linear_pointwise(inputs, self.packed_weight(), self.bias, "none", [], "")
         return F.linear(inputs, self.weight, self.bias)
 
-    def _apply(self, fn, recurse=True):  # `.to()`, `.cuda()`, `.half()`...: the packed copy is dropped with the old weight
+    def _apply(self, fn, recurse=True):  # `.to()`, `.cuda()`, `.half()`: the packed copy goes with the old weight
         self._packed = None
         return super()._apply(fn, recurse)
 
