@@ -231,6 +231,9 @@ def test_compile_and_export_see_the_standard_linear():
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert "aten.linear.default" in targets and not any("mkldnn" in target for target in targets)
     assert all(module._packed is None for module in fresh.modules() if isinstance(module, PackedLinear))
+    # FX's symbolic tracer records the plain linear too
+    traced = torch.fx.symbolic_trace(PackedLinear.from_linear(make_linear()))
+    assert [node.target for node in traced.graph.nodes if node.op == "call_function"] == [F.linear]
 
 
 def test_other_models_and_bad_input():

@@ -55,13 +55,9 @@ _AVAILABLE: bool | None = None
 
 
 def _capturing() -> bool:
-    """Whether a compiler, exporter or tracer is capturing the forward (they must see the standard `F.linear`)."""
-    return (
-        torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.fx._symbolic_trace.is_fx_tracing()
-    )
+    """Whether `torch.compile`, `torch.export` or a TorchScript tracer captures the forward (they must see the standard
+    `F.linear`; FX's symbolic tracer passes proxies, which are not tensors, and is caught by the type check)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 class PackedLinear(nn.Linear):
@@ -95,17 +91,17 @@ class PackedLinear(nn.Linear):
     def uses_packed_weight(self, inputs: torch.Tensor) -> bool:
         """Whether this call takes the oneDNN path: float32 on the CPU, no gradient to record, no autocast/capture."""
         weight = self.weight
+        if type(inputs) is not torch.Tensor or type(weight.data) is not torch.Tensor or _capturing():
+            return False  # tensor subclasses, proxies and compilers take the standard path
         if not (inputs.device.type == weight.device.type == "cpu"):
             return False
         if not (inputs.dtype == weight.dtype == torch.float32) or inputs.dim() < 2 or inputs.layout != torch.strided:
-            return False
-        if type(inputs) is not torch.Tensor or type(weight.data) is not torch.Tensor:  # no tensor subclasses
             return False
         if torch.is_grad_enabled() and (
             inputs.requires_grad or weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
         ):
             return False
-        return not (torch.is_autocast_enabled("cpu") or _capturing())
+        return not torch.is_autocast_enabled("cpu")
 
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's layout, packed again if the weight was replaced or changed in place since."""
