@@ -54,8 +54,9 @@ def test_deployment_benchmark_rows(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    args = parse_args(["--onnx", "--bf16", "--resolutions", "112", "--max-repeats", "1", "--min-repeats", "1"])
-    assert args.k_ratios == [0.1] and args.onnx and args.bf16 and not args.compile
+    argv = ["--onnx", "--bf16", "--packed", "--resolutions", "112", "--max-repeats", "1", "--min-repeats", "1"]
+    args = parse_args(argv)
+    assert args.k_ratios == [0.1] and args.onnx and args.bf16 and args.packed and not args.compile
     args = argparse.Namespace(**{**vars(args), "target_seconds": 0.0})
     # The CLS rows time the CLS-only last extractor layer, as the classification model runs it.
     cls_only_calls = []
@@ -64,17 +65,20 @@ def test_deployment_benchmark_rows(tmp_path, monkeypatch):
         modeling_lookwhere, "cls_only_layer_forward", lambda *a, **kw: cls_only_calls.append(1) or spied(*a, **kw)
     )
     (row,) = run_deployment_benchmark(args, config=make_tiny_config())
-    # eager and bf16 CLS: a warm-up and one timed call each; the ONNX CLS graph: its trace
-    assert len(cls_only_calls) >= 5
+    # eager, packed and bf16 CLS: a warm-up and one timed call each; the ONNX CLS graph: its trace
+    assert len(cls_only_calls) >= 7
     assert list(tmp_path.iterdir()) == []
     assert row["k"] == 6 and row["repeats"] == 1  # floor(0.1 * 64)
     expected = {"eager cls", "eager dense", "full eager cls", "onnx cls", "onnx dense", "bf16 cls", "bf16 dense"}
-    assert expected | {"full bf16 cls"} == set(row["seconds"])
+    assert expected | {"full bf16 cls", "packed cls", "packed dense", "full packed cls"} == set(row["seconds"])
     assert all(seconds > 0 for seconds in row["seconds"].values())
     for mode in ("cls", "dense"):
         parity = row["parity"][f"onnx {mode}"]
         assert parity["overlap"] == 1.0 and parity["pooler_output"] <= PARITY
     assert row["parity"]["onnx dense"]["dense_features"] <= PARITY
+    # packed linear weights: float32 rounding apart (tests/test_packed_linear.py bounds it), the same patches
+    packed = row["parity"]["packed"]
+    assert packed["overlap"] == 1.0 and packed["pooler_output"] <= PARITY and packed["dense_features"] <= PARITY
     # bf16 keeps 8 mantissa bits: its outputs differ from fp32 by far more than float32 noise (so autocast ran); with
     # the same selection (bf16 kernels differ between CPUs, so a near-tie may flip it) they stay within 64 x 2^-8 of
     # the scale over these 3 layers.
@@ -90,4 +94,7 @@ def test_deployment_benchmark_rows(tmp_path, monkeypatch):
     ratio = seconds["eager cls"] / seconds["onnx cls"]
     assert onnx_line.startswith(f"| LookWhere ONNX Runtime (CPU) | {seconds['onnx cls']:.3f} | ")
     assert onnx_line.endswith(f"| {ratio:.2f}x | {seconds['full eager cls'] / seconds['onnx cls']:.1f}x |")
+    packed_line = f"| LookWhere eager fp32, packed linear weights | {seconds['packed cls']:.3f} | "
+    assert any(line.startswith(packed_line) for line in section.splitlines())
+    assert "- packed: pooler_output" in section
     assert "| LookWhere bf16 autocast |" in section and "- onnx dense: pooler_output" in section

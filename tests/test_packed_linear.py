@@ -122,6 +122,12 @@ def test_a_weight_changed_in_place_or_replaced_is_packed_again():
         torch.testing.assert_close(packed(inputs), inputs[:, :40] + 1, rtol=0, atol=4 * EPS32)
     packed.double()  # a dtype or device move drops the packed copy (float64 then takes the plain path)
     assert packed._packed is None
+    with torch.inference_mode():  # weights made in inference mode (no version counter) are packed too
+        made_there = PackedLinear.from_linear(make_linear())
+        got = made_there(inputs)
+    linear = made_there.to_linear()
+    assert made_there._packed is not None
+    assert ((got.double() - reference(inputs, linear)).abs() <= float64_bound(inputs, linear)).all()
 
 
 def test_copies_and_pickles_drop_the_packed_cache():

@@ -670,8 +670,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
     add(
         "--packed",
         action="store_true",
-        help="with --vs-official: also time all three models with their linear layers on oneDNN-packed weights "
-        "(lookwhere_hf.pack_linear_weights), interleaved with the plain ones",
+        help="with --vs-official (or --compile / --onnx / --bf16): also time the models with their linear layers on "
+        "oneDNN-packed weights (lookwhere_hf.pack_linear_weights), interleaved with the plain ones",
     )
     add("--target-seconds", type=float, default=None, help="timed seconds per measurement (adapts repeats)")
     add("--min-repeats", type=positive_int_argument, default=None)
@@ -683,8 +683,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmar
         help="forwards longer than this count their first (warm-up) run as a sample",
     )
     args = parser.parse_args(argv)
-    if args.packed and args.vs_official is None:
-        parser.error("--packed adds rows to the comparison with the official code: pass --vs-official PATH too")
+    if args.packed and args.vs_official is None and not (args.compile or args.onnx or args.bf16):
+        parser.error("--packed adds rows to --vs-official PATH or to --compile / --onnx / --bf16: pass one of them too")
     if args.compile or args.onnx or args.bf16:  # lookwhere_hf.deployment_benchmark: batch 1, one k_ratio
         if args.onnx and not all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")):
             parser.error("--onnx needs onnx, onnxscript and onnxruntime: pip install 'lookwhere_hf[export]'")

@@ -11,6 +11,8 @@ rounds ([`time_interleaved`], so that the machine's load changes hit every varia
 - `--onnx`: the two paths exported with [`lookwhere_hf.export.export_lookwhere`] (the selection inside the graph; the
   CLS graph with `cls_only=True`) and
   run by an ONNX Runtime CPU session with the same number of threads; their max abs difference to eager is reported;
+- `--packed` (with any of the three): the two paths and the full model with their linear layers on oneDNN-packed
+  weights ([`lookwhere_hf.packed_linear`]);
 - `--bf16`: the two paths (and the full model) under `torch.autocast("cpu", dtype=torch.bfloat16)`, and the overlap
   of the bf16 top-k selection with the float32 one on real images: the random-weight ViT-B on photos (scikit-image's,
   when installed) and the trained demo checkpoint shipped in the package on its example images.
@@ -23,6 +25,7 @@ includes compilation, reported separately).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import tempfile
@@ -34,6 +37,7 @@ import torch
 from .benchmarking import build_full_resolution_model, random_weight_model, time_interleaved
 from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.modeling_lookwhere import LookWhereForImageClassification, LookWhereModel
+from .packed_linear import pack_linear_weights
 
 __all__ = ["DEPLOYMENT_SECTION", "render_deployment_markdown", "run_deployment_benchmark", "top_k_overlap"]
 
@@ -157,6 +161,17 @@ def _measure_resolution(args: argparse.Namespace, config: LookWhereConfig, resol
             got = compiled(pixel_values, k=k, output_dense_features=True)
             row["parity"]["compiled"] = _parity(got, eager)
             del out
+        if getattr(args, "packed", False):  # copies on oneDNN-packed linear weights (lookwhere_hf.packed_linear)
+            packed, packed_full = copy.deepcopy(lookwhere), copy.deepcopy(full)
+            if not (pack_linear_weights(packed) and pack_linear_weights(packed_full)):
+                raise RuntimeError("--packed: no linear layer was packed; this torch build has no oneDNN linear.")
+            calls[("packed", "cls")] = lw(packed, False)
+            calls[("packed", "dense")] = lw(packed, True)
+            calls[("full packed", "cls")] = lambda: packed_full(pixel_values=pixel_values)
+            row["parity"]["packed"] = _parity(
+                packed(pixel_values, k=k, output_dense_features=True),
+                lookwhere(pixel_values, k=k, output_dense_features=True),
+            )
         if args.bf16:
 
             def autocast(fn):
@@ -222,9 +237,11 @@ def render_deployment_markdown(rows: list[dict], machine: str, command: str, sta
         "compiled": "LookWhere `torch.compile` (inductor)",
         "onnx": "LookWhere ONNX Runtime (CPU)",
         "bf16": "LookWhere bf16 autocast",
+        "packed": "LookWhere eager fp32, packed linear weights",
         "full eager": "full DINOv2-reg eager fp32",
         "full compiled": "full DINOv2-reg `torch.compile`",
         "full bf16": "full DINOv2-reg bf16 autocast",
+        "full packed": "full DINOv2-reg eager fp32, packed linear weights",
     }
     for row in rows:
         seconds = row["seconds"]

@@ -106,7 +106,9 @@ class PackedLinear(nn.Linear):
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's layout, packed again if the weight was replaced or changed in place since."""
         weight = self.weight
-        key = (id(weight), weight.data_ptr(), weight._version, tuple(weight.shape))
+        # Tensors made under `torch.inference_mode()` have no version counter: there, only a replaced weight is seen.
+        version = None if weight.is_inference() else weight._version
+        key = (id(weight), weight.data_ptr(), version, tuple(weight.shape))
         if self._packed is None or self._packed[0] != key:
             with torch.no_grad():
                 self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
