@@ -2,8 +2,10 @@
 
 Checked here: a packed layer equals the float64 product within the float32 bound for every input shape, and really
 takes the packed path (its cache fills); it falls back to `F.linear` whenever the standard path is needed (gradients,
-autocast, other dtypes, `torch.compile`, `torch.export`) with the same results and gradients; a weight changed in
-place or replaced is packed again; and a whole model keeps its state dict, saves and loads as the standard layout,
+autocast, other dtypes, `torch.compile`, `torch.export`, ONNX export, `torch.jit.trace`, `vmap`, `FlopCounterMode`,
+parametrizations, oneDNN switched off) with the same results and gradients; a weight changed in place or replaced
+(also by tensors that may reuse a freed tensor's id and memory) is packed again; packing converts the layers in place
+(shared layers, hooks, buffers kept); and a whole model keeps its state dict, saves and loads as the standard layout,
 and gives the float64 reference's logits within the float32 bound, through `pipeline` too.
 """
 
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from conftest import EPS32, assert_top_k_margin, make_tiny_config
 from test_lookupvit import tiny_config as tiny_lookupvit_config
 from torch import nn
+from torch.nn.utils import parametrize
 from transformers import pipeline
 
 from lookwhere_hf import (
@@ -41,6 +44,13 @@ def float64_bound(inputs: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
 
 def reference(inputs: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     return F.linear(inputs.double(), linear.weight.double(), linear.bias.double())
+
+
+def assert_float32_product(got: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """`got` is `inputs @ weight.T + bias` within the float32 bound of `float64_bound`."""
+    x, w, b = inputs.double(), weight.detach().double(), bias.detach().double()
+    bound = (w.shape[1] + 1) * EPS32 * F.linear(x.abs(), w.abs(), b.abs())
+    assert ((got.double() - F.linear(x, w, b)).abs() <= bound).all()
 
 
 def make_linear(in_features=48, out_features=40) -> nn.Linear:
@@ -251,10 +261,108 @@ def test_other_models_and_bad_input():
         assert pack_linear_weights(lookupvit) > 4
         after = lookupvit(pixel_values).logits
     torch.testing.assert_close(after, before, atol=1e5 * EPS32 * (1 + before.abs().max().item()), rtol=0)
-    hooked = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
-    hooked[0].register_forward_hook(lambda *args: None)
-    assert pack_linear_weights(hooked) == 1 and type(hooked[0]) is nn.Linear  # a hook would be lost: left alone
     with pytest.raises(TypeError, match="takes an nn.Module"):
         pack_linear_weights("model")
     with pytest.raises(TypeError, match="takes an nn.Module"):
         unpack_linear_weights(None)
+
+
+def test_packing_converts_the_layers_in_place():
+    """The same module objects become `PackedLinear`: a layer shared by two parents stays one layer (packed once),
+    hooks keep running, extra buffers stay in the state dict, attributes stay; the model itself may be a Linear."""
+    torch.manual_seed(0)
+    shared, extra = nn.Linear(48, 48), make_linear(48, 40)
+    extra.register_buffer("scale", torch.full((40,), 2.0))
+    extra.note = "kept"
+    seen = []
+    extra.register_forward_hook(lambda module, args, output: seen.append(output))
+    model = nn.Sequential(shared, nn.ReLU(), shared, extra)
+    keys = model.state_dict().keys()
+    assert pack_linear_weights(model) == 2
+    assert model[0] is model[2] is shared and model[3] is extra and extra.note == "kept"
+    assert type(shared) is PackedLinear and type(extra) is PackedLinear
+    assert model.state_dict().keys() == keys and "3.scale" in keys
+    inputs = torch.randn(5, 48)
+    with torch.inference_mode():
+        hidden = model[:3](inputs)
+        got = model(inputs)
+    assert len(seen) == 1 and seen[0] is got and shared._packed is not None and extra._packed is not None
+    assert_float32_product(got, hidden, extra.weight, extra.bias)
+    assert unpack_linear_weights(model) == 2
+    assert model[0] is model[2] and type(shared) is nn.Linear and not hasattr(shared, "_packed")
+    alone = make_linear()
+    assert pack_linear_weights(alone) == 1 and type(alone) is PackedLinear
+    assert unpack_linear_weights(alone) == 1 and type(alone) is nn.Linear
+
+
+def test_a_replaced_weight_tensor_is_never_mistaken_for_the_packed_one():
+    """`torch.func.functional_call` with a weight computed per call, and `weight.data = ...` twice between two
+    forwards: the new tensors may reuse the freed tensors' ids and memory, the packed copy must still follow."""
+    layer = PackedLinear.from_linear(make_linear())
+    base, inputs = layer.weight.detach().clone(), torch.randn(4, 48)
+    for scale in (1.0, -1.0, 3.0):
+        with torch.no_grad():
+            got = torch.func.functional_call(layer, {"weight": base * scale}, (inputs,))
+        assert_float32_product(got, inputs, base * scale, layer.bias)
+        assert layer._packed is not None
+    for _ in range(3):
+        with torch.inference_mode():
+            layer(inputs)
+        layer.weight.data = torch.randn(40, 48)
+        layer.weight.data = torch.randn(40, 48)
+        with torch.inference_mode():
+            got = layer(inputs)
+        assert_float32_product(got, inputs, layer.weight, layer.bias)
+    with torch.inference_mode():  # in-place changes under inference mode bump a normal tensor's version too
+        layer.weight.mul_(-2)
+        got = layer(inputs)
+    assert_float32_product(got, inputs, layer.weight, layer.bias)
+
+
+class Negate(nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return -weight
+
+
+def test_transforms_modes_and_switches_get_the_plain_linear():
+    """`FlopCounterMode` counts the product, `vmap` and `torch.jit.trace` see `F.linear`, a parametrized layer and
+    `torch.backends.mkldnn.enabled = False` use it too; none of them makes a packed copy."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = PackedLinear.from_linear(make_linear())
+    inputs = torch.randn(3, 5, 48)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            layer(inputs)
+        assert counter.get_total_flops() == 2 * 15 * 48 * 40
+        got = torch.func.vmap(layer)(inputs)
+        assert_float32_product(got, inputs, layer.weight, layer.bias)
+        traced = torch.jit.trace(layer, inputs, check_trace=False)  # the check would run it eagerly
+        assert "aten::linear" in str(traced.graph) and "mkldnn" not in str(traced.graph)
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert torch.equal(layer(inputs), F.linear(inputs, layer.weight, layer.bias))
+    assert layer._packed is None
+    parametrize.register_parametrization(layer, "weight", Negate())
+    for _ in range(2):  # the parametrized weight is made anew at every access: the plain path, following `original`
+        with torch.inference_mode():
+            got = layer(inputs)
+        assert_float32_product(got, inputs, layer.weight, layer.bias)
+        with torch.no_grad():
+            layer.parametrizations.weight.original.mul_(-3)
+    assert layer._packed is None
+
+
+def test_onnx_export_of_a_packed_model_is_the_plain_graph():
+    """`torch.onnx.export(dynamo=True)` writes the same nodes for the packed model as for the plain one."""
+    pytest.importorskip("onnxscript")
+    model = nn.Sequential(make_linear(48, 40), nn.GELU(), make_linear(40, 8)).eval()
+    inputs = torch.randn(2, 48)
+
+    def op_types(module):
+        program = torch.onnx.export(module, (inputs,), dynamo=True, verbose=False)
+        return [node.op_type for node in program.model_proto.graph.node]
+
+    plain = op_types(model)
+    assert pack_linear_weights(model) == 2
+    assert op_types(model) == plain and ("Gemm" in plain or "MatMul" in plain)
+    assert all(module._packed is None for module in model.modules() if isinstance(module, PackedLinear))

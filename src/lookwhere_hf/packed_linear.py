@@ -4,17 +4,28 @@
 torch, has its own matrix-product kernels, which work on a weight reordered once into its blocked layout. Where
 oneDNN's kernels are the faster ones, packing the weights once and calling oneDNN's linear saves that difference on
 every forward. On the AMD EPYC of `benchmarks/RESULTS.md` ("Packed linear weights") MKL runs an AVX2 path and oneDNN
-an AVX-512 one: the matrix products of a ViT-B layer on 141 tokens ran ~20% faster, LookWhere's whole forward ~20%.
-Elsewhere the gain can be smaller or none: measure (`lookwhere-hf benchmark --packed`).
+an AVX-512 one: the six products of a ViT-B layer on 141 rows ran 1.24x (1 thread) and 1.34x (2 threads) as fast,
+and LookWhere's whole forward at 518 px took 0.74-0.80x of its plain time (2 threads). Elsewhere the gain can be
+smaller or none: measure (`benchmarks/bench_inference.py --packed`, `benchmarks/bench_linear_kernels.py`).
 
-[`pack_linear_weights`] swaps every plain `nn.Linear` of a model for a [`PackedLinear`] that shares its parameters:
-the state dict, `save_pretrained`, training and every other device and dtype see the same `weight` and `bias` as
-before. The packed copy is a cache (as much memory again as the weights), built at the first forward that uses it and
-rebuilt whenever the weight changes (an optimizer step or `load_state_dict` bumps the tensor's version); it is never
-saved. It is used only when nothing needs the standard path: float32 tensors on the CPU, no gradient to record, no
-autocast, and not while `torch.compile`, `torch.export` / ONNX export or a tracer captures the forward (these get
-`F.linear`, so compiled and exported graphs are unchanged). The result equals `F.linear`'s up to float32 rounding
-(another summation order). [`unpack_linear_weights`] puts the plain `nn.Linear` modules back.
+[`pack_linear_weights`] turns every plain `nn.Linear` of a model into a [`PackedLinear`] in place (the same module
+objects, with their parameters, buffers, hooks and attributes): the state dict, `save_pretrained`, training and every
+other device and dtype see the same `weight` and `bias` as before. The packed copy is a cache (as much memory again
+as the weights), built at the first forward that uses it and never saved. It is rebuilt when the weight tensor is
+replaced (`layer.weight = ...`, `load_state_dict(assign=True)`, `weight.data = ...`, `torch.func.functional_call`) or
+changed in place through itself (an optimizer step, `load_state_dict`, `nn.init`, `with torch.no_grad():
+weight.mul_(2)`), which bumps its version counter. Two kinds of change leave no trace on the weight, and are not seen:
+in-place changes through another tensor on the same memory (`weight.data.copy_(...)`, a tensor that `weight.data =`
+shared memory with), and in-place changes of a weight made under `torch.inference_mode()` (inference tensors have no
+version counter). After those, call [`unpack_linear_weights`] and pack again (or `model.float()`, which drops the
+packed copies).
+
+The packed copy is used only when nothing needs the standard path: float32 tensors on the CPU (plain tensors, not
+subclasses), no gradient to record, no autocast, oneDNN enabled (`torch.backends.mkldnn.enabled`), no parametrization
+on the layer, and no tracer, transform or dispatch mode watching the call: `torch.compile`, `torch.export` / ONNX
+export, `torch.jit.trace`, `torch.fx`, `torch.func` transforms (`vmap`, `grad`) and modes such as
+`torch.utils.flop_counter.FlopCounterMode` get `F.linear`, so compiled and exported graphs and FLOP counts are those of
+the plain model. The result equals `F.linear`'s up to float32 rounding (another summation order).
 
 ```python
 from lookwhere_hf import LookWhereForImageClassification, pack_linear_weights
@@ -28,9 +39,13 @@ with torch.inference_mode():
 
 from __future__ import annotations
 
+import weakref
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 
 def onednn_linear_available() -> bool:
@@ -54,26 +69,57 @@ def onednn_linear_available() -> bool:
 _AVAILABLE: bool | None = None
 
 
-def _capturing() -> bool:
-    """Whether `torch.compile`, `torch.export` or a TorchScript tracer captures the forward (they must see the standard
-    `F.linear`; FX's symbolic tracer passes proxies, which are not tensors, and is caught by the type check)."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+def _watched() -> bool:
+    """Whether something other than plain eager execution sees the call and must see `F.linear`: `torch.compile` /
+    `torch.export` (dynamo or its fake tensors), a TorchScript tracer, a `torch.func` transform, or a dispatch mode
+    (`FlopCounterMode`, fake and functional tensor modes). FX's symbolic tracer passes proxies, which are not tensors,
+    and is caught by the type check."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or torch._C._len_torch_dispatch_stack() > 0
+    )
+
+
+def _plain_float32_cpu(tensor: torch.Tensor) -> bool:
+    return (
+        type(tensor) in (torch.Tensor, nn.Parameter)  # a Parameter of a tensor subclass has the subclass's type
+        and tensor.dtype == torch.float32
+        and tensor.device.type == "cpu"
+        and tensor.layout == torch.strided
+    )
+
+
+class _PackedCopy(NamedTuple):
+    source: weakref.ref  # the weight tensor packed (weakly: a new tensor never passes for a freed one with its id)
+    storage: torch.UntypedStorage  # its memory, held so that no other tensor gets that address while this is cached
+    key: tuple  # its data_ptr, shape, strides and version (None for inference tensors, which have no version)
+    packed: torch.Tensor  # the weight in oneDNN's layout
+
+
+def _weight_key(weight: torch.Tensor) -> tuple:
+    version = None if weight.is_inference() else weight._version
+    return weight.data_ptr(), tuple(weight.shape), weight.stride(), version
 
 
 class PackedLinear(nn.Linear):
     """An `nn.Linear` that runs oneDNN's linear on a packed copy of its weight for float32 CPU inference (see the
-    module docstring); `F.linear` otherwise. Same parameters and state dict as the `nn.Linear` it was made from.
+    module docstring for when, and for the changes to the weight it sees); `F.linear` otherwise. Same parameters
+    and state dict as an `nn.Linear`.
 
     Input `(*, in_features)`, output `(*, out_features)`, as `nn.Linear`.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._packed: tuple[tuple, torch.Tensor] | None = None  # (the weight's identity and version, packed weight)
+        self._packed: _PackedCopy | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> PackedLinear:
-        """A `PackedLinear` holding `linear`'s own `weight` and `bias` parameters (shared, not copied)."""
+        """A new `PackedLinear` holding `linear`'s own `weight` and `bias` parameters (shared, not copied).
+        [`pack_linear_weights`] converts the layers of a model in place instead, keeping hooks and buffers."""
         packed = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         packed.weight = linear.weight
         packed.bias = linear.bias
@@ -81,7 +127,7 @@ class PackedLinear(nn.Linear):
         return packed
 
     def to_linear(self) -> nn.Linear:
-        """The plain `nn.Linear` with the same (shared) parameters."""
+        """A new plain `nn.Linear` with the same (shared) parameters."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         linear.weight = self.weight
         linear.bias = self.bias
@@ -89,30 +135,30 @@ class PackedLinear(nn.Linear):
         return linear
 
     def uses_packed_weight(self, inputs: torch.Tensor) -> bool:
-        """Whether this call takes the oneDNN path: float32 on the CPU, no gradient to record, no autocast/capture."""
-        weight = self.weight
-        if type(inputs) is not torch.Tensor or type(weight.data) is not torch.Tensor or _capturing():
-            return False  # tensor subclasses, proxies and compilers take the standard path
-        if not (inputs.device.type == weight.device.type == "cpu"):
+        """Whether a call on `inputs` takes the oneDNN path: plain float32 CPU tensors of at least 2 dimensions, no
+        gradient to record, no autocast, oneDNN enabled, no parametrization, nothing watching (module docstring)."""
+        if _watched() or not torch._C._get_mkldnn_enabled() or parametrize.is_parametrized(self):
             return False
-        if not (inputs.dtype == weight.dtype == torch.float32) or inputs.dim() < 2 or inputs.layout != torch.strided:
+        weight, bias = self.weight, self.bias
+        if not (_plain_float32_cpu(inputs) and _plain_float32_cpu(weight) and inputs.dim() >= 2):
+            return False
+        if bias is not None and not _plain_float32_cpu(bias):
             return False
         if torch.is_grad_enabled() and (
-            inputs.requires_grad or weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+            inputs.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         ):
             return False
         return not torch.is_autocast_enabled("cpu")
 
     def packed_weight(self) -> torch.Tensor:
         """The weight in oneDNN's layout, packed again if the weight was replaced or changed in place since."""
-        weight = self.weight
-        # Tensors made under `torch.inference_mode()` have no version counter: there, only a replaced weight is seen.
-        version = None if weight.is_inference() else weight._version
-        key = (id(weight), weight.data_ptr(), version, tuple(weight.shape))
-        if self._packed is None or self._packed[0] != key:
+        weight, cached = self.weight, self._packed
+        key = _weight_key(weight)
+        if cached is None or cached.source() is not weight or cached.key != key:
             with torch.no_grad():
-                self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
-        return self._packed[1]
+                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            self._packed = _PackedCopy(weakref.ref(weight), weight.untyped_storage(), key, packed)
+        return self._packed.packed
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.uses_packed_weight(inputs):
@@ -129,20 +175,12 @@ class PackedLinear(nn.Linear):
         return state
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or getattr(module, "_backward_pre_hooks", None)
-        or getattr(module, "parametrizations", None)
-    )
-
-
 def pack_linear_weights(model: nn.Module) -> int:
-    """Swap every plain `nn.Linear` inside `model` (the exact class, without hooks or parametrizations) for a
-    [`PackedLinear`] sharing its parameters; returns how many were swapped. Returns 0 and changes nothing when this
-    torch build has no oneDNN linear ([`onednn_linear_available`]).
+    """Turn every plain `nn.Linear` in `model` (the exact class; `model` itself too) into a [`PackedLinear`], in
+    place: the same module objects, so parameters, buffers, hooks, attributes and layers shared between several
+    parents stay as they are. Returns how many layers were converted (a layer shared by two parents counts once);
+    0, changing nothing, when this torch build has no oneDNN linear ([`onednn_linear_available`]). Layers with a
+    parametrization (`torch.nn.utils.parametrize`) have their own class and are left alone.
 
     Args:
         model (`nn.Module`): any module, e.g. a `LookWhereForImageClassification` or a transformers ViT.
@@ -154,22 +192,31 @@ def pack_linear_weights(model: nn.Module) -> int:
         raise TypeError(f"`pack_linear_weights` takes an nn.Module (a model), got a {type(model).__name__}.")
     if not onednn_linear_available():
         return 0
-    return _swap(model, lambda child: type(child) is nn.Linear and not _has_hooks(child), PackedLinear.from_linear)
+    return _convert(model, nn.Linear, PackedLinear)
 
 
 def unpack_linear_weights(model: nn.Module) -> int:
-    """Undo [`pack_linear_weights`]: every [`PackedLinear`] becomes a plain `nn.Linear` with the same parameters (and
-    the packed copies are freed); returns how many were swapped back."""
+    """Undo [`pack_linear_weights`]: every [`PackedLinear`] in `model` becomes a plain `nn.Linear` again, in place,
+    and its packed copy is freed; returns how many layers were converted.
+
+    Raises:
+        TypeError: `model` is not an `nn.Module`.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`unpack_linear_weights` takes an nn.Module (a model), got a {type(model).__name__}.")
-    return _swap(model, lambda child: type(child) is PackedLinear, PackedLinear.to_linear)
+    return _convert(model, PackedLinear, nn.Linear)
 
 
-def _swap(model: nn.Module, wanted, convert) -> int:
+def _convert(model: nn.Module, source: type, target: type) -> int:
+    """Change the class of every module of exactly class `source` (each once, `modules()` deduplicates) to `target`;
+    the two differ only in `forward` and the `_packed` cache."""
     count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if wanted(child):
-                setattr(parent, name, convert(child))
-                count += 1
+    for module in model.modules():
+        if type(module) is source:
+            module.__class__ = target
+            if target is PackedLinear:
+                module._packed = None
+            else:
+                del module._packed
+            count += 1
     return count
