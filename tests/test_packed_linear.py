@@ -11,6 +11,7 @@ and gives the float64 reference's logits within the float32 bound, through `pipe
 
 import copy
 import pickle
+import re
 
 import pytest
 import torch
@@ -305,7 +306,7 @@ def test_a_replaced_weight_tensor_is_never_mistaken_for_the_packed_one():
             got = torch.func.functional_call(layer, {"weight": base * scale}, (inputs,))
         assert_float32_product(got, inputs, base * scale, layer.bias)
         assert layer._packed is not None
-    for _ in range(3):
+    for _ in range(20):  # the second new tensor often lands where the first weight was (glibc malloc: 11 in 20)
         with torch.inference_mode():
             layer(inputs)
         layer.weight.data = torch.randn(40, 48)
@@ -313,6 +314,16 @@ def test_a_replaced_weight_tensor_is_never_mistaken_for_the_packed_one():
         with torch.inference_mode():
             got = layer(inputs)
         assert_float32_product(got, inputs, layer.weight, layer.bias)
+    layer.weight = nn.Parameter(torch.randn(40, 48))  # version 0
+    with torch.inference_mode():
+        layer(inputs)
+    same_memory = nn.Parameter(torch.empty(0))  # another parameter on the same memory, also at version 0
+    same_memory.data = layer.weight.data
+    same_memory.data.mul_(-1)  # through `.data`: no version counter moves
+    layer.weight = same_memory  # a new weight tensor: packed again, although memory, shape and version match
+    with torch.inference_mode():
+        got = layer(inputs)
+    assert_float32_product(got, inputs, layer.weight, layer.bias)
     with torch.inference_mode():  # in-place changes under inference mode bump a normal tensor's version too
         layer.weight.mul_(-2)
         got = layer(inputs)
@@ -341,6 +352,14 @@ def test_transforms_modes_and_switches_get_the_plain_linear():
         assert "aten::linear" in str(traced.graph) and "mkldnn" not in str(traced.graph)
         with torch.backends.mkldnn.flags(enabled=False):
             assert torch.equal(layer(inputs), F.linear(inputs, layer.weight, layer.bias))
+        on_meta = PackedLinear(48, 40, device="meta")
+        assert on_meta(inputs.to("meta")).shape == (3, 5, 40) and on_meta._packed is None
+        mixed = make_linear()  # a float64 bias: the plain layer's error, not one from oneDNN
+        mixed.bias = nn.Parameter(mixed.bias.double())
+        with pytest.raises(RuntimeError) as plain_error:
+            mixed(inputs)
+        with pytest.raises(RuntimeError, match=re.escape(str(plain_error.value))):
+            PackedLinear.from_linear(mixed)(inputs)
     assert layer._packed is None
     parametrize.register_parametrization(layer, "weight", Negate())
     for _ in range(2):  # the parametrized weight is made anew at every access: the plain path, following `original`
