@@ -385,3 +385,27 @@ def test_onnx_export_of_a_packed_model_is_the_plain_graph():
     assert pack_linear_weights(model) == 2
     assert op_types(model) == plain and ("Gemm" in plain or "MatMul" in plain)
     assert all(module._packed is None for module in model.modules() if isinstance(module, PackedLinear))
+
+
+def test_fused_optimizer_steps_and_mode_switches_are_seen():
+    """Fused optimizers (`fused=True`, the Trainer's CPU default) update weights without moving their version
+    counter: the recording forward before each step drops the packed copy, and so do `eval()` / `train()` (the
+    documented way to make any untracked change seen)."""
+    layer = PackedLinear.from_linear(make_linear())
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    inputs = torch.randn(4, 48)
+    for _ in range(2):
+        with torch.no_grad():
+            layer(inputs)
+        assert layer._packed is not None
+        layer(inputs).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            got = layer(inputs)
+        assert_float32_product(got, inputs, layer.weight, layer.bias)
+    with torch.no_grad():
+        layer.weight.data.mul_(-1)  # no trace on the weight
+        layer.eval()
+        got = layer(inputs)
+    assert_float32_product(got, inputs, layer.weight, layer.bias)

@@ -11,14 +11,16 @@ smaller or none: measure (`benchmarks/bench_inference.py --packed`, `benchmarks/
 [`pack_linear_weights`] turns every plain `nn.Linear` of a model into a [`PackedLinear`] in place (the same module
 objects, with their parameters, buffers, hooks and attributes): the state dict, `save_pretrained`, training and every
 other device and dtype see the same `weight` and `bias` as before. The packed copy is a cache (as much memory again
-as the weights), built at the first forward that uses it and never saved. It is rebuilt when the weight tensor is
-replaced (`layer.weight = ...`, `load_state_dict(assign=True)`, `weight.data = ...`, `torch.func.functional_call`) or
-changed in place through itself (an optimizer step, `load_state_dict`, `nn.init`, `with torch.no_grad():
-weight.mul_(2)`), which bumps its version counter. Two kinds of change leave no trace on the weight, and are not seen:
-in-place changes through another tensor on the same memory (`weight.data.copy_(...)`, a tensor that `weight.data =`
-shared memory with), and in-place changes of a weight made under `torch.inference_mode()` (inference tensors have no
-version counter). After those, call [`unpack_linear_weights`] and pack again (or `model.float()`, which drops the
-packed copies).
+as the weights; it also keeps the memory of the weight it was made from), built at the first forward that uses it
+and never saved. It is rebuilt when the weight tensor is replaced (`layer.weight = ...`, `load_state_dict(assign=True)`,
+`weight.data = ...`, `torch.func.functional_call`) or changed in place through itself (`load_state_dict`, `nn.init`,
+a foreach or for-loop optimizer step, `with torch.no_grad(): weight.mul_(2)`), which bumps its version counter; and it
+is dropped by `model.train()` / `model.eval()`, by `.to()` and dtype casts, and by every forward that records
+gradients. Changes that leave no trace on the weight are not seen until one of those: fused optimizer steps
+(`fused=True`, the Trainer's CPU default `adamw_torch_fused`; a training loop runs a recording forward before each),
+in-place changes through another tensor on the same memory (`weight.data.copy_(...)`), and in-place changes of
+inference tensors (weights made under `torch.inference_mode()` have no version counter). After such a change, call
+`model.eval()` before the next inference forward.
 
 The packed copy is used only when nothing needs the standard path: float32 tensors on the CPU (plain tensors, not
 subclasses), no gradient to record, no autocast, oneDNN enabled (`torch.backends.mkldnn.enabled`), no parametrization
@@ -163,7 +165,13 @@ class PackedLinear(nn.Linear):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.uses_packed_weight(inputs):
             return torch.ops.mkldnn._linear_pointwise(inputs, self.packed_weight(), self.bias, "none", [], "")
+        if not torch.compiler.is_compiling() and torch.is_grad_enabled() and self._packed is not None:
+            self._packed = None  # training: an optimizer step (a fused one moves no version counter) comes next
         return F.linear(inputs, self.weight, self.bias)
+
+    def train(self, mode: bool = True) -> PackedLinear:  # `model.eval()` / `model.train()` pack afresh
+        self._packed = None
+        return super().train(mode)
 
     def _apply(self, fn, recurse=True):  # `.to()`, `.cuda()`, `.half()`: the packed copy goes with the old weight
         self._packed = None
