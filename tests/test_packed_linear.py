@@ -409,3 +409,35 @@ def test_fused_optimizer_steps_and_mode_switches_are_seen():
         layer.eval()
         got = layer(inputs)
     assert_float32_product(got, inputs, layer.weight, layer.bias)
+
+
+def test_trainer_evaluates_a_packed_model_on_its_trained_weights(tmp_path):
+    """`Trainer.train` (default optimizer: fused AdamW on the CPU) then `Trainer.predict` on a packed LookWhere: the
+    logits of the trained weights, as the unpacked copy gives them (float32 bound above, same patches)."""
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny_classifier()
+    generator = torch.Generator().manual_seed(1)
+    pixel_values, labels = (
+        torch.randn(6, 3, 112, 112, generator=generator),
+        torch.randint(0, 5, (6,), generator=generator),
+    )
+    data = [{"pixel_values": pixel_values[i], "labels": labels[i]} for i in range(6)]
+    args = TrainingArguments(
+        tmp_path, max_steps=2, learning_rate=1e-2, per_device_train_batch_size=3, per_device_eval_batch_size=3,
+        use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
+    )  # fmt: skip
+    pack_linear_weights(model)
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    trainer.predict(data)  # packs the initial weights
+    trainer.train()
+    got = torch.from_numpy(trainer.predict(data).predictions[0])
+    plain = copy.deepcopy(model)
+    unpack_linear_weights(plain)
+    with torch.no_grad():
+        plain_out, packed_out = plain(pixel_values), model(pixel_values)
+    expected = plain_out.logits  # on the same patches: no near-tie within the maps' difference
+    margin = 2 * (packed_out.selector_map - plain_out.selector_map).abs().max().item()
+    assert_top_k_margin(plain_out.selector_map, plain_out.selected_indices.shape[1], margin=margin)
+    bound = 1e5 * EPS32 * (1 + expected.abs().max().item())
+    torch.testing.assert_close(got, expected, atol=bound, rtol=0)
