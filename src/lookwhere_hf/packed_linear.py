@@ -27,7 +27,8 @@ subclasses), no gradient to record, no autocast, oneDNN enabled (`torch.backends
 on the layer, and no tracer, transform or dispatch mode watching the call: `torch.compile`, `torch.export` / ONNX
 export, `torch.jit.trace`, `torch.fx`, `torch.func` transforms (`vmap`, `grad`) and modes such as
 `torch.utils.flop_counter.FlopCounterMode` get `F.linear`, so compiled and exported graphs and FLOP counts are those of
-the plain model. The result equals `F.linear`'s up to float32 rounding (another summation order).
+the plain model. The result equals `F.linear`'s up to float32 rounding (another summation order). TorchScript
+cannot compile a `PackedLinear` (`torch.jit.script`): script the unpacked model.
 
 ```python
 from lookwhere_hf import LookWhereForImageClassification, pack_linear_weights
