@@ -330,6 +330,10 @@ def test_a_replaced_weight_tensor_is_never_mistaken_for_the_packed_one():
     assert_float32_product(got, inputs, layer.weight, layer.bias)
 
 
+class Subclass(torch.Tensor):
+    pass
+
+
 class Negate(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return -weight
@@ -352,6 +356,9 @@ def test_transforms_modes_and_switches_get_the_plain_linear():
         assert "aten::linear" in str(traced.graph) and "mkldnn" not in str(traced.graph)
         with torch.backends.mkldnn.flags(enabled=False):
             assert torch.equal(layer(inputs), F.linear(inputs, layer.weight, layer.bias))
+        subclassed = inputs.as_subclass(Subclass)  # tensor subclasses (DTensor, say) keep their own dispatch
+        got = layer(subclassed)
+        assert type(got) is Subclass and torch.equal(got, F.linear(subclassed, layer.weight, layer.bias))
         on_meta = PackedLinear(48, 40, device="meta")
         assert on_meta(inputs.to("meta")).shape == (3, 5, 40) and on_meta._packed is None
         mixed = make_linear()  # a float64 bias: the plain layer's error, not one from oneDNN
