@@ -70,26 +70,34 @@ def test_official_checkout_errors(tmp_path, monkeypatch):
     assert check_official_checkout(tmp_path) == tmp_path.resolve()
 
 
-def test_official_table_ratios():
-    """The table's ratios are the ratios of the medians (and CPU times) it is given, and the goal verdicts follow."""
+def _timing(seconds: float, cpu: float) -> dict:
+    """One model's timing entry as `official_benchmark` records it (median = min = max wall seconds, CPU seconds)."""
+    return {"median_s": seconds, "min_s": seconds, "max_s": seconds, "n": 3, "cpu_s": cpu}
 
-    def entry(seconds, cpu):
-        return {"median_s": seconds, "min_s": seconds, "max_s": seconds, "n": 3, "cpu_s": cpu}
 
-    row = dict(
+def _official_row(**timings) -> dict:
+    """A 518 px, batch 1, k = 136 row of the official comparison with the given timing entries."""
+    return dict(
         resolution=518,
         batch_size=1,
         k_ratio=0.1,
         k=136,
         flops_limit={"cls": 10.4, "dense": 9.8},
-        full=entry(5.0, 10.0),
-        ours_cls=entry(0.5, 1.0),
-        official_cls=entry(0.625, 1.25),
-        ours_dense=entry(0.625, 1.3),
-        official_dense=entry(0.625, 1.3),
         max_abs_diff_cls=1e-6,
         max_abs_diff_dense=0.5,
         median_abs_diff_dense=1e-7,
+        **timings,
+    )
+
+
+def test_official_table_ratios():
+    """The table's ratios are the ratios of the medians (and CPU times) it is given, and the goal verdicts follow."""
+    row = _official_row(
+        full=_timing(5.0, 10.0),
+        ours_cls=_timing(0.5, 1.0),
+        official_cls=_timing(0.625, 1.25),
+        ours_dense=_timing(0.625, 1.3),
+        official_dense=_timing(0.625, 1.3),
     )
     text = render_official_markdown([row], "machine", "command", "now", ("0", "0"))
     assert "| cls: speedup vs full | **10.0x** | 8.0x | 1 | 10.4x |" in text
@@ -103,29 +111,17 @@ def test_official_table_ratios():
 def test_official_table_with_packed_weights():
     """`--packed`: the packed rows' ratios against the plain models as shipped and against the packed ones, and goal
     lines for both; `--packed` without `--vs-official` is refused."""
-
-    def entry(seconds, cpu):
-        return {"median_s": seconds, "min_s": seconds, "max_s": seconds, "n": 3, "cpu_s": cpu}
-
-    row = dict(
-        resolution=518,
-        batch_size=1,
-        k_ratio=0.1,
-        k=136,
-        flops_limit={"cls": 10.4, "dense": 9.8},
-        full=entry(5.0, 10.0),
-        ours_cls=entry(0.5, 1.0),
-        official_cls=entry(0.5, 1.0),
-        ours_dense=entry(0.5, 1.0),
-        official_dense=entry(0.5, 1.0),
-        full_packed=entry(4.0, 8.0),
-        ours_cls_packed=entry(0.4, 0.8),
-        official_cls_packed=entry(0.4, 0.8),
-        ours_dense_packed=entry(0.45, 0.9),
-        official_dense_packed=entry(0.5, 1.0),
-        max_abs_diff_cls=1e-6,
-        max_abs_diff_dense=0.5,
-        median_abs_diff_dense=1e-7,
+    row = _official_row(
+        full=_timing(5.0, 10.0),
+        ours_cls=_timing(0.5, 1.0),
+        official_cls=_timing(0.5, 1.0),
+        ours_dense=_timing(0.5, 1.0),
+        official_dense=_timing(0.5, 1.0),
+        full_packed=_timing(4.0, 8.0),
+        ours_cls_packed=_timing(0.4, 0.8),
+        official_cls_packed=_timing(0.4, 0.8),
+        ours_dense_packed=_timing(0.45, 0.9),
+        official_dense_packed=_timing(0.5, 1.0),
         max_abs_diff_cls_packed=2e-6,
     )
     text = render_official_markdown([row], "machine", "command", "now", ("0", "0"))
