@@ -50,6 +50,7 @@ import torch
 from evaluate_sparse_digits import patch_overlaps, selection_hits
 from make_dataset import read_annotations
 from run_benchmark import common_training_flags, flags, run_stage
+from run_benchmark import parse_args as run_benchmark_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -62,16 +63,17 @@ GF_STAGES = ("gf_stage1", "gf_stage2", "gf_stage3")
 GF_BACKBONES = ("teacher", "resnet")
 STAGES = (*TRAIN_STAGES, *GF_STAGES, "evaluate", "aggregate")
 WORKERS = ("train-random-rung",)
-# The recipe of run_benchmark.py this comparison reuses (read from its summary.json; these are its defaults).
-RECIPE_DEFAULTS = {
-    "pretrain_epochs": 4.0,
-    "finetune_epochs": 5.0,
-    "finetune_lr": 3e-4,
-    "batch_size": 32,
-    "k_ratio": 0.1,
-    "canvas_size": 448,
-    "low_res_size": 224,
-}
+# The recipe of run_benchmark.py this comparison reuses: read from the run's summary.json, else run_benchmark's
+# own defaults.
+RECIPE_KEYS = (
+    "pretrain_epochs",
+    "finetune_epochs",
+    "finetune_lr",
+    "batch_size",
+    "k_ratio",
+    "canvas_size",
+    "low_res_size",
+)
 
 
 def comma_list(text: str, flag: str, convert: type, what: str) -> list:
@@ -212,12 +214,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--budget_speedups must be > 1 (a budget below the teacher's cost), got {args.budget_speedups}.")
     if args.latency_runs < 1 or args.latency_images < 1:
         p.error("--latency_runs and --latency_images must be >= 1.")
-    recipe = dict(RECIPE_DEFAULTS)
+    defaults = run_benchmark_args([])
+    recipe = {key: getattr(defaults, key) for key in RECIPE_KEYS}
     summary_path = os.path.join(args.sparse_digits_dir, "summary.json")
     if os.path.isfile(summary_path):
         with open(summary_path, encoding="utf-8") as f:
             saved = json.load(f).get("arguments", {})
-        recipe.update({key: saved[key] for key in RECIPE_DEFAULTS if key in saved})
+        recipe.update({key: saved[key] for key in RECIPE_KEYS if key in saved})
     args.recipe = recipe
     args.multirung_epochs = args.multirung_epochs or recipe["finetune_epochs"]
     args.lookupvit_epochs = args.lookupvit_epochs or recipe["pretrain_epochs"] + recipe["finetune_epochs"]
