@@ -31,8 +31,9 @@ def _value(command: list[str], flag: str) -> str:
 def test_stage_commands_give_every_family_the_stated_budget(tmp_path):
     cf = _load("compare_families")
     args = cf.parse_args(["--sparse_digits_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "out")])
-    # without a summary.json the recipe is run_benchmark's defaults: 4 pretraining + 5 fine-tuning epochs
-    assert args.multirung_epochs == 5 and args.lookupvit_epochs == 9 and args.lookupvit_lr == 3e-4
+    # without a summary.json the recipe is run_benchmark's defaults: 4 pretraining + 8 fine-tuning epochs
+    assert args.multirung_epochs == 8 and args.lookupvit_epochs == 12 and args.lookupvit_lr == 3e-4
+    assert args.glance_focus_epochs == [8.0, 2.0, 2.0]
     paths = cf.seed_paths(args, 2)
     commands = cf.training_commands(args, paths, seed=2)
     assert list(commands) == list(cf.TRAIN_STAGES) == ["multirung", "random_rung", "lookupvit"]
@@ -41,12 +42,12 @@ def test_stage_commands_give_every_family_the_stated_budget(tmp_path):
     assert _value(multirung, "--model_name_or_path") == paths["pretrained"] == str(tmp_path / "none/seed_2/pretrained")
     assert _value(multirung, "--k_ratios") == "0.025,0.05,0.1,0.25" and "--glance_head" in multirung
     assert "--freeze_selector" in multirung and "--no_augment" in multirung
-    assert _value(multirung, "--num_train_epochs") == "5.0" and _value(multirung, "--seed") == "2"
-    assert random_rung[2] == "train-random-rung" and _value(random_rung, "--epochs") == "5.0"
+    assert _value(multirung, "--num_train_epochs") == "8.0" and _value(multirung, "--seed") == "2"
+    assert random_rung[2] == "train-random-rung" and _value(random_rung, "--epochs") == "8.0"
     assert _value(random_rung, "--model") == paths["pretrained"]
     assert _value(lookupvit, "--model_family") == "lookupvit"
     assert _value(lookupvit, "--init_from_dinov2") == paths["teacher"]
-    assert _value(lookupvit, "--compressed_grids") == "2,4,8" and _value(lookupvit, "--num_train_epochs") == "9.0"
+    assert _value(lookupvit, "--compressed_grids") == "2,4,8" and _value(lookupvit, "--num_train_epochs") == "12.0"
     assert cf.full_command(["--seeds", "0,1", "--stages", "evaluate", "--update_results"]) == (
         "python benchmarks/sparse_digits/compare_families.py --seeds 0,1 --update_results"
     )
@@ -60,6 +61,13 @@ def test_recipe_comes_from_the_reused_run(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"arguments": {"pretrain_epochs": 2, "finetune_epochs": 3}}))
     args = cf.parse_args(["--sparse_digits_dir", str(tmp_path)])
     assert args.multirung_epochs == 3 and args.lookupvit_epochs == 5
+    # Glance-and-Focus gets the same 5 epochs: 2 + 2 for its policy and last stages, the rest for stage 1
+    assert args.glance_focus_epochs == [1.0, 2.0, 2.0]
+    (tmp_path / "summary.json").write_text(json.dumps({"arguments": {"pretrain_epochs": 2, "finetune_epochs": 2}}))
+    with pytest.raises(SystemExit):
+        cf.parse_args(["--sparse_digits_dir", str(tmp_path)])
+    args = cf.parse_args(["--sparse_digits_dir", str(tmp_path), "--glance_focus_epochs", "2,1,1"])
+    assert args.glance_focus_epochs == [2.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -150,7 +158,7 @@ def test_glance_focus_resnet_backbone_is_built_saved_and_given_to_both_encoders(
     assert _value(stage2, "--model_name_or_path") == paths["gf_stage1"]
     assert _value(stage3, "--model_name_or_path") == paths["gf_stage2"]
     assert _value(stage1, "--learning_rate") == _value(stage3, "--learning_rate") == "0.001"
-    assert [_value(c, "--num_train_epochs") for c in commands.values()] == ["5.0", "2.0", "2.0"]
+    assert [_value(c, "--num_train_epochs") for c in commands.values()] == ["8.0", "2.0", "2.0"]
 
 
 def test_digit_boxes_follow_the_processors_resize_and_crop():

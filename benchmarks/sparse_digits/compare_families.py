@@ -128,9 +128,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--glance_focus_epochs",
-        default="5,2,2",
+        default=None,
         help="Glance-and-Focus epochs of stage 1 (encoders + classifier, random crops), 2 (policy, PPO) and 3 "
-        "(classifier with the policy); the default's 9 are LookWhere's pretraining + fine-tuning epochs.",
+        "(classifier with the policy); default: 2 each for stages 2 and 3 and the rest of LookWhere's pretraining "
+        "+ fine-tuning epochs for stage 1 (8,2,2 for the recipe's 4 + 8).",
     )
     p.add_argument(
         "--glance_focus_backbone",
@@ -177,7 +178,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.budget_speedups = comma_list(args.budget_speedups, "--budget_speedups", float, "numbers > 1")
         args.compressed_grids = comma_list(args.compressed_grids, "--compressed_grids", int, "integers >= 1")
         args.stages = comma_list(args.stages, "--stages", str, "stage names")
-        args.glance_focus_epochs = comma_list(args.glance_focus_epochs, "--glance_focus_epochs", float, "epochs")
+        if args.glance_focus_epochs is not None:
+            args.glance_focus_epochs = comma_list(args.glance_focus_epochs, "--glance_focus_epochs", float, "epochs")
         args.glance_focus_resnet_sizes = comma_list(
             args.glance_focus_resnet_sizes, "--glance_focus_resnet_sizes", int, "positive integers"
         )
@@ -191,7 +193,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     except ValueError as error:
         p.error(str(error))
-    if len(args.glance_focus_epochs) != 3:
+    if args.glance_focus_epochs is not None and len(args.glance_focus_epochs) != 3:
         p.error(f"--glance_focus_epochs needs the epochs of the three stages, got {args.glance_focus_epochs}.")
     resnet_sizes, resnet_depths = args.glance_focus_resnet_sizes, args.glance_focus_resnet_depths
     if len(resnet_sizes) != len(resnet_depths) or min(resnet_sizes + resnet_depths) < 1:
@@ -226,6 +228,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.lookupvit_epochs = args.lookupvit_epochs or recipe["pretrain_epochs"] + recipe["finetune_epochs"]
     args.lookupvit_lr = args.lookupvit_lr or recipe["finetune_lr"]
     args.glance_focus_lr = args.glance_focus_lr or recipe["finetune_lr"]
+    if args.glance_focus_epochs is None:
+        same_budget = recipe["pretrain_epochs"] + recipe["finetune_epochs"]
+        if same_budget <= 4:
+            p.error(
+                f"LookWhere's recipe has {same_budget:g} epochs, too few for the default Glance-and-Focus split "
+                "(2 + 2 for stages 2 and 3, the rest for stage 1); pass --glance_focus_epochs."
+            )
+        args.glance_focus_epochs = [float(same_budget - 4), 2.0, 2.0]
     return args
 
 

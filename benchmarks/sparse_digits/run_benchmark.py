@@ -118,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--pretrain_lr", type=float, default=5e-4)
     g.add_argument("--k_min", type=int, default=8)
     g.add_argument("--k_max", type=int, default=64)
-    g.add_argument("--finetune_epochs", type=float, default=8)
+    g.add_argument("--finetune_epochs", type=float, default=8.0)
     g.add_argument("--finetune_lr", type=float, default=3e-4)
     g.add_argument("--batch_size", type=int, default=32)
     g.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
