@@ -56,7 +56,7 @@ def test_stage_commands_give_every_family_the_stated_budget(tmp_path):
         assert _value(command, "--learning_rate") == "0.0003"
 
 
-def test_recipe_comes_from_the_reused_run(tmp_path):
+def test_recipe_comes_from_the_reused_run(tmp_path, capsys):
     cf = _load("compare_families")
     (tmp_path / "summary.json").write_text(json.dumps({"arguments": {"pretrain_epochs": 2, "finetune_epochs": 3}}))
     args = cf.parse_args(["--sparse_digits_dir", str(tmp_path)])
@@ -66,6 +66,7 @@ def test_recipe_comes_from_the_reused_run(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"arguments": {"pretrain_epochs": 2, "finetune_epochs": 2}}))
     with pytest.raises(SystemExit):
         cf.parse_args(["--sparse_digits_dir", str(tmp_path)])
+    assert "has 4 epochs, too few" in capsys.readouterr().err
     args = cf.parse_args(["--sparse_digits_dir", str(tmp_path), "--glance_focus_epochs", "2,1,1"])
     assert args.glance_focus_epochs == [2.0, 1.0, 1.0]
 

@@ -62,6 +62,9 @@ TRAIN_STAGES = ("multirung", "random_rung", "lookupvit")
 GF_STAGES = ("gf_stage1", "gf_stage2", "gf_stage3")
 GF_BACKBONES = ("teacher", "resnet")
 STAGES = (*TRAIN_STAGES, *GF_STAGES, "evaluate", "aggregate")
+# Default Glance-and-Focus epochs of stages 2 (policy) and 3 (classifier with the policy); stage 1 gets the rest of
+# LookWhere's budget.
+GF_POLICY_AND_LAST_EPOCHS = (2.0, 2.0)
 WORKERS = ("train-random-rung",)
 # The recipe of run_benchmark.py this comparison reuses: read from the run's summary.json, else run_benchmark's
 # own defaults.
@@ -229,13 +232,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.lookupvit_lr = args.lookupvit_lr or recipe["finetune_lr"]
     args.glance_focus_lr = args.glance_focus_lr or recipe["finetune_lr"]
     if args.glance_focus_epochs is None:
-        same_budget = recipe["pretrain_epochs"] + recipe["finetune_epochs"]
-        if same_budget <= 4:
+        stage1_epochs = recipe["pretrain_epochs"] + recipe["finetune_epochs"] - sum(GF_POLICY_AND_LAST_EPOCHS)
+        if stage1_epochs <= 0:
             p.error(
-                f"LookWhere's recipe has {same_budget:g} epochs, too few for the default Glance-and-Focus split "
-                "(2 + 2 for stages 2 and 3, the rest for stage 1); pass --glance_focus_epochs."
+                f"LookWhere's recipe has {recipe['pretrain_epochs'] + recipe['finetune_epochs']:g} epochs, too few "
+                "for the default Glance-and-Focus split (2 + 2 for stages 2 and 3, the rest for stage 1); pass "
+                "--glance_focus_epochs."
             )
-        args.glance_focus_epochs = [float(same_budget - 4), 2.0, 2.0]
+        args.glance_focus_epochs = [float(stage1_epochs), *GF_POLICY_AND_LAST_EPOCHS]
     return args
 
 
