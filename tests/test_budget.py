@@ -379,7 +379,7 @@ def calibrated_folder(tmp_path_factory):
     rung_gflops = [f / 1e9 for f in anytime_rung_flops(model.config, (4, 4), [6, 16, 32], NUM_LABELS, True)]
     calibrate_budget(model, split, target_gflops=(rung_gflops[1] + rung_gflops[2]) / 2, progress=False)
     model.save_pretrained(folder)
-    LookWhereImageProcessor.from_lookwhere_config(model.config).save_pretrained(folder)
+    LookWhereImageProcessor.from_model_config(model.config).save_pretrained(folder)
     return folder, model.config
 
 

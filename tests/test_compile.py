@@ -173,7 +173,7 @@ def test_bf16_autocast_on_a_real_image(photos):
     64 * BF16_EPS * scale (~8 roundings at full scale, the crude sum above); the agreement rule is then checked with
     that measured bound, which is the sound one for this input.
     """
-    processor = LookWhereImageProcessor.from_lookwhere_config(make_tiny_config())
+    processor = LookWhereImageProcessor.from_model_config(make_tiny_config())
     pixel_values = processor(photos["astronaut"], return_tensors="pt")["pixel_values"]
     k = 16
     for cls in LOOKWHERE_CLASSES:

@@ -78,7 +78,7 @@ def test_onnx_runtime_matches_eager(exported, cls, photos):
     session = onnx_session(result.path)
     assert [i.name for i in session.get_inputs()] == ["pixel_values"]
     assert [o.name for o in session.get_outputs()] == result.output_names
-    processor = lw_export.LookWhereImageProcessor.from_lookwhere_config(model.config)
+    processor = lw_export.LookWhereImageProcessor.from_model_config(model.config)
     photo = processor(photos["chelsea"], size={"height": SIZE, "width": SIZE}, return_tensors="pt")["pixel_values"]
     batch = 3 if result.batch_size is None else result.batch_size
     torch.manual_seed(2)  # seed 1 draws a map with a near-tie (gap 2e-8) among the top 13 of its first image

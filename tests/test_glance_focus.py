@@ -376,7 +376,7 @@ def test_a_glance_larger_than_the_crop_is_pooled_to_the_policy_state(backbone):
 # ----------------------------------------------------------------------------------------------------- save / load
 def test_save_load_calibrate_and_pipeline_use_the_saved_thresholds(tmp_path, capsys):
     model = make_model(dtype=torch.float32)
-    processor = GlanceFocusImageProcessor.from_glance_focus_config(model.config)
+    processor = GlanceFocusImageProcessor.from_model_config(model.config)
     rng = np.random.default_rng(0)
     colours = rng.integers(0, 256, (12, 1, 1, 3))  # a colour per picture, and noise, so that predictions differ
     arrays = np.clip(colours + rng.normal(0, 40, (12, 80, 96, 3)), 0, 255).astype(np.uint8)
@@ -453,7 +453,7 @@ def test_budgeted_folder_runs_with_trust_remote_code_alone(tmp_path):
     """Model and processor folder in a process that never imports lookwhere_hf: the copied model, configuration and
     processor files load with `trust_remote_code=True`, exit with the saved thresholds and crop the same boxes."""
     model = make_model(dtype=torch.float32)
-    processor = GlanceFocusImageProcessor.from_glance_focus_config(model.config)
+    processor = GlanceFocusImageProcessor.from_model_config(model.config)
     arrays = np.random.default_rng(1).integers(0, 256, (6, 70, 90, 3), dtype=np.uint8)
     inputs = processor(list(arrays), return_tensors="pt")
     with torch.no_grad():
@@ -545,7 +545,7 @@ def test_values_changed_after_construction_are_checked_when_saving(tmp_path):
 def test_processor_resizes_like_the_official_evaluation(image_size, shorter_side):
     """Shorter side to `int(image_size / 0.875)` (the official `inference.py`; rounding would give 343 for 300 px and
     53 for 46 px), then the `image_size` centre crop."""
-    processor = GlanceFocusImageProcessor.from_glance_focus_config(make_config(image_size=image_size))
+    processor = GlanceFocusImageProcessor.from_model_config(make_config(image_size=image_size))
     assert processor.size.shortest_edge == shorter_side
     assert (processor.crop_size.height, processor.crop_size.width) == (image_size, image_size)
 

@@ -495,9 +495,7 @@ def workspace(tmp_path_factory):
     torch.manual_seed(0)
     config = tiny_config()
     GlanceFocusForImageClassification(config).save_pretrained(root / "tiny")
-    GlanceFocusImageProcessor.from_glance_focus_config(config, size={"shortest_edge": SIZE}).save_pretrained(
-        root / "tiny"
-    )
+    GlanceFocusImageProcessor.from_model_config(config, size={"shortest_edge": SIZE}).save_pretrained(root / "tiny")
     from transformers import ResNetModel
 
     ResNetModel(config.backbone_config).save_pretrained(root / "resnet")
@@ -602,7 +600,7 @@ def test_crop_pct_sets_how_much_of_the_image_the_processor_keeps(workspace, crop
     corner_kept = bool(pixels[:, 0, 0].mean() > pixels[:, SIZE // 2, SIZE // 2].mean())
     assert corner_kept == (crop_pct == 1.0)
     with pytest.raises(ValueError, match="crop_pct"):
-        processor.from_glance_focus_config(type("C", (), {"image_size": SIZE})(), crop_pct=0.0)
+        processor.from_model_config(type("C", (), {"image_size": SIZE})(), crop_pct=0.0)
 
 
 @pytest.mark.parametrize("stage", [1, 3])

@@ -205,7 +205,7 @@ def test_a_packed_model_in_the_image_classification_pipeline(photos):
     model = tiny_classifier()
     model.config.id2label = {i: f"label_{i}" for i in range(5)}
     model.config.label2id = {v: k for k, v in model.config.id2label.items()}
-    processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
+    processor = LookWhereImageProcessor.from_model_config(model.config)
     inputs = processor(photos["chelsea"], return_tensors="pt")
     with torch.inference_mode():
         plain_map = model(**inputs).selector_map

@@ -438,7 +438,7 @@ def test_smoke_run_learns_where_the_digit_is_on_every_seed(tmp_path, monkeypatch
     for seed in SMOKE_SEEDS:
         pretrained = rb.seed_paths(str(tmp_path), seed)["pretrained"]
         model = LookWhereModel.from_pretrained(pretrained).eval()
-        processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
+        processor = LookWhereImageProcessor.from_model_config(model.config)
         trained, chance = _hit_rates(model, processor, data_dir, k_ratio=0.1)
         torch.manual_seed(seed)
         untrained, _ = _hit_rates(LookWhereModel(model.config).eval(), processor, data_dir, k_ratio=0.1)

@@ -298,7 +298,7 @@ def build_resnet_glance_focus(args, paths: dict[str, str], seed: int) -> None:
         glance_size=args.glance_focus_glance_size,
     )  # fmt: skip
     model.save_pretrained(paths["gf_resnet_init"])
-    processor = GlanceFocusImageProcessor.from_glance_focus_config(
+    processor = GlanceFocusImageProcessor.from_model_config(
         model.config, size={"height": canvas, "width": canvas}, do_center_crop=False
     )
     processor.save_pretrained(paths["gf_resnet_init"])

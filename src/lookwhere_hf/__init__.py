@@ -16,6 +16,7 @@ from transformers import (
     BeitImageProcessor,
 )
 
+from .image_processing import image_processor_for
 from .models.glance_focus import (
     GlanceFocusConfig,
     GlanceFocusForImageClassification,
@@ -91,6 +92,8 @@ LookupViTForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSe
 
 # Glance-and-Focus (GFNet): a third family (models/glance_focus), with its two-view image processor.
 AutoConfig.register("glance_focus", GlanceFocusConfig, exist_ok=True)
+# The family has no headless model (the recurrent classifier is part of the method): AutoModel gives the classifier.
+AutoModel.register(GlanceFocusConfig, GlanceFocusForImageClassification, exist_ok=True)
 AutoModelForImageClassification.register(GlanceFocusConfig, GlanceFocusForImageClassification, exist_ok=True)
 AutoImageProcessor.register(
     GlanceFocusConfig, image_processor_classes={"torchvision": GlanceFocusImageProcessor}, exist_ok=True
@@ -133,6 +136,7 @@ __all__ = [
     "LookupViTImageClassifierOutput",
     "LookupViTSemanticSegmenterOutput",
     "lookupvit_image_processor",
+    "image_processor_for",
     "PackedLinear",
     "pack_linear_weights",
     "unpack_linear_weights",

@@ -138,7 +138,7 @@ def _load(auto_class, model_path: str, k_ratio: float | None, families: tuple[st
             raise CLIError(
                 f"{model_path!r} has no preprocessor_config.json; save the image processor with the model"
             ) from None
-        processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
+        processor = LookWhereImageProcessor.from_model_config(model.config)
     return model, processor
 
 
@@ -194,7 +194,7 @@ def cmd_demo(args) -> int:
         why = "as asked" if random_weights else "no trained checkpoint is shipped in this installation"
         print(f"Building {what} LookWhere model with RANDOM weights ({why}).")
         model = body = random_weight_model(LookWhereModel, config, seed=0)
-        processor = LookWhereImageProcessor.from_lookwhere_config(config)
+        processor = LookWhereImageProcessor.from_model_config(config)
     config = body.config
     size = processor.size["height"] if isinstance(processor.size, dict) else processor.size.height
     width = processor.size["width"] if isinstance(processor.size, dict) else processor.size.width

@@ -68,7 +68,7 @@ def _bf16_overlaps(model: LookWhereModel, resolution: int, k: int) -> dict[str, 
         from skimage import data
 
         photos = [data.astronaut(), data.coffee(), data.chelsea()]
-        processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
+        processor = LookWhereImageProcessor.from_model_config(model.config)
         size = {"height": resolution, "width": resolution}
         pixel_values = processor(photos, size=size, return_tensors="pt")["pixel_values"]
         result["random-weight ViT-B, 3 scikit-image photos"] = overlap(model, pixel_values, k)

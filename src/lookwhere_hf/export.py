@@ -401,7 +401,7 @@ def _check_inputs(model, image_size: int, batch_size: int, check_image) -> dict[
     if isinstance(model, LookupViTPreTrainedModel):
         processor = lookupvit_image_processor(model.config)
     else:
-        processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
+        processor = LookWhereImageProcessor.from_model_config(model.config)
     size = {"height": image_size, "width": image_size}
     pixel_values = processor(image, size=size, return_tensors="pt")["pixel_values"]
     label = f"image {Path(str(check_image)).name}"

@@ -738,5 +738,5 @@ def build_glance_focus_model(gf_args: GlanceFocusArguments, hub, id2label: dict[
         raise ArgumentError(f"Could not build the model from {source!r}: {type(error).__name__}: {error}") from error
     if not isinstance(processor, GlanceFocusImageProcessor) or gf_args.image_size is not None or gf_args.crop_pct:
         crop = {} if gf_args.crop_pct is None else {"crop_pct": gf_args.crop_pct}
-        processor = GlanceFocusImageProcessor.from_glance_focus_config(model.config, **crop)
+        processor = GlanceFocusImageProcessor.from_model_config(model.config, **crop)
     return model, processor

@@ -306,7 +306,7 @@ def _image_processor(model, model_args: ModelArguments, family: str, flag: str, 
             }
             processor = lookupvit_image_processor(model.config, **overrides)
     elif processor is None:
-        processor = LookWhereImageProcessor.from_lookwhere_config(model.config)
+        processor = LookWhereImageProcessor.from_model_config(model.config)
     if model_args.image_size is not None:
         processor.size = {"height": model_args.image_size, "width": model_args.image_size}
     if model_args.low_res_size is not None:
@@ -375,7 +375,7 @@ def build_pretraining_model(model_args: PretrainingModelArguments, data_args: Pr
         )
     if config.pretrain_k_max > num_patches:
         logger.warning(f"--k_max {config.pretrain_k_max} is clipped to the {num_patches} high-resolution patches.")
-    processor = LookWhereImageProcessor.from_lookwhere_config(config, size={"height": image_size, "width": image_size})
+    processor = LookWhereImageProcessor.from_model_config(config, size={"height": image_size, "width": image_size})
     return model, processor
 
 

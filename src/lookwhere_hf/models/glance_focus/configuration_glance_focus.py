@@ -127,6 +127,21 @@ class GlanceFocusConfig(PreTrainedConfig):
     ```"""
 
     model_type = "glance_focus"
+    # Output fields that are not predictions: the `Trainer` leaves them out, so that `EvalPrediction.predictions` is
+    # the logits alone, as for any transformers classifier (they stay in the forward's output).
+    keys_to_ignore_at_inference = [
+        "rung_logits",
+        "encoder_logits",
+        "rung_flops",
+        "exit_rung",
+        "flops",
+        "crop_boxes",
+        "crop_centers",
+        "policy_states",
+        "policy_actions",
+        "policy_log_probs",
+        "state_values",
+    ]
     sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="resnet")}
 
     backbone_config: dict | PreTrainedConfig | None = None

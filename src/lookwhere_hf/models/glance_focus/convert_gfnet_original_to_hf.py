@@ -596,7 +596,7 @@ def self_check(output_dir: str | os.PathLike, converted: GlanceFocusForImageClas
     inputs = AutoImageProcessor.from_pretrained(output_dir)(images=data.astronaut(), return_tensors="pt")
     outputs = model(**inputs, anytime=True)
     reference = converted.eval()(**inputs, anytime=True)
-    logits, expected = torch.stack(outputs.rung_logits), torch.stack(reference.rung_logits)
+    logits, expected = outputs.rung_logits, reference.rung_logits
     finite = bool(torch.isfinite(logits).all())
     diff = float((logits - expected).abs().max())
     height, width = inputs["pixel_values"].shape[-2:]
@@ -703,7 +703,7 @@ def convert_checkpoint(
 
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
-    GlanceFocusImageProcessor.from_glance_focus_config(config).save_pretrained(output_dir)
+    GlanceFocusImageProcessor.from_model_config(config).save_pretrained(output_dir)
     files = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file())
     log(f"Wrote {output_dir}: {', '.join(files)}.")
 

@@ -6,6 +6,7 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import is_torchvision_available
 
 from .configuration_glance_focus import GLANCE_INTERPOLATIONS
 from .modeling_glance_focus import make_glance_view
@@ -35,7 +36,7 @@ class GlanceFocusImageProcessor(TorchvisionBackend):
     [`GlanceFocusForImageClassification`] makes it when it is not given ([`make_glance_view`]), so both paths give the
     same numbers.
 
-    [`GlanceFocusImageProcessor.from_glance_focus_config`] builds the one that matches a model's config.
+    [`GlanceFocusImageProcessor.from_model_config`] builds the one that matches a model's config.
     """
 
     valid_kwargs = GlanceFocusImageProcessorKwargs
@@ -56,13 +57,16 @@ class GlanceFocusImageProcessor(TorchvisionBackend):
     do_convert_rgb = True
 
     def __init__(self, **kwargs: Unpack[GlanceFocusImageProcessorKwargs]) -> None:
+        if not is_torchvision_available():  # transformers' TorchvisionBackend would fail later, on the first image
+            raise ImportError(
+                "GlanceFocusImageProcessor resizes with torchvision, which is not installed here. Install it with "
+                "`pip install torchvision` (a build that matches your torch)."
+            )
         super().__init__(**kwargs)
         self._check_glance(self.glance_size, self.glance_interpolation)
 
     @classmethod
-    def from_glance_focus_config(
-        cls, config, crop_pct: float = OFFICIAL_CROP_PCT, **kwargs
-    ) -> GlanceFocusImageProcessor:
+    def from_model_config(cls, config, crop_pct: float = OFFICIAL_CROP_PCT, **kwargs) -> GlanceFocusImageProcessor:
         """The processor that matches a [`GlanceFocusConfig`]: centre crop `image_size` of the shorter side resized
         to `int(image_size / crop_pct)` (default 0.875, the official `inference.py`'s rule; 1.0 keeps the whole
         square image), and the config's glance size and interpolation. `kwargs` override any setting."""

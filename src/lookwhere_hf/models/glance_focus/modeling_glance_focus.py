@@ -125,18 +125,18 @@ class GlanceFocusImageClassifierOutput(ModelOutput):
         official training does (inference reads the glance head); budgeted: the loss of `logits`.
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
         Each image's logits at its exit step (budgeted), else at the last step.
-    rung_logits (`tuple(torch.FloatTensor)`, *optional*):
-        When every step runs: `num_steps` tensors `(batch_size, num_labels)`, the prediction after each step.
-    encoder_logits (`tuple(torch.FloatTensor)`, *optional*):
+    rung_logits (`torch.FloatTensor` of shape `(batch_size, num_steps, num_labels)`, *optional*):
+        When every step runs: the prediction after each step.
+    encoder_logits (`torch.FloatTensor` of shape `(batch_size, num_steps, num_labels)`, *optional*):
         With `labels` when every step runs: the encoders' own heads on each step's pooled feature (deep supervision).
-    rung_flops (`torch.LongTensor` of shape `(num_steps,)`):
+    rung_flops (`torch.LongTensor` of shape `(batch_size, num_steps)`):
         Cumulative inference FLOPs per image of stopping after each step (see
-        [`GlanceFocusForImageClassification.rung_flops`]).
+        [`GlanceFocusForImageClassification.rung_flops`]); every row is the same.
     exit_rung (`torch.LongTensor` of shape `(batch_size,)`):
         The rung (= the step) at which each image exited, so the step its `logits` come from (the last one when every
         step runs); the field name all model families of `lookwhere_hf` share.
     flops (`torch.LongTensor` of shape `(batch_size,)`):
-        FLOPs spent on each image, `rung_flops[exit_rung]`.
+        FLOPs spent on each image, `rung_flops[i, exit_rung[i]]`.
     crop_boxes (`torch.LongTensor` of shape `(batch_size, num_steps - 1, 4)`):
         Pixel boxes `(x0, y0, x1, y1)` (x1, y1 exclusive) of the focus crops in `pixel_values`; `-1` for steps an
         image did not take (budgeted).
@@ -152,12 +152,15 @@ class GlanceFocusImageClassifierOutput(ModelOutput):
         With `return_policy=True`: log-probability of each action under the policy's Gaussian.
     state_values (`torch.FloatTensor` of shape `(batch_size, num_steps - 1)`, *optional*):
         With `return_policy=True`: the critic's value of each state.
+
+    Every field holds one row per image along dim 0, so that `pipeline(..., batch_size=N)` can split a batch.
+    Fields other than `logits` are left out of the `Trainer`'s predictions (`config.keys_to_ignore_at_inference`).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    rung_logits: tuple[torch.FloatTensor, ...] | None = None
-    encoder_logits: tuple[torch.FloatTensor, ...] | None = None
+    rung_logits: torch.FloatTensor | None = None
+    encoder_logits: torch.FloatTensor | None = None
     rung_flops: torch.LongTensor | None = None
     exit_rung: torch.LongTensor | None = None
     flops: torch.LongTensor | None = None
@@ -409,6 +412,22 @@ class GlanceFocusPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    # Every Auto class of the family and its class in this file (see `save_pretrained`). The family has no headless
+    # model (the recurrent classifier is part of the method), so `AutoModel` gives the classifier too.
+    _family_auto_classes = {
+        "AutoModel": "GlanceFocusForImageClassification",
+        "AutoModelForImageClassification": "GlanceFocusForImageClassification",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with `config.auto_map` naming every Auto class of the family (transformers
+        writes only the class being saved), so that with `trust_remote_code=True` each of them loads from the folder
+        of any saved class: e.g. `AutoModelForImageClassification` from a pretrained or converted bare model."""
+        if self._auto_class is not None:  # the code is copied next to the weights (`register_for_auto_class`)
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            family = {auto: f"{module}.{name}" for auto, name in self._family_auto_classes.items()}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **family}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -858,9 +877,9 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
         return GlanceFocusImageClassifierOutput(
             loss=loss,
             logits=logits,
-            rung_logits=tuple(rung_logits) if thresholds is None else None,
-            encoder_logits=tuple(encoder_logits) if want_encoder_logits else None,
-            rung_flops=rung_flops,
+            rung_logits=torch.stack(rung_logits, dim=1) if thresholds is None else None,
+            encoder_logits=torch.stack(encoder_logits, dim=1) if want_encoder_logits else None,
+            rung_flops=rung_flops.expand(batch_size, -1),
             exit_rung=exit_rung,
             flops=rung_flops[exit_rung],
             crop_boxes=boxes,

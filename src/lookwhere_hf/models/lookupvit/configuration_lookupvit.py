@@ -86,8 +86,9 @@ class LookupViTConfig(PreTrainedConfig):
     ```"""
 
     model_type = "lookupvit"
-    # outputs that are not logits: `Trainer.evaluate` would try to gather them as predictions
-    keys_to_ignore_at_inference = ["compressed_grid"]
+    # Output fields that are not predictions: the `Trainer` leaves them out, so that `EvalPrediction.predictions` is
+    # the logits alone, as for any transformers classifier (they stay in the forward's output).
+    keys_to_ignore_at_inference = ["compressed_grid", "lookup_last_hidden_state"]
 
     hidden_size: int = 768
     num_hidden_layers: int = 12

@@ -88,8 +88,9 @@ class LookupViTModelOutput(ModelOutput):
         Mean of `last_hidden_state` over the compressed tokens (the classification read-out).
     lookup_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w, hidden_size)`):
         Lookup (patch) tokens after their final layer norm, row-major over the patch grid.
-    compressed_grid (`tuple[int, int]`):
-        The `(h, w)` compressed grid this forward used.
+    compressed_grid (`torch.LongTensor` of shape `(batch_size, 2)`):
+        The `(h, w)` compressed grid this forward used, one row per image (the same in every row), so that
+        `pipeline(..., batch_size=N)` can split a batch like any other field.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
         `num_hidden_layers + 1` compressed-token states `(batch_size, h * w, hidden_size)`: the input, then every
         block's output (the last one before the final layer norm).
@@ -103,7 +104,7 @@ class LookupViTModelOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     lookup_last_hidden_state: torch.FloatTensor | None = None
-    compressed_grid: tuple[int, int] | None = None
+    compressed_grid: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     lookup_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -116,15 +117,16 @@ class LookupViTImageClassifierOutput(ModelOutput):
         Classification (or regression) loss, when `labels` are given.
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
         Classification scores (before softmax / sigmoid), from the mean compressed token.
-    compressed_grid (`tuple[int, int]`):
-        The `(h, w)` compressed grid this forward used.
+    compressed_grid (`torch.LongTensor` of shape `(batch_size, 2)`):
+        The `(h, w)` compressed grid this forward used, one row per image (the same in every row), so that
+        `pipeline(..., batch_size=N)` can split a batch like any other field.
     hidden_states, lookup_hidden_states, attentions (*optional*):
         Per-layer outputs on request, exactly as in [`LookupViTModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    compressed_grid: tuple[int, int] | None = None
+    compressed_grid: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     lookup_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -138,15 +140,16 @@ class LookupViTSemanticSegmenterOutput(ModelOutput):
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels, grid_h, grid_w)`):
         Per-patch class scores from the lookup tokens, on the patch grid. Upsample them to the image size for a mask
         (the image processor's `post_process_semantic_segmentation` does).
-    compressed_grid (`tuple[int, int]`):
-        The `(h, w)` compressed grid this forward used.
+    compressed_grid (`torch.LongTensor` of shape `(batch_size, 2)`):
+        The `(h, w)` compressed grid this forward used, one row per image (the same in every row), so that
+        `pipeline(..., batch_size=N)` can split a batch like any other field.
     hidden_states, lookup_hidden_states, attentions (*optional*):
         Per-layer outputs on request, exactly as in [`LookupViTModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    compressed_grid: tuple[int, int] | None = None
+    compressed_grid: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     lookup_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -356,6 +359,22 @@ class LookupViTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Every Auto class of the family and its class in this file (see `save_pretrained`).
+    _family_auto_classes = {
+        "AutoModel": "LookupViTModel",
+        "AutoModelForImageClassification": "LookupViTForImageClassification",
+        "AutoModelForSemanticSegmentation": "LookupViTForSemanticSegmentation",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with `config.auto_map` naming every Auto class of the family (transformers
+        writes only the class being saved), so that with `trust_remote_code=True` each of them loads from the folder
+        of any saved class: e.g. `AutoModelForImageClassification` from a pretrained or converted bare model."""
+        if self._auto_class is not None:  # the code is copied next to the weights (`register_for_auto_class`)
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            family = {auto: f"{module}.{name}" for auto, name in self._family_auto_classes.items()}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **family}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, every_n_layers: int = 1, **kwargs) -> None:
         """Checkpoint whole LookupViT blocks (every `every_n_layers`-th), not also the DINOv2 layer inside each: a
@@ -599,7 +618,7 @@ class LookupViTModel(LookupViTPreTrainedModel):
             last_hidden_state=compressed,
             pooler_output=compressed.mean(dim=1),
             lookup_last_hidden_state=self.lookup_layernorm(lookup) if output_lookup_tokens else None,
-            compressed_grid=grid,
+            compressed_grid=torch.tensor(grid, device=compressed.device).expand(compressed.shape[0], -1),
             hidden_states=compressed_states,
             lookup_hidden_states=lookup_states,
             attentions=attentions,
@@ -739,7 +758,7 @@ class LookupViTForSemanticSegmentation(_LookupViTTaskModel):
 
 def lookupvit_image_processor(config: LookupViTConfig, **overrides):
     """The one-view image processor for a LookupViT config: transformers' `BeitImageProcessor` (resize to
-    `config.image_size`, rescale, ImageNet normalization; no crop, no label reduction), which also has the
+    `config.image_size`, RGB conversion, rescale, ImageNet normalization; no crop, no label reduction), which also has the
     `post_process_semantic_segmentation` that `pipeline("image-segmentation")` calls. `overrides` are further
     `BeitImageProcessor` arguments (e.g. `image_mean` / `image_std` of the ViT a model was initialised from)."""
     from transformers import BeitImageProcessor
@@ -749,6 +768,7 @@ def lookupvit_image_processor(config: LookupViTConfig, **overrides):
         size={"height": config.image_size, "width": config.image_size},
         do_center_crop=False,
         do_reduce_labels=False,
+        do_convert_rgb=True,  # grayscale and RGBA photos too, as the other families' processors take them
         image_mean=list(IMAGENET_DEFAULT_MEAN),
         image_std=list(IMAGENET_DEFAULT_STD),
     )

@@ -194,6 +194,20 @@ class LookWhereConfig(PreTrainedConfig):
     ```"""
 
     model_type = "lookwhere"
+    # Output fields that are not predictions: the `Trainer` leaves them out, so that `EvalPrediction.predictions` is
+    # the logits alone, as for any transformers classifier (they stay in the forward's output).
+    keys_to_ignore_at_inference = [
+        "selector_map",
+        "selected_indices",
+        "selector_prefix_tokens",
+        "selector_patch_tokens",
+        "dense_features",
+        "rung_logits",
+        "exit_rung",
+        "flops",
+        "rung_flops",
+        "rung_k",
+    ]
     sub_configs_defaults = {
         "selector_config": LookWhereSelectorConfig,
         "extractor_config": LookWhereExtractorConfig,

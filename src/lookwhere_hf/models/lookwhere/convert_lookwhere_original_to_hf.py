@@ -531,7 +531,7 @@ def convert_checkpoint(
 
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
-    LookWhereImageProcessor.from_lookwhere_config(config, size={"height": high_res, "width": high_res}).save_pretrained(
+    LookWhereImageProcessor.from_model_config(config, size={"height": high_res, "width": high_res}).save_pretrained(
         output_dir
     )
     provenance = conversion_provenance(

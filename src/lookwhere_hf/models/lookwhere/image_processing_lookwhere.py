@@ -20,6 +20,7 @@ from transformers.image_utils import (
     make_flat_list_of_images,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import is_torchvision_available
 
 from .selection import make_low_res_view
 
@@ -171,11 +172,16 @@ class LookWhereImageProcessor(TorchvisionBackend):
     do_convert_rgb = True
 
     def __init__(self, **kwargs: Unpack[LookWhereImageProcessorKwargs]) -> None:
+        if not is_torchvision_available():  # transformers' TorchvisionBackend would fail later, on the first image
+            raise ImportError(
+                "LookWhereImageProcessor resizes with torchvision, which is not installed here. Install it with "
+                "`pip install torchvision` (a build that matches your torch)."
+            )
         super().__init__(**kwargs)
         self._check_sizes(self.size, self.low_res_size)
 
     @classmethod
-    def from_lookwhere_config(cls, config, **kwargs) -> LookWhereImageProcessor:
+    def from_model_config(cls, config, **kwargs) -> LookWhereImageProcessor:
         """The processor that matches a [`LookWhereConfig`]: `size` = the extractor's image size, `low_res_size` = the
         selector's, `low_res_antialias` as the config says. `kwargs` override any processor setting."""
         high, low = config.high_res_size, config.low_res_size

@@ -249,18 +249,20 @@ class LookWhereImageClassifierOutput(ModelOutput):
     hidden_states, attentions, selector_hidden_states, selector_attentions (*optional*):
         Extractor and selector per-layer outputs, on request, exactly as in [`LookWhereModelOutput`] (fixed-`k` mode
         only).
-    rung_logits (`tuple(torch.FloatTensor)`, *optional*, anytime mode):
-        `num_rungs` tensors of shape `(batch_size, num_labels)`: the glance's logits (with `config.glance_head`),
-        then those of every focus rung. `logits` is the last one.
+    rung_logits (`torch.FloatTensor` of shape `(batch_size, num_rungs, num_labels)`, *optional*, anytime mode):
+        The glance's logits (with `config.glance_head`), then those of every focus rung. `logits` is the last one.
     exit_rung (`torch.LongTensor` of shape `(batch_size,)`, *optional*, anytime and budgeted modes):
         The rung each image's `logits` come from (the last one in anytime mode).
     flops (`torch.LongTensor` of shape `(batch_size,)`, *optional*, anytime and budgeted modes):
-        FLOPs spent on each image up to its exit (`rung_flops[exit_rung]`).
-    rung_flops (`torch.LongTensor` of shape `(num_rungs,)`, *optional*, anytime and budgeted modes):
+        FLOPs spent on each image up to its exit (`rung_flops[i, exit_rung[i]]`).
+    rung_flops (`torch.LongTensor` of shape `(batch_size, num_rungs)`, *optional*, anytime and budgeted modes):
         Cumulative FLOPs per image of exiting at each rung, in the convention of `lookwhere_hf.flops` (see
-        [`anytime_rung_flops`]).
-    rung_k (`torch.LongTensor` of shape `(num_rungs,)`, *optional*, anytime and budgeted modes):
-        High-resolution patches each rung's extractor pass sees (0 for the glance).
+        [`anytime_rung_flops`]); every row is the same ladder.
+    rung_k (`torch.LongTensor` of shape `(batch_size, num_rungs)`, *optional*, anytime and budgeted modes):
+        High-resolution patches each rung's extractor pass sees (0 for the glance); every row is the same.
+
+    Every field holds one row per image along dim 0, so that `pipeline(..., batch_size=N)` can split a batch.
+    Fields other than `logits` are left out of the `Trainer`'s predictions (`config.keys_to_ignore_at_inference`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -271,7 +273,7 @@ class LookWhereImageClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     selector_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     selector_attentions: tuple[torch.FloatTensor, ...] | None = None
-    rung_logits: tuple[torch.FloatTensor, ...] | None = None
+    rung_logits: torch.FloatTensor | None = None
     exit_rung: torch.LongTensor | None = None
     flops: torch.LongTensor | None = None
     rung_flops: torch.LongTensor | None = None
@@ -538,6 +540,23 @@ class LookWherePreTrainedModel(PreTrainedModel):
 
     # Task heads set this: their selector head is frozen, and the whole selector when `config.freeze_selector`.
     _freezes_selector = False
+    # Every Auto class of the family and its class in this file (see `save_pretrained`).
+    _family_auto_classes = {
+        "AutoModel": "LookWhereModel",
+        "AutoModelForImageClassification": "LookWhereForImageClassification",
+        "AutoModelForSemanticSegmentation": "LookWhereForSemanticSegmentation",
+        "AutoModelForPreTraining": "LookWhereForPreTraining",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with `config.auto_map` naming every Auto class of the family (transformers
+        writes only the class being saved), so that with `trust_remote_code=True` each of them loads from the folder
+        of any saved class: e.g. `AutoModelForImageClassification` from a pretrained or converted bare model."""
+        if self._auto_class is not None:  # the code is copied next to the weights (`register_for_auto_class`)
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            family = {auto: f"{module}.{name}" for auto, name in self._family_auto_classes.items()}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **family}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def post_init(self) -> None:
         super().post_init()
@@ -945,7 +964,7 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
 
         Returns `logits (batch_size, num_labels)`, the selection (`selector_map`, `selected_indices`) and, on request,
         the per-layer outputs of [`LookWhereModelOutput`]; in anytime / budgeted mode also `exit_rung`, `flops`,
-        `rung_flops`, `rung_k` (and `rung_logits` when anytime).
+        `rung_flops`, `rung_k` (and `rung_logits (batch_size, num_rungs, num_labels)` when anytime).
         """
         if "cls_only" in kwargs:  # `LookWhereModel`'s flag; it would collide with the one passed below
             raise ValueError(
@@ -1092,11 +1111,11 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
             logits=logits,
             selector_map=selector_map,
             selected_indices=indices,
-            rung_logits=tuple(rung_logits) if thresholds is None else None,
+            rung_logits=torch.stack(rung_logits, dim=1) if thresholds is None else None,
             exit_rung=exit_rung,
             flops=rung_flops[exit_rung],
-            rung_flops=rung_flops,
-            rung_k=torch.tensor(rung_k, device=device),
+            rung_flops=rung_flops.expand(batch_size, -1),
+            rung_k=torch.tensor(rung_k, device=device).expand(batch_size, -1),
         )
 
 
