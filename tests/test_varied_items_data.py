@@ -252,3 +252,13 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "Wrote 7 images (train: 3, validation: 2, test: 2) of 64x64 px with digits items of 8-32 px" in printed
     assert gen.main(ok) == 2  # not empty without --overwrite
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_split_seed_keeps_pools_fixed(tmp_path):
+    base = gen.write_dataset(str(tmp_path / "a"), small_config(seed=0), progress=False)
+    extra = gen.write_dataset(str(tmp_path / "b"), small_config(seed=5, split_seed=0), progress=False)
+    other = gen.write_dataset(str(tmp_path / "c"), small_config(seed=5), progress=False)
+    assert extra["item_pools"] == base["item_pools"] and other["item_pools"] != base["item_pools"]
+    assert digest(str(tmp_path / "b")) != digest(str(tmp_path / "a"))  # other canvases
+    with pytest.raises(ValueError, match="--split_seed"):
+        small_config(split_seed=-2).validate()

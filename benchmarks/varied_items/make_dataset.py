@@ -19,7 +19,9 @@ Items (`--items`):
 Splits: for Fashion-MNIST, train and validation items come from disjoint, class-stratified parts of its training
 set (`--validation_fraction` of each class goes to validation) and test items from its test set. For the digits
 (one set), the three pools are disjoint, stratified parts of it (Sparse Digits' `split_sources`). Each pool is
-shuffled and cycled, so every item of a pool is used before any repeats.
+shuffled and cycled, so every item of a pool is used before any repeats. The pools depend on `--split_seed` only
+(default: `--seed`): extra training canvases made with another `--seed` and the same `--split_seed` never show a
+validation item.
 
 Each image (`--canvas_size`, RGB):
 
@@ -124,6 +126,13 @@ class VariedItemsConfig:
     """All generation parameters (stored in `dataset_info.json`)."""
 
     seed: int = 0
+    split_seed: int = field(
+        default=-1,
+        metadata={
+            "help": "Seed of the train / validation item split (-1: --seed). Keep it fixed when you generate extra "
+            "training canvases with another --seed, so that no validation item shows up in them."
+        },
+    )
     items: str = field(default="fashion_mnist", metadata={"help": f"Item source: one of {ITEM_SOURCES}."})
     items_dir: str = field(
         default=DEFAULT_ITEMS_DIR,
@@ -161,8 +170,15 @@ class VariedItemsConfig:
                 raise ValueError(f"--{name} must be a positive number of images, got {getattr(self, name)}.")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+        if self.split_seed < -1:
+            raise ValueError(f"--split_seed must be -1 (use --seed) or a seed >= 0, got {self.split_seed}.")
         if self.alpha_gain < 1.0:
             raise ValueError(f"--alpha_gain must be >= 1, got {self.alpha_gain}.")
+
+    @property
+    def pool_seed(self) -> int:
+        """The seed of the item pools: `split_seed`, or `seed` when it is -1."""
+        return self.seed if self.split_seed == -1 else self.split_seed
 
     def size_bin_edges(self) -> tuple[float, float]:
         """The terciles of the log size range: `(small/medium edge, medium/large edge)` in pixels."""
@@ -274,9 +290,9 @@ def item_pools(source: ItemSource, config: VariedItemsConfig) -> dict[str, tuple
     `validation_fraction` of each class to validation), test = the whole test part. Without one (digits): Sparse
     Digits' stratified three-way split of the one set."""
     if "test" not in source.labels:
-        pools = _sparse_digits.split_sources(source.labels["train"], config.seed)
+        pools = _sparse_digits.split_sources(source.labels["train"], config.pool_seed)
         return {split: ("train", pool) for split, pool in pools.items()}
-    rng = np.random.default_rng([config.seed, 1_000_003])
+    rng = np.random.default_rng([config.pool_seed, 1_000_003])
     labels = source.labels["train"]
     train, validation = [], []
     for label in np.unique(labels):
