@@ -54,7 +54,7 @@ def images(count, seed=1, dtype=torch.float64):
 
 
 def confidences_of(rung_logits):
-    return torch.stack([logits.softmax(-1).amax(-1) for logits in rung_logits], dim=1)  # (B, T)
+    return rung_logits.softmax(-1).amax(-1)  # (B, T)
 
 
 def separating_thresholds(confidences, quantile):
@@ -136,9 +136,9 @@ def test_rung_flops_agree_with_the_flops_module_and_the_flop_counter(model):
     batch = images(3)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         out = model(batch, anytime=True)
-    assert counter.get_total_flops() == 3 * int(out.rung_flops[-1])
-    assert out.rung_k.tolist() == [0, 6, 16, 32]
-    assert out.flops.tolist() == [int(out.rung_flops[-1])] * 3 and out.exit_rung.tolist() == [3] * 3
+    assert counter.get_total_flops() == 3 * int(out.rung_flops[0, -1])
+    assert out.rung_k.tolist() == [[0, 6, 16, 32]] * 3 and out.rung_flops.shape == (3, 4)
+    assert out.flops.tolist() == [int(out.rung_flops[0, -1])] * 3 and out.exit_rung.tolist() == [3] * 3
 
 
 # ----------------------------------------------------------------------------------------------------- exit rule
@@ -147,7 +147,7 @@ def test_anytime_rungs_equal_fixed_k_forwards(model):
     batch = images(4)
     with torch.no_grad():
         out = model(batch, anytime=True)
-        for logits, k in zip(out.rung_logits[1:], out.rung_k[1:].tolist(), strict=True):
+        for logits, k in zip(out.rung_logits.unbind(1)[1:], out.rung_k[0, 1:].tolist(), strict=True):
             torch.testing.assert_close(logits, model(batch, k=k, budget=False).logits, **FLOAT64_TOLERANCE)
 
 
@@ -159,9 +159,9 @@ def test_budgeted_output_equals_the_anytime_output_of_each_exit_rung(model, anyt
     exits = budgeted.exit_rung
     assert len(set(exits.tolist())) >= 3  # the batch really splits over the rungs
     assert torch.equal(exits, simulate_exits(confidences_of(anytime.rung_logits), thresholds))
-    expected = torch.stack([anytime.rung_logits[r][i] for i, r in enumerate(exits.tolist())])
+    expected = torch.stack([anytime.rung_logits[i, r] for i, r in enumerate(exits.tolist())])
     torch.testing.assert_close(budgeted.logits, expected, **FLOAT64_TOLERANCE)
-    assert torch.equal(budgeted.flops, anytime.rung_flops[exits])
+    assert torch.equal(budgeted.flops, anytime.rung_flops[0, exits])
     assert budgeted.rung_logits is None
 
 
@@ -184,7 +184,7 @@ def test_exits_are_monotone_in_the_thresholds(model, anytime):
 def test_half_the_batch_exiting_at_the_glance_halves_the_extractor_work(model):
     batch = images(8, seed=3)
     with torch.no_grad():
-        glance_confidence = model(batch, anytime=True).rung_logits[0].softmax(-1).amax(-1)
+        glance_confidence = model(batch, anytime=True).rung_logits[:, 0].softmax(-1).amax(-1)
     ranked = glance_confidence.sort().values
     half = float((ranked[3] + ranked[4]) / 2)
     assert float((glance_confidence - half).abs().min()) > 1e-6
@@ -199,7 +199,7 @@ def test_half_the_batch_exiting_at_the_glance_halves_the_extractor_work(model):
     assert nobody.exit_rung.tolist() == [1] * 8 and sorted(half_out.exit_rung.tolist()) == [0] * 4 + [1] * 4
     # exact counts: what was computed is what the output says was spent
     assert nobody_total == int(nobody.flops.sum()) and half_total == int(half_out.flops.sum())
-    selector_and_glance = 8 * int(nobody.rung_flops[0])
+    selector_and_glance = 8 * int(nobody.rung_flops[0, 0])
     assert half_total - selector_and_glance == (nobody_total - selector_and_glance) // 2
 
 
@@ -226,7 +226,7 @@ def test_anytime_training_loss_is_the_mean_of_the_rung_losses_and_trains_the_gla
     model = make_model(dtype=torch.float32).train()
     labels = torch.tensor([0, 1, 2, 3])
     out = model(images(4, dtype=torch.float32), labels=labels, anytime=True)
-    losses = [torch.nn.functional.cross_entropy(logits, labels) for logits in out.rung_logits]
+    losses = [torch.nn.functional.cross_entropy(logits, labels) for logits in out.rung_logits.unbind(1)]
     torch.testing.assert_close(out.loss, sum(losses) / 4, rtol=8 * EPS32, atol=0)
     out.loss.backward()
     assert model.glance_classifier.weight.grad.abs().sum() > 0
@@ -234,7 +234,7 @@ def test_anytime_training_loss_is_the_mean_of_the_rung_losses_and_trains_the_gla
     # `config.train_all_rungs` (what --k_ratios / --glance_head set): the same loss without `anytime=True`
     model.config.train_all_rungs = True
     again = model(images(4, dtype=torch.float32), labels=labels)
-    assert len(again.rung_logits) == 4
+    assert again.rung_logits.shape[1] == 4
     torch.testing.assert_close(again.loss, out.loss, rtol=0, atol=0)
     assert model.eval()(images(4, dtype=torch.float32), labels=labels).rung_logits is None  # eval: fixed k
 
@@ -348,7 +348,7 @@ def test_calibration_meets_the_target_on_its_split_and_records_it():
     accuracy = float((out.logits.argmax(-1) == labels).double().mean())
     assert accuracy == config.budget_calibration_accuracy
     # the fitted thresholds are the best of the grid: at least as accurate as sending everyone to the cheapest rung
-    assert accuracy >= float((anytime.rung_logits[0].argmax(-1) == labels).double().mean())
+    assert accuracy >= float((anytime.rung_logits[:, 0].argmax(-1) == labels).double().mean())
 
 
 def test_calibration_errors():

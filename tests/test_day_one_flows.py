@@ -28,6 +28,7 @@ from datasets import Dataset
 from datasets import Image as DatasetImage
 from PIL import Image
 from transformers import (
+    AutoImageProcessor,
     AutoModelForImageClassification,
     DefaultDataCollator,
     ResNetConfig,
@@ -255,21 +256,36 @@ def tutorial_dataset(num_images: int, seed: int) -> Dataset:
 
 @pytest.mark.parametrize("family", ["lookwhere", "lookupvit", "glance_focus"])
 def test_tutorial_trainer_with_compute_metrics(tmp_path, family):
-    """transformers' image classification tutorial, unchanged but for the offline accuracy module."""
+    """transformers' image classification tutorial (and its `run_image_classification.py`), unchanged but for the
+    offline accuracy module: torchvision transforms built from the processor's size / mean / std make `pixel_values`
+    only (LookWhere and Glance-and-Focus make their second view themselves), the Trainer evaluates with
+    `compute_metrics` on `np.argmax(predictions, axis=1)`."""
     import evaluate
+    from torchvision.transforms import CenterCrop, Compose, Normalize, RandomResizedCrop, Resize, ToTensor
 
     folder = save(build(family, "AutoModelForImageClassification"), tmp_path / "model")
     model = AutoModelForImageClassification.from_pretrained(folder)
-    image_processor = image_processor_for(model.config)
+    image_processor = AutoImageProcessor.from_pretrained(folder)
 
-    def transforms(examples):
-        inputs = image_processor([img.convert("RGB") for img in examples["image"]])
-        examples.update(inputs)
-        del examples["image"]
-        return examples
+    normalize = Normalize(mean=image_processor.image_mean, std=image_processor.image_std)
+    size = (
+        image_processor.size["shortest_edge"]
+        if "shortest_edge" in image_processor.size
+        else (image_processor.size["height"], image_processor.size["width"])
+    )
+    train_transforms = Compose([RandomResizedCrop(size), ToTensor(), normalize])
+    val_transforms = Compose([Resize(size), CenterCrop(size), ToTensor(), normalize])
+
+    def transforms(compose):
+        def apply(examples):
+            examples["pixel_values"] = [compose(img.convert("RGB")) for img in examples["image"]]
+            del examples["image"]
+            return examples
+
+        return apply
 
     train, test = tutorial_dataset(12, seed=0), tutorial_dataset(6, seed=1)
-    train, test = train.with_transform(transforms), test.with_transform(transforms)
+    train, test = train.with_transform(transforms(train_transforms)), test.with_transform(transforms(val_transforms))
     accuracy = evaluate.load(metric_path("accuracy"))
 
     def compute_metrics(eval_pred):
@@ -436,3 +452,46 @@ def test_processor_without_torchvision_says_what_to_install(tmp_path, family):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pip install torchvision" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ CLI refusals
+@pytest.mark.parametrize(
+    ("family", "saved_class", "name"),
+    [
+        ("lookwhere", "AutoModel", "LookWhereModel"),
+        ("lookwhere", "AutoModelForSemanticSegmentation", "LookWhereForSemanticSegmentation"),
+        ("lookupvit", "AutoModel", "LookupViTModel"),
+    ],
+)
+def test_cli_predict_refuses_a_folder_without_a_classifier(tmp_path, images, capsys, family, saved_class, name):
+    """Before: random labels with exit status 0 (transformers' missing-weights report was silenced)."""
+    from lookwhere_hf import cli
+
+    folder = save(build(family, saved_class), tmp_path / "model")
+    images[2].save(tmp_path / "cat.png")
+    assert cli.main(["predict", str(tmp_path / "cat.png"), "--model", str(folder)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # (above it: progress bars of saving and loading)
+    assert error.startswith("lookwhere-hf predict: error: ") and f"holds a {name}" in error and "random" in error
+
+
+def test_cli_refuses_a_decompression_bomb_in_one_line(tmp_path, capsys, monkeypatch):
+    """PIL refuses images over twice `MAX_IMAGE_PIXELS` (a 20000 x 20000 photo with the default); lowered here so
+    that a small file triggers the same refusal."""
+    from lookwhere_hf import cli
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert cli.main(["predict", str(tmp_path / "big.png")]) == 2
+    error = capsys.readouterr().err
+    assert "too large to open safely" in error and "downscale" in error, error
+    assert error.count("\n") == 1, error  # one line, no traceback
+
+
+def test_cli_visualize_defaults_to_the_demo_checkpoint(tmp_path, images, capsys):
+    from lookwhere_hf import cli
+
+    images[0].save(tmp_path / "astronaut.png")
+    output = tmp_path / "where.png"
+    assert cli.main(["visualize", str(tmp_path / "astronaut.png"), "--output", str(output)]) == 0
+    assert Image.open(output).size == (1000, 500)
+    assert str(output) in capsys.readouterr().out

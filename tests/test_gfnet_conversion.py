@@ -96,7 +96,7 @@ def test_converted_model_matches_the_official_forward(converted, photo_batch):
         outputs = model(images, anytime=True)
 
     num_steps = CASES[converted.arch]["num_steps"]
-    logits = torch.stack(outputs.rung_logits)
+    logits = outputs.rung_logits.transpose(0, 1)
     assert logits.shape == expected.step_logits.shape == (num_steps, 4, NUM_CLASSES)
     scale = expected.step_logits.abs().max().item()
     assert 1.0 < scale < 1e3
@@ -123,7 +123,7 @@ def test_official_rule_reproduced_with_processor_inputs_in_float32(converted, ph
     assert torch.equal(outputs.crop_boxes, expected.crop_boxes[..., [1, 0, 3, 2]])
     top2 = expected.step_logits.topk(2, dim=-1).values
     assert (top2[..., 0] - top2[..., 1]).min() > 1e-3  # float32 differences (~1e-5 here) cannot swap the top class
-    assert torch.equal(torch.stack(outputs.rung_logits).argmax(-1), expected.step_logits.argmax(-1))
+    assert torch.equal(outputs.rung_logits.transpose(0, 1).argmax(-1), expected.step_logits.argmax(-1))
 
 
 @pytest.mark.slow
@@ -144,7 +144,7 @@ def test_release_size_resnet50_matches_the_official_forward(tmp_path, photo_batc
     scale = expected.step_logits.abs().max().item()
     # Depth 50 instead of < 40 layers: the bound scales with the depth, 2x covers it.
     atol = 2 * FLOAT64_LOGIT_RTOL * scale
-    torch.testing.assert_close(torch.stack(outputs.rung_logits), expected.step_logits, rtol=0, atol=atol)
+    torch.testing.assert_close(outputs.rung_logits.transpose(0, 1), expected.step_logits, rtol=0, atol=atol)
 
 
 # ----------------------------------------------------------------------------------------------------- metadata
@@ -181,13 +181,13 @@ def test_pipeline_runs_budgeted_with_the_stored_thresholds(converted, photos):
         anytime = model(**inputs, anytime=True)
         budgeted = model(**inputs)
     thresholds = model.config.budget_thresholds
-    confidence = torch.stack(anytime.rung_logits).softmax(-1).amax(-1)  # (T, B)
+    confidence = anytime.rung_logits.transpose(0, 1).softmax(-1).amax(-1)  # (T, B)
     gaps = (confidence[:-1] - torch.tensor(thresholds)[:, None]).abs()
     assert gaps.min() > 1e-4  # no confidence within float32 noise of its threshold
     passing = torch.cat([confidence[:-1] >= torch.tensor(thresholds)[:, None], torch.ones(1, len(images), dtype=bool)])
     exit_rung = passing.int().argmax(0)
     assert torch.equal(budgeted.exit_rung, exit_rung)
-    chosen = torch.stack(anytime.rung_logits)[exit_rung, torch.arange(len(images))]
+    chosen = anytime.rung_logits.transpose(0, 1)[exit_rung, torch.arange(len(images))]
     torch.testing.assert_close(budgeted.logits, chosen, rtol=0, atol=1e-4 * max(1.0, chosen.abs().max().item()))
     classify = pipeline("image-classification", model=model, image_processor=processor)
     predictions = classify([photos[name] for name in sorted(photos)], top_k=1)
@@ -213,7 +213,7 @@ def test_training_checkpoint_without_metadata_converts_with_flags(tmp_path):
     assert torch.equal(outputs.crop_boxes, expected.crop_boxes[..., [1, 0, 3, 2]])
     scale = expected.step_logits.abs().max().item()
     torch.testing.assert_close(
-        torch.stack(outputs.rung_logits), expected.step_logits, rtol=0, atol=FLOAT64_LOGIT_RTOL * scale
+        outputs.rung_logits.transpose(0, 1), expected.step_logits, rtol=0, atol=FLOAT64_LOGIT_RTOL * scale
     )
 
 

@@ -92,7 +92,7 @@ def images(count, seed=1, dtype=torch.float64, size=SIZE):
 
 
 def confidences_of(rung_logits):
-    return torch.stack([logits.softmax(-1).amax(-1) for logits in rung_logits], dim=1)  # (B, T)
+    return rung_logits.softmax(-1).amax(-1)  # (B, T)
 
 
 def corner_margin(centers: torch.Tensor, free: int) -> float:
@@ -114,22 +114,24 @@ def test_every_backbone_gives_the_documented_outputs_and_the_official_loss(backb
     batch, labels = images(3), torch.tensor([0, 3, 1])
     out = model(batch, labels=labels, return_policy=True)
     channels, height, width = model.policy.state_shape
-    assert len(out.rung_logits) == STEPS and all(r.shape == (3, NUM_LABELS) for r in out.rung_logits)
-    assert torch.equal(out.logits, out.rung_logits[-1])
+    assert out.rung_logits.shape == (3, STEPS, NUM_LABELS)
+    assert torch.equal(out.logits, out.rung_logits[:, -1])
     assert out.crop_boxes.shape == (3, STEPS - 1, 4) and out.crop_centers.shape == (3, STEPS - 1, 2)
     assert out.policy_states.shape == (3, STEPS - 1, channels, height, width)
     assert out.policy_actions.shape == (3, STEPS - 1, 2)
     assert out.policy_log_probs.shape == out.state_values.shape == (3, STEPS - 1)
-    assert out.exit_rung.tolist() == [STEPS - 1] * 3 and out.rung_flops.shape == (STEPS,)
-    assert bool((out.rung_flops[1:] > out.rung_flops[:-1]).all()) and torch.equal(out.flops, out.rung_flops[[-1] * 3])
+    assert out.exit_rung.tolist() == [STEPS - 1] * 3 and out.rung_flops.shape == (3, STEPS)
+    ladder = out.rung_flops[0]
+    assert bool((ladder[1:] > ladder[:-1]).all()) and torch.equal(out.flops, ladder[[-1] * 3])
+    assert bool((out.rung_flops == ladder).all())
     assert torch.equal(out.policy_actions, out.crop_centers)
     # every crop lies inside the image and has the patch size
     x0, y0, x1, y1 = out.crop_boxes.unbind(-1)
     assert bool((x0 >= 0).all() and (y0 >= 0).all() and (x1 <= SIZE).all() and (y1 <= SIZE).all())
     assert bool((x1 - x0 == PATCH).all() and (y1 - y0 == PATCH).all())
     # the official stage-1/3 loss: (sum of the step losses + dsn_ratio * sum of the encoder heads' losses) / T
-    expected = sum(F.cross_entropy(r, labels) for r in out.rung_logits)
-    expected = (expected + sum(F.cross_entropy(e, labels) for e in out.encoder_logits)) / STEPS
+    expected = sum(F.cross_entropy(r, labels) for r in out.rung_logits.unbind(1))
+    expected = (expected + sum(F.cross_entropy(e, labels) for e in out.encoder_logits.unbind(1))) / STEPS
     torch.testing.assert_close(out.loss, expected, **FLOAT64_TOLERANCE)
 
 
@@ -236,9 +238,9 @@ def test_budgeted_output_equals_the_anytime_output_at_each_exit_step(model):
     exits = budgeted.exit_rung
     assert len(set(exits.tolist())) >= 3  # the batch really splits over the steps
     assert torch.equal(exits, simulate_exits(confidences, thresholds))
-    expected = torch.stack([anytime.rung_logits[s][i] for i, s in enumerate(exits.tolist())])
+    expected = torch.stack([anytime.rung_logits[i, s] for i, s in enumerate(exits.tolist())])
     torch.testing.assert_close(budgeted.logits, expected, **FLOAT64_TOLERANCE)
-    assert torch.equal(budgeted.flops, anytime.rung_flops[exits]) and budgeted.rung_logits is None
+    assert torch.equal(budgeted.flops, anytime.rung_flops[0, exits]) and budgeted.rung_logits is None
     for i, s in enumerate(exits.tolist()):  # the same crops up to the exit, none after it
         assert torch.equal(budgeted.crop_boxes[i, :s], anytime.crop_boxes[i, :s])
         assert bool((budgeted.crop_boxes[i, s:] == -1).all()) and bool(budgeted.crop_centers[i, s:].isnan().all())
@@ -250,7 +252,7 @@ def test_an_image_exits_when_its_confidence_equals_the_threshold(model):
     threshold set to the batch's highest glance confidence (the same float64 numbers: the glance runs on the whole
     batch in both modes), exactly that image leaves at the glance."""
     batch = images(6)
-    glance = _confidence(model(batch, anytime=True).rung_logits[0])
+    glance = _confidence(model(batch, anytime=True).rung_logits[:, 0])
     top, second = glance.topk(2).values.tolist()
     assert top - second > 1e-6  # one image alone has the top confidence
     exits = model(batch, exit_thresholds=[top] + [NEVER_EXIT] * (STEPS - 2)).exit_rung
@@ -334,11 +336,11 @@ def test_official_mobilenet_style_concat_classifier_and_glance_head():
     batch, labels = images(2), torch.tensor([0, 1])
     out = model(batch, labels=labels)
     pooled, _ = model.glance_encoder(model.glance_view(batch))
-    torch.testing.assert_close(out.rung_logits[0], model.glance_head(pooled), **FLOAT64_TOLERANCE)
+    torch.testing.assert_close(out.rung_logits[:, 0], model.glance_head(pooled), **FLOAT64_TOLERANCE)
     assert list(dict(model.classifier.named_children())) == ["fc_2", "fc_3", "fc_4"]
     assert model.classifier.fc_4.in_features == 4 * model.feature_size
-    expected = sum(F.cross_entropy(r, labels) for r in out.rung_logits)
-    expected = (expected + 5.0 * sum(F.cross_entropy(e, labels) for e in out.encoder_logits)) / STEPS
+    expected = sum(F.cross_entropy(r, labels) for r in out.rung_logits.unbind(1))
+    expected = (expected + 5.0 * sum(F.cross_entropy(e, labels) for e in out.encoder_logits.unbind(1))) / STEPS
     torch.testing.assert_close(out.loss, expected, **FLOAT64_TOLERANCE)
 
 
@@ -351,11 +353,13 @@ def test_official_regnet_style_loss_supervises_the_grus_own_glance_logits():
     batch, labels = images(2), torch.tensor([0, 1])
     out = model(batch, labels=labels)
     pooled, _ = model.glance_encoder(model.glance_view(batch))
-    torch.testing.assert_close(out.rung_logits[0], model.glance_head(pooled), **FLOAT64_TOLERANCE)
+    torch.testing.assert_close(out.rung_logits[:, 0], model.glance_head(pooled), **FLOAT64_TOLERANCE)
     gru_logits = model.classifier.fc(model.classifier.rnn(pooled))
-    assert float((gru_logits - out.rung_logits[0]).abs().max()) > 0.1  # the two step-0 predictions differ
-    expected = F.cross_entropy(gru_logits, labels) + sum(F.cross_entropy(r, labels) for r in out.rung_logits[1:])
-    expected = (expected + sum(F.cross_entropy(e, labels) for e in out.encoder_logits)) / STEPS
+    assert float((gru_logits - out.rung_logits[:, 0]).abs().max()) > 0.1  # the two step-0 predictions differ
+    expected = F.cross_entropy(gru_logits, labels) + sum(
+        F.cross_entropy(r, labels) for r in out.rung_logits.unbind(1)[1:]
+    )
+    expected = (expected + sum(F.cross_entropy(e, labels) for e in out.encoder_logits.unbind(1))) / STEPS
     torch.testing.assert_close(out.loss, expected, **FLOAT64_TOLERANCE)
 
 

@@ -78,7 +78,8 @@ def test_discounted_returns_and_confidence_gains_by_hand():
     torch.testing.assert_close(discounted_returns(rewards, 0.5), expected.double(), **FLOAT64_TOLERANCE)
     torch.testing.assert_close(discounted_returns(rewards, 0.0), rewards, rtol=0, atol=0)
 
-    logits = [torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 3.0]])]
+    steps = [torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 3.0]])]
+    logits = torch.stack(steps, dim=1)  # (batch 2, steps 2, classes 2), as the model's `rung_logits`
     labels = torch.tensor([0, 1])
     sigmoid = torch.sigmoid(torch.tensor([[0.0, 2.0], [-1.0, 3.0]], dtype=torch.float64))  # p(true) of 2 classes
     confidences = true_class_confidences(logits, labels)
@@ -233,7 +234,7 @@ class StandInGlanceFocus(nn.Module):
             rung_logits.append(torch.stack([-margin / 2, margin / 2], dim=-1))
         return SimpleNamespace(
             logits=rung_logits[-1],
-            rung_logits=rung_logits,
+            rung_logits=torch.stack(rung_logits, dim=1),  # (B, T, C), as the model returns them
             policy_states=states,
             policy_actions=crop_centers,
             policy_log_probs=log_probs,
@@ -317,7 +318,7 @@ def _anytime(model, data, crop_centers=None) -> tuple[list[float], float]:
     model.eval()
     with torch.no_grad():
         outputs = model(images, crop_centers=crop_centers, anytime=True)
-    accuracy = [(logits.argmax(-1) == labels).double().mean().item() for logits in outputs.rung_logits]
+    accuracy = [(logits.argmax(-1) == labels).double().mean().item() for logits in outputs.rung_logits.unbind(1)]
     return accuracy, confidence_gains(outputs.rung_logits, labels).mean().item()
 
 
@@ -402,7 +403,7 @@ def _last_step_loss(model, data) -> float:
     images, labels = data
     model.eval()
     with torch.no_grad():
-        logits = model(images, anytime=True).rung_logits[-1]
+        logits = model(images, anytime=True).rung_logits[:, -1]
     return torch.nn.functional.cross_entropy(logits, labels).item()
 
 

@@ -115,7 +115,7 @@ def _assert_eval_grid(output_dir: Path, auto_class, grid: tuple[int, int]) -> No
     assert isinstance(processor, BeitImageProcessor) and not hasattr(processor, "low_res_size")
     size = processor.size["height"]
     with torch.no_grad():
-        assert model(torch.zeros(1, 3, size, size)).compressed_grid == grid
+        assert tuple(model(torch.zeros(1, 3, size, size)).compressed_grid[0].tolist()) == tuple(grid)
 
 
 # --------------------------------------------------------------------------------------------- end to end
@@ -366,7 +366,7 @@ def test_build_lookupvit_from_its_checkpoint_with_larger_grids_and_image_size(mo
     torch.testing.assert_close(embeddings.compressed_position_embeddings, expected, rtol=0, atol=0)  # the same op
     pixels = torch.randn(1, 3, 140, 140)
     with torch.no_grad():
-        assert model.eval()(pixels).compressed_grid == (6, 6)
+        assert model.eval()(pixels).compressed_grid[0].tolist() == [6, 6]
 
 
 def test_build_lookupvit_from_dinov2_and_from_vit(models):

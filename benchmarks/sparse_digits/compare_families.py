@@ -550,7 +550,7 @@ def _rung_gflops(model, inputs: dict) -> list[float]:
     """Cumulative GFLOPs per image of exiting at each rung (the model's own `rung_flops`)."""
 
     with torch.no_grad():
-        flops = model(**{key: value[:1] for key, value in inputs.items()}, anytime=True).rung_flops
+        flops = model(**{key: value[:1] for key, value in inputs.items()}, anytime=True).rung_flops[0]
     return [float(f) / 1e9 for f in flops]
 
 
@@ -586,8 +586,7 @@ def _collect(args, models: dict, processors: dict, split: ImageFolderSplit, budg
                 add(f"fixed/{ratio}", fixed(**lw, k=k).logits)
             for name in ("multirung", "random_rung"):
                 if name in models:
-                    rungs = models[name](**lw, anytime=True).rung_logits
-                    add(f"anytime/{name}", torch.stack([logits.softmax(-1) for logits in rungs], dim=1))
+                    add(f"anytime/{name}", models[name](**lw, anytime=True).rung_logits.softmax(-1))
             if "lookupvit" in models:
                 for g in args.compressed_grids:
                     add(f"lookupvit/{g}", models["lookupvit"](**inputs["lookupvit"], compressed_grid=g).logits)
@@ -724,10 +723,10 @@ def evaluate_glance_focus(args, model, processor, validation, test, teacher_gflo
             out.setdefault("boxes", []).append(processed_boxes(processor, boxes, images[0].size[0]))
             with torch.no_grad():
                 result = model(**inputs, anytime=True)
-                probs = torch.stack([logits.softmax(-1) for logits in result.rung_logits], dim=1)
+                probs = result.rung_logits.softmax(-1)
                 out.setdefault("probs", []).append(probs)
                 out.setdefault("crops", []).append(result.crop_boxes.double())
-                out["rung_gflops"] = [[float(f) / 1e9 for f in result.rung_flops]]
+                out["rung_gflops"] = [[float(f) / 1e9 for f in result.rung_flops[0]]]
                 for name, thresholds in budgets.items():
                     budgeted = model(**inputs, exit_thresholds=thresholds)
                     out.setdefault(f"budgeted/{name}", []).append(budgeted.logits)

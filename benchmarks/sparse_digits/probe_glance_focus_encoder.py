@@ -118,8 +118,8 @@ def evaluate_with_oracle_crops(args) -> dict:
         oracle = oracle[:, None, :].expand(-1, steps - 1, -1).contiguous()
         with torch.no_grad():
             for name, extra in (("policy", {}), ("oracle", {"crop_centers": oracle})):
-                rungs = model(**inputs, anytime=True, **extra).rung_logits
-                per_step[name] += torch.tensor([float((r.argmax(-1) == labels).sum()) for r in rungs])
+                rungs = model(**inputs, anytime=True, **extra).rung_logits  # (B, steps, C)
+                per_step[name] += (rungs.argmax(-1) == labels[:, None]).sum(0).float()
     result = {name: (values / len(split)).tolist() for name, values in per_step.items()}
     print(f"{args.gf_model}: validation accuracy per step, own policy {result['policy']}, oracle crops "
           f"{result['oracle']}")  # fmt: skip

@@ -281,7 +281,7 @@ def collect_anytime_outputs(model, eval_data, batch_size: int = 16, progress: bo
             if batch.get("low_res_pixel_values") is not None:
                 inputs["low_res_pixel_values"] = batch["low_res_pixel_values"].to(device)
             outputs = model(**inputs, anytime=True)
-            batch_flops = outputs.rung_flops.cpu().tolist()
+            batch_flops = outputs.rung_flops[0].cpu().tolist()  # every row is the same ladder
             size = tuple(pixel_values.shape[-2:])
             if rung_flops is not None and (batch_flops != rung_flops or size != image_size):
                 raise ValueError(
@@ -289,7 +289,7 @@ def collect_anytime_outputs(model, eval_data, batch_size: int = 16, progress: bo
                     "Resize every image to the size you will run at (the image processor does)."
                 )
             rung_flops, image_size = batch_flops, size
-            probabilities.append(torch.stack([logits.float().softmax(-1) for logits in outputs.rung_logits], 1).cpu())
+            probabilities.append(outputs.rung_logits.float().softmax(-1).cpu())
             labels.append(torch.as_tensor(batch["labels"] if "labels" in batch else batch["label"]).cpu())
     finally:
         model.train(was_training)

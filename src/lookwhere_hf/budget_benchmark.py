@@ -85,12 +85,12 @@ def _measure_budget(job: dict) -> dict:
     counts = exit_counts(job["exit_eighths"], batch_size)
     with torch.inference_mode():
         anytime = model(pixel_values, anytime=True)
-        confidences = torch.stack([logits.softmax(-1).amax(-1) for logits in anytime.rung_logits])
+        confidences = anytime.rung_logits.softmax(-1).amax(-1).T  # (num_rungs, batch_size)
         thresholds = forced_exit_thresholds(confidences, counts)
         budgeted = model(pixel_values, exit_thresholds=thresholds)
         exits = torch.bincount(budgeted.exit_rung, minlength=len(counts)).tolist()
         mean_flops = float(budgeted.flops.double().mean())
-        rung_k = budgeted.rung_k.tolist()
+        rung_k = budgeted.rung_k[0].tolist()
         mean_k = sum(rung_k[r] * n for r, n in enumerate(exits)) / batch_size
         num_patches = (size // config.patch_size) ** 2
 
@@ -108,7 +108,7 @@ def _measure_budget(job: dict) -> dict:
     return {
         "exits": exits,
         "rung_k": rung_k,
-        "rung_gflops": [f / 1e9 for f in budgeted.rung_flops.tolist()],
+        "rung_gflops": [f / 1e9 for f in budgeted.rung_flops[0].tolist()],
         "mean_gflops": mean_flops / 1e9,
         "mean_k": mean_k,
         "k_equal_flops": k_equal_flops,

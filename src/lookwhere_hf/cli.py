@@ -86,6 +86,11 @@ def _open_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise CLIError(
+            f"{path} is too large to open safely ({err}); downscale it first (the model resizes every image to its "
+            "input size anyway)"
+        ) from None
     except (UnidentifiedImageError, OSError) as err:
         raise CLIError(f"cannot read {path} as an image ({type(err).__name__}); pass a PNG/JPEG/... file") from None
 
@@ -118,10 +123,20 @@ def _load(auto_class, model_path: str, k_ratio: float | None, families: tuple[st
     CLIErrors. `k_ratio` is LookWhere's fixed k (it turns saved budget thresholds off)."""
     hf_logging.set_verbosity_error()  # e.g. the "unexpected classifier weights" report when loading the bare model
     try:
-        model = auto_class.from_pretrained(model_path).eval()
+        model, loading = auto_class.from_pretrained(model_path, output_loading_info=True)
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CLIError(f"could not load a model from {model_path!r}: {first}") from None
+    model.eval()
+    if loading["missing_keys"]:  # transformers would fill them with random weights: the answers would be noise
+        saved = ", ".join(getattr(model.config, "architectures", None) or []) or "an unnamed class"
+        missing = sorted(loading["missing_keys"])
+        raise CLIError(
+            f"{model_path!r} holds a {saved}, which lacks what {type(model).__name__} needs "
+            f"({len(missing)} weights, e.g. {missing[0]!r}); transformers would fill them with random values. "
+            "Pass a folder saved from the right class (for `predict`: a fine-tuned ...ForImageClassification, "
+            "e.g. from examples/pytorch/image-classification/run_image_classification.py)"
+        )
     model_type = getattr(model.config, "model_type", None)
     if model_type not in families:
         wanted = " or ".join(repr(family) for family in families)
@@ -488,7 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the selector and extractor on IMAGE and saves a two-panel PNG (1000x500 px).",
     )
     visualize.add_argument("image", metavar="IMAGE", help="image file")
-    visualize.add_argument("--model", required=True, help="LookWhere model folder or Hub id")
+    visualize.add_argument(
+        "--model", default=None, help="LookWhere model folder or Hub id (default: the shipped demo checkpoint)"
+    )
     visualize.add_argument("--output", required=True, metavar="PNG", help="output .png file")
     visualize.add_argument(
         "--k-ratio", type=k_ratio_argument, default=None, help="fraction of high-res patches computed, in (0, 1]"

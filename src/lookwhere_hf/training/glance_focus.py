@@ -34,7 +34,6 @@ example by [`SeededDataset`]; the policy's samples (stages 2 and 3) come from th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,17 +108,19 @@ class PPOSettings:
 
 
 # ----------------------------------------------------------------------------------------------- rewards
-def true_class_confidences(rung_logits: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+def true_class_confidences(rung_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The softmax probability of the true class after every step.
 
     Args:
-        rung_logits (`Sequence[torch.Tensor]`): `T` tensors of shape `(batch_size, num_labels)`.
+        rung_logits (`torch.Tensor` of shape `(batch_size, T, num_labels)`): the model output's `rung_logits`.
         labels (`torch.LongTensor` of shape `(batch_size,)`).
 
     Returns:
         `torch.Tensor` of shape `(batch_size, T)` (float32 or wider).
     """
-    logits = torch.stack([step.float() for step in rung_logits], dim=1)  # (B, T, C)
+    if rung_logits.ndim != 3:
+        raise ValueError(f"`rung_logits` must have shape (batch_size, T, num_labels), got {tuple(rung_logits.shape)}.")
+    logits = rung_logits.float()
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"`labels` must have shape ({logits.shape[0]},), got {tuple(labels.shape)}.")
     if labels.is_floating_point() or bool((labels < 0).any() or (labels >= logits.shape[-1]).any()):
@@ -131,7 +132,7 @@ def true_class_confidences(rung_logits: Sequence[torch.Tensor], labels: torch.Te
     return logits.softmax(dim=-1).gather(-1, index).squeeze(-1)
 
 
-def confidence_gains(rung_logits: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+def confidence_gains(rung_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The reward of every focus step: the gain of the true class's softmax probability over the previous step
     (the glance for the first focus step).
 
@@ -433,7 +434,7 @@ class GlanceFocusStage(nn.Module):
             log_probs=outputs.policy_log_probs,
             returns=returns,
             reward=rewards.mean(),
-            logits=outputs.rung_logits[-1],
+            logits=outputs.rung_logits[:, -1],
         )
 
     def _ppo_forward(self, pixel_values, labels, ppo_epoch: int, **inputs) -> GlanceFocusStageOutput:

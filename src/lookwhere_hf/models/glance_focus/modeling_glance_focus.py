@@ -518,6 +518,9 @@ class GlanceFocusForImageClassification(GlanceFocusPreTrainedModel):
 
         ```python
         >>> model = GlanceFocusForImageClassification.from_backbone("microsoft/resnet-50", num_labels=10, patch_size=96)
+        >>> model.save_pretrained("my-gfnet")  # and the matching processor: `pipeline(model=folder)` needs both
+        >>> from lookwhere_hf import image_processor_for  # = GlanceFocusImageProcessor.from_model_config(model.config)
+        >>> image_processor_for(model).save_pretrained("my-gfnet")
         ```
         """
         if isinstance(backbone, (str, os.PathLike)):

@@ -415,6 +415,16 @@ class LookupViTPreTrainedModel(PreTrainedModel):
         and LayerScales, and the task head. The CLS token and the pooler are dropped. `config_kwargs` are further
         [`LookupViTConfig`] fields (`compressed_grid`, `compressed_grids`, `lookup_mlp_ratio`, `num_labels`,
         `image_size`, ...); `patch_size` must stay the backbone's.
+
+        Example (save the matching image processor next to the model: `pipeline(model=folder)` needs both):
+
+        ```python
+        >>> from lookwhere_hf import LookupViTForImageClassification, image_processor_for
+
+        >>> model = LookupViTForImageClassification.from_vit("google/vit-base-patch16-224", num_labels=10)
+        >>> model.save_pretrained("my-lookupvit")
+        >>> image_processor_for(model).save_pretrained("my-lookupvit")  # = lookupvit_image_processor(model.config)
+        ```
         """
         backbone = _load_backbone(vit, ("vit",))
         vit_config = backbone.config
@@ -434,7 +444,8 @@ class LookupViTPreTrainedModel(PreTrainedModel):
         LayerScales, MLP or SwiGLU) into `compressed_layer`; the final `layernorm` into both final norms. Newly
         initialised: the gather and scatter cross-attentions, the lookup MLP and their norms and LayerScales, and the
         task head. CLS, register and mask tokens are dropped. `config_kwargs` are further [`LookupViTConfig`] fields;
-        `patch_size` must stay the backbone's.
+        `patch_size` must stay the backbone's. Save the processor next to the model as in [`from_vit`]:
+        `image_processor_for(model).save_pretrained(folder)`.
         """
         backbone = _load_backbone(dinov2, ("dinov2_with_registers", "dinov2"))
         dcfg = backbone.config
@@ -758,8 +769,8 @@ class LookupViTForSemanticSegmentation(_LookupViTTaskModel):
 
 def lookupvit_image_processor(config: LookupViTConfig, **overrides):
     """The one-view image processor for a LookupViT config: transformers' `BeitImageProcessor` (resize to
-    `config.image_size`, RGB conversion, rescale, ImageNet normalization; no crop, no label reduction), which also has the
-    `post_process_semantic_segmentation` that `pipeline("image-segmentation")` calls. `overrides` are further
+    `config.image_size`, RGB conversion, rescale, ImageNet normalization; no crop, no label reduction), which also has
+    the `post_process_semantic_segmentation` that `pipeline("image-segmentation")` calls. `overrides` are further
     `BeitImageProcessor` arguments (e.g. `image_mean` / `image_std` of the ViT a model was initialised from)."""
     from transformers import BeitImageProcessor
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD

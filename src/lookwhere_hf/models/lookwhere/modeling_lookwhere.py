@@ -634,6 +634,16 @@ class LookWherePreTrainedModel(PreTrainedModel):
             high_res_size (`int`, *optional*): the extractor's image size; defaults to the teacher's `image_size`.
             k_ratio (`float`): fraction of high-res patches the extractor sees.
             config_kwargs: other [`LookWhereConfig`] fields (`num_labels`, `id2label`, `freeze_selector`, ...).
+
+        Example (save the matching image processor next to the model: `pipeline(model=folder)` needs both):
+
+        ```python
+        >>> from lookwhere_hf import LookWhereForImageClassification, image_processor_for
+
+        >>> model = LookWhereForImageClassification.from_dinov2("facebook/dinov2-with-registers-base", num_labels=10)
+        >>> model.save_pretrained("my-lookwhere")
+        >>> image_processor_for(model).save_pretrained("my-lookwhere")  # = LookWhereImageProcessor.from_model_config
+        ```
         """
         teacher = _load_dinov2(dinov2)
         tcfg = teacher.config
