@@ -65,7 +65,7 @@ import torch
 from transformers import HfArgumentParser, ResNetConfig, TimmWrapperConfig
 
 from ...budget import NEVER_EXIT
-from ..lookwhere.convert_lookwhere_original_to_hf import ConversionError, _first_line, _listing, push_folder_to_hub
+from ..conversion_utils import ConversionError, first_line, name_listing, push_folder_to_hub
 from .configuration_glance_focus import GlanceFocusConfig
 from .image_processing_glance_focus import GlanceFocusImageProcessor
 from .modeling_glance_focus import GlanceFocusForImageClassification
@@ -120,14 +120,14 @@ def load_original_checkpoint(checkpoint_path: str | os.PathLike, allow_pickle: b
     except pickle.UnpicklingError as err:
         if magic[:2] == b"PK" or magic[:1] == b"\x80":
             raise ConversionError(
-                f"{str(path)!r} holds Python objects other than tensors and plain containers ({_first_line(err)}). "
+                f"{str(path)!r} holds Python objects other than tensors and plain containers ({first_line(err)}). "
                 "If you trust the file (e.g. downloaded from the official release links), pass --allow_pickle to "
                 "unpickle it."
             ) from None
-        raise ConversionError(f"{str(path)!r} is not a PyTorch checkpoint ({_first_line(err)}). {official}") from None
+        raise ConversionError(f"{str(path)!r} is not a PyTorch checkpoint ({first_line(err)}). {official}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as err:
         state = "is truncated or corrupted" if magic == b"PK\x03\x04" else "is not a PyTorch checkpoint"
-        raise ConversionError(f"{str(path)!r} {state} ({_first_line(err)}). {official}") from None
+        raise ConversionError(f"{str(path)!r} {state} ({first_line(err)}). {official}") from None
     return normalize_checkpoint(checkpoint, str(path))
 
 
@@ -145,7 +145,7 @@ def normalize_checkpoint(checkpoint, name: str = "the checkpoint") -> dict:
                 "(or the released files)."
             )
         raise ConversionError(
-            f"{name} lacks {missing} (it has {_listing(checkpoint)}); an official GFNet checkpoint has "
+            f"{name} lacks {missing} (it has {name_listing(checkpoint)}); an official GFNet checkpoint has "
             f"{required} plus model_name, patch_size and flops.{hint}"
         )
     normalized = dict(checkpoint)
@@ -155,7 +155,7 @@ def normalize_checkpoint(checkpoint, name: str = "the checkpoint") -> dict:
             raise ConversionError(f"{name}[{key!r}] must be a non-empty state dict, got {type(state).__name__}.")
         not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
         if not_tensors:
-            raise ConversionError(f"{name}[{key!r}] holds non-tensor entries: {_listing(not_tensors)}.")
+            raise ConversionError(f"{name}[{key!r}] holds non-tensor entries: {name_listing(not_tensors)}.")
         if all(str(k).startswith(DATA_PARALLEL_PREFIX) for k in state):
             state = {k[len(DATA_PARALLEL_PREFIX) :]: v for k, v in state.items()}
         normalized[key] = state
@@ -261,7 +261,7 @@ def read_architecture(
             )
     else:
         raise ConversionError(
-            f"fc has neither a GRU (rnn.weight_ih_l0) nor a cascade (fc_2.weight); its keys: {_listing(fc)}."
+            f"fc has neither a GRU (rnn.weight_ih_l0) nor a cascade (fc_2.weight); its keys: {name_listing(fc)}."
         )
 
     # The encoders' last feature map, which the policy reads: ResNet layer4's output, MobileNet-V3's blocks' output
@@ -435,14 +435,16 @@ def convert_state_dict(
     parts.append(("fc", [(src, f"classifier.{dst}") for src, dst in classifier_rename_table(arch)]))
     unknown = [dst for _, table in parts for _, dst in table if dst not in target_shapes]
     if unknown:  # the tables and the model disagree: a bug here, not a bad checkpoint
-        raise RuntimeError(f"The rename tables name tensors the model does not have: {_listing(unknown)}.")
+        raise RuntimeError(f"The rename tables name tensors the model does not have: {name_listing(unknown)}.")
 
     converted, leftover, skipped = {}, [], []
     for part, table in parts:
         state = checkpoint[part]
         missing = [src for src, _ in table if src not in state]
         if missing:
-            raise ConversionError(f"{part} lacks {_listing(missing)}: every tensor of the official layout is needed.")
+            raise ConversionError(
+                f"{part} lacks {name_listing(missing)}: every tensor of the official layout is needed."
+            )
         wrong = [
             f"{src}: {tuple(state[src].shape)} (expected {tuple(target_shapes[dst])})"
             for src, dst in table
@@ -465,14 +467,14 @@ def convert_state_dict(
     if leftover:
         raise ConversionError(
             f"{len(leftover)} tensor(s) of the checkpoint have no place in the model, so converting would silently "
-            f"drop them: {_listing(leftover)}. This is not the official {arch.model_name} layout."
+            f"drop them: {name_listing(leftover)}. This is not the official {arch.model_name} layout."
         )
     # The official actor outputs (row, column); ours (x, y) = (column, row).
     for key in ("policy.actor.0.weight", "policy.actor.0.bias"):
         converted[key] = converted[key].flip(0).contiguous()
     unfilled = sorted(set(target_shapes) - set(converted))
     if unfilled:
-        raise ConversionError(f"The checkpoint leaves model tensors empty: {_listing(unfilled)}.")
+        raise ConversionError(f"The checkpoint leaves model tensors empty: {name_listing(unfilled)}.")
     return converted, skipped
 
 
@@ -694,11 +696,11 @@ def convert_checkpoint(
     model.load_state_dict(state_dict, strict=True, assign=True)
     left_on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if left_on_meta:  # e.g. a non-persistent buffer, which no state dict fills
-        raise RuntimeError(f"Tensors without values after loading the checkpoint: {_listing(left_on_meta)}.")
+        raise RuntimeError(f"Tensors without values after loading the checkpoint: {name_listing(left_on_meta)}.")
     num_parameters = sum(p.numel() for p in model.parameters())
     log(
         f"Mapped {len(state_dict)} tensors onto the model ({num_parameters / 1e6:.1f}M values); none missing."
-        + (f" Left out, as a {arch.num_steps}-step model never uses them: {_listing(skipped)}." if skipped else "")
+        + (f" Left out, as a {arch.num_steps}-step model never uses them: {name_listing(skipped)}." if skipped else "")
     )
 
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -42,28 +42,13 @@ from transformers import HfArgumentParser
 
 from ...flops import mlp_width
 from ...model_cards import ORIGINAL_WEIGHTS, conversion_provenance, render_model_card
-from ...utils import hub_offline
+from ..conversion_utils import ConversionError, first_line, name_listing, push_folder_to_hub
 from .configuration_lookwhere import LookWhereConfig
 from .image_processing_lookwhere import LookWhereImageProcessor
 from .modeling_lookwhere import LookWhereModel
 
 VARIANTS = ("auto", "dinov2", "franca")
 HEAD_KEYS = ("w1.weight", "w1.bias", "w2.weight", "w2.bias")
-
-
-class ConversionError(ValueError):
-    """A checkpoint could not be converted; the message says what was wrong and what to do."""
-
-
-def _listing(names, limit: int = 12) -> str:
-    names = sorted(map(str, names))
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return f"[{shown}{f', ... ({len(names)} in all)' if len(names) > limit else ''}]"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -95,16 +80,16 @@ def load_original_checkpoint(checkpoint_path: str | os.PathLike) -> dict:
             raise ConversionError(
                 f"{str(path)!r} holds Python objects other than tensors and plain containers, so it is not an official "
                 f"LookWhere checkpoint (those load with weights_only=True). Refusing to unpickle it "
-                f"({_first_line(err)})."
+                f"({first_line(err)})."
             ) from None
-        raise ConversionError(f"{not_torch} ({_first_line(err)}). {official}") from None
+        raise ConversionError(f"{not_torch} ({first_line(err)}). {official}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as err:
         if magic == b"PK\x03\x04":
             raise ConversionError(
                 f"{str(path)!r} looks like a PyTorch checkpoint but cannot be read: it is truncated or corrupted "
-                f"({_first_line(err)}). Download it again ({ORIGINAL_WEIGHTS}) and compare its size."
+                f"({first_line(err)}). Download it again ({ORIGINAL_WEIGHTS}) and compare its size."
             ) from None
-        raise ConversionError(f"{not_torch} ({_first_line(err)}). {official}") from None
+        raise ConversionError(f"{not_torch} ({first_line(err)}). {official}") from None
     _check_layout(checkpoint, str(path))
     return checkpoint
 
@@ -118,12 +103,12 @@ def _check_layout(checkpoint, name: str) -> None:
         raise ConversionError(f"{name} holds a {type(checkpoint).__name__}; an official checkpoint is {expected}.")
     if set(checkpoint) != {"selector", "extractor"}:
         raise ConversionError(
-            f"{name} has top-level keys {_listing(checkpoint)}; an official LookWhere checkpoint has exactly "
+            f"{name} has top-level keys {name_listing(checkpoint)}; an official LookWhere checkpoint has exactly "
             f"'selector' and 'extractor': {expected}."
         )
     selector = checkpoint["selector"]
     if not isinstance(selector, dict) or set(selector) != {"backbone", "head"}:
-        keys = _listing(selector) if isinstance(selector, dict) else type(selector).__name__
+        keys = name_listing(selector) if isinstance(selector, dict) else type(selector).__name__
         raise ConversionError(
             f"{name}['selector'] must have keys 'backbone' and 'head', got {keys}. Expected {expected}."
         )
@@ -136,7 +121,7 @@ def _check_layout(checkpoint, name: str) -> None:
             raise ConversionError(f"{name}['{part}'] must be a non-empty state dict, got {type(state).__name__}.")
         not_tensors = [str(key) for key, value in state.items() if not isinstance(value, torch.Tensor)]
         if not_tensors:
-            raise ConversionError(f"{name}['{part}'] holds non-tensor entries: {_listing(not_tensors)}.")
+            raise ConversionError(f"{name}['{part}'] holds non-tensor entries: {name_listing(not_tensors)}.")
 
 
 # --------------------------------------------------------------------------------------------------- architecture
@@ -340,12 +325,14 @@ def convert_state_dict(
     unknown = [prefix + dst for _, _, prefix, table in parts for _, dsts in table for dst in dsts]
     unknown = [name for name in unknown if name not in target_shapes]
     if unknown:  # the rename table and the model's parameter names disagree: a bug, not a bad checkpoint
-        raise RuntimeError(f"The rename table names parameters LookWhereModel does not have: {_listing(unknown)}.")
+        raise RuntimeError(f"The rename table names parameters LookWhereModel does not have: {name_listing(unknown)}.")
     converted, leftover = {}, []
     for part, state, prefix, table in parts:
         missing = [src for src, _ in table if src not in state]
         if missing:
-            raise ConversionError(f"{part} lacks {_listing(missing)}: every tensor of the official layout is needed.")
+            raise ConversionError(
+                f"{part} lacks {name_listing(missing)}: every tensor of the official layout is needed."
+            )
         wrong = []
         for src, destinations in table:
             first = target_shapes[prefix + destinations[0]]
@@ -362,15 +349,15 @@ def convert_state_dict(
     if leftover:
         raise ConversionError(
             f"{len(leftover)} tensor(s) of the checkpoint have no place in LookWhereModel, so converting would "
-            f"silently drop them: {_listing(leftover)}. This is not the official LookWhere layout (or an unsupported "
-            "variant)."
+            f"silently drop them: {name_listing(leftover)}. This is not the official LookWhere layout (or an "
+            "unsupported variant)."
         )
     for name, shape in target_shapes.items():  # parameters without values, e.g. 0 register tokens
         if name not in converted and math.prod(shape) == 0:
             converted[name] = torch.zeros(shape)
     unfilled = sorted(set(target_shapes) - set(converted))
     if unfilled:
-        raise ConversionError(f"The checkpoint leaves LookWhereModel parameters empty: {_listing(unfilled)}.")
+        raise ConversionError(f"The checkpoint leaves LookWhereModel parameters empty: {name_listing(unfilled)}.")
     return converted
 
 
@@ -413,33 +400,6 @@ def self_check(output_dir: str | os.PathLike, reference_model: LookWhereModel, l
         f"{diff:.2g})."
     )
     return report
-
-
-def push_folder_to_hub(
-    output_dir: str | os.PathLike, repo_id: str, log=print, commit_message: str = "Upload LookWhere"
-) -> str:
-    """Upload a converted folder to the Hub (`create_repo` + `upload_folder`), with clear errors (every converter's
-    `--push_to_hub`)."""
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
-        raise ConversionError(f"--push_to_hub expects a repo id like 'USER/MODEL_NAME', got {repo_id!r}.")
-    later = (
-        f"The converted model is complete in {str(output_dir)!r}; upload it later: `hf upload {repo_id} {output_dir}`."
-    )
-    if hub_offline():
-        raise ConversionError(f"Cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE). {later}")
-    import huggingface_hub
-
-    try:
-        huggingface_hub.create_repo(repo_id, exist_ok=True, repo_type="model")
-        huggingface_hub.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message=commit_message)
-    except Exception as err:  # network, authentication and permission errors all end here
-        raise ConversionError(
-            f"Pushing to the Hub repo {repo_id!r} failed ({type(err).__name__}: {_first_line(err)}). Check your "
-            f"network and that you are logged in (`hf auth login`) with write access. {later}"
-        ) from None
-    url = f"https://huggingface.co/{repo_id}"
-    log(f"Pushed {output_dir} to {url}.")
-    return url
 
 
 # --------------------------------------------------------------------------------------------------- conversion
