@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 from transformers.utils import logging as hf_logging
 
+from . import demo_assets
 from .benchmarking import build_full_resolution_model, random_weight_model, time_interleaved
+from .demo_assets import ASSETS
 from .flops import format_flops, full_resolution_flops, lookwhere_flops
 from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.convert_lookwhere_original_to_hf import main as convert_main
@@ -40,8 +42,6 @@ from .visualization import save_selection_figure
 __all__ = ["main", "default_demo_model_path", "demo_image_paths"]
 
 PROG = "lookwhere-hf"
-ASSETS = Path(__file__).resolve().parent / "assets"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 class CLIError(Exception):
@@ -57,17 +57,13 @@ class _Parser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------------------------------- helpers
 def default_demo_model_path() -> str | None:
-    """The trained demo checkpoint shipped in the package (`lookwhere_hf/assets/demo_model/`), or None if absent."""
-    folder = ASSETS / "demo_model"
-    return str(folder) if (folder / "config.json").is_file() else None
+    """[`lookwhere_hf.demo_assets.default_demo_model_path`] in this module's `ASSETS` (the package's assets)."""
+    return demo_assets.default_demo_model_path(ASSETS)
 
 
 def demo_image_paths() -> list[str]:
-    """The example images shipped with the demo checkpoint (`lookwhere_hf/assets/demo_images/`), sorted by name."""
-    folder = ASSETS / "demo_images"
-    if not folder.is_dir():
-        return []
-    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """[`lookwhere_hf.demo_assets.demo_image_paths`] in this module's `ASSETS` (the package's assets)."""
+    return demo_assets.demo_image_paths(ASSETS)
 
 
 def _check_image_files(paths) -> list[Path]:

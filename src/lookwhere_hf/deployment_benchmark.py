@@ -53,7 +53,7 @@ def top_k_overlap(indices: torch.Tensor, reference: torch.Tensor) -> float:
 def _bf16_overlaps(model: LookWhereModel, resolution: int, k: int) -> dict[str, float]:
     """bf16-vs-fp32 selection overlap on real images: the benchmark model on photos, the shipped demo checkpoint on
     its example images (whatever of the two is available)."""
-    from .cli import default_demo_model_path, demo_image_paths
+    from .demo_assets import default_demo_model_path, demo_image_paths
     from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
 
     def overlap(net, pixel_values, k_) -> float:

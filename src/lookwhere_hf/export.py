@@ -383,7 +383,7 @@ def _check_inputs(model, image_size: int, batch_size: int, check_image) -> dict[
     generator = torch.Generator().manual_seed(0)
     random_input = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
     if check_image is None:
-        from .cli import demo_image_paths
+        from .demo_assets import demo_image_paths
 
         paths = demo_image_paths()
         if not paths:
