@@ -46,6 +46,7 @@ __all__ = [
     "calibrate_budget",
     "collect_anytime_outputs",
     "fit_budget_thresholds",
+    "profile_thresholds",
     "simulate_exits",
 ]
 
@@ -112,7 +113,7 @@ def simulate_exits(confidences: torch.Tensor, thresholds: Sequence[float]) -> to
     return passes.to(torch.int8).argmax(dim=1)  # the first True (the last column is always True)
 
 
-def _profile_thresholds(confidences: torch.Tensor, shares: torch.Tensor) -> list[float]:
+def profile_thresholds(confidences: torch.Tensor, shares: torch.Tensor) -> list[float]:
     """Thresholds that make `shares[t]` of the images exit at rung `t` (ties may make a few more leave early)."""
     num_images, num_rungs = confidences.shape
     cumulative = torch.round(torch.cumsum(shares, 0) * num_images).long().tolist()
@@ -206,7 +207,7 @@ def fit_budget_thresholds(
     for p, rungs in profiles:
         shares = torch.zeros(num_rungs, dtype=torch.float64)
         shares[rungs] = torch.pow(torch.tensor(p, dtype=torch.float64), torch.arange(len(rungs)))
-        thresholds = _profile_thresholds(confidences, shares / shares.sum())
+        thresholds = profile_thresholds(confidences, shares / shares.sum())
         exits = simulate_exits(confidences, thresholds)
         mean_flops = float(rung_flops[exits].mean())
         if mean_flops > target_flops:

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from .benchmarking import random_weight_model, run_in_fresh_process, time_interleaved
-from .budget import _profile_thresholds, simulate_exits
+from .budget import profile_thresholds, simulate_exits
 from .flops import lookwhere_flops
 from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.modeling_lookwhere import LookWhereForImageClassification
@@ -63,7 +63,7 @@ def forced_exit_thresholds(confidences: torch.Tensor, counts: list[int]) -> list
     if len(counts) != num_rungs or sum(counts) != batch_size or min(counts) < 0:
         raise ValueError(f"Exit counts {counts} must give one count per rung ({num_rungs}) summing to {batch_size}.")
     shares = torch.tensor(counts, dtype=torch.float64) / batch_size
-    thresholds = _profile_thresholds(confidences.T, shares)
+    thresholds = profile_thresholds(confidences.T, shares)
     got = torch.bincount(simulate_exits(confidences.T, thresholds), minlength=num_rungs).tolist()
     if got != list(counts):
         rung = next(r for r, (a, b) in enumerate(zip(got, counts)) if a != b)

@@ -454,7 +454,8 @@ def _check_positive(args, flags: tuple[str, ...]) -> None:
             raise ArgumentError(f"--{flag} must be a positive number, got {value}.")
 
 
-def _validate_data_source(data_args: DataArguments) -> None:
+def validate_data_source(data_args: DataArguments) -> None:
+    """Raise [`ArgumentError`] unless `data_args` name a dataset or local image folders."""
     validation_dir = getattr(data_args, "validation_dir", None)
     if data_args.dataset_name is None and data_args.train_dir is None and validation_dir is None:
         raise ArgumentError(
@@ -622,7 +623,7 @@ def validate_arguments(model_args: ModelArguments, data_args: DataTrainingArgume
             raise ArgumentError(f"--calibrate_budget must be a positive number of GFLOPs per image, got {budget}.")
     if not 0.0 < data_args.train_val_split < 1.0:
         raise ArgumentError(f"--train_val_split must be in (0, 1), got {data_args.train_val_split}.")
-    _validate_data_source(data_args)
+    validate_data_source(data_args)
     if push_to_hub and hub_offline():
         raise ArgumentError("--push_to_hub needs the Hub, but HF_HUB_OFFLINE is set. Drop --push_to_hub or go online.")
     _, _, config, family = check_model_source(model_args)
@@ -667,7 +668,7 @@ def validate_pretraining_arguments(
             f"Need 1 <= --k_min <= --k_max (patches the extractor sees per step), got k_min={k_min}, k_max={k_max}."
         )
     _check_positive(model_args, ("selector_depth",))
-    _validate_data_source(data_args)
+    validate_data_source(data_args)
     teacher = load_checkpoint_config(
         "--teacher_name_or_path", model_args.teacher_name_or_path, DINOV2_MODEL_TYPES, model_args
     )

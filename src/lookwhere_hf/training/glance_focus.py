@@ -44,7 +44,7 @@ from transformers.utils import ModelOutput
 
 from ..budget import BUDGET_CONFIG_FIELDS
 from .arguments import ArgumentError
-from .transforms import _rgb, processor_size
+from .transforms import processor_size, to_rgb
 
 __all__ = [
     "GlanceFocusArguments",
@@ -487,7 +487,7 @@ class GlanceFocusTransform:
         )
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
-        images = [_rgb(image) for image in batch[self.image_column]]
+        images = [to_rgb(image) for image in batch[self.image_column]]
         if self.augment is not None:
             augmented = [self.augment(image) for image in images]
             inputs = self.processor(augmented, return_tensors="pt", do_resize=False, do_center_crop=False)
@@ -617,12 +617,12 @@ class GlanceFocusArguments:
 def validate_glance_focus_arguments(gf_args: GlanceFocusArguments, data_args, hub) -> None:
     """Check the script's flags before data or weights are loaded: the stage flags, the data source, the loop flags
     that the stage constrains, and that `--model_name_or_path` is a Glance-and-Focus checkpoint."""
-    from .arguments import GLANCE_FOCUS_MODEL_TYPES, _validate_data_source, load_checkpoint_config
+    from .arguments import GLANCE_FOCUS_MODEL_TYPES, load_checkpoint_config, validate_data_source
 
     gf_args.validate()
     if not 0.0 < data_args.train_val_split < 1.0:
         raise ArgumentError(f"--train_val_split must be in (0, 1), got {data_args.train_val_split}.")
-    _validate_data_source(data_args)
+    validate_data_source(data_args)
     if gf_args.model_name_or_path:
         hint = " Stage 1 can start from a vision backbone with --backbone_name_or_path."
         load_checkpoint_config("--model_name_or_path", gf_args.model_name_or_path, GLANCE_FOCUS_MODEL_TYPES, hub, hint)

@@ -20,7 +20,8 @@ def processor_size(processor) -> tuple[int, int]:
     return int(size["height"]), int(size["width"])
 
 
-def _rgb(image):
+def to_rgb(image):
+    """An RGB `PIL.Image` from a `PIL.Image` of any mode or an array (grayscale `(H, W)` is repeated 3 times)."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
@@ -52,7 +53,7 @@ class ClassificationTransform:
         self.augment = v2.Compose([v2.RandomResizedCrop(processor_size(processor)), v2.RandomHorizontalFlip()])
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
-        images = [_rgb(image) for image in batch[self.image_column]]
+        images = [to_rgb(image) for image in batch[self.image_column]]
         if self.train:
             views = _both_views(self.processor, [self.augment(image) for image in images], do_resize=False)
         else:
@@ -87,7 +88,7 @@ class SegmentationTransform:
 
         images, labels = [], []
         for image, mask in zip(batch[self.image_column], batch[self.label_column], strict=True):
-            image = _rgb(image)
+            image = to_rgb(image)
             mask = mask_array(mask)
             if mask.shape != (image.height, image.width):
                 raise ValueError(
@@ -136,7 +137,7 @@ class PretrainingTransform:
         self.transform = v2.Compose(steps)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list[torch.Tensor]]:
-        return {"pixel_values": [self.transform(_rgb(image)) for image in batch[self.image_column]]}
+        return {"pixel_values": [self.transform(to_rgb(image)) for image in batch[self.image_column]]}
 
 
 def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
