@@ -1,4 +1,4 @@
-"""The `lookwhere-hf` command line: demo, predict, visualize, convert, export, benchmark.
+"""The `lookwhere-hf` command line: demo, predict, visualize, convert, export, benchmark, app.
 
 ```bash
 lookwhere-hf demo                                   # LookWhere vs full-resolution DINOv2: speed + where it looked
@@ -8,6 +8,7 @@ lookwhere-hf convert --checkpoint_path lookwhere_dinov2.pt --output_dir lookwher
 lookwhere-hf convert-gfnet --checkpoint_path resnet50_patch_size_96_T_5.pth.tar --output_dir gfnet-resnet50-96
 lookwhere-hf export --format onnx MODEL_DIR model.onnx   # lookwhere_hf.export: ONNX / .pt2, checked vs eager
 lookwhere-hf benchmark --quick                      # lookwhere_hf.benchmarking: latency, FLOPs, memory
+lookwhere-hf app [--model DIR ...] [--port N]       # lookwhere_hf.app: interactive Gradio page (.[app] extra)
 ```
 
 Every subcommand has `--help`. Bad inputs (missing files, out-of-range values) end with exit status 2 and a
@@ -413,6 +414,12 @@ def _compressed_grid_argument(value: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"expected a grid such as 7 or 7x5 (positive ints), got {value!r}")
 
 
+def cmd_app(args) -> int:
+    from .app import main as app_main
+
+    return app_main(args.model or None, port=args.port, host=args.host, share=False)
+
+
 def cmd_benchmark(argv: list[str]) -> int:
     from .benchmarking import main as benchmark_main
 
@@ -567,6 +574,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="allowed max abs difference per output, times max(1, max |eager output|) (default 1e-4)",
     )
     export.add_argument("--skip-check", action="store_true", help="write the file without the parity check")
+    app = sub.add_parser(
+        "app",
+        help="interactive Gradio page: predictions, where LookWhere looks, budgets, LookupViT grids, GFNet crops",
+        description=(
+            'Serves a Gradio page (pip install -e ".[app]") for the shipped demo checkpoint and every --model '
+            "folder (LookWhere, LookupViT or Glance-and-Focus image classifiers), with the demo images as examples. "
+            "Works offline. See lookwhere_hf.app."
+        ),
+    )
+    app.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="a classifier folder or Hub id of any family; repeat for a model picker (default: the demo checkpoint)",
+    )
+    app.add_argument("--port", type=positive_int_argument, default=None, help="port (default: Gradio's, 7860)")
+    app.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     sub.add_parser(
         "convert-gfnet",
         help="convert an official Glance-and-Focus (GFNet) .pth.tar checkpoint to a save_pretrained folder",
@@ -596,7 +621,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        commands = {"demo": cmd_demo, "predict": cmd_predict, "visualize": cmd_visualize, "export": cmd_export}
+        commands = {
+            "demo": cmd_demo,
+            "predict": cmd_predict,
+            "visualize": cmd_visualize,
+            "export": cmd_export,
+            "app": cmd_app,
+        }
         return commands[args.command](args)
     except CLIError as err:
         command = argv[0] if argv else ""
