@@ -1,17 +1,17 @@
-"""`lookwhere_hf.budget_benchmark`: the forced exit proportions of the budgeted wall-time benchmark (exact counts per
-rung under the model's exit rule), and its markdown table's ratios."""
+"""`lookwhere_hf.benchmarking.budget_latency`: the forced exit proportions of the budgeted wall-time benchmark (exact
+counts per rung under the model's exit rule), and its markdown table's ratios."""
 
 import pytest
 import torch
 
-from lookwhere_hf.budget import simulate_exits
-from lookwhere_hf.budget_benchmark import (
+from lookwhere_hf.benchmarking.budget_latency import (
     BUDGET_SECTION,
     DEFAULT_EXIT_EIGHTHS,
     exit_counts,
     forced_exit_thresholds,
     render_budget_markdown,
 )
+from lookwhere_hf.budget import simulate_exits
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 5, 6, 7, 8, 16, 33])

@@ -1,5 +1,5 @@
-"""`lookwhere_hf.deployment_benchmark` (`lookwhere-hf benchmark --compile --onnx --bf16`): the rows on a tiny config,
-the parity and overlap figures it reports, its markdown, and that it leaves no exported files behind."""
+"""`lookwhere_hf.benchmarking.deployment` (`lookwhere-hf benchmark --compile --onnx --bf16`): the rows on a tiny
+config, the parity and overlap figures it reports, its markdown, and that it leaves no exported files behind."""
 
 import argparse
 import tempfile
@@ -9,7 +9,7 @@ import torch
 from conftest import make_tiny_config
 
 from lookwhere_hf.benchmarking import parse_args
-from lookwhere_hf.deployment_benchmark import (
+from lookwhere_hf.benchmarking.deployment import (
     DEPLOYMENT_SECTION,
     _parity,
     render_deployment_markdown,

@@ -10,12 +10,12 @@ from test_conversion import VARIANTS, build_official, official_checkpoint  # noq
 
 from lookwhere_hf import LookWhereModel  # noqa: E402
 from lookwhere_hf.benchmarking import parse_args  # noqa: E402
-from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import convert_checkpoint  # noqa: E402
-from lookwhere_hf.official_benchmark import (  # noqa: E402
+from lookwhere_hf.benchmarking.official import (  # noqa: E402
     check_official_checkout,
     render_official_markdown,
     write_official_checkpoint,
 )
+from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import convert_checkpoint  # noqa: E402
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -1,4 +1,4 @@
-"""`lookwhere_hf.official_benchmark`: the official-format weights it writes (converted back, bit for bit), the
+"""`lookwhere_hf.benchmarking.official`: the official-format weights it writes (converted back, bit for bit), the
 comparison table's ratios and goals, and the profile's parts (slow: a forked ViT-B forward). The checkout check is in
 test_fast_path.py."""
 
@@ -8,14 +8,14 @@ from conftest import make_tiny_config
 
 from lookwhere_hf import LookWhereModel
 from lookwhere_hf.benchmarking import run_in_fresh_process
-from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import convert_checkpoint
-from lookwhere_hf.official_benchmark import (
+from lookwhere_hf.benchmarking.official import (
     OFFICIAL_SECTION,
     PROFILE_PARTS,
     render_official_markdown,
     render_profile_markdown,
     write_official_checkpoint,
 )
+from lookwhere_hf.models.lookwhere.convert_lookwhere_original_to_hf import convert_checkpoint
 
 
 def test_official_checkpoint_converts_back_to_the_same_weights(tmp_path):

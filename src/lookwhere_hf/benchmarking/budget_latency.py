@@ -16,15 +16,14 @@ python benchmarks/bench_inference.py --budget-latency               # batch 16, 
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
-from .benchmarking import random_weight_model, run_in_fresh_process, time_interleaved
-from .budget import profile_thresholds, simulate_exits
-from .flops import lookwhere_flops
-from .models.lookwhere.configuration_lookwhere import LookWhereConfig
-from .models.lookwhere.modeling_lookwhere import LookWhereForImageClassification
+from ..budget import profile_thresholds, simulate_exits
+from ..flops import lookwhere_flops
+from ..models.lookwhere.configuration_lookwhere import LookWhereConfig
+from ..models.lookwhere.modeling_lookwhere import LookWhereForImageClassification
+from .timing import measurement, random_weight_model, run_in_fresh_process, time_interleaved
 
 __all__ = [
     "BUDGET_SECTION",
@@ -71,6 +70,7 @@ def forced_exit_thresholds(confidences: torch.Tensor, counts: list[int]) -> list
     return thresholds
 
 
+@measurement("budget")
 def _measure_budget(job: dict) -> dict:
     """Forked child: the budgeted forward and the two fixed-`k` forwards, interleaved."""
     torch.set_num_threads(job["threads"])
@@ -172,9 +172,3 @@ def render_budget_markdown(rows: list[dict], machine: str, command: str, started
                 f"| {t['median_s']:.2f} ({spread:.0f}%) | {t['cpu_s']:.2f} | {t['median_s'] / base:.2f} |"
             )
     return "\n".join(lines) + "\n"
-
-
-MEASUREMENTS = {"budget": _measure_budget}
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("Run it through `python benchmarks/bench_inference.py --budget-latency`.")

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from .benchmarking import build_full_resolution_model, random_weight_model, time_interleaved
-from .models.lookwhere.configuration_lookwhere import LookWhereConfig
-from .models.lookwhere.modeling_lookwhere import LookWhereForImageClassification, LookWhereModel
-from .packed_linear import pack_linear_weights
+from ..models.lookwhere.configuration_lookwhere import LookWhereConfig
+from ..models.lookwhere.modeling_lookwhere import LookWhereForImageClassification, LookWhereModel
+from ..packed_linear import pack_linear_weights
+from .timing import build_full_resolution_model, random_weight_model, time_interleaved
 
 __all__ = ["DEPLOYMENT_SECTION", "render_deployment_markdown", "run_deployment_benchmark", "top_k_overlap"]
 
@@ -53,8 +53,8 @@ def top_k_overlap(indices: torch.Tensor, reference: torch.Tensor) -> float:
 def _bf16_overlaps(model: LookWhereModel, resolution: int, k: int) -> dict[str, float]:
     """bf16-vs-fp32 selection overlap on real images: the benchmark model on photos, the shipped demo checkpoint on
     its example images (whatever of the two is available)."""
-    from .demo_assets import default_demo_model_path, demo_image_paths
-    from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
+    from ..demo_assets import default_demo_model_path, demo_image_paths
+    from ..models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
 
     def overlap(net, pixel_values, k_) -> float:
         with torch.inference_mode():
@@ -129,7 +129,7 @@ def _measure_resolution(args: argparse.Namespace, config: LookWhereConfig, resol
         ("full eager", "cls"): lambda: full(pixel_values=pixel_values),
     }
     if args.onnx:  # exported outside inference mode (torch.export traces with autograd's tensors)
-        from .export import export_lookwhere, onnx_session, run_exported
+        from ..export import export_lookwhere, onnx_session, run_exported
 
         with torch.no_grad():
             eager = lookwhere(pixel_values, k=k, output_dense_features=True)

@@ -37,19 +37,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .benchmarking import (
-    _build,
-    _call,
-    _spread,
+from ..flops import full_resolution_flops, lookwhere_flops
+from ..models.lookwhere.configuration_lookwhere import LookWhereConfig
+from ..models.lookwhere.modeling_lookwhere import LookWhereModel
+from ..packed_linear import pack_linear_weights
+from .inference import build_benchmark_model, call_benchmark_model
+from .timing import (
     build_full_resolution_model,
+    format_spread,
+    measurement,
     random_weight_model,
     run_in_fresh_process,
     time_interleaved,
 )
-from .flops import full_resolution_flops, lookwhere_flops
-from .models.lookwhere.configuration_lookwhere import LookWhereConfig
-from .models.lookwhere.modeling_lookwhere import LookWhereModel
-from .packed_linear import pack_linear_weights
 
 __all__ = [
     "OFFICIAL_SECTION",
@@ -71,7 +71,7 @@ def check_official_checkout(path: str | os.PathLike) -> Path:
 
     Raises `ValueError` if a file is missing or the official code's dependencies (timm, einops) are not installed.
     """
-    from .model_cards import ORIGINAL_REPO
+    from ..model_cards import ORIGINAL_REPO
 
     folder = Path(path).expanduser().resolve()
     missing = [name for name in OFFICIAL_FILES if not (folder / name).is_file()]
@@ -91,7 +91,7 @@ def write_official_checkpoint(model: LookWhereModel, path: str | os.PathLike) ->
     """Save `model`'s weights in the official checkpoint layout (the inverse of the converter's rename table), so that
     the official code and this package can be given the same weights. The official loader wants the file to be named
     `lookwhere_dinov2.pt` (or `lookwhere_franca.pt`)."""
-    from .models.lookwhere.convert_lookwhere_original_to_hf import HEAD_KEYS, rename_table
+    from ..models.lookwhere.convert_lookwhere_original_to_hf import HEAD_KEYS, rename_table
 
     state, config = model.state_dict(), model.config
 
@@ -120,6 +120,7 @@ def _import_official(folder: str):
     return module, contextlib.redirect_stdout
 
 
+@measurement("official")
 def _measure_official(job: dict) -> dict:
     """Forked child: this package, the official code (same weights) and the full model at one (resolution, batch, k),
     CLS and dense paths, timed with [`time_interleaved`]; also the largest differences between the two codes'
@@ -136,7 +137,7 @@ def _measure_official(job: dict) -> dict:
     pixel_values = torch.randn(job["batch_size"], 3, job["resolution"], job["resolution"])
     k = job["k"]
 
-    def official_call(is_cls: bool, model=theirs):
+    def officialcall_benchmark_model(is_cls: bool, model=theirs):
         model.is_cls = is_cls
         return model(pixel_values, k=k)
 
@@ -144,9 +145,9 @@ def _measure_official(job: dict) -> dict:
         return {
             f"full{suffix}": lambda: full(pixel_values=pixel_values),
             f"ours_cls{suffix}": lambda: ours(pixel_values, k=k, cls_only=True),
-            f"official_cls{suffix}": lambda: official_call(True, official),
+            f"official_cls{suffix}": lambda: officialcall_benchmark_model(True, official),
             f"ours_dense{suffix}": lambda: ours(pixel_values, k=k, output_dense_features=True),
-            f"official_dense{suffix}": lambda: official_call(False, official),
+            f"official_dense{suffix}": lambda: officialcall_benchmark_model(False, official),
         }
 
     calls = calls_for(ours, theirs, full)
@@ -159,8 +160,8 @@ def _measure_official(job: dict) -> dict:
         calls.update(calls_for(packed["ours"], packed["official"], packed["full"], suffix="_packed"))
     with torch.inference_mode():
         mine = ours(pixel_values, k=k, output_dense_features=True)
-        cls_diff = float((mine.pooler_output - official_call(True)).abs().max())
-        dense_diff = (mine.dense_features - official_call(False)).abs()
+        cls_diff = float((mine.pooler_output - officialcall_benchmark_model(True)).abs().max())
+        dense_diff = (mine.dense_features - officialcall_benchmark_model(False)).abs()
         if packed:
             packed_cls = packed["ours"](pixel_values, k=k, cls_only=True).pooler_output
             packed_diff = float((packed_cls - mine.pooler_output).abs().max())
@@ -197,9 +198,10 @@ def _measure_official(job: dict) -> dict:
     return result
 
 
+@measurement("official_weights")
 def _prepare_official_weights(job: dict) -> dict:
     """Forked child: random ViT-B/14 weights in the official format, and their conversion to a model folder."""
-    from .models.lookwhere.convert_lookwhere_original_to_hf import convert_checkpoint
+    from ..models.lookwhere.convert_lookwhere_original_to_hf import convert_checkpoint
 
     write_official_checkpoint(random_weight_model(LookWhereModel, LookWhereConfig()), job["checkpoint"])
     convert_checkpoint(job["checkpoint"], job["model_dir"], run_self_check=False, log=lambda *_: None)
@@ -263,7 +265,8 @@ def render_official_markdown(rows: list[dict], machine: str, command: str, start
     """The "## Against the official code" section: one table per (resolution, batch, k_ratio) and the goals check."""
 
     def seconds(entry: dict) -> str:
-        return f"{entry['median_s']:.3f} s ({entry['n']}, {_spread(entry['median_s'], entry['min_s'], entry['max_s'])})"
+        spread = format_spread(entry["median_s"], entry["min_s"], entry["max_s"])
+        return f"{entry['median_s']:.3f} s ({entry['n']}, {spread})"
 
     lines = [
         OFFICIAL_SECTION,
@@ -388,16 +391,17 @@ PROFILE_PARTS = (
 )
 
 
+@measurement("profile")
 def _profile_forward(job: dict) -> dict:
     """Forked child: torch.profiler over repeated forwards of one LookWhere path; the time of each part (its callable
     wrapped in a `record_function` range for the run) and the heaviest operators."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from .models.lookwhere import modeling_lookwhere
+    from ..models.lookwhere import modeling_lookwhere
 
     torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
-    model = _build("lookwhere", job["resolution"])
+    model = build_benchmark_model("lookwhere", job["resolution"])
     pixel_values = torch.randn(job["batch_size"], 3, job["resolution"], job["resolution"])
 
     def ranged(label, fn):
@@ -412,11 +416,11 @@ def _profile_forward(job: dict) -> dict:
         setattr(owner, name, ranged(label, getattr(owner, name)))
     with torch.inference_mode():
         for _ in range(2):
-            _call(model, "lookwhere", pixel_values, job["k"], job["mode"])
+            call_benchmark_model(model, "lookwhere", pixel_values, job["k"], job["mode"])
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(job["repeats"]):
                 with record_function("forward"):
-                    _call(model, "lookwhere", pixel_values, job["k"], job["mode"])
+                    call_benchmark_model(model, "lookwhere", pixel_values, job["k"], job["mode"])
     events = prof.key_averages()
     per_call = {e.key: e.cpu_time_total / 1e6 / job["repeats"] for e in events}
     ops = sorted(
@@ -499,8 +503,3 @@ def render_profile_markdown(rows: list[dict], machine: str, command: str, starte
 
 
 # Forked-child measurements of this module, by job task (dispatched by `benchmarking.run_in_fresh_process`).
-MEASUREMENTS = {
-    "official": _measure_official,
-    "official_weights": _prepare_official_weights,
-    "profile": _profile_forward,
-}
