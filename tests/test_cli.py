@@ -178,7 +178,6 @@ def test_selection_picture_marks_the_selected_patches(workdir):
         (["predict", "{img}", "--model", "{dir}/no_such_model"], ["model folder not found"]),
         (["predict", "{img}", "--model", "{dir}"], ["no config.json"]),
         (["visualize", "{img}", "--model", "{model}", "--output", "{dir}/out.jpg"], [".png"]),
-        (["visualize", "{img}", "--output", "{dir}/out.png"], ["--model"]),
         (["demo", "--repeats", "0"], ["--repeats", "positive"]),
         (["demo", "--tiny", "--vit-b"], ["exclude each other"]),
         (["predict"], ["IMAGE"]),

@@ -438,7 +438,7 @@ def test_trainer_evaluates_a_packed_model_on_its_trained_weights(tmp_path):
     trainer = Trainer(model=model, args=args, train_dataset=data)
     trainer.predict(data)  # packs the initial weights
     trainer.train()
-    got = torch.from_numpy(trainer.predict(data).predictions[0])
+    got = torch.from_numpy(trainer.predict(data).predictions)  # the logits alone (`keys_to_ignore_at_inference`)
     plain = copy.deepcopy(model)
     unpack_linear_weights(plain)
     with torch.no_grad():
