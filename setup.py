@@ -5,6 +5,10 @@ TEST_REQUIRES = ["pytest", "timm>=1.0", "scikit-image", "scikit-learn", "matplot
 # ONNX export and its ONNX Runtime check (lookwhere_hf.export): PyPI wheels, ~5 s to install on CPython 3.11; tested
 # with onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.32.0.
 EXPORT_REQUIRES = ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"]
+# `lookwhere-hf app` (lookwhere_hf.app): the Gradio page; tested with gradio 6.31.0, gradio_client 2.7.2. The tests
+# drive it over HTTP (gradio_client) and in headless Chromium (selenium + Debian's chromium / chromium-driver, .ci/run).
+APP_REQUIRES = ["gradio>=6.0,<7", "matplotlib"]
+APP_TEST_REQUIRES = APP_REQUIRES + ["gradio_client>=2.0", "selenium>=4.10"]
 
 setup(
     name="lookwhere_hf",
@@ -33,8 +37,9 @@ setup(
     extras_require={
         "plots": ["matplotlib"],
         "export": EXPORT_REQUIRES,
-        "test": TEST_REQUIRES + EXPORT_REQUIRES,
-        "dev": TEST_REQUIRES + EXPORT_REQUIRES,
+        "app": APP_REQUIRES,
+        "test": TEST_REQUIRES + EXPORT_REQUIRES + APP_TEST_REQUIRES,
+        "dev": TEST_REQUIRES + EXPORT_REQUIRES + APP_TEST_REQUIRES,
     },
     entry_points={"console_scripts": ["lookwhere-hf=lookwhere_hf.cli:main"]},
 )

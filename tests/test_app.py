@@ -325,3 +325,114 @@ def test_oversized_image_gets_the_cli_message(server, tmp_path, monkeypatch):
     assert scores == {} and picture is None
     assert summary.startswith("**Error:** ") and "is too large to open safely" in summary
     assert summary.endswith(message.split("pixels", 1)[1])
+
+
+# ------------------------------------------------------------------------------------------------ a real browser
+def chromium_or_skip() -> tuple[str, str]:
+    """Paths of a Chromium binary and its chromedriver, or skip saying what is missing."""
+    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.skip(
+            "no Chromium found (needs Debian's `chromium` and `chromium-driver`: apt-get install -y chromium "
+            "chromium-driver; .ci/run installs them where apt-get runs as root)"
+        )
+    return browser, driver
+
+
+@contextlib.contextmanager
+def cli_server(*args):
+    """`lookwhere-hf app --port N ...` in a subprocess; yields its URL once it answers."""
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "lookwhere_hf.cli", "app", "--port", str(port), *args]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"`lookwhere-hf app` exited with {process.returncode}:\n{process.stdout.read()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("`lookwhere-hf app` did not answer within 180 s")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def image_bytes(src: str) -> np.ndarray:
+    import urllib.request
+
+    with urllib.request.urlopen(src) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+
+
+@pytest.mark.slow
+def test_browser_upload_and_k_slider(tmp_path):
+    """Headless Chromium on the page `lookwhere-hf app` serves: upload a digit, read the predictions, drag the k
+    slider, and the selection picture changes with it. Saves a screenshot (`LOOKWHERE_UPDATE_SCREENSHOT=1` also
+    writes it to docs/app_screenshot.png, the README's picture)."""
+    browser, driver_path = chromium_or_skip()
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="the browser test needs selenium: pip install selenium"
+    )
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1250"):
+        options.add_argument(flag)
+    image = next(p for p in DEMO_IMAGES if "digit_3" in p)
+    with cli_server() as url:
+        driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
+        try:
+            wait = WebDriverWait(driver, 120)
+            driver.get(url)
+
+            def picture_src(_=None):
+                found = driver.find_elements(By.CSS_SELECTOR, "#picture img")
+                return found[0].get_attribute("src") if found and found[0].get_attribute("src") else None
+
+            def summary_text():
+                return driver.find_element(By.ID, "summary").text
+
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
+            driver.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(image)
+            wait.until(lambda d: picture_src() and "k = 25 of 256" in summary_text())
+            first_src, first_summary = picture_src(), summary_text()
+            assert "LookWhere demo checkpoint" in first_summary and "GFLOPs" in first_summary
+            labels = driver.find_element(By.ID, "predictions").text
+            assert labels.split("\n")[:2] == ["Top predictions", "3"], labels  # the digit, as the pipeline says
+
+            slider = driver.find_element(By.CSS_SELECTOR, "#k_ratio input[type=range]")
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", slider)
+            width = slider.size["width"]
+            drag = webdriver.ActionChains(driver).move_to_element_with_offset(slider, -width // 2 + 2, 0)
+            drag.click_and_hold().move_by_offset(int(width * 0.3), 0).release().perform()
+            wait.until(lambda d: picture_src() != first_src and "k = 25 of 256" not in summary_text())
+            k = int(re.search(r"k = (\d+) of 256", summary_text()).group(1))
+            assert k > 25, summary_text()
+            assert not np.array_equal(image_bytes(first_src), image_bytes(picture_src()))
+
+            driver.execute_script("window.scrollTo(0, 0);")
+            shot = tmp_path / "app_screenshot.png"
+            assert driver.save_screenshot(str(shot))
+            assert Image.open(shot).size[0] >= 1000
+            if os.environ.get("LOOKWHERE_UPDATE_SCREENSHOT"):
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                shutil.copyfile(shot, SCREENSHOT)
+        finally:
+            driver.quit()

@@ -484,7 +484,10 @@ def build_app(model_paths: Sequence[str] | None = None, examples: Sequence[str] 
         except CLIError as err:
             return None, None, f"{ERROR_PREFIX}{err}"
         size = _shown(image).shape
-        header = f"Input: {size[1]}x{size[0]} px; model: {model_name} ({FAMILY_NAMES[models[model_name].family]})"
+        family = FAMILY_NAMES[models[model_name].family]
+        header = f"Input: {size[1]}x{size[0]} px; model: {model_name}" + (
+            "" if family in model_name else f" ({family})"
+        )
         return analysis.predictions, analysis.picture, f"{header}\n\n{analysis.summary}"
 
     def on_model(model_name):
