@@ -327,6 +327,24 @@ def test_oversized_image_gets_the_cli_message(server, tmp_path, monkeypatch):
     assert summary.endswith(message.split("pixels", 1)[1])
 
 
+def test_cli_and_space_entry_points(tmp_path, capsys):
+    """`lookwhere-hf app` refuses bad folders with the CLI's one-line errors; the root `app.py` (a Space's entry)
+    builds the page from `LOOKWHERE_APP_MODELS` without serving it."""
+    assert cli.main(["app", "--model", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"lookwhere-hf app: error: model folder not found: {tmp_path / 'missing'}"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["app", "--port", "0"])
+    assert exit_info.value.code == 2 and "--port: must be a positive integer" in capsys.readouterr().err
+    import runpy
+
+    os.environ["LOOKWHERE_APP_MODELS"] = DEMO_MODEL
+    try:
+        space = runpy.run_path(str(REPO / "app.py"))
+    finally:
+        del os.environ["LOOKWHERE_APP_MODELS"]
+    assert list(space["demo"].app_models) == ["LookWhere demo checkpoint (Sparse Digits)"]
+
+
 # ------------------------------------------------------------------------------------------------ a real browser
 def chromium_or_skip() -> tuple[str, str]:
     """Paths of a Chromium binary and its chromedriver, or skip saying what is missing."""

@@ -544,15 +544,17 @@ def build_app(model_paths: Sequence[str] | None = None, examples: Sequence[str] 
                 summary_box = gr.Markdown(elem_id="summary")
         inputs = [model_box, image_box, k_slider, budget_box, budget_slider, grid_box]
         outputs = [label_box, picture_box, summary_box]
-        # the API endpoint first: the private events below would otherwise take the name `predict`
-        image_box.change(predict, inputs, outputs, api_name="predict")
+        # One forward at a time, whichever event asks (the latency shown is then the model's alone); the API
+        # endpoint first: the private events below would otherwise take the name `predict`.
+        one_at_a_time = {"concurrency_id": "forward", "concurrency_limit": 1}
+        image_box.change(predict, inputs, outputs, api_name="predict", **one_at_a_time)
         model_box.change(
             on_model, model_box, [k_slider, budget_box, budget_slider, grid_box], api_visibility="private"
-        ).then(predict, inputs, outputs, api_visibility="private")
+        ).then(predict, inputs, outputs, api_visibility="private", **one_at_a_time)
         for slider in (k_slider, budget_slider):
-            slider.release(predict, inputs, outputs, api_visibility="private")
+            slider.release(predict, inputs, outputs, api_visibility="private", **one_at_a_time)
         for box in (budget_box, grid_box):
-            box.change(predict, inputs, outputs, api_visibility="private")
+            box.change(predict, inputs, outputs, api_visibility="private", **one_at_a_time)
     demo.app_models = models
     return demo
 
