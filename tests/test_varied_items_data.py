@@ -262,3 +262,25 @@ def test_split_seed_keeps_pools_fixed(tmp_path):
     assert digest(str(tmp_path / "b")) != digest(str(tmp_path / "a"))  # other canvases
     with pytest.raises(ValueError, match="--split_seed"):
         small_config(split_seed=-2).validate()
+
+
+def test_light_clutter_paints_item_like_clutter():
+    item = np.zeros((28, 28), dtype=np.float32)
+    item[7:21, 10:18] = 1.0
+
+    def light_pixels_outside_item(light: float) -> int:
+        config = small_config(canvas_size=224, min_item_size=30, max_item_size=30, light_clutter=light)
+        total = 0
+        for seed in range(5):
+            image, info = gen.render_sample(item, np.random.default_rng(seed), config)
+            x0, y0, x1, y1 = info["placed_box"]
+            light_mask = image.min(axis=-1) >= 0.75 * 255 * 0.95
+            light_mask[y0:y1, x0:x1] = False
+            total += int(light_mask.sum())
+        return total
+
+    dark, light = light_pixels_outside_item(0.0), light_pixels_outside_item(1.0)
+    assert dark < 300  # only single-pixel speckles are near-white by default
+    assert light > 10 * dark + 2000  # strokes, blobs and fragments in the item's light tint
+    with pytest.raises(ValueError, match="--light_clutter"):
+        small_config(light_clutter=1.5).validate()

@@ -27,7 +27,10 @@ Each image (`--canvas_size`, RGB):
 
 - a dark background: a smooth random colour gradient with sparse speckles;
 - clutter that is not an item, in clearly coloured (never near-white) paint: line strokes, filled blobs and
-  blocky random-walk fragments; blobs and fragments never cover the item's square, lines may cross under it;
+  blocky random-walk fragments; blobs and fragments never cover the item's square, lines may cross under it. With
+  `--light_clutter p`, each clutter element is painted in an item-like light tint with probability p instead: by
+  default (0) the item is the only near-white thing, and a network with *random* weights already finds it by
+  brightness (see TEACHER_ATTEMPTS.md);
 - the item, scaled (bicubic) to a random side drawn log-uniformly in `[--min_item_size, --max_item_size]`, at a
   random position (anywhere on the canvas), in a light tint: the item's pixel intensity is its alpha mask (Fashion-MNIST
   photos are light objects on black), `alpha = min(1, intensity * --alpha_gain)`, and its colour keeps the photo's
@@ -151,6 +154,14 @@ class VariedItemsConfig:
     alpha_gain: float = field(
         default=3.0, metadata={"help": "Item alpha = min(1, intensity * gain): the photo's pixels as its mask."}
     )
+    light_clutter: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability that a clutter stroke / blob / fragment is painted in an item-like light tint instead "
+            "of a clearly coloured one (0 = never: then the item is the only near-white thing on the canvas, and "
+            "brightness alone finds it)."
+        },
+    )
     num_lines: tuple[int, int] = (4, 9)
     num_blobs: tuple[int, int] = (2, 5)
     num_fragments: tuple[int, int] = (2, 5)
@@ -172,6 +183,8 @@ class VariedItemsConfig:
             raise ValueError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}.")
         if self.split_seed < -1:
             raise ValueError(f"--split_seed must be -1 (use --seed) or a seed >= 0, got {self.split_seed}.")
+        if not 0.0 <= self.light_clutter <= 1.0:
+            raise ValueError(f"--light_clutter must be a probability in [0, 1], got {self.light_clutter}.")
         if self.alpha_gain < 1.0:
             raise ValueError(f"--alpha_gain must be >= 1, got {self.alpha_gain}.")
 
@@ -331,6 +344,14 @@ def item_tint(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0.75, 1.0, size=3).astype(np.float32)
 
 
+def clutter_paint(rng: np.random.Generator, config: VariedItemsConfig, low: float = 0.15) -> np.ndarray:
+    """A clutter colour: item-like light with probability `config.light_clutter`, else `clutter_color`. With
+    `light_clutter` 0 it draws nothing extra from `rng` (the same images as before the option existed)."""
+    if config.light_clutter > 0 and rng.random() < config.light_clutter:
+        return item_tint(rng)
+    return clutter_color(rng, low)
+
+
 def dark_background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A dark smooth colour gradient (random 3x3 grid, bilinear) with sparse speckles, float `(size, size, 3)`."""
     coarse = rng.integers(0, 90, size=(3, 3, 3), dtype=np.uint8)
@@ -404,7 +425,7 @@ def render_sample(item: np.ndarray, rng: np.random.Generator, config: VariedItem
             cx, cy = int(rng.integers(rx, size - rx)), int(rng.integers(ry, size - ry))
             box = (cx - rx, cy - ry, cx + rx, cy + ry)
             if not any(boxes_overlap(box, other, 4) for other in occupied):
-                draw.ellipse(box, fill=tuple(round(float(c) * 255) for c in clutter_color(rng)))
+                draw.ellipse(box, fill=tuple(round(float(c) * 255) for c in clutter_paint(rng, config)))
                 occupied.append(box)
                 break
     # lines may cross the item's square: the item is drawn over them
@@ -412,7 +433,7 @@ def render_sample(item: np.ndarray, rng: np.random.Generator, config: VariedItem
         x0, y0 = (int(v) for v in rng.integers(0, size, 2))
         length, angle = rng.uniform(30, 220) * scale, rng.uniform(0, 2 * np.pi)
         x1, y1 = int(x0 + length * np.cos(angle)), int(y0 + length * np.sin(angle))
-        color = tuple(round(float(c) * 255) for c in clutter_color(rng))
+        color = tuple(round(float(c) * 255) for c in clutter_paint(rng, config))
         draw.line((x0, y0, x1, y1), fill=color, width=max(1, int(rng.integers(2, 7) * scale)))
     canvas = np.asarray(layer, dtype=np.float32) / 255.0
     for _ in range(int(rng.integers(*config.num_fragments))):
@@ -421,7 +442,7 @@ def render_sample(item: np.ndarray, rng: np.random.Generator, config: VariedItem
             fx, fy = int(rng.integers(0, size - frag_size + 1)), int(rng.integers(0, size - frag_size + 1))
             box = (fx, fy, fx + frag_size, fy + frag_size)
             if not boxes_overlap(box, placed_box, 4):
-                blend(canvas, scale_item(random_fragment(rng), frag_size), clutter_color(rng, 0.5), fx, fy)
+                blend(canvas, scale_item(random_fragment(rng), frag_size), clutter_paint(rng, config, 0.5), fx, fy)
                 break
 
     tint = item_tint(rng)
