@@ -429,7 +429,11 @@ def _controls(app_model: AppModel) -> dict:
     config = app_model.config
     costs = app_model.rung_gflops
     return {
-        "k_ratio": {"visible": app_model.family == "lookwhere", "value": getattr(config, "k_ratio", 0.1)},
+        "k_ratio": {
+            "visible": app_model.family == "lookwhere",
+            "value": getattr(config, "k_ratio", 0.1),
+            "interactive": not app_model.budgeted,  # budgeted mode picks k per image; untick it to set k
+        },
         "budgeted": {"visible": app_model.budgeted, "value": app_model.budgeted},
         "budget": {
             "visible": app_model.budgeted,
@@ -503,6 +507,9 @@ def build_app(model_paths: Sequence[str] | None = None, examples: Sequence[str] 
     # The components' own bounds and choices cover every model, because API calls are checked against them (a page
     # narrows them to the chosen model): the GFLOPs cap runs from 0 to the costliest ladder (a cap at or above a
     # model's last rung is its saved rule), the grid list holds every LookupViT's grids.
+    def on_budgeted(model_name, budgeted):
+        return gr.update(interactive=not (budgeted and models[model_name].budgeted))
+
     start = _controls(first)
     highest = max([m.rung_gflops[-1] for m in models.values() if m.rung_gflops] or [1.0])
     start["budget"].update(maximum=highest, step=highest / 1000)
@@ -523,7 +530,7 @@ def build_app(model_paths: Sequence[str] | None = None, examples: Sequence[str] 
                     0.01,
                     1.0,
                     step=0.01,
-                    label="k_ratio (share of patches computed)",
+                    label="k_ratio: share of patches computed (fixed k)",
                     elem_id="k_ratio",
                     **start["k_ratio"],
                 )
@@ -537,7 +544,7 @@ def build_app(model_paths: Sequence[str] | None = None, examples: Sequence[str] 
                     label="Compressed grid", elem_id="grid", allow_custom_value=True, **start["grid"]
                 )
                 if examples:
-                    gr.Examples(examples, inputs=image_box, label="Examples (the demo checkpoint's digits)")
+                    gr.Examples(examples, inputs=image_box, label="Examples (the shipped demo images)")
             with gr.Column(scale=2):
                 label_box = gr.Label(num_top_classes=TOP_K, label="Top predictions", elem_id="predictions")
                 picture_box = gr.Image(type="pil", label="What the model did", elem_id="picture", format="png")
@@ -553,8 +560,10 @@ def build_app(model_paths: Sequence[str] | None = None, examples: Sequence[str] 
         ).then(predict, inputs, outputs, api_visibility="private", **one_at_a_time)
         for slider in (k_slider, budget_slider):
             slider.release(predict, inputs, outputs, api_visibility="private", **one_at_a_time)
-        for box in (budget_box, grid_box):
-            box.change(predict, inputs, outputs, api_visibility="private", **one_at_a_time)
+        grid_box.change(predict, inputs, outputs, api_visibility="private", **one_at_a_time)
+        budget_box.change(on_budgeted, [model_box, budget_box], k_slider, api_visibility="private").then(
+            predict, inputs, outputs, api_visibility="private", **one_at_a_time
+        )
     demo.app_models = models
     return demo
 
