@@ -31,9 +31,11 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageClassification
 
-from .cli import CLASSIFIER_FAMILIES, CLIError, _load, _open_image, _resolve_model_path
+from .demo_assets import default_demo_model_path, demo_image_paths
 from .flops import full_resolution_flops, lookupvit_flops, lookwhere_flops, vit_flops_like
 from .models.lookupvit.configuration_lookupvit import grid_pair
+from .user_inputs import CLASSIFIER_FAMILIES, check_model_path, load_model_and_processor, open_image_file
+from .user_inputs import UserInputError as CLIError  # the messages of `lookwhere-hf` (shown in the page)
 from .visualization import compressed_grid_image, crop_steps_image, selection_image
 
 __all__ = [
@@ -53,24 +55,15 @@ TOP_K = 5
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def _demo_assets():
-    """`(default_demo_model_path, demo_image_paths)` from `lookwhere_hf.demo_assets` where it exists, else the CLI."""
-    try:
-        from .demo_assets import default_demo_model_path, demo_image_paths
-    except ImportError:
-        from .cli import default_demo_model_path, demo_image_paths
-    return default_demo_model_path, demo_image_paths
-
-
 def default_model_paths() -> list[str]:
     """The shipped demo checkpoint (a one-item list), or `[]` in an installation without it."""
-    path = _demo_assets()[0]()
+    path = default_demo_model_path()
     return [path] if path else []
 
 
 def example_images() -> list[str]:
     """The shipped demo images (the page's examples), or `[]`."""
-    return _demo_assets()[1]()
+    return demo_image_paths()
 
 
 # ----------------------------------------------------------------------------------------------------- images
@@ -81,7 +74,7 @@ def read_image(path: str | os.PathLike) -> Image.Image | np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise CLIError(f"image file not found: {path}")
-    image = _open_image(path)  # the CLI's reader and messages
+    image = open_image_file(path)  # the CLI's reader and messages
     with Image.open(path) as raw:
         if raw.mode in HIGH_BIT_MODES:
             array = np.asarray(raw)
@@ -403,8 +396,8 @@ def _rung_gflops(app_model: AppModel) -> list[float]:
 
 def load_app_model(path: str, name: str | None = None) -> AppModel:
     """Load a classifier folder (or Hub id) of any family, with the CLI's checks and messages (`CLIError`)."""
-    path = _resolve_model_path(path)
-    model, processor = _load(AutoModelForImageClassification, path, None, CLASSIFIER_FAMILIES)
+    path = check_model_path(path)
+    model, processor = load_model_and_processor(AutoModelForImageClassification, path, None, CLASSIFIER_FAMILIES)
     if not getattr(model.config, "num_labels", 0) or not hasattr(model, "classifier"):
         raise CLIError(f"{path!r} is not an image-classification model (no classifier head)")
     family = model.config.model_type

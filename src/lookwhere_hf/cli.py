@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
+from transformers import AutoModel, AutoModelForImageClassification, pipeline
 from transformers.utils import logging as hf_logging
 
 from . import demo_assets
@@ -37,16 +37,14 @@ from .models.lookwhere.configuration_lookwhere import LookWhereConfig
 from .models.lookwhere.convert_lookwhere_original_to_hf import main as convert_main
 from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
 from .models.lookwhere.modeling_lookwhere import LookWhereModel
-from .utils import k_ratio_argument, looks_like_local_path, positive_int_argument
+from .user_inputs import CLASSIFIER_FAMILIES, check_model_path, load_model_and_processor, open_image_file
+from .user_inputs import UserInputError as CLIError  # a user error: one line on stderr, exit status 2
+from .utils import k_ratio_argument, positive_int_argument
 from .visualization import save_selection_figure
 
 __all__ = ["main", "default_demo_model_path", "demo_image_paths"]
 
 PROG = "lookwhere-hf"
-
-
-class CLIError(Exception):
-    """A user error: reported as one line on stderr, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,19 +77,6 @@ def _check_image_files(paths) -> list[Path]:
     return files
 
 
-def _open_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Image.DecompressionBombError as err:
-        raise CLIError(
-            f"{path} is too large to open safely ({err}); downscale it first (the model resizes every image to its "
-            "input size anyway)"
-        ) from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise CLIError(f"cannot read {path} as an image ({type(err).__name__}); pass a PNG/JPEG/... file") from None
-
-
 def _resolve_model_path(model: str | None) -> str:
     if model is None:
         model = default_demo_model_path()
@@ -101,57 +86,7 @@ def _resolve_model_path(model: str | None) -> str:
                 "written by save_pretrained (or by `lookwhere-hf convert`)"
             )
         return model
-    if not looks_like_local_path(model):
-        return model  # a Hub id
-    model = os.path.expanduser(model)
-    if not os.path.isdir(model):
-        raise CLIError(f"model folder not found: {model}")
-    if not os.path.isfile(os.path.join(model, "config.json")):
-        raise CLIError(f"{model} has no config.json; pass a folder written by save_pretrained")
-    return model
-
-
-CLASSIFIER_FAMILIES = ("lookwhere", "lookupvit", "glance_focus")
-"""The `model_type`s `predict` classifies with (every family of the package; `--budget` needs saved thresholds)."""
-
-
-def _load(auto_class, model_path: str, k_ratio: float | None, families: tuple[str, ...] = ("lookwhere",)):
-    """Load a model of one of `families` (with `auto_class`) and its image processor; errors become one-line
-    CLIErrors. `k_ratio` is LookWhere's fixed k (it turns saved budget thresholds off)."""
-    hf_logging.set_verbosity_error()  # e.g. the "unexpected classifier weights" report when loading the bare model
-    try:
-        model, loading = auto_class.from_pretrained(model_path, output_loading_info=True)
-    except (OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CLIError(f"could not load a model from {model_path!r}: {first}") from None
-    model.eval()
-    if loading["missing_keys"]:  # transformers would fill them with random weights: the answers would be noise
-        saved = ", ".join(getattr(model.config, "architectures", None) or []) or "an unnamed class"
-        missing = sorted(loading["missing_keys"])
-        raise CLIError(
-            f"{model_path!r} holds a {saved}, which lacks what {type(model).__name__} needs "
-            f"({len(missing)} weights, e.g. {missing[0]!r}); transformers would fill them with random values. "
-            "Pass a folder saved from the right class (for `predict`: a fine-tuned ...ForImageClassification, "
-            "e.g. from examples/pytorch/image-classification/run_image_classification.py)"
-        )
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in families:
-        wanted = " or ".join(repr(family) for family in families)
-        raise CLIError(f"{model_path!r} holds a {model_type!r} model; this command needs a {wanted} model")
-    if k_ratio is not None:
-        if model_type != "lookwhere":
-            raise CLIError(f"--k-ratio sets LookWhere's k; {model_path!r} is a {model_type!r} model, drop --k-ratio")
-        model.config.k_ratio = k_ratio
-        model.config.use_budget = False  # a fixed k was asked for: saved budget thresholds would override it
-    try:
-        processor = AutoImageProcessor.from_pretrained(model_path)
-    except (OSError, ValueError):  # a folder without preprocessor_config.json
-        if model_type != "lookwhere":
-            raise CLIError(
-                f"{model_path!r} has no preprocessor_config.json; save the image processor with the model"
-            ) from None
-        processor = LookWhereImageProcessor.from_model_config(model.config)
-    return model, processor
+    return check_model_path(model)
 
 
 def _warn_if_busy() -> None:
@@ -195,7 +130,7 @@ def cmd_demo(args) -> int:
     trained = model_path is not None
     if trained:
         print(f"Loading the LookWhere model from {model_path}")
-        model, processor = _load(AutoModelForImageClassification, model_path, args.k_ratio)
+        model, processor = load_model_and_processor(AutoModelForImageClassification, model_path, args.k_ratio)
         body = model.lookwhere if hasattr(model, "lookwhere") else model
     else:
         config = _tiny_demo_config() if args.tiny else LookWhereConfig()
@@ -219,7 +154,7 @@ def cmd_demo(args) -> int:
     if trained and getattr(model.config, "num_labels", 0) and images:
         print(f"\nClassifying {len(images)} example images from {images[0].parent}:")
         for path in images:
-            image = _open_image(path)
+            image = open_image_file(path)
             with torch.inference_mode():
                 outputs = model(**processor(image, return_tensors="pt"))
             probs = outputs.logits.softmax(-1)[0]
@@ -279,9 +214,11 @@ def cmd_demo(args) -> int:
 
 def cmd_predict(args) -> int:
     files = _check_image_files(args.images)
-    images = [_open_image(path) for path in files]  # fail on unreadable files before loading the model
+    images = [open_image_file(path) for path in files]  # fail on unreadable files before loading the model
     model_path = _resolve_model_path(args.model)
-    model, processor = _load(AutoModelForImageClassification, model_path, args.k_ratio, CLASSIFIER_FAMILIES)
+    model, processor = load_model_and_processor(
+        AutoModelForImageClassification, model_path, args.k_ratio, CLASSIFIER_FAMILIES
+    )
     if not getattr(model.config, "num_labels", 0) or not hasattr(model, "classifier"):
         raise CLIError(f"{model_path!r} is not an image-classification model (no classifier head)")
     if args.budget is not None:
@@ -351,9 +288,9 @@ def cmd_visualize(args) -> int:
     output = Path(args.output)
     if output.suffix.lower() != ".png":
         raise CLIError(f"--output must be a .png file, got {output}")
-    image = _open_image(path)
+    image = open_image_file(path)
     model_path = _resolve_model_path(args.model)
-    model, processor = _load(AutoModel, model_path, args.k_ratio)
+    model, processor = load_model_and_processor(AutoModel, model_path, args.k_ratio)
     inputs = processor(image, return_tensors="pt")
     with torch.inference_mode():
         outputs = model(**inputs)
