@@ -338,15 +338,15 @@ class AppModel:
             mode = f"**Budgeted** (saved thresholds {[round(t, 3) for t in config.budget_thresholds]}{cap})"
         else:
             outputs, latency = self._forward(inputs, budget=False)
-            mode = "**Every step**"
+            mode = "**Every step** (no early exit)"
         exit_rung = int(outputs.exit_rung[0])
         boxes = outputs.crop_boxes[0]
         labels = ["glance"] + [
             f"crop ({x0}, {y0})-({x1}, {y1})" if x0 >= 0 else "not taken" for x0, y0, x1, y1 in boxes.tolist()
         ]
         lines = [
-            f"{mode}: exits after step **{exit_rung}** of {config.num_steps} ({config.patch_size} px crops of the "
-            f"{height}x{width} input).",
+            f"{mode}: exits after step **{exit_rung}** of steps 0-{config.num_steps - 1} ({config.patch_size} px "
+            f"crops of the {height}x{width} input; the prediction is that step's).",
             "",
             *self._rung_rows(inputs, labels, exit_rung),
         ]
