@@ -14,8 +14,19 @@ analytic GFLOPs next to the full-resolution model's, the measured latency of the
 - **LookupViT**: the compressed-token grid, picked from `config.compressed_grids`;
 - **Glance-and-Focus**: the glance and each focus crop, step by step, with the prediction after every step.
 
-The work is done by [`AppModel.analyze`], which has no Gradio in it (the tests call it directly and through the HTTP
-API); [`build_app`] lays out the page, whose one API endpoint is `/predict`.
+The work is done by [`AppModel.analyze`], which has no Gradio in it; [`build_app`] lays out the page, whose one API
+endpoint is `/predict` (inputs: model name, image, k_ratio, budgeted, GFLOPs cap, compressed grid; outputs: the top
+predictions, the picture, the Markdown summary; errors come back as a summary starting with `**Error:**`):
+
+```python
+from gradio_client import Client, handle_file
+
+client = Client("http://127.0.0.1:7860/")
+label, picture, summary = client.predict(
+    "LookWhere demo checkpoint (Sparse Digits)", handle_file("photo.png"), 0.1, True, 1.0, None, api_name="/predict"
+)
+label["label"], picture  # the top class, the path of a downloaded copy of the selection picture (PNG)
+```
 """
 
 from __future__ import annotations
