@@ -1,5 +1,5 @@
 """What every converter of an original checkpoint shares: its error type, the short listing of tensor names its
-messages show, and the Hub push of `--push_to_hub`.
+messages show, the Hub push of `--push_to_hub`, and the command-line entry point.
 
 Converters are not copied into saved model folders (only a family's configuration / modeling / image-processing
 files are), so they may import from the package.
@@ -7,8 +7,12 @@ files are), so they may import from the package.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import sys
+
+from transformers import HfArgumentParser
 
 from ..utils import hub_offline
 
@@ -55,3 +59,19 @@ def push_folder_to_hub(
     url = f"https://huggingface.co/{repo_id}"
     log(f"Pushed {output_dir} to {url}.")
     return url
+
+
+def run_converter(arguments_class, convert, argv: list[str] | None, description: str) -> int:
+    """A converter's command line: parse `argv` into `arguments_class` (a dataclass whose fields are `convert`'s
+    arguments, with `skip_self_check` for `run_self_check`), call `convert`, and return the exit status (0 on
+    success, 2 on a [`ConversionError`], whose message goes to stderr)."""
+    parser = HfArgumentParser(arguments_class, description=description)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}
+    kwargs["run_self_check"] = not kwargs.pop("skip_self_check")
+    try:
+        convert(kwargs.pop("checkpoint_path"), kwargs.pop("output_dir"), **kwargs)
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

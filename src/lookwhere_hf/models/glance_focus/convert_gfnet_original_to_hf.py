@@ -62,10 +62,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, ResNetConfig, TimmWrapperConfig
+from transformers import ResNetConfig, TimmWrapperConfig
 
 from ...budget import NEVER_EXIT
-from ..conversion_utils import ConversionError, first_line, name_listing, push_folder_to_hub
+from ..conversion_utils import ConversionError, first_line, name_listing, push_folder_to_hub, run_converter
 from .configuration_glance_focus import GlanceFocusConfig
 from .image_processing_glance_focus import GlanceFocusImageProcessor
 from .modeling_glance_focus import GlanceFocusForImageClassification
@@ -747,25 +747,7 @@ class ConversionArguments:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 on success, 2 on a conversion error)."""
-    parser = HfArgumentParser(ConversionArguments, description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    try:
-        convert_checkpoint(
-            args.checkpoint_path,
-            args.output_dir,
-            budget_gflops=args.budget_gflops,
-            flops_unit=args.flops_unit,
-            model_name=args.model_name,
-            patch_size=args.patch_size,
-            num_steps=args.num_steps,
-            allow_pickle=args.allow_pickle,
-            push_to_hub=args.push_to_hub,
-            run_self_check=not args.skip_self_check,
-        )
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_converter(ConversionArguments, convert_checkpoint, argv, __doc__.split("\n\n")[0])
 
 
 __all__ = [

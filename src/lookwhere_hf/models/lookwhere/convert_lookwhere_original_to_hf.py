@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
 from ...flops import mlp_width
 from ...model_cards import ORIGINAL_WEIGHTS, conversion_provenance, render_model_card
-from ..conversion_utils import ConversionError, first_line, name_listing, push_folder_to_hub
+from ..conversion_utils import ConversionError, first_line, name_listing, push_folder_to_hub, run_converter
 from .configuration_lookwhere import LookWhereConfig
 from .image_processing_lookwhere import LookWhereImageProcessor
 from .modeling_lookwhere import LookWhereModel
@@ -537,23 +536,7 @@ class ConversionArguments:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 on success, 2 on a conversion error)."""
-    parser = HfArgumentParser(ConversionArguments, description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    try:
-        convert_checkpoint(
-            args.checkpoint_path,
-            args.output_dir,
-            high_res=args.high_res,
-            k_ratio=args.k_ratio,
-            variant=args.variant,
-            push_to_hub=args.push_to_hub,
-            num_attention_heads=args.num_attention_heads,
-            run_self_check=not args.skip_self_check,
-        )
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_converter(ConversionArguments, convert_checkpoint, argv, __doc__.split("\n\n")[0])
 
 
 __all__ = [
