@@ -27,7 +27,7 @@ from lookwhere_hf import (
 )
 from lookwhere_hf.budget import NEVER_EXIT, calibrate_budget, fit_budget_thresholds, simulate_exits
 from lookwhere_hf.flops import lookwhere_flops, transformer_layer_flops
-from lookwhere_hf.models.lookwhere.modeling_lookwhere import _block_flops, anytime_rung_flops
+from lookwhere_hf.models.lookwhere.anytime_rungs import _block_flops, anytime_rung_flops
 
 RATIOS = [0.1, 0.25, 0.5]  # on the 8x8 grid of a 112 px input: k = 6, 16, 32
 NUM_LABELS = 4

@@ -22,7 +22,7 @@ from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers im
 
 from lookwhere_hf import LookWhereForImageClassification
 from lookwhere_hf.flops import lookwhere_flops, transformer_layer_flops
-from lookwhere_hf.models.lookwhere.modeling_lookwhere import _block_flops
+from lookwhere_hf.models.lookwhere.anytime_rungs import _block_flops
 from lookwhere_hf.models.lookwhere.selection import select_top_k
 
 NUM_LABELS = 5

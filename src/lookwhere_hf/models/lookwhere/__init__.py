@@ -2,8 +2,11 @@
 only there.
 
 Files, in the order the data flows: `image_processing_lookwhere.py` (pixel_values + the low-res view),
-`selection.py` (low-res view, selector map layout, top-k), `modeling_lookwhere.py` (selector, extractor, heads),
-`dense_spreading.py` (k tokens -> full grid), `distillation_losses.py` (pretraining targets and losses),
+`input_checks.py` (shape checks of the inputs), `selection.py` (low-res view, selector map layout, top-k),
+`modeling_lookwhere.py` (selector, extractor, heads), `cls_only_layer.py` (the extractor's last layer for the CLS
+token alone), `anytime_rungs.py` (anytime / budgeted classification: the rung ladder, its FLOPs, the exits),
+`dense_spreading.py` (k tokens -> full grid), `model_outputs.py` (the output dataclasses), `dinov2_weights.py`
+(building a LookWhere from a DINOv2 checkpoint), `distillation_losses.py` (pretraining targets and losses),
 `configuration_lookwhere.py`, and `convert_lookwhere_original_to_hf.py` (official checkpoints -> folders).
 
 The modules import each other with single-dot relative imports only: `save_pretrained` copies them into a model

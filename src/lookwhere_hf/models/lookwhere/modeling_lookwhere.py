@@ -13,7 +13,11 @@ Structure of the code:
   with the selector's CLS + register tokens. For image-level outputs its last layer computes the CLS token only
   ([`cls_only_layer_forward`]: keys / values of every token, the rest of the layer for CLS).
 - [`LookWhereModel`]: the two together; optional dense features via `dense_spreading.spread_to_grid`.
-- Task heads: [`LookWhereForImageClassification`], [`LookWhereForSemanticSegmentation`].
+- Task heads: [`LookWhereForImageClassification`] (anytime / budgeted rungs: `anytime_rungs.py`),
+  [`LookWhereForSemanticSegmentation`]; pretraining: [`LookWhereForPreTraining`] (losses: `distillation_losses.py`).
+
+Sibling modules hold what is a concept of its own: `cls_only_layer.py`, `anytime_rungs.py`, `input_checks.py`,
+`model_outputs.py` (the output classes, importable from here too) and `dinov2_weights.py` (building from DINOv2).
 
 Output flags follow transformers' vision models: `output_hidden_states` / `output_attentions` (and any other
 `TransformersKwargs`) are passed down as `**kwargs` to the two `Dinov2WithRegistersEncoder`s, which record their
@@ -25,7 +29,6 @@ layer norm) or `num_hidden_layers` (attentions) entries. When not passed, the fl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -33,277 +36,31 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutput, ModelOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import PreTrainedModel
 from transformers.models.dinov2_with_registers.configuration_dinov2_with_registers import Dinov2WithRegistersConfig
 from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import (
-    Dinov2WithRegistersAttention,
     Dinov2WithRegistersEncoder,
-    Dinov2WithRegistersLayer,
     Dinov2WithRegistersLayerScale,
     Dinov2WithRegistersPatchEmbeddings,
-    eager_attention_forward,
 )
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
+from .anytime_rungs import anytime_rung_flops, resolve_exit_thresholds, run_rungs
+from .cls_only_layer import can_skip_last_layer_tokens, cls_only_layer_forward
 from .configuration_lookwhere import LookWhereConfig, to_pair
 from .dense_spreading import spread_to_grid
+from .dinov2_weights import config_from_dinov2, copy_dinov2_weights, load_dinov2, resize_position_embeddings
+from .input_checks import check_inputs
+from .model_outputs import (
+    LookWhereForPreTrainingOutput,
+    LookWhereImageClassifierOutput,
+    LookWhereModelOutput,
+    LookWhereSemanticSegmenterOutput,
+)
 from .selection import make_low_res_view, select_top_k, selector_scores_to_map
-
-
-def resize_position_embeddings(
-    position_embeddings: torch.Tensor, source_grid: int, grid: tuple[int, int]
-) -> torch.Tensor:
-    """Resize patch-only position embeddings `(1, source_grid**2, D)` to `(1, grid_h * grid_w, D)`.
-
-    Bicubic, `align_corners=False`, **no antialiasing**, computed in float32 (the official LookWhere code; note that
-    transformers' DINOv2 `interpolate_pos_encoding` antialiases and gives other numbers).
-    """
-    if (source_grid, source_grid) == tuple(grid):
-        return position_embeddings
-    dim = position_embeddings.shape[-1]
-    grid_2d = position_embeddings.reshape(1, source_grid, source_grid, dim).permute(0, 3, 1, 2)
-    resized = F.interpolate(grid_2d.float(), size=tuple(grid), mode="bicubic", align_corners=False, antialias=False)
-    return resized.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
-
-
-def _load_dinov2(dinov2) -> PreTrainedModel:
-    """A DINOv2(-with-registers) backbone from a model instance (bare or with a task head) or a path / Hub id."""
-    from transformers import AutoModel
-
-    if isinstance(dinov2, (str, bytes)) or hasattr(dinov2, "__fspath__"):
-        dinov2 = AutoModel.from_pretrained(dinov2)
-    if hasattr(dinov2, "embeddings") and hasattr(dinov2, "encoder"):
-        backbone = dinov2
-    else:
-        backbone = getattr(dinov2, "dinov2_with_registers", None) or getattr(dinov2, "dinov2", None)
-    model_type = getattr(getattr(backbone, "config", None), "model_type", None)
-    if model_type not in ("dinov2_with_registers", "dinov2"):
-        raise ValueError(
-            "Expected a DINOv2-with-registers or DINOv2 model (transformers `Dinov2WithRegistersModel` / "
-            f"`Dinov2Model`, or a path to one), got {type(dinov2).__name__} (model_type={model_type!r})."
-        )
-    return backbone
-
-
-def _block_flops(backbone_config, num_tokens: int, num_queries: int | None = None) -> int:
-    """FLOPs of one DINOv2(-with-registers) block on `num_tokens` tokens: q/k/v/o projections, the two attention
-    matmuls and the MLP (plain or SwiGLU). With `num_queries` (the CLS-only last layer: 1), keys and values are
-    computed for all `num_tokens` tokens and the rest for `num_queries` of them. The same formula as
-    `lookwhere_hf.flops.transformer_layer_flops`, which model folders copied for `trust_remote_code` cannot import
-    (tests check the two agree)."""
-    queries = num_tokens if num_queries is None else num_queries
-    dim = backbone_config.hidden_size
-    heads = backbone_config.num_attention_heads
-    attn_dim = heads * (getattr(backbone_config, "head_dim", None) or dim // heads)
-    mlp_hidden, num_in = int(dim * backbone_config.mlp_ratio), 1
-    if getattr(backbone_config, "use_swiglu_ffn", False):
-        mlp_hidden, num_in = (int(mlp_hidden * 2 / 3) + 7) // 8 * 8, 2
-    return (
-        4 * (num_tokens + queries) * dim * attn_dim
-        + 4 * queries * num_tokens * attn_dim
-        + (2 * queries * dim * mlp_hidden * (num_in + 1))
-    )
-
-
-def cls_only_layer_forward(
-    layer: Dinov2WithRegistersLayer, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
-) -> torch.Tensor:
-    """The CLS output `(B, 1, D)` of a transformers `Dinov2WithRegistersLayer` on `hidden_states (B, N, D)`.
-
-    Exactly the layer's own computation, with its own submodules and attention function, restricted to what the CLS
-    output depends on: `norm1` and the key / value projections run on all `N` tokens; the query, the attention (one
-    query row), `o_proj`, both layer scales, `norm2` and the MLP on the CLS token only. The other tokens' outputs
-    would need all of that for every token and are not used by an image-level head. The same random draws as the
-    full layer in training mode only without attention dropout (its mask has one row here instead of `N`); the
-    caller checks that ([`LookWhereExtractor.can_skip_last_layer_tokens`]).
-    """
-    attention = layer.attention
-    batch_size, num_tokens, _ = hidden_states.shape
-    normed = layer.norm1(hidden_states)
-    query = attention.q_proj(normed[:, :1]).view(batch_size, 1, -1, attention.head_dim).transpose(1, 2)
-    key = attention.k_proj(normed).view(batch_size, num_tokens, -1, attention.head_dim).transpose(1, 2)
-    value = attention.v_proj(normed).view(batch_size, num_tokens, -1, attention.head_dim).transpose(1, 2)
-    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-        attention.config._attn_implementation, eager_attention_forward
-    )
-    attn_output, _ = attention_interface(
-        attention,
-        query,
-        key,
-        value,
-        None,
-        dropout=0.0 if not attention.training else attention.attention_dropout,
-        scaling=attention.scaling,
-        **kwargs,
-    )
-    attn_output = attention.o_proj(attn_output.reshape(batch_size, 1, -1).contiguous())
-    hidden = layer.drop_path(layer.layer_scale1(attn_output)) + hidden_states[:, :1]
-    return layer.drop_path(layer.layer_scale2(layer.mlp(layer.norm2(hidden)))) + hidden
-
-
-def _confidence(logits: torch.Tensor) -> torch.Tensor:
-    """The exit score: max softmax probability `(B, C)` -> `(B,)`, in float32 or better."""
-    return logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).amax(dim=-1)
-
-
-def anytime_rung_flops(
-    config: LookWhereConfig, low_res_grid: tuple[int, int], ks: list[int], num_labels: int, glance: bool
-) -> list[int]:
-    """Cumulative FLOPs per image of exiting at each rung of anytime classification (glance first if `glance`).
-
-    Convention of `lookwhere_hf.flops` (a multiply-add is 2 FLOPs; linear layers, attention matmuls and patch
-    embeddings counted; norms, softmax, resizes and top-k not). What each rung adds:
-
-    - selector (patch embedding, encoder, map head): once, before the first rung;
-    - glance: a linear `2 * hidden -> num_labels` on the selector's output;
-    - focus rung `i`: the patch embedding of its `k_i - k_{i-1}` *new* patches only (the ranking is nested, so the
-      patches of earlier rungs are already embedded), an extractor pass on `prefix + k_i` tokens whose last layer
-      computes only the CLS token (keys and values of all tokens, see [`LookWhereExtractor.encode`]), and the head.
-      The extractor pass cannot be reused across rungs: every token attends to every other in every layer, so
-      adding patches changes all the earlier tokens' states from the first layer on.
-
-    For a single focus rung without glance this equals `lookwhere_flops(config, k=k, num_labels=...).total`.
-    """
-    sel, ext = config.selector_config, config.extractor_config
-    dim, prefix = config.hidden_size, config.num_prefix_tokens
-    num_low = low_res_grid[0] * low_res_grid[1]
-    sel_patch, ext_patch = to_pair(sel.patch_size)[0], to_pair(ext.patch_size)[0]
-    cost = 2 * num_low * sel.num_channels * sel_patch * sel_patch * dim
-    cost += sel.num_hidden_layers * _block_flops(sel, prefix + num_low)
-    cost += 2 * num_low * (dim * 4 * dim + 4 * dim * config.selector_upsample_factor**2)
-    cumulative = []
-    if glance:
-        cost += 2 * 2 * dim * num_labels
-        cumulative.append(cost)
-    previous_k = 0
-    for k in ks:
-        cost += 2 * (k - previous_k) * ext.num_channels * ext_patch * ext_patch * dim
-        cost += (ext.num_hidden_layers - 1) * _block_flops(ext, prefix + k) + 2 * dim * num_labels
-        cost += _block_flops(ext, prefix + k, num_queries=1)
-        cumulative.append(cost)
-        previous_k = k
-    return cumulative
-
-
-# ----------------------------------------------------------------------------------------------------- outputs
-@dataclass
-class LookWhereModelOutput(ModelOutput):
-    r"""
-    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_prefix_tokens + k, hidden_size)`):
-        Extractor output after the final layer norm: CLS, registers, then the `k` selected patch tokens in the order
-        of `selected_indices`. With `cls_only=True`: the CLS token only, `(batch_size, 1, hidden_size)`.
-    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-        The extractor's output CLS token.
-    selector_map (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w)`):
-        Selector map logits for every high-resolution patch, row-major.
-    selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
-        Row-major indices of the high-resolution patches the extractor computed, by descending selector score.
-    selector_prefix_tokens (`torch.FloatTensor` of shape `(batch_size, num_prefix_tokens, hidden_size)`):
-        The selector's CLS + register tokens after its final norm (the extractor's prefix inputs).
-    selector_patch_tokens (`torch.FloatTensor` of shape `(batch_size, low_h * low_w, hidden_size)`):
-        The selector's low-resolution patch tokens after its final norm.
-    dense_features (`torch.FloatTensor` of shape `(batch_size, hidden_size, grid_h, grid_w)`, *optional*):
-        The `k` output patch tokens spread to the full high-resolution grid (returned with `output_dense_features`).
-    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
-        Extractor hidden states, `extractor_config.num_hidden_layers + 1` tensors of shape
-        `(batch_size, num_prefix_tokens + k, hidden_size)`: the extractor's input (the selector's prefix tokens and the
-        `k` embedded patches), then the output of every layer (the last one before the final layer norm).
-    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
-        Extractor attention weights, `extractor_config.num_hidden_layers` tensors of shape
-        `(batch_size, num_heads, num_prefix_tokens + k, num_prefix_tokens + k)` (eager attention only).
-    selector_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
-        Selector hidden states, `selector_config.num_hidden_layers + 1` tensors of shape
-        `(batch_size, num_prefix_tokens + low_h * low_w, hidden_size)`, laid out as `hidden_states`.
-    selector_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
-        Selector attention weights, `selector_config.num_hidden_layers` tensors of shape
-        `(batch_size, num_heads, num_prefix_tokens + low_h * low_w, num_prefix_tokens + low_h * low_w)` (eager only).
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    selector_map: torch.FloatTensor | None = None
-    selected_indices: torch.LongTensor | None = None
-    selector_prefix_tokens: torch.FloatTensor | None = None
-    selector_patch_tokens: torch.FloatTensor | None = None
-    dense_features: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    selector_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    selector_attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-@dataclass
-class LookWhereImageClassifierOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
-        Classification (or regression) loss, when `labels` are given.
-    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
-        Classification scores (before softmax / sigmoid).
-    selector_map (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w)`):
-        Selector map logits.
-    selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
-        The high-resolution patches the extractor computed.
-    hidden_states, attentions, selector_hidden_states, selector_attentions (*optional*):
-        Extractor and selector per-layer outputs, on request, exactly as in [`LookWhereModelOutput`] (fixed-`k` mode
-        only).
-    rung_logits (`torch.FloatTensor` of shape `(batch_size, num_rungs, num_labels)`, *optional*, anytime mode):
-        The glance's logits (with `config.glance_head`), then those of every focus rung. `logits` is the last one.
-    exit_rung (`torch.LongTensor` of shape `(batch_size,)`, *optional*, anytime and budgeted modes):
-        The rung each image's `logits` come from (the last one in anytime mode).
-    flops (`torch.LongTensor` of shape `(batch_size,)`, *optional*, anytime and budgeted modes):
-        FLOPs spent on each image up to its exit (`rung_flops[i, exit_rung[i]]`).
-    rung_flops (`torch.LongTensor` of shape `(batch_size, num_rungs)`, *optional*, anytime and budgeted modes):
-        Cumulative FLOPs per image of exiting at each rung, in the convention of `lookwhere_hf.flops` (see
-        [`anytime_rung_flops`]); every row is the same ladder.
-    rung_k (`torch.LongTensor` of shape `(batch_size, num_rungs)`, *optional*, anytime and budgeted modes):
-        High-resolution patches each rung's extractor pass sees (0 for the glance); every row is the same.
-
-    Every field holds one row per image along dim 0, so that `pipeline(..., batch_size=N)` can split a batch.
-    Fields other than `logits` are left out of the `Trainer`'s predictions (`config.keys_to_ignore_at_inference`).
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    selector_map: torch.FloatTensor | None = None
-    selected_indices: torch.LongTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    selector_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    selector_attentions: tuple[torch.FloatTensor, ...] | None = None
-    rung_logits: torch.FloatTensor | None = None
-    exit_rung: torch.LongTensor | None = None
-    flops: torch.LongTensor | None = None
-    rung_flops: torch.LongTensor | None = None
-    rung_k: torch.LongTensor | None = None
-
-
-@dataclass
-class LookWhereSemanticSegmenterOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
-        Cross-entropy over the label pixels (logits upsampled to the label size), when `labels` are given.
-    logits (`torch.FloatTensor` of shape `(batch_size, num_labels, grid_h, grid_w)`):
-        Per-patch class scores on the high-resolution patch grid. Upsample them to the image size for a mask
-        (`LookWhereImageProcessor.post_process_semantic_segmentation` does).
-    selector_map (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w)`):
-        Selector map logits.
-    selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
-        The high-resolution patches the extractor computed.
-    hidden_states, attentions, selector_hidden_states, selector_attentions (*optional*):
-        Extractor and selector per-layer outputs, on request, exactly as in [`LookWhereModelOutput`].
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    selector_map: torch.FloatTensor | None = None
-    selected_indices: torch.LongTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    selector_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    selector_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------- modules
@@ -488,40 +245,9 @@ class LookWhereExtractor(nn.Module):
         return self.layernorm(cls_token), BaseModelOutput(last_hidden_state=cls_token)
 
     def can_skip_last_layer_tokens(self) -> bool:
-        """Whether [`cls_only_layer_forward`] gives exactly the full last layer's CLS output here. It does not:
-
-        - when the last layer is not exactly transformers' `Dinov2WithRegistersLayer` with a
-          `Dinov2WithRegistersAttention` (a subclass, a replaced or wrapped module, FSDP2's layer class): their own
-          `forward` may compute something else, and this path does not call it;
-        - in training mode with attention dropout: the dropout mask would be drawn for one query row instead of all,
-          so the random stream (and the output) would differ from the full layer's;
-        - when the layer or its attention module has a replaced `forward` (accelerate's `device_map` / offloading
-          hooks: they move inputs and weights around the layer's own `forward`) or forward / backward hooks of its
-          own (`register_forward_hook`, ...): they would not run. transformers' output-capturing hooks do not count:
-          they record only inside the encoder's `forward` with `output_hidden_states` / `output_attentions`, which
-          this path never has. Global hooks (`torch.nn.modules.module.register_module_forward_hook`) still run on
-          the submodules this path calls, with the CLS token's shapes.
-
-        With gradient checkpointing, the CLS-only layer is checkpointed as the full one would be.
-        """
-        last_layer = self.encoder.layer[-1]
-        attention = getattr(last_layer, "attention", None)
-        if type(last_layer) is not Dinov2WithRegistersLayer or type(attention) is not Dinov2WithRegistersAttention:
-            return False
-        if attention.training and attention.attention_dropout > 0:
-            return False
-        for module in (last_layer, attention):
-            if hasattr(module, "_hf_hook") or "forward" in vars(module):
-                return False
-            hooks = (
-                *module._forward_pre_hooks.values(),
-                *module._forward_hooks.values(),
-                *module._backward_pre_hooks.values(),
-                *module._backward_hooks.values(),
-            )
-            if any(getattr(hook, "__name__", None) != "output_capturing_hook" for hook in hooks):
-                return False
-        return True
+        """Whether [`cls_only_layer_forward`] gives exactly the full last layer's CLS output here (see
+        [`~cls_only_layer.can_skip_last_layer_tokens`] for when it does not)."""
+        return can_skip_last_layer_tokens(self.encoder.layer[-1])
 
 
 # ----------------------------------------------------------------------------------------------------- models
@@ -645,123 +371,17 @@ class LookWherePreTrainedModel(PreTrainedModel):
         >>> image_processor_for(model).save_pretrained("my-lookwhere")  # = LookWhereImageProcessor.from_model_config
         ```
         """
-        teacher = _load_dinov2(dinov2)
-        tcfg = teacher.config
-        if not 1 <= selector_depth <= tcfg.num_hidden_layers:
-            raise ValueError(
-                f"`selector_depth` must be between 1 and the teacher's depth {tcfg.num_hidden_layers}, "
-                f"got {selector_depth}."
-            )
-        patch = to_pair(tcfg.patch_size)[0]
-        high_res_size = high_res_size if high_res_size is not None else to_pair(tcfg.image_size)[0]
-        backbone = {
-            key: getattr(tcfg, key)
-            for key in (
-                "hidden_size",
-                "num_attention_heads",
-                "mlp_ratio",
-                "hidden_act",
-                "layer_norm_eps",
-                "patch_size",
-                "num_channels",
-                "qkv_bias",
-                "layerscale_value",
-                "use_swiglu_ffn",
-            )
-        }
-        backbone["num_register_tokens"] = getattr(tcfg, "num_register_tokens", 0)
-        teacher_grid = to_pair(tcfg.image_size)[0] // patch
-        config = LookWhereConfig(
-            selector_config={**backbone, "num_hidden_layers": selector_depth, "image_size": low_res_size},
-            extractor_config={**backbone, "num_hidden_layers": tcfg.num_hidden_layers, "image_size": high_res_size},
-            k_ratio=k_ratio,
-            selector_pretrain_grid=config_kwargs.pop("selector_pretrain_grid", high_res_size // patch),
-            **config_kwargs,
+        teacher = load_dinov2(dinov2)
+        config = config_from_dinov2(
+            teacher.config, selector_depth, low_res_size, high_res_size, k_ratio, **config_kwargs
         )
         model = cls(config)
-        body = model if isinstance(model, LookWhereModel) else model.lookwhere
-        state = teacher.state_dict()
-        for part in (body.selector, body.extractor):
-            emb = part.embeddings
-            with torch.no_grad():
-                # DINOv2 adds its first position embedding to CLS; LookWhere's CLS gets none, so fold it in.
-                emb.cls_token.copy_(state["embeddings.cls_token"] + state["embeddings.position_embeddings"][:, :1])
-                if emb.register_tokens.numel():
-                    emb.register_tokens.copy_(state["embeddings.register_tokens"])
-                emb.patch_embeddings.projection.load_state_dict(
-                    {
-                        n.split(".")[-1]: t
-                        for n, t in state.items()
-                        if n.startswith("embeddings.patch_embeddings.projection.")
-                    }
-                )
-                patch_pos = state["embeddings.position_embeddings"][:, 1:]  # drop the CLS slot
-                emb.position_embeddings.copy_(resize_position_embeddings(patch_pos, teacher_grid, (emb.grid, emb.grid)))
-            depth = len(part.encoder.layer)
-            part.encoder.layer.load_state_dict(
-                {
-                    n[len("encoder.layer.") :]: t
-                    for n, t in state.items()
-                    if n.startswith("encoder.layer.") and int(n.split(".")[2]) < depth
-                }
-            )
-            part.layernorm.load_state_dict(
-                {n.split(".")[-1]: t for n, t in state.items() if n.startswith("layernorm.")}
-            )
+        copy_dinov2_weights(model if isinstance(model, LookWhereModel) else model.lookwhere, teacher)
         return model
 
-    # ------------------------------------------------------------------ input checks shared by all heads
     def _check_inputs(self, pixel_values, low_res_pixel_values) -> tuple[int, int]:
-        """Shape checks of the inputs (Python-level, on shapes only: free under torch.compile and torch.export).
-        NaN / inf values are not checked here: that needs a reduction and a device-to-host sync on every forward (a
-        stall of the GPU queue) and a data-dependent branch that `torch.compile(fullgraph=True)` / `torch.export`
-        cannot trace; `LookWhereImageProcessor` refuses such images instead. Returns the high-resolution grid."""
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
-            got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
-            raise ValueError(
-                f"`pixel_values` must be a float tensor of shape (batch_size, 3, height, width), got {got}. "
-                "Use LookWhereImageProcessor to turn images into model inputs."
-            )
-        batch_size, channels, height, width = pixel_values.shape
-        if batch_size == 0:
-            raise ValueError("`pixel_values` is an empty batch (batch_size 0); pass at least one image.")
-        expected_channels = self.config.extractor_config.num_channels
-        if channels != expected_channels:
-            raise ValueError(
-                f"`pixel_values` must have {expected_channels} channels (RGB), got {channels} in shape "
-                f"{tuple(pixel_values.shape)}. Convert grayscale/RGBA images to RGB (LookWhereImageProcessor does)."
-            )
-        p = self.config.patch_size
-        if height < p or width < p:
-            raise ValueError(
-                f"`pixel_values` of shape {tuple(pixel_values.shape)} are smaller than one {p}x{p} patch; resize the "
-                f"images to at least {p}x{p} pixels (LookWhereImageProcessor does, and refuses images without pixels)."
-            )
-        if height % p or width % p:
-            raise ValueError(
-                f"`pixel_values` height and width must be multiples of the patch size {p}, got {height}x{width}. "
-                f"Resize the images (e.g. LookWhereImageProcessor(size={{'height': {height // p * p or p}, "
-                f"'width': {width // p * p or p}}}))."
-            )
-        if low_res_pixel_values is not None:
-            lp = to_pair(self.config.selector_config.patch_size)[0]
-            if low_res_pixel_values.ndim != 4 or low_res_pixel_values.shape[:2] != pixel_values.shape[:2]:
-                raise ValueError(
-                    "`low_res_pixel_values` must have shape (batch_size, channels, low_h, low_w) with the batch size "
-                    f"and channels of `pixel_values` {tuple(pixel_values.shape[:2])}, got "
-                    f"{tuple(low_res_pixel_values.shape)}. Omit it to let the model make it from `pixel_values`."
-                )
-            if min(low_res_pixel_values.shape[-2:]) < lp:
-                raise ValueError(
-                    f"`low_res_pixel_values` of shape {tuple(low_res_pixel_values.shape)} are smaller than one "
-                    f"{lp}x{lp} selector patch. Omit it to let the model make it from `pixel_values`."
-                )
-            if low_res_pixel_values.shape[-2] % lp or low_res_pixel_values.shape[-1] % lp:
-                raise ValueError(
-                    f"`low_res_pixel_values` height and width must be multiples of the selector patch size {lp}, "
-                    f"got {tuple(low_res_pixel_values.shape[-2:])}."
-                )
-        return height // p, width // p
+        """Shape checks of the inputs shared by all heads ([`~input_checks.check_inputs`]); the high-resolution grid."""
+        return check_inputs(self.config, pixel_values, low_res_pixel_values)
 
 
 class LookWhereModel(LookWherePreTrainedModel):
@@ -982,7 +602,7 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
                 "extractor's last layer computes that token alone whenever that is exact. To run the full last layer, "
                 "pass `output_hidden_states=True`, or call `model.lookwhere(...)` without `cls_only`."
             )
-        thresholds = self._resolve_exit_mode(k, anytime, budget, exit_thresholds)
+        thresholds = resolve_exit_thresholds(self.config, self.training, k, anytime, budget, exit_thresholds)
         if self.training and self.config.train_all_rungs and labels is not None and k is None and thresholds is None:
             anytime = True
         if anytime or thresholds is not None:
@@ -1014,119 +634,26 @@ class LookWhereForImageClassification(_LookWhereTaskModel):
             selector_attentions=outputs.selector_attentions,
         )
 
-    def _resolve_exit_mode(self, k, anytime: bool, budget: bool | None, exit_thresholds) -> list[float] | None:
-        """The exit thresholds of this call (`None`: no early exits, i.e. fixed-`k` or anytime mode)."""
-        config = self.config
-        if exit_thresholds is not None:
-            if budget is False:
-                raise ValueError("`exit_thresholds` were given with `budget=False`; drop one of them.")
-            budget = True
-        if budget is None:
-            budget = (
-                config.budget_thresholds is not None
-                and config.use_budget
-                and not self.training
-                and k is None
-                and not anytime
-            )
-        if not budget:
-            return None
-        if anytime:
-            raise ValueError("`anytime=True` computes every rung for every image; it cannot be combined with `budget`.")
-        if k is not None:
-            raise ValueError("`k` sets a fixed number of patches; budgeted inference picks the rung per image.")
-        thresholds = exit_thresholds if exit_thresholds is not None else config.budget_thresholds
-        if thresholds is None:
-            raise ValueError(
-                "Budgeted inference needs exit thresholds: calibrate them with "
-                "`lookwhere_hf.budget.calibrate_budget(model, eval_data, target_gflops)` or pass `exit_thresholds=`."
-            )
-        thresholds = [float(t) for t in thresholds]
-        if not all(0.0 <= t < float("inf") for t in thresholds):
-            raise ValueError(
-                f"Exit thresholds must be finite max-softmax values >= 0 (above 1 disables a rung), got {thresholds}."
-            )
-        if len(thresholds) != config.num_rungs - 1:
-            raise ValueError(
-                f"Expected {config.num_rungs - 1} exit thresholds (one per rung except the last; rungs: "
-                f"{'glance + ' if config.glance_head else ''}k_ratios {list(config.anytime_k_ratios)}), got "
-                f"{len(thresholds)}."
-            )
-        if config.num_labels < 2:
-            raise ValueError("Budgeted inference exits on the max softmax probability and needs `num_labels >= 2`.")
-        return thresholds
-
     def _forward_rungs(self, pixel_values, low_res_pixel_values, labels, thresholds, **kwargs):
-        """Anytime (`thresholds is None`) or budgeted classification; see the class docstring."""
+        """Anytime (`thresholds is None`) or budgeted classification; see the class docstring and
+        [`~anytime_rungs.run_rungs`]."""
         config, body = self.config, self.lookwhere
         if config.num_labels < 1:
             raise ValueError("Anytime classification needs a classification head (`num_labels >= 1`).")
         grid = body._check_inputs(pixel_values, low_res_pixel_values)
-        ks = config.rung_ks(grid[0] * grid[1])
         if low_res_pixel_values is None:
             low_res_pixel_values = body.low_res_view(pixel_values)
         selector_map, prefix, selector_patches, _ = body._run_selector(pixel_values, low_res_pixel_values, grid)
-        indices = select_top_k(selector_map, ks[-1])
-        glance = getattr(self, "glance_classifier", None) is not None
-        rung_k = ([0] if glance else []) + ks
-        lp = to_pair(config.selector_config.patch_size)[0]
-        low_grid = (low_res_pixel_values.shape[-2] // lp, low_res_pixel_values.shape[-1] // lp)
-        device = pixel_values.device
-        rung_flops = torch.tensor(anytime_rung_flops(config, low_grid, ks, config.num_labels, glance), device=device)
-
-        batch_size = pixel_values.shape[0]
-        running = torch.arange(batch_size, device=device)  # images still going, as indices into the batch
-        exit_rung = torch.full((batch_size,), len(rung_k) - 1, dtype=torch.long, device=device)
-        rung_logits, logits = [], None
-        embedded, previous_k = None, 0  # patch tokens of the running images, `(n_running, previous_k, D)`
-        for rung, k in enumerate(rung_k):
-            if k == 0:
-                features = torch.cat((prefix[:, 0], selector_patches.mean(dim=1)), dim=-1)
-                rung_out = self.glance_classifier(self.dropout(features))
-            else:
-                new = body.extractor.embeddings.embed_selected(pixel_values, indices[running, previous_k:k], running)
-                embedded = new if embedded is None else torch.cat((embedded, new), dim=1)
-                tokens, _ = body.extractor.encode(embedded, prefix[running], cls_only=True)
-                rung_out = self.classifier(self.dropout(tokens[:, 0]))
-                previous_k = k
-            if thresholds is None:
-                rung_logits.append(rung_out)
-                continue
-            if logits is None:
-                logits = rung_out.new_zeros(batch_size, rung_out.shape[-1])
-            last = rung == len(rung_k) - 1
-            leaving = (
-                torch.ones(len(running), dtype=torch.bool, device=device)
-                if last
-                else _confidence(rung_out) >= thresholds[rung]
-            )
-            logits = logits.index_put((running[leaving],), rung_out[leaving])
-            exit_rung[running[leaving]] = rung
-            staying = ~leaving
-            running = running[staying]
-            if embedded is not None:
-                embedded = embedded[staying]
-            if len(running) == 0:
-                break
-
-        loss = None
-        if thresholds is None:
-            logits = rung_logits[-1]
-            if labels is not None:
-                loss = sum(self.loss_function(labels, out, config, **kwargs) for out in rung_logits) / len(rung_logits)
-        elif labels is not None:
-            loss = self.loss_function(labels, logits, config, **kwargs)
-        return LookWhereImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            selector_map=selector_map,
-            selected_indices=indices,
-            rung_logits=torch.stack(rung_logits, dim=1) if thresholds is None else None,
-            exit_rung=exit_rung,
-            flops=rung_flops[exit_rung],
-            rung_flops=rung_flops.expand(batch_size, -1),
-            rung_k=torch.tensor(rung_k, device=device).expand(batch_size, -1),
+        rungs = run_rungs(
+            self, pixel_values, low_res_pixel_values, grid, selector_map, prefix, selector_patches, thresholds
         )
+        loss = None
+        if labels is not None and thresholds is None:  # anytime: every rung and the glance head train
+            per_rung = rungs["rung_logits"].unbind(dim=1)
+            loss = sum(self.loss_function(labels, out, config, **kwargs) for out in per_rung) / len(per_rung)
+        elif labels is not None:
+            loss = self.loss_function(labels, rungs["logits"], config, **kwargs)
+        return LookWhereImageClassifierOutput(loss=loss, selector_map=selector_map, **rungs)
 
 
 class LookWhereForSemanticSegmentation(_LookWhereTaskModel):
@@ -1186,38 +713,6 @@ class LookWhereForSemanticSegmentation(_LookWhereTaskModel):
 
 
 # ----------------------------------------------------------------------------------------------------- pretraining
-@dataclass
-class LookWhereForPreTrainingOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor` of shape `()`):
-        `cls_loss_weight * loss_cls + dense_loss_weight * loss_dense + map_loss_weight * loss_map`.
-    loss_cls (`torch.FloatTensor` of shape `()`):
-        MSE between the extractor's output CLS token and the teacher's final-normed CLS token (detached).
-    loss_dense (`torch.FloatTensor` of shape `()`):
-        Squared error (mean over channels, then positions and batch) between the extractor's `k` patch tokens spread
-        to every high-resolution position and the teacher's final-normed patch tokens (detached).
-    loss_map (`torch.FloatTensor` of shape `()`):
-        `KL(softmax(teacher_map) || softmax(selector_map))`, averaged over the batch (detached).
-    top_k_agreement (`torch.FloatTensor` of shape `()`):
-        Fraction of the teacher map's top-`k` positions that are among the selector map's top-`k` (this step's `k`).
-    selector_map (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w)`):
-        Selector map logits.
-    teacher_map (`torch.FloatTensor` of shape `(batch_size, grid_h * grid_w)`):
-        The teacher's attention-map target (last-layer attention logits averaged over heads and patch queries).
-    selected_indices (`torch.LongTensor` of shape `(batch_size, k)`):
-        The high-resolution patches the extractor computed this step.
-    """
-
-    loss: torch.FloatTensor | None = None
-    loss_cls: torch.FloatTensor | None = None
-    loss_dense: torch.FloatTensor | None = None
-    loss_map: torch.FloatTensor | None = None
-    top_k_agreement: torch.FloatTensor | None = None
-    selector_map: torch.FloatTensor | None = None
-    teacher_map: torch.FloatTensor | None = None
-    selected_indices: torch.LongTensor | None = None
-
-
 class LookWhereForPreTraining(LookWherePreTrainedModel):
     """LookWhere pretraining by distillation from a frozen DINOv2(-with-registers) teacher.
 
@@ -1315,8 +810,8 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         if isinstance(teacher, (str, bytes)) or hasattr(teacher, "__fspath__"):
             # `from_pretrained(..., teacher=path)` builds this model under a meta-device context; load on CPU.
             with torch.device("cpu"):
-                teacher = _load_dinov2(teacher)
-        teacher = _load_dinov2(teacher)
+                teacher = load_dinov2(teacher)
+        teacher = load_dinov2(teacher)
         tcfg = teacher.config
         t_patch, t_hidden = to_pair(tcfg.patch_size)[0], tcfg.hidden_size
         if t_patch != self.config.patch_size:
@@ -1382,7 +877,7 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         With `init_from_teacher=False` the student has the same architecture but random weights. The pretraining
         settings (`k_min`, ..., `k_seed`) become `config.pretrain_<name>`; absent ones keep the config defaults.
         """
-        teacher = _load_dinov2(teacher)
+        teacher = load_dinov2(teacher)
         settings = {
             "k_min": k_min,
             "k_max": k_max,
