@@ -203,34 +203,25 @@ def main(argv: list[str] | None = None, prog: str = "lookwhere-hf benchmark") ->
         f"threads); load average {load_start}",
         file=sys.stderr,
     )
+    # The other benchmarks, each asked for by its flags: (run, render, section heading).
     if args.budget_latency:
-        rows = run_budget_latency(args)
-        loads = (load_start, load_average())
-        section = render_budget_markdown(rows, machine_description(args.threads), command, started, loads)
-        print(section)
-        if args.output is not None:
-            write_section(args.output, section, BUDGET_SECTION)
-        return 0
-    if args.profile or args.vs_official is not None:
-        rows = run_profile(args) if args.profile else run_official_comparison(args)
-        loads = (load_start, load_average())
-        render = render_profile_markdown if args.profile else render_official_markdown
-        section = render(rows, machine_description(args.threads), command, started, loads)
-        heading = PROFILE_SECTION if args.profile else OFFICIAL_SECTION
+        other = (run_budget_latency, render_budget_markdown, BUDGET_SECTION)
+    elif args.profile:
+        other = (run_profile, render_profile_markdown, PROFILE_SECTION)
+    elif args.vs_official is not None:
+        other = (run_official_comparison, render_official_markdown, OFFICIAL_SECTION)
+    elif args.compile or args.onnx or args.bf16:
+        other = (run_deployment_benchmark, render_deployment_markdown, DEPLOYMENT_SECTION)
+    else:
+        other = None
+    if other is not None:
+        run, render, heading = other
+        rows = run(args)
+        section = render(rows, machine_description(args.threads), command, started, (load_start, load_average()))
         print(section)
         if args.output is not None:
             write_section(args.output, section, heading)
             print(f"Wrote the '{heading[3:]}' section of {args.output}", file=sys.stderr)
-        print(f"Done in {time.time() - t0:.0f} s.", file=sys.stderr)
-        return 0
-    if args.compile or args.onnx or args.bf16:
-        rows = run_deployment_benchmark(args)
-        loads = (load_start, load_average())
-        section = render_deployment_markdown(rows, machine_description(args.threads), command, started, loads)
-        print(section)
-        if args.output is not None:
-            write_section(args.output, section, DEPLOYMENT_SECTION)
-            print(f"Wrote the '{DEPLOYMENT_SECTION[3:]}' section of {args.output}", file=sys.stderr)
         print(f"Done in {time.time() - t0:.0f} s.", file=sys.stderr)
         return 0
     rows = run_benchmark(args)
