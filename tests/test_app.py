@@ -154,10 +154,9 @@ def test_demo_checkpoint_over_http(server):
         expected = {r["label"]: r["score"] for r in classifier(path, top_k=5)}
         assert list(scores) == list(expected)
         np.testing.assert_allclose(list(scores.values()), list(expected.values()), **SCORE_TOLERANCE)
-        digit = Path(path).stem.split("_")[1]
+        assert next(iter(scores)) == Path(path).stem.split("_")[1]  # the trained checkpoint reads each digit
         assert picture.size == (1000, 500)
         assert "k = 25 of 256 patches" in summary and "full-resolution" in summary and " ms" in summary
-    assert digit in scores
 
 
 def test_k_slider_changes_the_selection_and_the_flops(server):

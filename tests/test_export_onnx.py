@@ -11,7 +11,13 @@ import pytest
 import torch
 from conftest import EPS32, FLOAT64_TOLERANCE, assert_top_k_margin, make_tiny_config
 
-from lookwhere_hf import LookWhereForImageClassification, LookWhereForSemanticSegmentation, LookWhereModel, cli
+from lookwhere_hf import (
+    LookWhereForImageClassification,
+    LookWhereForSemanticSegmentation,
+    LookWhereImageProcessor,
+    LookWhereModel,
+    cli,
+)
 from lookwhere_hf import export as lw_export
 from lookwhere_hf.export import ExportError, export_lookwhere, onnx_session, run_exported
 
@@ -78,7 +84,7 @@ def test_onnx_runtime_matches_eager(exported, cls, photos):
     session = onnx_session(result.path)
     assert [i.name for i in session.get_inputs()] == ["pixel_values"]
     assert [o.name for o in session.get_outputs()] == result.output_names
-    processor = lw_export.LookWhereImageProcessor.from_model_config(model.config)
+    processor = LookWhereImageProcessor.from_model_config(model.config)
     photo = processor(photos["chelsea"], size={"height": SIZE, "width": SIZE}, return_tensors="pt")["pixel_values"]
     batch = 3 if result.batch_size is None else result.batch_size
     torch.manual_seed(2)  # seed 1 draws a map with a near-tie (gap 2e-8) among the top 13 of its first image
@@ -244,7 +250,7 @@ def test_cli_export_onnx_of_the_shipped_checkpoint(tmp_path, capsys):
     assert all(check["passed"] for check in report["checks"])
 
     model = LookWhereForImageClassification.from_pretrained(model_dir).eval()
-    processor = lw_export.LookWhereImageProcessor.from_pretrained(model_dir)
+    processor = LookWhereImageProcessor.from_pretrained(model_dir)
     from PIL import Image
 
     images = [Image.open(path).convert("RGB") for path in cli.demo_image_paths()[:3]]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,20 +377,21 @@ class AppModel:
         )
 
 
-_FULL_BACKBONE_FLOPS: dict[tuple[int, int, int], int] = {}
+# per model (weakly held: a model that is freed takes its entry along) and input size
+_FULL_BACKBONE_FLOPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _full_resolution_backbone_flops(model, height: int, width: int) -> int:
     """Glance-and-Focus's full-resolution reference: its encoder backbone on the whole input (counted once)."""
     from .models.glance_focus.modeling_glance_focus import count_flops
 
-    key = (id(model), height, width)
-    if key not in _FULL_BACKBONE_FLOPS:
+    counted = _FULL_BACKBONE_FLOPS.setdefault(model, {})
+    if (height, width) not in counted:
         parameter = next(model.parameters())
         zeros = torch.zeros(1, model.glance_encoder.num_channels, height, width, dtype=parameter.dtype)
         with torch.no_grad():
-            _FULL_BACKBONE_FLOPS[key] = count_flops(model.glance_encoder, zeros.to(parameter.device))
-    return _FULL_BACKBONE_FLOPS[key]
+            counted[height, width] = count_flops(model.glance_encoder, zeros.to(parameter.device))
+    return counted[height, width]
 
 
 def _rung_gflops(app_model: AppModel) -> list[float]:
@@ -487,7 +489,6 @@ def build_app(model_paths: Sequence[str] | None = None, examples: Sequence[str] 
             return None, None, "Upload an image or pick an example."
         try:
             image = read_image(image_path)
-            torch.manual_seed(0)
             analysis = models[model_name].analyze(image, k_ratio, bool(budgeted), budget_gflops, compressed_grid)
         except CLIError as err:
             return None, None, f"{ERROR_PREFIX}{err}"

@@ -21,9 +21,9 @@ classification") does it, as we read the paper and its `dynamic_evaluate`:
 5. Keep the most accurate profile whose mean FLOPs is `<=` the target (ties: the cheaper one).
 
 Family-agnostic: [`fit_budget_thresholds`] takes arrays only. [`calibrate_budget`] takes any model whose forward
-accepts `anytime=True` and returns `rung_logits` (one `(batch_size, num_labels)` tensor per rung) and `rung_flops`
-(`(num_rungs,)` cumulative FLOPs per image), and whose config has the `budget_*` fields (LookWhere's; Glance-and-Focus
-uses the same ones). Example:
+accepts `anytime=True` and returns `rung_logits` (`(batch_size, num_rungs, num_labels)`) and `rung_flops`
+(`(batch_size, num_rungs)` cumulative FLOPs per image, the same in every row), and whose config has the `budget_*`
+fields (LookWhere's; Glance-and-Focus uses the same ones). Example:
 
 ```python
 >>> from lookwhere_hf.budget import calibrate_budget

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoModelForImageClassification, pipeline
+from transformers import AutoModel, AutoModelForImageClassification, PretrainedConfig, pipeline
 from transformers.utils import logging as hf_logging
 
 from . import demo_assets
@@ -130,7 +130,12 @@ def cmd_demo(args) -> int:
     trained = model_path is not None
     if trained:
         print(f"Loading the LookWhere model from {model_path}")
-        model, processor = load_model_and_processor(AutoModelForImageClassification, model_path, args.k_ratio)
+        # A classifier folder classifies the examples; a bare model folder (converted or pretrained) is loaded as
+        # what it is, for the timing and the pictures (its missing head would be random).
+        saved = PretrainedConfig.get_config_dict(model_path)[0].get("architectures") or []
+        classifier = any(name.endswith("ForImageClassification") for name in saved)
+        auto_class = AutoModelForImageClassification if classifier else AutoModel
+        model, processor = load_model_and_processor(auto_class, model_path, args.k_ratio)
         body = model.lookwhere if hasattr(model, "lookwhere") else model
     else:
         config = _tiny_demo_config() if args.tiny else LookWhereConfig()
@@ -151,7 +156,7 @@ def cmd_demo(args) -> int:
     # 1. classify the shipped example images (trained checkpoint only)
     images = [Path(p) for p in demo_image_paths()] if trained else []
     pictures = []
-    if trained and getattr(model.config, "num_labels", 0) and images:
+    if trained and hasattr(model, "classifier") and images:
         print(f"\nClassifying {len(images)} example images from {images[0].parent}:")
         for path in images:
             image = open_image_file(path)

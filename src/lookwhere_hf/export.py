@@ -59,15 +59,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .image_processing import image_processor_for
 from .models.lookupvit.modeling_lookupvit import (
     LookupViTForImageClassification,
     LookupViTForSemanticSegmentation,
     LookupViTModel,
     LookupViTPreTrainedModel,
-    lookupvit_image_processor,
 )
 from .models.lookwhere.configuration_lookwhere import to_pair
-from .models.lookwhere.image_processing_lookwhere import LookWhereImageProcessor
 from .models.lookwhere.modeling_lookwhere import (
     LookWhereForImageClassification,
     LookWhereForSemanticSegmentation,
@@ -398,10 +397,7 @@ def _check_inputs(model, image_size: int, batch_size: int, check_image) -> dict[
         raise ExportError(
             f"Cannot read the check image {str(check_image)!r} ({type(err).__name__}); pass an image file."
         ) from None
-    if isinstance(model, LookupViTPreTrainedModel):
-        processor = lookupvit_image_processor(model.config)
-    else:
-        processor = LookWhereImageProcessor.from_model_config(model.config)
+    processor = image_processor_for(model)
     size = {"height": image_size, "width": image_size}
     pixel_values = processor(image, size=size, return_tensors="pt")["pixel_values"]
     label = f"image {Path(str(check_image)).name}"

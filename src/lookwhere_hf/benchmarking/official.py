@@ -137,7 +137,7 @@ def _measure_official(job: dict) -> dict:
     pixel_values = torch.randn(job["batch_size"], 3, job["resolution"], job["resolution"])
     k = job["k"]
 
-    def officialcall_benchmark_model(is_cls: bool, model=theirs):
+    def official_call(is_cls: bool, model=theirs):
         model.is_cls = is_cls
         return model(pixel_values, k=k)
 
@@ -145,9 +145,9 @@ def _measure_official(job: dict) -> dict:
         return {
             f"full{suffix}": lambda: full(pixel_values=pixel_values),
             f"ours_cls{suffix}": lambda: ours(pixel_values, k=k, cls_only=True),
-            f"official_cls{suffix}": lambda: officialcall_benchmark_model(True, official),
+            f"official_cls{suffix}": lambda: official_call(True, official),
             f"ours_dense{suffix}": lambda: ours(pixel_values, k=k, output_dense_features=True),
-            f"official_dense{suffix}": lambda: officialcall_benchmark_model(False, official),
+            f"official_dense{suffix}": lambda: official_call(False, official),
         }
 
     calls = calls_for(ours, theirs, full)
@@ -160,8 +160,8 @@ def _measure_official(job: dict) -> dict:
         calls.update(calls_for(packed["ours"], packed["official"], packed["full"], suffix="_packed"))
     with torch.inference_mode():
         mine = ours(pixel_values, k=k, output_dense_features=True)
-        cls_diff = float((mine.pooler_output - officialcall_benchmark_model(True)).abs().max())
-        dense_diff = (mine.dense_features - officialcall_benchmark_model(False)).abs()
+        cls_diff = float((mine.pooler_output - official_call(True)).abs().max())
+        dense_diff = (mine.dense_features - official_call(False)).abs()
         if packed:
             packed_cls = packed["ours"](pixel_values, k=k, cls_only=True).pooler_output
             packed_diff = float((packed_cls - mine.pooler_output).abs().max())

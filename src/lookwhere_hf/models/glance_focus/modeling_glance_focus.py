@@ -119,8 +119,8 @@ def count_flops(function, *args) -> int:
 class GlanceFocusImageClassifierOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
-        With `labels`. When every step runs: the official training loss, `(sum_t loss(rung_logits[t]) +
-        encoder_loss_weight * sum_t loss(encoder_logits[t])) / num_steps`, except that with a GRU classifier and
+        With `labels`. When every step runs: the official training loss, `(sum_t loss(rung_logits[:, t]) +
+        encoder_loss_weight * sum_t loss(encoder_logits[:, t])) / num_steps`, except that with a GRU classifier and
         `glance_logits="glance_head"` (official RegNet) the first sum takes the GRU's own step-0 logits, as the
         official training does (inference reads the glance head); budgeted: the loss of `logits`.
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
