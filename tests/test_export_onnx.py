@@ -353,7 +353,7 @@ def test_lookupvit_onnx_runtime_matches_eager(lookupvit_exports, name, photos):
     assert all(c["passed"] and c["max_abs_diff"] <= PARITY * c["scale"] for c in report["checks"])
 
     session = onnx_session(out)
-    processor = lw_export.lookupvit_image_processor(model.config)
+    processor = lookwhere_hf.image_processor_for(model.config)
     size = report["image_size"]
     assert size == (140 if "Segmentation" in name else 112)
     photo = processor(photos["chelsea"], size={"height": size, "width": size}, return_tensors="pt")["pixel_values"]
