@@ -26,9 +26,9 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -48,6 +48,12 @@ from lookwhere_hf.benchmarking import time_interleaved
 from lookwhere_hf.flops import dinov2_flops, lookwhere_flops
 from lookwhere_hf.models.lookwhere.distillation_losses import compute_teacher_targets
 from lookwhere_hf.models.lookwhere.selection import gather_tokens, select_top_k
+
+# the hit-rate geometry is the families harness's (benchmarks/families/geometry.py), shared with its evaluation
+FAMILIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "families")
+if FAMILIES not in sys.path:
+    sys.path.insert(0, FAMILIES)
+from geometry import patch_overlaps, random_hit_probability, selection_hits  # noqa: E402
 
 DEFAULT_K_RATIOS = "0.02,0.05,0.1,0.15,0.25,0.5,1.0"
 
@@ -103,35 +109,6 @@ def comma_separated(text: str, flag: str, convert: type, what: str) -> list:
         return [convert(item) for item in text.split(",") if item.strip()]
     except ValueError:
         raise ValueError(f"{flag} must be comma-separated {what}, got {text!r}.") from None
-
-
-# ----------------------------------------------------------------------------------------------------- geometry
-def patch_overlaps(box: np.ndarray, grid: int, patch: int) -> np.ndarray:
-    """Intersection area (pixels) of a box `[x0, y0, x1, y1]` with every patch of a `grid x grid` map, `(grid * grid,)`
-    row-major."""
-    edges = np.arange(grid + 1) * patch
-    ox = np.clip(np.minimum(edges[1:], box[2]) - np.maximum(edges[:-1], box[0]), 0, None)
-    oy = np.clip(np.minimum(edges[1:], box[3]) - np.maximum(edges[:-1], box[1]), 0, None)
-    return (oy[:, None] * ox[None, :]).reshape(-1).astype(np.float64)
-
-
-def selection_hits(indices: np.ndarray, overlaps: np.ndarray) -> dict[str, np.ndarray]:
-    """Per image: `hit` (a selected patch overlaps the box), `coverage` (share of box area under selected patches),
-    `full` (every overlapping patch is selected). `indices (B, k)`, `overlaps (B, N)`."""
-    selected = np.take_along_axis(overlaps, indices, axis=1)
-    touching = (overlaps > 0).sum(axis=1)
-    return {
-        "hit": (selected > 0).any(axis=1),
-        "coverage": selected.sum(axis=1) / overlaps.sum(axis=1),
-        "full": (selected > 0).sum(axis=1) == touching,
-    }
-
-
-def random_hit_probability(num_patches: int, num_touching: int, k: int) -> float:
-    """P(at least one of k distinct random patches is among `num_touching`) = 1 - C(N - m, k) / C(N, k)."""
-    if k > num_patches - num_touching:
-        return 1.0
-    return 1.0 - math.comb(num_patches - num_touching, k) / math.comb(num_patches, k)
 
 
 # ----------------------------------------------------------------------------------------------------- models

@@ -34,8 +34,12 @@ import time
 
 import torch
 
-# this script's siblings (its folder is first on sys.path when it runs)
-from compare_families import ImageFolderSplit, processed_boxes
+# the families harness's data reader and box geometry (benchmarks/families/)
+FAMILIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "families")
+if FAMILIES not in sys.path:
+    sys.path.insert(0, FAMILIES)
+from geometry import processed_boxes  # noqa: E402
+from imagefolder import ImageFolderSplit  # noqa: E402
 
 VIEWS = ("oracle_crop", "glance")
 

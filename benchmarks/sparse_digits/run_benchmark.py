@@ -11,6 +11,9 @@ Stages (each one a script of this repository, run as a subprocess with this Pyth
 4. `examples/pytorch/image-classification/run_image_classification.py --model_name_or_path <pretrained> --no_augment`:
    fine-tuned with labels, selector frozen, without the script's photo augmentation (random crops cut the small digit
    out of view and mirrored digits change meaning);
+
+(stages 1-4 are the families harness's recipe stages, `benchmarks/families/stages.py`, with the recipe of
+`benchmarks/families/descriptions.py`'s `SPARSE_DIGITS`, whose values are this script's defaults), and
 5. `benchmarks/sparse_digits/evaluate_sparse_digits.py`: hit rate, accuracy vs k_ratio, FLOPs and latency against the
    teacher.
 
@@ -36,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,8 +46,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-PRETRAIN_SCRIPT = os.path.join(REPO, "examples", "pytorch", "pretraining", "run_pretraining.py")
-FINETUNE_SCRIPT = os.path.join(REPO, "examples", "pytorch", "image-classification", "run_image_classification.py")
+FAMILIES = os.path.join(REPO, "benchmarks", "families")  # the recipe stages are the families harness's
+if FAMILIES not in sys.path:
+    sys.path.insert(0, FAMILIES)
+from descriptions import SPARSE_DIGITS, DatasetDescription  # noqa: E402
+from stages import FINETUNE_SCRIPT, PRETRAIN_SCRIPT, flags, recipe_commands, run_stage, stage_environment  # noqa: E402
+
 ASSETS = os.path.join(REPO, "src", "lookwhere_hf", "assets")
 RESULTS_MD = os.path.join(REPO, "benchmarks", "RESULTS.md")
 SECTION = "## Where to look: sparse digits"
@@ -64,63 +70,64 @@ def parse_args(argv=None) -> argparse.Namespace:
         "training run each, into OUTPUT_DIR/seed_<s>/.",
     )
     p.add_argument("--data_seed", type=int, default=0, help="Seed of the generated data (the same for every run).")
+    sd, data, teacher = SPARSE_DIGITS, SPARSE_DIGITS.data_flags, SPARSE_DIGITS.teacher_flags  # the defaults
     g = p.add_argument_group("data")
-    g.add_argument("--canvas_size", type=int, default=448)
-    g.add_argument("--min_digit_size", type=int, default=24)
-    g.add_argument("--max_digit_size", type=int, default=28)
+    g.add_argument("--canvas_size", type=int, default=sd.canvas_size)
+    g.add_argument("--min_digit_size", type=int, default=data["min_digit_size"])
+    g.add_argument("--max_digit_size", type=int, default=data["max_digit_size"])
     g.add_argument(
         "--align_to_grid",
         type=int,
-        default=28,
+        default=data["align_to_grid"],
         help="Draw each digit inside one cell of this grid (the patch size); 0 = anywhere.",
     )
-    g.add_argument("--num_train", type=int, default=2000)
-    g.add_argument("--num_validation", type=int, default=200)
-    g.add_argument("--num_test", type=int, default=500)
+    g.add_argument("--num_train", type=int, default=data["num_train"])
+    g.add_argument("--num_validation", type=int, default=data["num_validation"])
+    g.add_argument("--num_test", type=int, default=data["num_test"])
     g.add_argument("--reuse_data", action="store_true", help="Keep OUTPUT_DIR/data if it exists (else regenerate).")
     g = p.add_argument_group("models")
-    g.add_argument("--patch_size", type=int, default=28)
-    g.add_argument("--hidden_size", type=int, default=64)
-    g.add_argument("--num_hidden_layers", type=int, default=4)
-    g.add_argument("--num_attention_heads", type=int, default=2)
-    g.add_argument("--selector_depth", type=int, default=2)
-    g.add_argument("--low_res_size", type=int, default=224)
-    g.add_argument("--k_ratio", type=float, default=0.1, help="The fine-tuned model's (and the demo's) k_ratio.")
+    g.add_argument("--patch_size", type=int, default=sd.patch_size)
+    g.add_argument("--hidden_size", type=int, default=teacher["hidden_size"])
+    g.add_argument("--num_hidden_layers", type=int, default=teacher["num_hidden_layers"])
+    g.add_argument("--num_attention_heads", type=int, default=teacher["num_attention_heads"])
+    g.add_argument("--selector_depth", type=int, default=sd.selector_depth)
+    g.add_argument("--low_res_size", type=int, default=sd.low_res_size)
+    g.add_argument("--k_ratio", type=float, default=sd.k_ratio, help="The fine-tuned model's (and the demo's) k_ratio.")
     g = p.add_argument_group("training")
     g.add_argument(
         "--teacher_epochs",
         type=float,
-        default=10,
+        default=sd.teacher_epochs,
         help="Teacher epochs. 10: with 5, the teacher left its chance-level plateau too late on 2 of 5 seeds (README).",
     )
-    g.add_argument("--teacher_batch_size", type=int, default=16)
-    g.add_argument("--teacher_lr", type=float, default=1e-3)
+    g.add_argument("--teacher_batch_size", type=int, default=sd.teacher_batch_size)
+    g.add_argument("--teacher_lr", type=float, default=sd.teacher_lr)
     g.add_argument(
         "--teacher_token_loss_weight",
         type=float,
-        default=1.0,
+        default=teacher["token_loss_weight"],
         help="Auxiliary per-patch 'which digit / no digit' loss of the teacher (train_teacher.py; 0 = off).",
     )
     g.add_argument(
         "--teacher_attention_loss_weight",
         type=float,
-        default=1.0,
+        default=teacher["attention_loss_weight"],
         help="Auxiliary loss that points the teacher's attention map (the selector's target) at the digit's box "
         "(train_teacher.py --attention_loss_weight; 0 = off).",
     )
     g.add_argument(
         "--teacher_zoom_curriculum",
         type=float,
-        default=0.0,
+        default=teacher["zoom_curriculum"],
         help="Share of teacher training on zoomed crops around the digit (train_teacher.py; 0 = off).",
     )
-    g.add_argument("--pretrain_epochs", type=float, default=4)
-    g.add_argument("--pretrain_lr", type=float, default=5e-4)
-    g.add_argument("--k_min", type=int, default=8)
-    g.add_argument("--k_max", type=int, default=64)
-    g.add_argument("--finetune_epochs", type=float, default=8.0)
-    g.add_argument("--finetune_lr", type=float, default=3e-4)
-    g.add_argument("--batch_size", type=int, default=32)
+    g.add_argument("--pretrain_epochs", type=float, default=sd.pretrain_epochs)
+    g.add_argument("--pretrain_lr", type=float, default=sd.pretrain_lr)
+    g.add_argument("--k_min", type=int, default=sd.k_min)
+    g.add_argument("--k_max", type=int, default=sd.k_max)
+    g.add_argument("--finetune_epochs", type=float, default=sd.finetune_epochs)
+    g.add_argument("--finetune_lr", type=float, default=sd.finetune_lr)
+    g.add_argument("--batch_size", type=int, default=sd.batch_size)
     g.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
     g = p.add_argument_group("evaluation and outputs")
     g.add_argument("--k_ratios", default="0.02,0.05,0.1,0.15,0.25,0.5,1.0")
@@ -166,90 +173,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_stage(name: str, command: list[str], log_path: str, env: dict, timings: dict) -> None:
-    """Run one stage as a subprocess, teeing its output to `log_path`; record wall-clock and CPU seconds."""
-    print(f"\n=== [{name}] {' '.join(command)}\n    log: {log_path}", flush=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.time()
-    with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1, cwd=REPO
-        )
-        for line in process.stdout:
-            log.write(line)
-            sys.stdout.write(line)
-        process.wait()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    timings[name] = {
-        "wall_s": round(time.time() - start, 1),
-        "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
-    }
-    print(
-        f"=== [{name}] done in {timings[name]['wall_s']:.0f} s wall, {timings[name]['cpu_s']:.0f} s CPU "
-        f"(exit code {process.returncode})",
-        flush=True,
-    )
-    if process.returncode != 0:
-        raise SystemExit(f"Stage {name!r} failed (exit code {process.returncode}); see {log_path}.")
-
-
-def flags(**values) -> list[str]:
-    """`--key value` pairs for a command line (True: the flag alone)."""
-    return [
-        item for key, value in values.items() for item in ([f"--{key}"] if value is True else [f"--{key}", str(value)])
-    ]
-
-
-def common_training_flags(args, output_dir: str, epochs: float, lr: float, seed: int) -> list[str]:
-    return flags(
-        output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=64, weight_decay=0.05, warmup_steps=0.1, lr_scheduler_type="cosine",
-        logging_steps=20, save_strategy="no", report_to="none", seed=seed, dataloader_num_workers=0,
-        disable_tqdm="false",
+def description(args) -> DatasetDescription:
+    """The Sparse Digits description with this run's arguments (the recipe the harness's stages run)."""
+    return SPARSE_DIGITS.replace(
+        canvas_size=args.canvas_size, patch_size=args.patch_size, low_res_size=args.low_res_size,
+        selector_depth=args.selector_depth, k_min=args.k_min, k_max=args.k_max, k_ratio=args.k_ratio,
+        teacher_epochs=args.teacher_epochs, teacher_lr=args.teacher_lr, teacher_batch_size=args.teacher_batch_size,
+        pretrain_epochs=args.pretrain_epochs, pretrain_lr=args.pretrain_lr, finetune_epochs=args.finetune_epochs,
+        finetune_lr=args.finetune_lr, batch_size=args.batch_size,
+        data_flags={"min_digit_size": args.min_digit_size, "max_digit_size": args.max_digit_size,
+                    "align_to_grid": args.align_to_grid, "num_train": args.num_train,
+                    "num_validation": args.num_validation, "num_test": args.num_test},
+        teacher_flags={"hidden_size": args.hidden_size, "num_hidden_layers": args.num_hidden_layers,
+                       "num_attention_heads": args.num_attention_heads,
+                       "zoom_curriculum": args.teacher_zoom_curriculum,
+                       "token_loss_weight": args.teacher_token_loss_weight,
+                       "attention_loss_weight": args.teacher_attention_loss_weight},
     )  # fmt: skip
 
 
 def stage_commands(args, paths: dict[str, str], seed: int) -> dict[str, list[str]]:
     """The command line of every stage (this Python, the stage's script, its arguments) for training seed `seed`;
-    `paths` holds the shared `data` folder and this seed's `teacher`, `pretrained`, `finetuned` and `eval` folders."""
-    py = sys.executable
+    `paths` holds the shared `data` folder and this seed's `teacher`, `pretrained`, `finetuned` and `eval` folders.
+    Data, teacher, pretraining and fine-tuning are the families harness's recipe stages."""
     return {
-        "data": [
-            py, os.path.join(HERE, "make_dataset.py"),
-            *flags(output_dir=paths["data"], seed=args.data_seed, canvas_size=args.canvas_size,
-                   min_digit_size=args.min_digit_size, max_digit_size=args.max_digit_size,
-                   align_to_grid=args.align_to_grid, num_train=args.num_train, num_validation=args.num_validation,
-                   num_test=args.num_test, overwrite=True),
-        ],
-        "teacher": [
-            py, os.path.join(HERE, "train_teacher.py"),
-            *flags(data_dir=paths["data"], image_size=args.canvas_size, patch_size=args.patch_size,
-                   hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
-                   num_attention_heads=args.num_attention_heads, zoom_curriculum=args.teacher_zoom_curriculum,
-                   token_loss_weight=args.teacher_token_loss_weight,
-                   attention_loss_weight=args.teacher_attention_loss_weight, do_train=True, do_eval=True,
-                   eval_strategy="no"),
-            *common_training_flags(args, paths["teacher"], args.teacher_epochs, args.teacher_lr, seed),
-            *flags(per_device_train_batch_size=args.teacher_batch_size),
-        ],
-        "pretrain": [
-            py, PRETRAIN_SCRIPT,
-            *flags(teacher_name_or_path=paths["teacher"], train_dir=paths["data"], image_size=args.canvas_size,
-                   low_res_size=args.low_res_size, selector_depth=args.selector_depth, k_min=args.k_min,
-                   k_max=args.k_max, no_augment=True, do_train=True),
-            *common_training_flags(args, paths["pretrained"], args.pretrain_epochs, args.pretrain_lr, seed),
-        ],
-        # The example's photo augmentation (random resized crops, flips) is off: small crops cut the one small digit
-        # out of view and mirrored digits change meaning.
-        "finetune": [
-            py, FINETUNE_SCRIPT,
-            *flags(model_name_or_path=paths["pretrained"], dataset_name=paths["data"], image_size=args.canvas_size,
-                   low_res_size=args.low_res_size, k_ratio=args.k_ratio, no_augment=True, do_train=True,
-                   do_eval=True, eval_strategy="no"),
-            *common_training_flags(args, paths["finetuned"], args.finetune_epochs, args.finetune_lr, seed),
-        ],
+        **recipe_commands(description(args), paths, seed, args.data_seed),
         "evaluate": [
-            py, os.path.join(HERE, "evaluate_sparse_digits.py"),
+            sys.executable, os.path.join(HERE, "evaluate_sparse_digits.py"),
             *flags(data_dir=paths["data"], lookwhere_model=paths["finetuned"], teacher_model=paths["teacher"],
                    output_dir=paths["eval"], k_ratios=args.k_ratios, latency_runs=args.latency_runs, seed=seed,
                    split=args.eval_split),
@@ -481,16 +431,7 @@ def main(argv=None) -> dict:
             raise SystemExit(f"Missing {script}: this benchmark runs the repository's example scripts.")
     out = os.path.abspath(args.output_dir)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    if args.num_threads:
-        env["OMP_NUM_THREADS"] = str(args.num_threads)
+    env = stage_environment(args.num_threads)
     timings: dict = {"seeds": {}}
     command = "python benchmarks/sparse_digits/run_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.time()
