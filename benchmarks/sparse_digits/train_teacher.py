@@ -60,6 +60,15 @@ class TeacherArguments:
     num_attention_heads: int = field(default=3, metadata={"help": "Attention heads (must divide hidden_size)."})
     num_register_tokens: int = field(default=4, metadata={"help": "DINOv2 register tokens."})
     mlp_ratio: int = field(default=4, metadata={"help": "MLP hidden size / hidden_size."})
+    train_image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Resolution the training images are resized to (default: image_size). A smaller one is "
+            "progressive resizing: cheaper steps (fewer tokens), the position-embedding table of image_size "
+            "interpolated to the smaller grid; evaluation and the saved processor stay at image_size, so continue "
+            "at full resolution with benchmarks/varied_items/continue_teacher.py."
+        },
+    )
     zoom_curriculum: float = field(
         default=0.0,
         metadata={
@@ -123,6 +132,11 @@ class TeacherArguments:
             raise ValueError(
                 "--zoom_curriculum / --token_loss_weight / --attention_loss_weight need the digit boxes in "
                 f"{self.data_dir}/annotations.jsonl (written by make_dataset.py); set them to 0 for other imagefolders."
+            )
+        if self.train_image_size not in (None, self.image_size) and self.uses_boxes:
+            raise ValueError(
+                "--train_image_size trains at another resolution than --image_size, which the box losses and the zoom "
+                "curriculum do not support; set --zoom_curriculum 0 --token_loss_weight 0 --attention_loss_weight 0."
             )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -332,9 +346,13 @@ def main(argv=None) -> dict:
     if args.token_loss_weight > 0:
         model.token_head = torch.nn.Linear(args.hidden_size, len(labels) + 1)  # + "no digit"; dropped before saving
 
-    def to_tensor(image):
-        if image.size != (args.image_size, args.image_size):
-            image = image.resize((args.image_size, args.image_size), Image.BICUBIC)
+    train_size = args.train_image_size or args.image_size
+    if train_size % args.patch_size:
+        raise ValueError(f"--train_image_size {train_size} must be a multiple of --patch_size {args.patch_size}.")
+
+    def to_tensor(image, size: int = args.image_size):
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BICUBIC)
         return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
     def transform(batch):
@@ -348,7 +366,7 @@ def main(argv=None) -> dict:
             image, window = curriculum(image, item["path"]) if curriculum is not None else (image, None)
             images.append(image)
             windows.append(window)
-        out = {"pixel_values": [to_tensor(image) for image in images], "labels": batch["label"]}
+        out = {"pixel_values": [to_tensor(image, train_size) for image in images], "labels": batch["label"]}
         if args.token_loss_weight > 0 or args.attention_loss_weight > 0:
             out["token_labels"] = [
                 patch_token_labels(
