@@ -95,8 +95,13 @@ def operating_points(agg: dict) -> list[dict]:
     return rows
 
 
+def _count(value) -> str:
+    """An image count (equal in every seed: plain; else its mean)."""
+    return f"{_mean(value):.0f}" if value is not None else "?"
+
+
 def _bin_header(bins: tuple[str, ...], counts: dict | None) -> str:
-    return "".join(f" {name} ({_fmt(counts.get(name)) if counts else '?'} img.) |" for name in bins)
+    return "".join(f" {name} ({_count((counts or {}).get(name))} img.) |" for name in bins)
 
 
 def _shares(shares: list) -> str:
@@ -114,7 +119,7 @@ def format_markdown(agg: dict, args, recipe_cpu: dict) -> str:
     bin_columns = "".join(f" {name} (%) |" for name in bins)
     lines = [
         f"Test split ({_mean(agg['splits']['test']):.0f} images"
-        + (", " + ", ".join(f"{_fmt(counts[n])} {n}" for n in bins) if counts else "")
+        + (", " + ", ".join(f"{_count(counts[n])} {n}" for n in bins) if counts else "")
         + f"), mean ± std over training seeds {', '.join(str(s) for s in seeds)}; budgets fitted on the validation "
         f"split ({_mean(agg['splits']['validation']):.0f} images). GFLOPs per image: analytic (`lookwhere_hf.flops`; "
         "the budgeted rows: the mean of the FLOPs of each image's exit rung, as the model reports them), equal to "
@@ -253,7 +258,7 @@ def _where_they_look_table(agg: dict, args, counts) -> list[str]:
     random patches (exact chance) at each k_ratio; Glance-and-Focus's crops and as many random crops."""
     d = args.description
     columns = ("all", *d.size_bins)
-    total = _fmt(agg["splits"]["test"])
+    total = _count(agg["splits"]["test"])
     header = f"| | all ({total} img.) |" + _bin_header(d.size_bins, counts)
     lines = [
         f"Where they look (test): share of images in which a chosen patch / crop overlaps the {d.item_name}'s box. "
