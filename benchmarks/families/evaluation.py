@@ -466,10 +466,8 @@ def evaluate_seed(args, seed: int) -> dict:
 
     data = _collect(args, models, processors, test, budgets)
     labels = data["labels"]
-    results["teacher"] = _with_bins(
-        {"gflops": teacher_gflops}, "accuracy", _correct(data["teacher"], labels), bins, names
-    )
-    results["teacher"] = {"accuracy": results["teacher"].pop("accuracy"), **results["teacher"]}
+    results["teacher"] = _with_bins({}, "accuracy", _correct(data["teacher"], labels), bins, names)
+    results["teacher"]["gflops"] = teacher_gflops
     results["fixed_k"] = {}
     for ratio in args.k_ratios:
         point = _with_bins({}, "accuracy", _correct(data[f"fixed/{ratio}"], labels), bins, names)
