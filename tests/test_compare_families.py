@@ -158,6 +158,8 @@ def test_sparse_digits_wrapper_is_the_harness_with_a_reused_recipe():
         (["--recipe_dir", "x", "--stages", "teacher,evaluate"], "would rewrite the reused run"),
         (["--k_ratios", "0.1,1.5"], "fractions in (0, 1]"),
         (["--glance_focus_steps", "1"], "at least one focus step"),
+        (["--max_eval_samples", "0"], "--max_eval_samples must be >= 1"),
+        (["--dataset", "imagenet"], "invalid choice"),
     ],
 )
 def test_bad_arguments_are_rejected(argv, message, capsys):

@@ -216,6 +216,11 @@ def check_arguments(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--compressed_grids must be integers >= 1, got {args.compressed_grids}.")
     if args.latency_runs < 1 or args.latency_images < 1:
         p.error("--latency_runs and --latency_images must be >= 1.")
+    for flag in ("num_threads", "max_eval_samples"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag} must be >= 1 (or left out), got {getattr(args, flag)}.")
+    if args.data_seed < 0:
+        p.error(f"--data_seed must be >= 0, got {args.data_seed}.")
     if args.glance_focus_epochs is not None and len(args.glance_focus_epochs) != 3:
         p.error(f"--glance_focus_epochs needs the epochs of the three stages, got {args.glance_focus_epochs}.")
     sizes, depths = args.glance_focus_resnet_sizes, args.glance_focus_resnet_depths
