@@ -44,6 +44,7 @@ PRETRAIN_DEFAULTS = {
     "pretrain_dense_loss_weight": 1.0,
     "pretrain_map_loss_weight": 0.1,
     "pretrain_k_seed": 0,
+    "pretrain_map_layer": -1,
 }
 
 
@@ -208,6 +209,7 @@ def test_pretraining_settings_are_declared_fields_with_one_set_of_defaults():
         ({"pretrain_k_min": 30, "pretrain_k_max": 20}, "pretrain_k_max"),
         ({"pretrain_cls_loss_weight": -1.0}, "pretrain_cls_loss_weight"),
         ({"pretrain_map_loss_weight": float("nan")}, "pretrain_map_loss_weight"),
+        ({"pretrain_map_layer": 1.0}, "pretrain_map_layer"),
     ],
 )
 def test_invalid_pretraining_settings_are_rejected(kwargs, match):

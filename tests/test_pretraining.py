@@ -118,6 +118,49 @@ def test_teacher_targets_equal_direct_computation(plain):
     torch.testing.assert_close(sdpa.patch_tokens, targets.patch_tokens, rtol=EPS32, atol=FLOAT64_TOLERANCE["atol"])
 
 
+def test_map_layer_picks_the_attention_map_of_an_earlier_teacher_layer(tmp_path):
+    """`map_layer` (`config.pretrain_map_layer`, `run_pretraining.py --map_layer`): the target is that layer's
+    head- and query-averaged attention map, by the definition from its full attention matrix; the CLS and patch
+    targets stay the last layer's; -1 is the last layer; the setting is saved; a wrong index is refused."""
+    teacher = make_teacher().double()
+    x = torch.randn(2, 3, 112, 112, dtype=torch.float64)
+    with torch.no_grad():
+        ref = teacher(x, output_attentions=True, output_hidden_states=True)
+    last, first = compute_teacher_targets(teacher, x), compute_teacher_targets(teacher, x, map_layer=0)
+    assert torch.equal(compute_teacher_targets(teacher, x, map_layer=2).attention_map, last.attention_map)
+    assert torch.equal(compute_teacher_targets(teacher, x, map_layer=-3).attention_map, first.attention_map)
+    assert torch.equal(first.cls_token, last.cls_token) and torch.equal(first.patch_tokens, last.patch_tokens)
+    # Layer 0's definition, as for the last layer in the test above (same float32 rounding bound, with layer 0's
+    # own |q| |k| scale): log-probabilities of its attention averaged over heads and patch queries, patch keys only.
+    layer = teacher.encoder.layer[0]
+    normed = layer.norm1(ref.hidden_states[0])[:, 5:]
+    query, keys = layer.attention.q_proj(normed.mean(1)), layer.attention.k_proj(normed)
+    scale = layer.attention.scaling / layer.attention.num_attention_heads
+    map_error = (32 + 3) * EPS32 / 2 * (torch.einsum("bd,bnd->bn", query.abs(), keys.abs()) * scale).max().item()
+    log_probs = ref.attentions[0].log()[:, :, 5:, 5:].mean(dim=(1, 2))
+    torch.testing.assert_close(
+        torch.log_softmax(first.attention_map.double(), -1), torch.log_softmax(log_probs, -1), atol=2 * map_error, rtol=0
+    )
+    # ... and it is another map than the last layer's (by far more than the rounding)
+    difference = torch.log_softmax(first.attention_map, -1) - torch.log_softmax(last.attention_map, -1)
+    assert difference.abs().max() > 1000 * map_error
+    for wrong in (3, -4, 1.0, True):
+        with pytest.raises(ValueError, match="not a layer of this 3-layer teacher"):
+            compute_teacher_targets(teacher, x, map_layer=wrong)
+
+    model = build(make_teacher(), map_layer=0).eval()
+    assert model.config.pretrain_map_layer == 0
+    images = blob_images(2, np.random.default_rng(0))
+    with torch.no_grad():
+        out = model(images, k=8)
+    assert torch.equal(out.teacher_map, compute_teacher_targets(model.teacher, images, map_layer=0).attention_map)
+    model.save_pretrained(tmp_path)
+    assert LookWhereForPreTraining.from_pretrained(tmp_path).config.pretrain_map_layer == 0
+    assert build(make_teacher()).config.pretrain_map_layer == -1  # LookWhere's target by default
+    with pytest.raises(ValueError, match="pretrain_map_layer"):
+        build(make_teacher(), map_layer=0.5)
+
+
 def test_each_loss_component_equals_its_definition():
     teacher = make_teacher()
     model = build(teacher, cls_loss_weight=0.7, dense_loss_weight=1.3, map_loss_weight=0.1).eval()

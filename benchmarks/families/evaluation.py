@@ -195,7 +195,8 @@ def _collect(args, models: dict, processors: dict, split: ImageFolderSplit, budg
                 add(f"budgeted_flops/{name}", result.flops.double())
             selector_map = fixed.lookwhere.select(lw["pixel_values"], lw["low_res_pixel_values"])[0]
             backbone = teacher.dinov2_with_registers
-            teacher_map = compute_teacher_targets(backbone, inputs["teacher"]["pixel_values"]).attention_map
+            map_layer = getattr(fixed.config, "pretrain_map_layer", -1)  # the map the selector was distilled from
+            teacher_map = compute_teacher_targets(backbone, inputs["teacher"]["pixel_values"], map_layer).attention_map
         canvas = split.image(indices[0]).size[0]  # boxes are in canvas pixels
         overlaps = _box_overlaps(rows, canvas, grid, patch)
         teacher_overlaps = _box_overlaps(rows, canvas, teacher_grid, teacher_patch)

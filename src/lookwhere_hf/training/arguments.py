@@ -254,6 +254,13 @@ class PretrainingModelArguments(HubArguments):
     dense_loss_weight: float | None = field(default=None, metadata={"help": "Weight of the dense patch-token MSE."})
     map_loss_weight: float | None = field(default=None, metadata={"help": "Weight of the selector map KL."})
     k_seed: int | None = field(default=None, metadata={"help": "Seed of the per-step k draw."})
+    map_layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher layer whose attention map the selector distils (Python index; default -1, the last "
+            "layer, LookWhere's target). An earlier layer is an option for teachers whose last-layer map is worse."
+        },
+    )
     low_res_antialias: bool = field(
         default=False,
         metadata={"help": "Make the selector's view with an antialiased resize (as the JAX pretraining did)."},
@@ -261,7 +268,7 @@ class PretrainingModelArguments(HubArguments):
 
     def pretraining_settings(self) -> dict[str, Any]:
         """The k range / loss weights / k seed given on the command line (the others keep the config's values)."""
-        names = ("k_min", "k_max", "cls_loss_weight", "dense_loss_weight", "map_loss_weight", "k_seed")
+        names = ("k_min", "k_max", "cls_loss_weight", "dense_loss_weight", "map_loss_weight", "k_seed", "map_layer")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 

@@ -152,6 +152,11 @@ class LookWhereConfig(PreTrainedConfig):
             Pretraining: weight of the selector-map KL loss.
         pretrain_k_seed (`int`, *optional*, defaults to 0):
             Pretraining: seed of the per-step draw of `k` (`LookWhereForPreTraining.sample_k`).
+        pretrain_map_layer (`int`, *optional*, defaults to -1):
+            Pretraining: the teacher layer whose attention map (mean over heads and patch queries) the selector
+            distils, as a Python index into the teacher's layers. The default, the last layer, is LookWhere's
+            target; an earlier layer is an option for a teacher whose last-layer map ranks the object worse than an
+            earlier layer's (e.g. small teachers trained from scratch, `benchmarks/varied_items/TEACHER_ATTEMPTS.md`).
         glance_head (`bool`, *optional*, defaults to `False`):
             Anytime / budgeted classification: add a *glance* exit, a linear classifier on the selector's output
             (its CLS token concatenated with the mean of its low-resolution patch tokens). It costs only the
@@ -230,6 +235,7 @@ class LookWhereConfig(PreTrainedConfig):
     pretrain_dense_loss_weight: float | int = 1.0
     pretrain_map_loss_weight: float | int = 0.1
     pretrain_k_seed: int = 0
+    pretrain_map_layer: int = -1
     glance_head: bool = False
     anytime_k_ratios: list[float] | tuple[float, ...] = (0.025, 0.05, 0.1, 0.25)
     train_all_rungs: bool = False
@@ -344,6 +350,11 @@ class LookWhereConfig(PreTrainedConfig):
                 "`pretrain_k_min` and `pretrain_k_max` must satisfy 1 <= k_min <= k_max (the fewest and most high-res "
                 f"patches the extractor sees per pretraining step), got pretrain_k_min={self.pretrain_k_min}, "
                 f"pretrain_k_max={self.pretrain_k_max}."
+            )
+        if isinstance(self.pretrain_map_layer, bool) or not isinstance(self.pretrain_map_layer, int):
+            raise ValueError(
+                "`pretrain_map_layer` must be an integer index into the teacher's layers (-1: the last), got "
+                f"{self.pretrain_map_layer!r}."
             )
         for name in ("pretrain_cls_loss_weight", "pretrain_dense_loss_weight", "pretrain_map_loss_weight"):
             weight = getattr(self, name)

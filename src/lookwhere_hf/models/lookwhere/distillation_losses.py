@@ -89,7 +89,7 @@ def mean_query_attention_logits(layer: nn.Module, hidden_states: torch.Tensor, n
 
 
 @torch.no_grad()
-def compute_teacher_targets(teacher: nn.Module, pixel_values: torch.Tensor) -> TeacherTargets:
+def compute_teacher_targets(teacher: nn.Module, pixel_values: torch.Tensor, map_layer: int = -1) -> TeacherTargets:
     """Run the frozen teacher once and return its CLS, patch tokens and attention-map target.
 
     Args:
@@ -97,20 +97,29 @@ def compute_teacher_targets(teacher: nn.Module, pixel_values: torch.Tensor) -> T
             implementation).
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): normalized high-resolution
             images; height and width multiples of the teacher's patch size.
+        map_layer (`int`, *optional*, defaults to -1): the layer whose attention map is the target
+            ([`mean_query_attention_logits`] of its input), a Python index into the teacher's layers.
 
     Returns:
         [`TeacherTargets`] in float32.
     """
+    layers = teacher.encoder.layer
+    if isinstance(map_layer, bool) or not isinstance(map_layer, int) or not -len(layers) <= map_layer < len(layers):
+        raise ValueError(
+            f"map_layer={map_layer!r} is not a layer of this {len(layers)}-layer teacher: use an integer in "
+            f"[{-len(layers)}, {len(layers) - 1}] (-1, the default, is the last layer)."
+        )
+    map_layer %= len(layers)
     patch = to_pair(teacher.config.patch_size)[0]
     grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
     num_prefix = teacher_num_prefix_tokens(teacher)
     dtype = teacher.embeddings.patch_embeddings.projection.weight.dtype
     hidden = teacher.embeddings(pixel_values.to(dtype))
-    layers = teacher.encoder.layer
-    for layer in layers[:-1]:
+    for index, layer in enumerate(layers):
+        if index == map_layer:
+            attention_map = mean_query_attention_logits(layer, hidden, num_prefix)
         hidden = layer(hidden, None)
-    attention_map = mean_query_attention_logits(layers[-1], hidden, num_prefix)
-    hidden = teacher.layernorm(layers[-1](hidden, None)).float()
+    hidden = teacher.layernorm(hidden).float()
     return TeacherTargets(
         cls_token=hidden[:, 0], patch_tokens=hidden[:, num_prefix:], attention_map=attention_map, grid=grid
     )

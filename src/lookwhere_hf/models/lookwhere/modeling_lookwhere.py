@@ -742,9 +742,9 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         teacher (`Dinov2WithRegistersModel`, `Dinov2Model` or a path, *optional*): the frozen teacher. Can be set
             later with [`~LookWhereForPreTraining.set_teacher`]; the forward needs it.
         teacher_dtype (`torch.dtype` or `str`, *optional*): cast the teacher, e.g. `torch.bfloat16`.
-        k_min, k_max, cls_loss_weight, dense_loss_weight, map_loss_weight, k_seed (*optional*): overrides written
-            to `config.pretrain_<name>` (e.g. `k_min` -> `config.pretrain_k_min`); when absent the config's values
-            are used (defaults 16, 128, 1.0, 1.0, 0.1 and 0).
+        k_min, k_max, cls_loss_weight, dense_loss_weight, map_loss_weight, k_seed, map_layer (*optional*):
+            overrides written to `config.pretrain_<name>` (e.g. `k_min` -> `config.pretrain_k_min`); when absent the
+            config's values are used (defaults 16, 128, 1.0, 1.0, 0.1, 0 and -1).
     """
 
     accepts_loss_kwargs = False
@@ -760,6 +760,7 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         dense_loss_weight: float | None = None,
         map_loss_weight: float | None = None,
         k_seed: int | None = None,
+        map_layer: int | None = None,
     ) -> None:
         overrides = {
             "k_min": k_min,
@@ -768,6 +769,7 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
             "dense_loss_weight": dense_loss_weight,
             "map_loss_weight": map_loss_weight,
             "k_seed": k_seed,
+            "map_layer": map_layer,
         }
         config.update({f"pretrain_{name}": value for name, value in overrides.items() if value is not None})
         config.validate_lookwhere()
@@ -869,6 +871,7 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         dense_loss_weight: float | None = None,
         map_loss_weight: float | None = None,
         k_seed: int | None = None,
+        map_layer: int | None = None,
         **config_kwargs,
     ) -> LookWhereForPreTraining:
         """Build the student from a teacher ([`LookWherePreTrainedModel.from_dinov2`]: extractor = teacher copy,
@@ -885,6 +888,7 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
             "dense_loss_weight": dense_loss_weight,
             "map_loss_weight": map_loss_weight,
             "k_seed": k_seed,
+            "map_layer": map_layer,
         }
         config_kwargs.update({f"pretrain_{name}": value for name, value in settings.items() if value is not None})
         model = cls.from_dinov2(
@@ -951,7 +955,7 @@ class LookWhereForPreTraining(LookWherePreTrainedModel):
         num_patches = grid[0] * grid[1]
         k = self._resolve_k(num_patches, k, step)
 
-        targets = compute_teacher_targets(self.teacher, pixel_values)
+        targets = compute_teacher_targets(self.teacher, pixel_values, map_layer=self.config.pretrain_map_layer)
         if targets.grid != grid:
             raise ValueError(f"Teacher grid {targets.grid} differs from the student grid {grid}.")
 
