@@ -1,23 +1,13 @@
 """The label-only teacher options of `benchmarks/sparse_digits/train_teacher.py` (tried for Varied Items, issue 24):
 the multiple-instance loss and progressive resizing (`--train_image_size`)."""
 
-import importlib
 import json
-import os
 
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(REPO, "benchmarks", "sparse_digits")
-
 pytest.importorskip("sklearn", reason="the tiny imagefolder is Sparse Digits with scikit-learn's digits")
-
-
-def _load(name):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(BENCH)
-        return importlib.import_module(name)
+from test_sparse_digits import _load  # noqa: E402  (imports a benchmark script as the module it is when run)
 
 
 @pytest.fixture(scope="module")
