@@ -8,6 +8,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -108,3 +110,74 @@ def photos():
     from skimage import data
 
     return {"astronaut": data.astronaut(), "coffee": data.coffee(), "chelsea": data.chelsea()}
+
+
+# ----------------------------------------------------------------------------------------------- background runs
+class BackgroundRuns:
+    """Long subprocess runs (one process at one thread each: the families harness end to end) that tests of several
+    modules check. `start` launches a run at most once per session and returns at once; `wait` gives its exit code
+    and output. The first test that needs one starts the others that later selected tests will check, so that they
+    run side by side with it and with the tests in between instead of one after another. A run's results do not
+    depend on what else runs (its seeds and thread count are fixed); only its wall-clock time does."""
+
+    def __init__(self, root):
+        self.root = root
+        self._runs = {}
+
+    def start(self, key: str, command: list[str], **kwargs) -> None:
+        if key not in self._runs:
+            log = open(self.root / f"{key}.log", "w+", encoding="utf-8")  # a file: a full pipe would block the run
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs
+            )
+            self._runs[key] = (process, log)
+
+    def wait(self, key: str) -> tuple[int, str]:
+        process, log = self._runs[key]
+        process.wait()
+        log.seek(0)
+        return process.returncode, log.read()
+
+    def close(self) -> None:
+        """End the runs no test waited for (a failed or interrupted session), with the stages they started."""
+        for process, log in self._runs.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait()
+            log.close()
+
+
+@pytest.fixture(scope="session")
+def background_runs(tmp_path_factory):
+    runs = BackgroundRuns(tmp_path_factory.mktemp("background_runs"))
+    yield runs
+    runs.close()
+
+
+def run_script_in_process(script, argv, cwd, hf_home) -> str:
+    """What running `python script *argv` in `cwd` at one thread with `HF_HOME=hf_home` does, without a fresh
+    interpreter's start-up: the script's `main(argv)` in this process (datasets' cache in `hf_home`, the working
+    directory, the thread count and the streams restored afterwards); it returns the printed output. An error
+    raises here, with its traceback."""
+    import contextlib
+    import io
+    import runpy
+    from pathlib import Path
+
+    import datasets
+
+    main = runpy.run_path(str(script), run_name="in_process")["main"]
+    output = io.StringIO()
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        patch.chdir(cwd)
+        cache = Path(hf_home) / "datasets"
+        for name, folder in (("HF_DATASETS_CACHE", cache), ("DOWNLOADED_DATASETS_PATH", cache / "downloads")):
+            patch.setattr(datasets.config, name, folder)
+        patch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", cache / "downloads" / "extracted")
+        torch.set_num_threads(1)
+        try:
+            main([str(a) for a in argv])
+        finally:
+            torch.set_num_threads(threads)
+    return output.getvalue()

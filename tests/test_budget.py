@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EPS32, FLOAT64_TOLERANCE, make_tiny_config
+from conftest import EPS32, FLOAT64_TOLERANCE, make_tiny_config, run_script_in_process
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
 from safetensors.torch import load_file
@@ -561,20 +561,13 @@ def test_multi_rung_no_trainer_run_resumes_to_the_same_weights(colours):
     """Multi-rung training (`--k_ratios` + `--glance_head`) resumed from a mid-epoch checkpoint ends at exactly the
     weights of the uninterrupted run, glance head included."""
     full, resumed = colours / "rungs_full", colours / "rungs_resumed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["HF_HOME"] = str(colours / "hf_home")
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
 
-    def run(output_dir, *extra):
+    def run(output_dir, *extra):  # in this process, as `python CLS_NT_SCRIPT ...` at one thread with HF_HOME there
         argv = _script_args(
             colours, output_dir, "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
             "--max_train_steps", "4", "--k_ratios", ",".join(map(str, RATIOS)), "--glance_head", *extra,
         )  # fmt: skip
-        done = subprocess.run(
-            [sys.executable, str(CLS_NT_SCRIPT), *map(str, argv)], env=env, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-        return done.stdout + done.stderr
+        return run_script_in_process(CLS_NT_SCRIPT, argv, os.getcwd(), colours / "hf_home")
 
     run(full, "--checkpointing_steps", "2")
     assert "Resuming from" in run(resumed, "--resume_from_checkpoint", full / "step_2")

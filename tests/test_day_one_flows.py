@@ -358,55 +358,77 @@ else:
 import torch, transformers
 from transformers import AutoImageProcessor
 
-folder, auto_classes, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+import traceback
+
 torch.set_num_threads(1)
-inputs = torch.load(folder + "/inputs.pt")
-processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-results = {"processor": type(processor).__name__, "processor_module": type(processor).__module__, "models": {}}
-pixels = processor(torch.load(folder + "/image.pt"), return_tensors="pt")
-results["processor_equal"] = all(torch.equal(pixels[k], inputs[k]) for k in inputs)
-for name in auto_classes:
-    model = getattr(transformers, name).from_pretrained(folder, trust_remote_code=True).eval().double()
-    results["models"][name] = [type(model).__name__, type(model).__module__]
-    if name == "AutoModelForPreTraining":  # its forward needs a teacher: loading is what is checked
-        continue
-    with torch.no_grad():
-        output = model(**{k: v.double() for k, v in inputs.items()})
-    first = output.logits if "logits" in output else output.last_hidden_state
-    torch.save(first, f"{out}/{name}.pt")
+for folder, auto_classes, out in json.loads(sys.argv[1]):  # each saved folder with the Auto classes to load it with
+    try:
+        inputs = torch.load(folder + "/inputs.pt")
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        results = {"processor": type(processor).__name__, "processor_module": type(processor).__module__, "models": {}}
+        pixels = processor(torch.load(folder + "/image.pt"), return_tensors="pt")
+        results["processor_equal"] = all(torch.equal(pixels[k], inputs[k]) for k in inputs)
+        for name in auto_classes:
+            model = getattr(transformers, name).from_pretrained(folder, trust_remote_code=True).eval().double()
+            results["models"][name] = [type(model).__name__, type(model).__module__]
+            if name == "AutoModelForPreTraining":  # its forward needs a teacher: loading is what is checked
+                continue
+            with torch.no_grad():
+                output = model(**{k: v.double() for k, v in inputs.items()})
+            first = output.logits if "logits" in output else output.last_hidden_state
+            torch.save(first, f"{out}/{name}.pt")
+    except Exception:
+        results = {"error": traceback.format_exc()}
+    json.dump(results, open(out + "/results.json", "w"))
 assert not any(m == "lookwhere_hf" or m.startswith("lookwhere_hf.") for m in sys.modules), "lookwhere_hf imported"
-json.dump(results, open(out + "/results.json", "w"))
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("family", "saved_class"), SAVED)
-def test_every_auto_class_loads_every_saved_class_without_the_package(tmp_path, images, family, saved_class):
-    model = build(family, saved_class).double()
-    folder = save(model, tmp_path / "model")
-    processor = image_processor_for(model.config)
-    inputs = processor(images[2], return_tensors="pt")
-    torch.save(dict(inputs), folder / "inputs.pt")
-    torch.save(torch.from_numpy(np.array(images[2])), folder / "image.pt")
-    auto_classes = list(CLASSES[family])
-    if family == "lookwhere":
-        auto_classes.append("AutoModelForPreTraining")
-    if family == "glance_focus":
-        auto_classes.insert(0, "AutoModel")  # the family has no headless model: AutoModel gives the classifier
-    (tmp_path / "out").mkdir()
-    (tmp_path / "script.py").write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+@pytest.fixture(scope="module")
+def remote_loads(tmp_path_factory, images):
+    """Every saved class of every family (`SAVED`), each in its own folder (named after it: its remote code becomes
+    its own module) with the inputs its processor made here, loaded by `REMOTE_SCRIPT` in one process where
+    `import lookwhere_hf` fails. Per `(family, saved_class)`: `(model, inputs, processor type, the script's results
+    folder)`."""
+    root = tmp_path_factory.mktemp("remote_code")
+    jobs, runs = [], {}
+    for family, saved_class in SAVED:
+        model = build(family, saved_class).double()
+        folder = save(model, root / f"{family}-{saved_class}")
+        processor = image_processor_for(model.config)
+        inputs = processor(images[2], return_tensors="pt")
+        torch.save(dict(inputs), folder / "inputs.pt")
+        torch.save(torch.from_numpy(np.array(images[2])), folder / "image.pt")
+        auto_classes = list(CLASSES[family])
+        if family == "lookwhere":
+            auto_classes.append("AutoModelForPreTraining")
+        if family == "glance_focus":
+            auto_classes.insert(0, "AutoModel")  # the family has no headless model: AutoModel gives the classifier
+        out = root / f"out-{family}-{saved_class}"
+        out.mkdir()
+        jobs.append([str(folder), auto_classes, str(out)])
+        runs[family, saved_class] = (model, inputs, type(processor), auto_classes, out)
+    (root / "script.py").write_text(REMOTE_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(root / "modules")}
     result = subprocess.run(
-        [sys.executable, str(tmp_path / "script.py"), str(folder), json.dumps(auto_classes), str(tmp_path / "out")],
+        [sys.executable, str(root / "script.py"), json.dumps(jobs)],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
+    return runs, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "saved_class"), SAVED)
+def test_every_auto_class_loads_every_saved_class_without_the_package(remote_loads, family, saved_class):
+    runs, result = remote_loads
     assert result.returncode == 0, result.stderr[-4000:]
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    expected_processor = type(processor)
+    model, inputs, expected_processor, auto_classes, out = runs[family, saved_class]
+    results = json.loads((out / "results.json").read_text())
+    assert "error" not in results, results.get("error")
     assert results["processor"] == expected_processor.__name__
     if expected_processor.__module__.startswith("lookwhere_hf"):  # LookupViT's is transformers' own BeitImageProcessor
         assert results["processor_module"].startswith("transformers_modules"), results
@@ -421,7 +443,7 @@ def test_every_auto_class_loads_every_saved_class_without_the_package(tmp_path, 
     with torch.no_grad():
         output = model(**{k: v.double() for k, v in inputs.items()})
     expected = output.logits if "logits" in output else output.last_hidden_state
-    got = torch.load(tmp_path / "out" / f"{saved_class}.pt")
+    got = torch.load(out / f"{saved_class}.pt")
     torch.testing.assert_close(got, expected, **FLOAT64_TOLERANCE)
 
 

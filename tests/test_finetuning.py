@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EPS32, make_tiny_config
+from conftest import EPS32, make_tiny_config, run_script_in_process
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -131,6 +131,13 @@ def _run(workspace, args, launcher=None) -> str:
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{output[-6000:]}"
     return output
+
+
+def _run_here(workspace, args) -> str:
+    """`_run` without a launcher, in this process (no fresh interpreter's start-up): the same script, arguments,
+    working directory, thread count and caches; its printed output."""
+    script, *argv = args
+    return run_script_in_process(script, argv, workspace["root"], workspace["env"]["HF_HOME"])
 
 
 def _results(output_dir: Path) -> dict:
@@ -258,10 +265,10 @@ def test_image_classification_no_trainer_resumes_to_the_same_weights(workspace):
         "6",
         *COMMON,
     ]
-    _run(workspace, [*args, "--output_dir", full, "--checkpointing_steps", "2"])
+    _run_here(workspace, [*args, "--output_dir", full, "--checkpointing_steps", "2"])
     assert sorted(p.name for p in full.glob("step_*")) == ["step_2", "step_4", "step_6"]
     resume = ["--output_dir", resumed, "--resume_from_checkpoint", full / "step_4", "--dataloader_num_workers", "2"]
-    output = _run(workspace, args + resume)
+    output = _run_here(workspace, args + resume)
     assert "Resuming from" in output
 
     final, again, halfway = (load_file(p / "model.safetensors") for p in (full, resumed, full / "step_4"))

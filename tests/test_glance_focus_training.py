@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import FLOAT64_TOLERANCE
+from conftest import FLOAT64_TOLERANCE, run_script_in_process
 from torch import nn
 from transformers import ResNetConfig
 
@@ -522,6 +522,12 @@ def _run(workspace, args, launcher=None) -> str:
     return output
 
 
+def _run_here(workspace, args) -> str:
+    """`_run` without a launcher, in this process (no fresh interpreter's start-up): the same script, arguments,
+    working directory, thread count and caches; its printed output."""
+    return run_script_in_process(SCRIPT, args, workspace["root"], workspace["env"]["HF_HOME"])
+
+
 def _logged(output: str) -> list[dict]:
     """The JSON lines the training loop printed."""
     return [json.loads(line[line.index('{"step"') :]) for line in output.splitlines() if '{"step"' in line]
@@ -632,12 +638,12 @@ def test_script_runs_the_three_stages_and_saves_a_budgeted_pipeline_folder(works
 
     root = workspace["root"]
     one, two, three = root / "stage1", root / "stage2", root / "stage3"
-    output = _run(workspace, ["--stage", "1", "--model_name_or_path", "tiny", "--output_dir", one,
-                              "--learning_rate", "3e-3", "--max_train_steps", "24", *COMMON])  # fmt: skip
+    output = _run_here(workspace, ["--stage", "1", "--model_name_or_path", "tiny", "--output_dir", one,
+                                   "--learning_rate", "3e-3", "--max_train_steps", "24", *COMMON])  # fmt: skip
     assert "Glance-and-Focus stage 1: encoders + classifier, random crops" in output and str(one) in output
     assert _results(one)["train_steps"] == 24 and _results(one)["stage"] == 1
-    output = _run(workspace, ["--stage", "2", "--model_name_or_path", one, "--output_dir", two,
-                              "--max_train_steps", "8", "--ppo_epochs", "2", *COMMON])  # fmt: skip
+    output = _run_here(workspace, ["--stage", "2", "--model_name_or_path", one, "--output_dir", two,
+                                   "--max_train_steps", "8", "--ppo_epochs", "2", *COMMON])  # fmt: skip
     assert "PPO: clip 0.2, 2 epoch(s) per batch, gamma 0.7" in output and "learning_rate 5e-05 -> 0.0003" in output
     logs = _logged(output)
     assert (
@@ -649,9 +655,9 @@ def test_script_runs_the_three_stages_and_saves_a_budgeted_pipeline_folder(works
     changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
     assert changed == {"policy"}, changed
     budget = 0.5 * sum(GlanceFocusForImageClassification.from_pretrained(two).rung_flops()[:2]) / 1e9
-    output = _run(workspace, ["--stage", "3", "--model_name_or_path", two, "--output_dir", three,
-                              "--learning_rate", "1e-3", "--max_train_steps", "8", "--calibrate_budget", budget,
-                              *COMMON])  # fmt: skip
+    output = _run_here(workspace, ["--stage", "3", "--model_name_or_path", two, "--output_dir", three,
+                                   "--learning_rate", "1e-3", "--max_train_steps", "8", "--calibrate_budget", budget,
+                                   *COMMON])  # fmt: skip
     assert "Budget calibration on 128 validation images" in output
     config = json.loads((three / "config.json").read_text())
     assert len(config["budget_thresholds"]) == 2 and config["budget_expected_gflops"] <= budget
@@ -680,9 +686,9 @@ def test_stage2_resumed_mid_epoch_ends_at_the_uninterrupted_weights(workspace):
     root = workspace["root"]
     full, resumed = root / "ppo_full", root / "ppo_resumed"
     args = ["--stage", "2", "--model_name_or_path", "tiny", "--max_train_steps", "8", *COMMON]
-    _run(workspace, [*args, "--output_dir", full, "--checkpointing_steps", "3"])
+    _run_here(workspace, [*args, "--output_dir", full, "--checkpointing_steps", "3"])
     assert sorted(p.name for p in full.glob("step_*")) == ["step_3", "step_6"]
-    output = _run(workspace, [*args, "--output_dir", resumed, "--resume_from_checkpoint", full / "step_3"])
+    output = _run_here(workspace, [*args, "--output_dir", resumed, "--resume_from_checkpoint", full / "step_3"])
     assert "Resuming from" in output
     assert [log["approx_kl"] for log in _logged(output)] == [0.0]  # one PPO update per batch: the rollout's policy
     final, again = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")

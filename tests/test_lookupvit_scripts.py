@@ -28,6 +28,7 @@ from test_finetuning import (
     _check_segmentation_pipeline,
     _results,
     _run,
+    _run_here,
     _validation_images,
     workspace,  # noqa: F401  (the module-scoped data fixture)
 )
@@ -157,10 +158,10 @@ def test_classification_no_trainer_from_dinov2_resumes_to_the_same_weights(model
         "--compressed_grids", "2,3,4", "--dataset_name", root / "colours", "--learning_rate", "3e-3",
         "--lr_scheduler_type", "constant", "--max_train_steps", "6", "--logging_steps", "1", *COMMON,
     ]  # fmt: skip
-    output = _run(workspace, [*args, "--output_dir", full, "--checkpointing_steps", "2"])
+    output = _run_here(workspace, [*args, "--output_dir", full, "--checkpointing_steps", "2"])
     _assert_loss_falls(output)
     assert sorted(p.name for p in full.glob("step_*")) == ["step_2", "step_4", "step_6"]
-    output = _run(
+    output = _run_here(
         workspace,
         [*args, "--output_dir", resumed, "--resume_from_checkpoint", full / "step_4", "--dataloader_num_workers", "2"],
     )
