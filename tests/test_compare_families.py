@@ -6,7 +6,6 @@ import importlib
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -334,16 +333,16 @@ TINY_FAMILIES = [
 ]  # fmt: skip
 
 
-def run_harness(dataset: str, out, results_md, *argv) -> tuple[dict, dict, dict]:
-    """The harness's one command for `dataset` at a tiny size, seed 0: `(seed results, Glance-and-Focus results,
-    aggregate)`."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    command = [
+def harness_command(dataset: str, out, results_md, *argv) -> list[str]:
+    """The harness's one command for `dataset` at a tiny size, seed 0, writing to `out` and `results_md`."""
+    return [
         sys.executable, os.path.join(FAMILIES, "compare_families.py"), "--dataset", dataset, "--output_dir", str(out),
         "--seeds", "0", *argv, "--update_results", "--results_md", str(results_md),
     ]  # fmt: skip
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def harness_results(out) -> tuple[dict, dict, dict]:
+    """`(seed results, Glance-and-Focus results, aggregate)` of a finished run in `out`."""
     loaded = []
     for path in (out / "seed_0" / "eval" / "results.json", out / "seed_0" / "eval" / "glance_focus.json"):
         with open(path, encoding="utf-8") as f:
@@ -351,6 +350,28 @@ def run_harness(dataset: str, out, results_md, *argv) -> tuple[dict, dict, dict]
     with open(out / "results.json", encoding="utf-8") as f:
         loaded.append(json.load(f))
     return tuple(loaded)
+
+
+def run_harness(request, background_runs) -> tuple:
+    """The end-to-end harness run of the calling test, its module's `HARNESS_RUNS[test name]` = `(dataset, argv)`:
+    `(out, results_md, seed results, Glance-and-Focus results, aggregate)`.
+
+    The first such test starts the runs of every selected test that has one (`BackgroundRuns`), so the runs (one
+    process at one thread each) overlap with each other and with the tests in between; each test then waits for its
+    own. Each run has its own folders and the same command as when it runs alone."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for item in [request.node, *request.session.items]:
+        spec = getattr(getattr(item, "module", None), "HARNESS_RUNS", {}).get(item.name)
+        if spec is not None:
+            dataset, argv = spec
+            root = background_runs.root / item.name
+            root.mkdir(exist_ok=True)
+            command = harness_command(dataset, root / "families", root / "RESULTS.md", *argv)
+            background_runs.start(item.name, command, env=env, cwd=REPO)
+    returncode, output = background_runs.wait(request.node.name)
+    assert returncode == 0, output[-6000:]
+    root = background_runs.root / request.node.name
+    return (root / "families", root / "RESULTS.md", *harness_results(root / "families"))
 
 
 def assert_consistent(out, seed: dict, gf: dict, agg: dict) -> None:
@@ -424,12 +445,18 @@ def assert_consistent(out, seed: dict, gf: dict, agg: dict) -> None:
     assert (out / "families.png").stat().st_size > 10_000
 
 
+HARNESS_RUNS = {
+    "test_end_to_end_numbers_are_consistent": (
+        "sparse_digits",
+        [*TINY_RECIPE, "--data_flags", "num_train=48,num_validation=24,num_test=24", *TINY_FAMILIES],
+    )
+}
+
+
 @pytest.mark.slow
-def test_end_to_end_numbers_are_consistent(tmp_path):
+def test_end_to_end_numbers_are_consistent(request, background_runs):
     """Sparse Digits through the harness's one command (data, teacher, LookWhere, the families, the report)."""
-    out, results_md = tmp_path / "families", tmp_path / "RESULTS.md"
-    data = "--data_flags", "num_train=48,num_validation=24,num_test=24"
-    seed, gf, agg = run_harness("sparse_digits", out, results_md, *TINY_RECIPE, *data, *TINY_FAMILIES)
+    out, results_md, seed, gf, agg = run_harness(request, background_runs)
     assert_consistent(out, seed, gf, agg)
     assert "size_bin" not in json.dumps(seed) and "accuracy_per_bin" not in seed["teacher"]  # no item sizes here
     with open(out / "summary.json", encoding="utf-8") as f:  # the recipe stages ran with the overrides, and were timed

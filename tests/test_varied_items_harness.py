@@ -35,10 +35,17 @@ def _weighted(per_bin: dict, counts: dict) -> float:
     return math.fsum(per_bin[b] * counts[b] for b in BINS if counts[b]) / sum(counts.values())
 
 
+HARNESS_RUNS = {
+    "test_varied_items_runs_end_to_end_with_every_number_per_size_bin": (
+        "varied_items",
+        [*SMOKE_RECIPE, *TINY_FAMILIES],
+    )
+}
+
+
 @pytest.mark.slow
-def test_varied_items_runs_end_to_end_with_every_number_per_size_bin(tmp_path):
-    out, results_md = tmp_path / "varied", tmp_path / "RESULTS.md"
-    seed, gf, agg = run_harness("varied_items", out, results_md, *SMOKE_RECIPE, *TINY_FAMILIES)
+def test_varied_items_runs_end_to_end_with_every_number_per_size_bin(request, background_runs):
+    out, results_md, seed, gf, agg = run_harness(request, background_runs)
     assert_consistent(out, seed, gf, agg)
     counts = seed["test_images_per_bin"]
     assert set(counts) == set(BINS) and sum(counts.values()) == seed["splits"]["test"] == NUM_TEST
