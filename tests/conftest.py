@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import random  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -155,29 +156,38 @@ def background_runs(tmp_path_factory):
 
 
 def run_script_in_process(script, argv, cwd, hf_home) -> str:
-    """What running `python script *argv` in `cwd` at one thread with `HF_HOME=hf_home` does, without a fresh
-    interpreter's start-up: the script's `main(argv)` in this process (datasets' cache in `hf_home`, the working
-    directory, the thread count and the streams restored afterwards); it returns the printed output. An error
-    raises here, with its traceback."""
+    """What `python script *argv` in `cwd` at one thread with `HF_HOME=hf_home` does, without a fresh interpreter's
+    start-up: the script runs as `__main__` in this process with that `sys.argv` (datasets' cache in `hf_home`); it
+    returns what it printed and logged (its own, lookwhere_hf's and transformers' loggers). The working directory,
+    thread count, streams and log levels are restored afterwards. An error raises here, with its traceback."""
     import contextlib
     import io
+    import logging
     import runpy
     from pathlib import Path
 
     import datasets
 
-    main = runpy.run_path(str(script), run_name="in_process")["main"]
     output = io.StringIO()
+    handler = logging.StreamHandler(output)
+    loggers = [logging.getLogger(name) for name in ("__main__", "lookwhere_hf", "transformers")]
+    levels = [logger.level for logger in loggers]
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         patch.chdir(cwd)
+        patch.setattr(sys, "argv", [str(script), *map(str, argv)])
         cache = Path(hf_home) / "datasets"
         for name, folder in (("HF_DATASETS_CACHE", cache), ("DOWNLOADED_DATASETS_PATH", cache / "downloads")):
             patch.setattr(datasets.config, name, folder)
         patch.setattr(datasets.config, "EXTRACTED_DATASETS_PATH", cache / "downloads" / "extracted")
+        for logger in loggers:
+            logger.addHandler(handler)
         torch.set_num_threads(1)
         try:
-            main([str(a) for a in argv])
+            runpy.run_path(str(script), run_name="__main__")
         finally:
             torch.set_num_threads(threads)
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.removeHandler(handler)
+                logger.setLevel(level)
     return output.getvalue()

@@ -492,19 +492,13 @@ def test_multi_rung_training_trains_every_rung_and_calibrates_a_budget(colours):
     config = make_tiny_config(high_res=SIZE, glance_head=True, anytime_k_ratios=RATIOS, num_labels=3)
     rung_gflops = [f / 1e9 for f in anytime_rung_flops(config, (4, 4), [6, 16, 32], 3, True)]
     budget = (rung_gflops[1] + rung_gflops[2]) / 2
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["HF_HOME"] = str(colours / "hf_home")
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
     argv = _script_args(
         colours, out, "--do_train", "--do_eval", "--num_train_epochs", "2", "--learning_rate", "3e-3",
         "--k_ratios", ",".join(map(str, RATIOS)), "--glance_head", "--calibrate_budget", f"{budget!r}",
         "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true",
         "--dataloader_num_workers", "0",
     )  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(CLS_SCRIPT), *map(str, argv)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    run_script_in_process(CLS_SCRIPT, argv, os.getcwd(), colours / "hf_home")  # as `python CLS_SCRIPT ...` does
     saved = json.loads((out / "config.json").read_text())
     assert saved["train_all_rungs"] and saved["glance_head"] and saved["anytime_k_ratios"] == RATIOS
     assert len(saved["budget_thresholds"]) == 3 and saved["budget_target_gflops"] == budget

@@ -196,7 +196,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_image_classification_trainer_learns_colours_and_saves_a_pipeline_folder(workspace):
     root, out = workspace["root"], workspace["root"] / "cls_trainer"
-    output = _run(
+    output = _run_here(
         workspace,
         [
             CLS_SCRIPT,
@@ -286,7 +286,7 @@ def test_image_classification_no_trainer_resumes_to_the_same_weights(workspace):
 @pytest.mark.slow
 def test_semantic_segmentation_trainer_learns_the_square(workspace):
     root, out = workspace["root"], workspace["root"] / "seg_trainer"
-    output = _run(
+    output = _run_here(
         workspace,
         [
             SEG_SCRIPT,

@@ -27,7 +27,6 @@ from test_finetuning import (
     _check_classification_pipeline,
     _check_segmentation_pipeline,
     _results,
-    _run,
     _run_here,
     _validation_images,
     workspace,  # noqa: F401  (the module-scoped data fixture)
@@ -123,7 +122,7 @@ def _assert_eval_grid(output_dir: Path, auto_class, grid: tuple[int, int]) -> No
 @pytest.mark.slow
 def test_classification_trainer_fine_tunes_a_lookupvit_checkpoint(models, workspace):  # noqa: F811
     root, out = models["root"], models["root"] / "lv_cls_trainer"
-    output = _run(
+    output = _run_here(
         workspace,
         [
             CLS_SCRIPT, "--model_name_or_path", models["lookupvit"], "--dataset_name", root / "colours",
@@ -192,9 +191,9 @@ def test_segmentation_trainer_from_vit_resumes_to_the_same_weights(models, works
         "--report_to", "none", "--eval_strategy", "no", "--disable_tqdm", "true", "--save_strategy", "steps",
         "--save_steps", "2",
     ]  # fmt: skip
-    output = _run(workspace, [*args, "--output_dir", full])
+    output = _run_here(workspace, [*args, "--output_dir", full])
     _assert_loss_falls(output)
-    output = _run(workspace, [*args, "--output_dir", resumed, "--resume_from_checkpoint", full / "checkpoint-4"])
+    output = _run_here(workspace, [*args, "--output_dir", resumed, "--resume_from_checkpoint", full / "checkpoint-4"])
     assert "Resuming training from checkpoint with epoch 1 and global step 4" in output
     final, again, halfway = (load_file(p / "model.safetensors") for p in (full, resumed, full / "checkpoint-4"))
     assert max((final[k] - halfway[k]).abs().max().item() for k in final) > 1e-3
@@ -210,7 +209,7 @@ def test_segmentation_trainer_from_vit_resumes_to_the_same_weights(models, works
 @pytest.mark.slow
 def test_segmentation_no_trainer_learns_the_square_with_a_lookupvit(models, workspace):  # noqa: F811
     root, out = models["root"], models["root"] / "lv_seg_nt"
-    output = _run(
+    output = _run_here(
         workspace,
         [
             SEG_NT_SCRIPT, "--model_name_or_path", models["lookupvit"], "--dataset_name", root / "squares",
