@@ -139,7 +139,10 @@ def test_map_layer_picks_the_attention_map_of_an_earlier_teacher_layer(tmp_path)
     map_error = (32 + 3) * EPS32 / 2 * (torch.einsum("bd,bnd->bn", query.abs(), keys.abs()) * scale).max().item()
     log_probs = ref.attentions[0].log()[:, :, 5:, 5:].mean(dim=(1, 2))
     torch.testing.assert_close(
-        torch.log_softmax(first.attention_map.double(), -1), torch.log_softmax(log_probs, -1), atol=2 * map_error, rtol=0
+        torch.log_softmax(first.attention_map.double(), -1),
+        torch.log_softmax(log_probs, -1),
+        atol=2 * map_error,
+        rtol=0,
     )
     # ... and it is another map than the last layer's (by far more than the rounding)
     difference = torch.log_softmax(first.attention_map, -1) - torch.log_softmax(last.attention_map, -1)
