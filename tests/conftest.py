@@ -133,9 +133,17 @@ class BackgroundRuns:
             )
             self._runs[key] = (process, log)
 
-    def wait(self, key: str) -> tuple[int, str]:
+    def wait(self, key: str, timeout: float = 1800.0) -> tuple[int, str]:
+        """The run's exit code and output; a run still going after `timeout` seconds is ended (with the stages it
+        started) and reported as failed rather than hanging the session."""
         process, log = self._runs[key]
-        process.wait()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+            log.seek(0)
+            return -1, log.read() + f"\n[ended by the test after {timeout:.0f} s]"
         log.seek(0)
         return process.returncode, log.read()
 

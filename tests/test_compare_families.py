@@ -367,7 +367,8 @@ def run_harness(request, background_runs) -> tuple:
             root = background_runs.root / item.name
             root.mkdir(exist_ok=True)
             command = harness_command(dataset, root / "families", root / "RESULTS.md", *argv)
-            background_runs.start(item.name, command, env=env, cwd=REPO)
+            # its own datasets cache: two runs side by side, and nothing written to the user's home
+            background_runs.start(item.name, command, env={**env, "HF_HOME": str(root / "hf_home")}, cwd=REPO)
     returncode, output = background_runs.wait(request.node.name)
     assert returncode == 0, output[-6000:]
     root = background_runs.root / request.node.name

@@ -94,8 +94,12 @@ def test_progressive_resizing_trains_at_the_small_size_and_saves_the_full_size(t
 
 
 def test_teacher_options_refuse_what_they_cannot_do(tt, data_dir, tmp_path):
-    with pytest.raises(ValueError, match="multiple of --patch_size"):
-        _train(tt, data_dir, tmp_path / "a", train_image_size=50)
+    for size in (50, 0, -20):
+        with pytest.raises(ValueError, match="positive multiple of --patch_size"):
+            _train(tt, data_dir, tmp_path / "a", train_image_size=size)
+    for weight in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="--mil_loss_weight must be >= 0"):
+            _train(tt, data_dir, tmp_path / "d", mil_loss_weight=weight)
     with pytest.raises(ValueError, match="zoom curriculum do not support"):
         _train(tt, data_dir, tmp_path / "b", train_image_size=40, token_loss_weight=1.0)
     with pytest.raises(ValueError, match="label-only alternative"):

@@ -143,6 +143,15 @@ class TeacherArguments:
                 "--zoom_curriculum / --token_loss_weight / --attention_loss_weight need the digit boxes in "
                 f"{self.data_dir}/annotations.jsonl (written by make_dataset.py); set them to 0 for other imagefolders."
             )
+        if not self.mil_loss_weight >= 0:  # `not >=` also rejects NaN
+            raise ValueError(f"--mil_loss_weight must be >= 0 (0 = off), got {self.mil_loss_weight}.")
+        if self.train_image_size is not None and (
+            self.train_image_size < self.patch_size or self.train_image_size % self.patch_size
+        ):
+            raise ValueError(
+                f"--train_image_size {self.train_image_size} must be a positive multiple of --patch_size "
+                f"{self.patch_size} (or leave it out: training at --image_size)."
+            )
         if self.train_image_size not in (None, self.image_size) and self.uses_boxes:
             raise ValueError(
                 "--train_image_size trains at another resolution than --image_size, which the box losses and the zoom "
@@ -382,8 +391,6 @@ def main(argv=None) -> dict:
         model.mil_head = torch.nn.Linear(args.hidden_size, len(labels))  # dropped before saving
 
     train_size = args.train_image_size or args.image_size
-    if train_size % args.patch_size:
-        raise ValueError(f"--train_image_size {train_size} must be a multiple of --patch_size {args.patch_size}.")
 
     def to_tensor(image, size: int = args.image_size):
         if image.size != (size, size):
