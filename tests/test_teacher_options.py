@@ -52,8 +52,12 @@ def test_multiple_instance_loss_is_cross_entropy_of_the_log_sum_exp_over_patches
     loss = tt.multiple_instance_loss(model, outputs, labels)
     # float64 model, float32 log-sum-exp inside the loss: float32 rounding of values of order 1
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    # the gradient reaches every patch token through the smooth max, most of it the best-scoring patch's
-    assert loss.requires_grad
+    # ... and so is its gradient, which trains the patch head (and through it the backbone)
+    weight = model.mil_head.weight
+    (got,) = torch.autograd.grad(loss, weight, retain_graph=True)
+    (want,) = torch.autograd.grad(expected, weight)
+    assert got.abs().max() > 0
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)  # float32 log-sum-exp, values of order 1
 
 
 def _train(tt, data_dir, out, **extra):
