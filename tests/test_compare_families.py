@@ -116,6 +116,61 @@ def test_varied_items_description_is_label_only_and_overridable(tmp_path, capsys
         assert message in capsys.readouterr().err
 
 
+def test_varied_items_selector_learns_the_first_layer_map_and_pretrain_flags_override(tmp_path, capsys):
+    descriptions, harness, stages = _load("descriptions"), _load("harness"), _load("stages")
+    assert descriptions.VARIED_ITEMS.pretrain_flags == {"map_layer": 0}
+    assert descriptions.SPARSE_DIGITS.pretrain_flags == {}  # Sparse Digits keeps LookWhere's last-layer map
+    paths = stages.seed_paths(str(tmp_path), 0)
+    pretrain = stages.recipe_commands(descriptions.VARIED_ITEMS, paths, 0, 0)["pretrain"]
+    assert _value(pretrain, "--map_layer") == "0" and _value(pretrain, "--k_max") == "64"
+    assert "--map_layer" not in stages.recipe_commands(descriptions.SPARSE_DIGITS, paths, 0, 0)["pretrain"]
+    args = harness.parse_args(["--dataset", "varied_items", "--pretrain_flags", "map_layer=-1"])
+    assert args.description.pretrain_flags == {"map_layer": -1}
+    assert args.description.recipe()["pretrain_flags"] == {"map_layer": -1}
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--dataset", "varied_items", "--pretrain_flags", "k_max=3"])
+    assert "pretrain_flags may not set ['k_max']" in capsys.readouterr().err
+
+
+def _saved_teacher(folder, image_size=448, patch_size=28):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"image_size": image_size, "patch_size": patch_size}))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "preprocessor_config.json").write_text("{}")
+    return str(folder)
+
+
+def test_teacher_model_is_copied_into_every_seed_instead_of_trained(tmp_path, capsys):
+    harness = _load("harness")
+    teacher = _saved_teacher(tmp_path / "teacher")
+    out = tmp_path / "out"
+    args = harness.parse_args(
+        ["--dataset", "varied_items", "--teacher_model", teacher, "--output_dir", str(out), "--seeds", "0,2",
+         "--stages", "teacher"]
+    )  # fmt: skip
+    for seed in args.seeds:
+        harness.run_seed_training(args, seed, env={}, timings={})
+    for seed in (0, 2):
+        copied = out / f"seed_{seed}" / "teacher"
+        assert (copied / "model.safetensors").read_bytes() == b"weights"
+        assert json.loads((copied / "teacher_source.json").read_text()) == {"teacher_model": os.path.abspath(teacher)}
+    summary = harness.write_summary(args, "cmd", {"seeds": {}}, start=0.0)
+    assert json.loads(open(summary).read())["arguments"]["teacher_model"] == teacher
+    report = _load("report")
+    assert f"trained once (`--teacher_model {teacher}`" in report.shared_teacher_note(args)
+    assert report.shared_teacher_note(_parse()) == ""
+    for folder, message in (
+        (_saved_teacher(tmp_path / "small", image_size=224), "differ from the description's 448 / 28 px"),
+        (str(tmp_path / "missing"), "not a saved teacher"),
+    ):
+        with pytest.raises(SystemExit):
+            harness.parse_args(["--dataset", "varied_items", "--teacher_model", folder])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--dataset", "varied_items", "--teacher_model", teacher, "--recipe_dir", str(out)])
+    assert "pass one of them" in capsys.readouterr().err
+
+
 def test_recipe_comes_from_the_reused_run(tmp_path, capsys):
     (tmp_path / "summary.json").write_text(json.dumps({"arguments": {"pretrain_epochs": 2, "finetune_epochs": 3}}))
     args = _parse("--recipe_dir", str(tmp_path))

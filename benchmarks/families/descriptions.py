@@ -35,6 +35,11 @@ RECIPE_FIELDS = (
     "batch_size",
 )
 
+# `run_pretraining.py` flags that are recipe fields of their own (so not `pretrain_flags`).
+PRETRAIN_RECIPE_FLAGS = ("image_size", "low_res_size", "selector_depth", "k_min", "k_max", "learning_rate")
+# The flag sets of a description that the command line extends (`--<name> key=value,...`).
+FLAG_SETS = ("data_flags", "teacher_flags", "pretrain_flags")
+
 
 @dataclass(frozen=True)
 class DatasetDescription:
@@ -53,6 +58,8 @@ class DatasetDescription:
             Varied Items: every box-based loss at 0).
         teacher_epochs, teacher_lr, teacher_batch_size: the teacher's training.
         low_res_size, selector_depth, k_min, k_max: LookWhere pretraining (`run_pretraining.py`).
+        pretrain_flags: `run_pretraining.py`'s other flags (e.g. `map_layer`: which teacher layer's attention map the
+            selector learns; the pretraining's default, -1, is LookWhere's last layer).
         k_ratio: the fixed-k fine-tune's k_ratio.
         pretrain_epochs, pretrain_lr, finetune_epochs, finetune_lr, batch_size: LookWhere's training; the other
             families get as many epochs after the teacher (pretraining + fine-tuning) at the fine-tuning rate.
@@ -76,6 +83,7 @@ class DatasetDescription:
     teacher_epochs: float = 10.0
     teacher_lr: float = 1e-3
     teacher_batch_size: int = 16
+    pretrain_flags: dict = field(default_factory=dict)
     low_res_size: int = 224
     selector_depth: int = 2
     k_min: int = 8
@@ -118,6 +126,13 @@ class DatasetDescription:
         reserved = {"output_dir", "seed", "canvas_size", "overwrite"} & set(self.data_flags)
         if reserved:
             raise ValueError(f"{self.name}: data_flags may not set {sorted(reserved)}; the harness sets them.")
+        reserved = {*PRETRAIN_RECIPE_FLAGS, "teacher_name_or_path", "train_dir", "output_dir", "seed"}
+        reserved &= set(self.pretrain_flags)
+        if reserved:
+            raise ValueError(
+                f"{self.name}: pretrain_flags may not set {sorted(reserved)}; they are recipe fields or set by the "
+                "harness."
+            )
 
     def replace(self, **changes) -> DatasetDescription:
         """A copy with `changes` (validated again)."""
@@ -129,6 +144,7 @@ class DatasetDescription:
             **{name: getattr(self, name) for name in RECIPE_FIELDS},
             "data_flags": dict(self.data_flags),
             "teacher_flags": dict(self.teacher_flags),
+            "pretrain_flags": dict(self.pretrain_flags),
         }
 
 
@@ -208,6 +224,10 @@ VARIED_ITEMS = DatasetDescription(
     teacher_flags=VARIED_ITEMS_TEACHER,
     teacher_epochs=8,
     teacher_batch_size=32,
+    # The selector learns the teacher's first-layer map, not LookWhere's last-layer one: chosen on validation (every
+    # label-only teacher's layer-0 map finds small items more often; TEACHER_ATTEMPTS.md, "LookWhere distilled from
+    # an earlier layer's map").
+    pretrain_flags={"map_layer": 0},
     # the canvas and patch sizes and LookWhere's recipe are the defaults, Sparse Digits' (448 px, patch 28, selector
     # depth 2 at 224 px, k in [8, 64], k_ratio 0.1, 4 + 8 epochs at 5e-4 / 3e-4, batch 32)
     size_bins=("small", "medium", "large"),

@@ -16,11 +16,12 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 
 import torch
-from descriptions import DESCRIPTIONS, RECIPE_FIELDS, DatasetDescription
+from descriptions import DESCRIPTIONS, FLAG_SETS, RECIPE_FIELDS, DatasetDescription
 from evaluation import evaluate_seed
 from imagefolder import class_names
 from report import RESULTS_MD, aggregate, update_results_md
@@ -45,6 +46,7 @@ from stages import (
 STAGES = (*RECIPE_STAGES, *FAMILY_STAGES, "evaluate", "aggregate")
 WORKERS = {"train-random-rung": train_random_rung}
 PROGRAM = "python benchmarks/families/compare_families.py"
+TEACHER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
 def key_values(text: str, flag: str) -> dict:
@@ -87,6 +89,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         g.add_argument(f"--{name}", type=kinds[name], default=None)
     g.add_argument("--data_flags", default="", help="Generator flags, key=value,... (e.g. items=digits,num_train=300).")
     g.add_argument("--teacher_flags", default="", help="train_teacher.py flags, key=value,... (e.g. hidden_size=32).")
+    g.add_argument("--pretrain_flags", default="", help="run_pretraining.py flags, key=value,... (e.g. map_layer=-1).")
+    g.add_argument(
+        "--teacher_model",
+        default=None,
+        help="A trained teacher folder (train_teacher.py's output) that every seed uses: the teacher stage copies it "
+        "instead of training one per seed (the way LookWhere distils one pretrained DINOv2). Its image and patch "
+        "sizes must be the description's.",
+    )
     g = p.add_argument_group("families")
     g.add_argument(
         "--k_ratios",
@@ -183,11 +193,11 @@ def resolve_description(args) -> DatasetDescription:
             with open(path, encoding="utf-8") as f:
                 saved = json.load(f).get("arguments", {})
             changes.update({name: saved[name] for name in RECIPE_FIELDS if name in saved})
-            for name in ("data_flags", "teacher_flags"):
+            for name in FLAG_SETS:
                 if isinstance(saved.get(name), dict):
                     changes[name] = saved[name]
     changes.update({name: getattr(args, name) for name in RECIPE_FIELDS if getattr(args, name) is not None})
-    for name in ("data_flags", "teacher_flags"):
+    for name in FLAG_SETS:
         given = key_values(getattr(args, name), f"--{name}")
         if given:
             changes[name] = {**changes.get(name, getattr(description, name)), **given}
@@ -240,6 +250,12 @@ def check_arguments(p: argparse.ArgumentParser, args) -> None:
             f"--glance_focus_patch_size must be in (0, {d.canvas_size}] (the canvas side), got "
             f"{args.glance_focus_patch_size}."
         )
+    if args.teacher_model is not None:
+        problem = teacher_model_problem(args.teacher_model, d)
+        if problem:
+            p.error(f"--teacher_model {args.teacher_model}: {problem}")
+        if args.recipe_dir is not None:
+            p.error("--teacher_model and --recipe_dir both give the teacher; pass one of them.")
     if args.glance_focus_steps < 2:
         p.error(
             f"--glance_focus_steps must be >= 2 (a glance and at least one focus step), got {args.glance_focus_steps}."
@@ -256,6 +272,32 @@ def check_arguments(p: argparse.ArgumentParser, args) -> None:
                 "Glance-and-Focus split (2 + 2 for stages 2 and 3, the rest for stage 1); pass --glance_focus_epochs."
             )
         args.glance_focus_epochs = [float(stage1_epochs), *GF_POLICY_AND_LAST_EPOCHS]
+
+
+def teacher_model_problem(folder: str, d: DatasetDescription) -> str | None:
+    """What makes `folder` unusable as every seed's teacher for description `d` (None when it is usable)."""
+    missing = [name for name in TEACHER_FILES if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        return f"not a saved teacher (missing {missing}); pass the output_dir of train_teacher.py."
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    if (config.get("image_size"), config.get("patch_size")) != (d.canvas_size, d.patch_size):
+        return (
+            f"its image / patch size {config.get('image_size')} / {config.get('patch_size')} px differ from the "
+            f"description's {d.canvas_size} / {d.patch_size} px."
+        )
+    return None
+
+
+def copy_teacher(folder: str, target: str) -> None:
+    """The teacher stage with `--teacher_model`: copy the saved teacher into the seed's teacher folder and record
+    where it came from (`teacher_source.json`)."""
+    os.makedirs(target, exist_ok=True)
+    for name in TEACHER_FILES:
+        shutil.copy2(os.path.join(folder, name), os.path.join(target, name))
+    with open(os.path.join(target, "teacher_source.json"), "w", encoding="utf-8") as f:
+        json.dump({"teacher_model": os.path.abspath(folder)}, f, indent=1)
+    print(f"=== teacher copied from {folder} to {target}")
 
 
 def full_command(argv: list[str], program: str = PROGRAM) -> str:
@@ -281,7 +323,10 @@ def run_seed_training(args, seed: int, env: dict, timings: dict) -> None:
     os.makedirs(paths["logs"], exist_ok=True)
     recipe = recipe_commands(d, paths, seed, args.data_seed)
     for name in RECIPE_STAGES[1:]:
-        if name in args.stages and not (stage_done(name, paths) and not args.force):
+        if name == "teacher" and args.teacher_model is not None and name in args.stages:
+            if not stage_done(name, paths) or args.force:
+                copy_teacher(args.teacher_model, paths["teacher"])
+        elif name in args.stages and not (stage_done(name, paths) and not args.force):
             stage_timings: dict = {}
             log = os.path.join(paths["logs"], f"{name}.log")
             run_stage(f"seed {seed} {name}", recipe[name], log, env, stage_timings)
@@ -331,7 +376,7 @@ def write_summary(args, command: str, timings: dict, start: float) -> str:
     summary = {
         "command": command,
         "dataset": args.description.name,
-        "arguments": args.description.recipe(),
+        "arguments": {**args.description.recipe(), "teacher_model": args.teacher_model},
         "timings": merged,
         "wall_s_of_this_pass": round(time.time() - start, 1),
     }

@@ -108,6 +108,17 @@ def _shares(shares: list) -> str:
     return " / ".join("—" if math.isnan(_mean(s)) else f"{_mean(s) * 100:.0f}%" for s in shares)
 
 
+def shared_teacher_note(args) -> str:
+    """The report's sentence for a run whose seeds share one teacher (`--teacher_model`); empty otherwise."""
+    if not getattr(args, "teacher_model", None):
+        return ""
+    return (
+        f" Every seed distils and starts from one teacher, trained once (`--teacher_model {args.teacher_model}`, as "
+        "LookWhere distils one pretrained DINOv2): the teacher row's ± 0 is by construction, the other rows' spread is "
+        "over the seeds of everything trained after it."
+    )
+
+
 def format_markdown(agg: dict, args, recipe_cpu: dict) -> str:
     """The tables of the aggregate (see the RESULTS.md section); with size bins, each quantity also per bin."""
     d = args.description
@@ -127,7 +138,8 @@ def format_markdown(agg: dict, args, recipe_cpu: dict) -> str:
         f"{agg.get('_flops_check', 0.0):.1e}). Latency: milliseconds per image, median of interleaved rounds in one "
         f"process, {agg.get('torch_threads', 1)} torch thread, on the first {args.latency_images} test images as one "
         f"batch ({batch}) and one at a time (b1)."
-        + (f" Accuracy per item-size bin ({', '.join(bins)}) next to the overall one." if bins else ""),
+        + (f" Accuracy per item-size bin ({', '.join(bins)}) next to the overall one." if bins else "")
+        + shared_teacher_note(args),
         "",
         f"| family | operating point | accuracy (%) |{bin_columns} GFLOPs / image | FLOPs vs teacher | b1 ms / image | "
         f"{batch} ms / image |",

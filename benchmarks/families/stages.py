@@ -163,7 +163,7 @@ def recipe_commands(description: DatasetDescription, paths: dict, seed: int, dat
             py, PRETRAIN_SCRIPT,
             *flags(teacher_name_or_path=paths["teacher"], train_dir=paths["data"], image_size=d.canvas_size,
                    low_res_size=d.low_res_size, selector_depth=d.selector_depth, k_min=d.k_min, k_max=d.k_max,
-                   no_augment=True, do_train=True),
+                   **d.pretrain_flags, no_augment=True, do_train=True),
             *common_training_flags(d.batch_size, paths["pretrained"], d.pretrain_epochs, d.pretrain_lr, seed),
         ],
         # The example's photo augmentation (random resized crops, flips) is off: small crops cut a small item out of
