@@ -224,10 +224,9 @@ VARIED_ITEMS = DatasetDescription(
     teacher_flags=VARIED_ITEMS_TEACHER,
     teacher_epochs=8,
     teacher_batch_size=32,
-    # The selector learns the teacher's first-layer map, not LookWhere's last-layer one: chosen on validation (every
-    # label-only teacher's layer-0 map finds small items more often; TEACHER_ATTEMPTS.md, "LookWhere distilled from
-    # an earlier layer's map").
-    pretrain_flags={"map_layer": 0},
+    # LookWhere's own target, the teacher's last-layer map. For the weak teachers A-D an earlier layer's map found
+    # small items more often (`pretrain_flags={"map_layer": 0}`); for the shared teacher (benchmarks/varied_items/
+    # teacher) the last layer's does, at every k (validation; TEACHER_ATTEMPTS.md, phase 3).
     # 2 + 3 epochs over the 8000 canvases (4x Sparse Digits' 2000): the other families get 5 epochs each, and one
     # seed of every family takes ~1 h of one CPU thread. The canvas and patch sizes and the rest of LookWhere's recipe
     # are the defaults, Sparse Digits' (448 px, patch 28, selector depth 2 at 224 px, k in [8, 64], k_ratio 0.1,
