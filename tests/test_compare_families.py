@@ -214,6 +214,11 @@ def test_sparse_digits_wrapper_is_the_harness_with_a_reused_recipe():
         (["--glance_focus_steps", "1"], "at least one focus step"),
         (["--max_eval_samples", "0"], "--max_eval_samples must be >= 1"),
         (["--dataset", "imagenet"], "invalid choice"),
+        (["--multirung_epochs", "0"], "--multirung_epochs must be positive"),
+        (["--lookupvit_lr", "0"], "--lookupvit_lr must be positive"),
+        (["--glance_focus_epochs", "2,0,1"], "positive for each of the three stages"),
+        (["--compressed_grids", "2,17"], "cannot be finer than the 16x16 patch grid"),
+        (["--glance_focus_patch_size", "100"], "multiple of the teacher's patch size 28"),
     ],
 )
 def test_bad_arguments_are_rejected(argv, message, capsys):
@@ -539,3 +544,19 @@ def test_probe_oracle_crop_is_centred_on_the_digit_and_stays_inside():
         probe.oracle_crop(canvas, [0, 0, 10, 10], 500)
     with pytest.raises(SystemExit):
         probe.parse_args(["--view", "glance", "--gf_model", "x"])
+
+
+def test_max_samples_takes_a_seeded_sample_of_every_class_not_the_first_folders(tmp_path):
+    imagefolder = _load("imagefolder")
+    rows = [
+        {"split": "test", "file_name": f"test/{label}_class/test_{i:05d}.png", "label": label, "box": [0, 0, 1, 1]}
+        for label in range(4)
+        for i in range(25)
+    ]
+    (tmp_path / "annotations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    subset = imagefolder.ImageFolderSplit(str(tmp_path), "test", processor=None, max_samples=20)
+    again = imagefolder.ImageFolderSplit(str(tmp_path), "test", processor=None, max_samples=20)
+    names = [row["file_name"] for row in subset.rows]
+    assert len(names) == 20 and names == [row["file_name"] for row in again.rows] and names == sorted(names)
+    assert {row["label"] for row in subset.rows} == {0, 1, 2, 3}  # the first 20 file names are all class 0
+    assert len(imagefolder.ImageFolderSplit(str(tmp_path), "test", processor=None, max_samples=500)) == 100

@@ -149,7 +149,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
     g.add_argument("--latency_runs", type=int, default=10, help="Timed rounds per latency measurement.")
     g.add_argument("--latency_images", type=int, default=16, help="Test images per latency batch (batch 16).")
-    g.add_argument("--max_eval_samples", type=int, default=None, help="Evaluate on the first N images of a split.")
+    g.add_argument(
+        "--max_eval_samples",
+        type=int,
+        default=None,
+        help="Evaluate on N images of each split (a seeded sample, the same in every run).",
+    )
     g.add_argument("--stages", default=None, help="Comma-separated subset of " + ", ".join(STAGES) + ".")
     g.add_argument("--force", action="store_true", help="Re-run stages whose outputs exist (default: skip them).")
     g.add_argument("--update_results", action="store_true", help="Rewrite the dataset's section of --results_md.")
@@ -260,10 +265,28 @@ def check_arguments(p: argparse.ArgumentParser, args) -> None:
         p.error(
             f"--glance_focus_steps must be >= 2 (a glance and at least one focus step), got {args.glance_focus_steps}."
         )
-    args.multirung_epochs = args.multirung_epochs or d.finetune_epochs
-    args.lookupvit_epochs = args.lookupvit_epochs or d.pretrain_epochs + d.finetune_epochs
-    args.lookupvit_lr = args.lookupvit_lr or d.finetune_lr
-    args.glance_focus_lr = args.glance_focus_lr or d.finetune_lr
+    for flag in ("multirung_epochs", "lookupvit_epochs", "lookupvit_lr", "glance_focus_lr"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            p.error(f"--{flag} must be positive (or left out for the recipe's value), got {value}.")
+    if args.glance_focus_epochs is not None and not min(args.glance_focus_epochs) > 0:
+        p.error(f"--glance_focus_epochs must be positive for each of the three stages, got {args.glance_focus_epochs}.")
+    grid = d.canvas_size // d.patch_size
+    if any(g > grid for g in args.compressed_grids):
+        p.error(
+            f"--compressed_grids {args.compressed_grids}: LookupViT's compressed grid cannot be finer than the "
+            f"{grid}x{grid} patch grid of the {d.canvas_size} px canvas."
+        )
+    if args.glance_focus_backbone == "teacher" and args.glance_focus_patch_size % d.patch_size:
+        p.error(
+            f"--glance_focus_patch_size {args.glance_focus_patch_size} must be a multiple of the teacher's patch size "
+            f"{d.patch_size} (the crops are encoded by a ViT with that patch)."
+        )
+    args.multirung_epochs = d.finetune_epochs if args.multirung_epochs is None else args.multirung_epochs
+    if args.lookupvit_epochs is None:
+        args.lookupvit_epochs = d.pretrain_epochs + d.finetune_epochs
+    args.lookupvit_lr = d.finetune_lr if args.lookupvit_lr is None else args.lookupvit_lr
+    args.glance_focus_lr = d.finetune_lr if args.glance_focus_lr is None else args.glance_focus_lr
     if args.glance_focus_epochs is None:
         stage1_epochs = d.pretrain_epochs + d.finetune_epochs - sum(GF_POLICY_AND_LAST_EPOCHS)
         if stage1_epochs <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,6 +52,9 @@ def read_info(data_dir: str) -> dict:
         return json.load(f)
 
 
+SUBSET_SEED = 0  # the seed of the `max_samples` subsets (the same images in every run)
+
+
 class ImageFolderSplit:
     """One split of a where-to-look imagefolder as a torch dataset: `{pixel_values, [low_res_pixel_values], labels}`
     made by `processor` from the PNG (the class id is the annotation's `label`, the index of the sorted class folders).
@@ -60,7 +64,12 @@ class ImageFolderSplit:
         rows = sorted(read_annotations(data_dir, split).values(), key=lambda r: r["file_name"])
         if not rows:
             raise ValueError(f"No {split!r} images in {data_dir}/annotations.jsonl; is it a generated imagefolder?")
-        self.rows = rows[:max_samples] if max_samples else rows
+        if max_samples and max_samples < len(rows):
+            # a seeded sample, not the first N: file names start with the class folder, so the first N would be
+            # the first classes only
+            keep = sorted(random.Random(SUBSET_SEED).sample(range(len(rows)), max_samples))
+            rows = [rows[i] for i in keep]
+        self.rows = rows
         self.data_dir, self.processor = data_dir, processor
 
     def __len__(self) -> int:

@@ -178,7 +178,8 @@ def format_markdown(agg: dict, args, recipe_cpu: dict) -> str:
     training = agg.get("rung_training", {})
     if len(training) == 2:
         names = {"multirung": "every rung, mean of the rung losses", "random_rung": "one random rung per step"}
-        rungs = ["glance"] + [str(r) for r in args.k_ratios]
+        # the trained models' rungs (their `anytime_k_ratios`), not this command line's --k_ratios
+        rungs = list(agg["multirung_rungs"])
         budgets = list(training["multirung"]["validation_budgeted"])
         lines += [
             "Multi-rung training, **validation** split: every rung each step (`config.train_all_rungs`, the scripts' "
