@@ -560,6 +560,9 @@ def update_results_md(args, agg: dict, command: str) -> None:
         shutil.copy2(figure, os.path.join(REPO, d.figure_dir, "families.png"))
     link = os.path.relpath(os.path.join(REPO, d.figure_dir, "families.png"), os.path.dirname(RESULTS_MD))
     intro = d.reused_recipe_note if args.recipe_dir else ONE_COMMAND_NOTE
+    if getattr(args, "teacher_model", None):
+        intro = intro.replace("per seed the teacher", "per seed a copy of the one trained teacher (`--teacher_model`)")
+    intro += PARALLEL_SEEDS_NOTE
     body = [
         d.results_section,
         "",
@@ -588,6 +591,10 @@ def update_results_md(args, agg: dict, command: str) -> None:
     print(f"Updated '{d.results_section}' in {args.results_md}")
 
 
+PARALLEL_SEEDS_NOTE = (
+    " The seeds may run as parallel processes (the same command with `--seeds S` each), then one pass with all "
+    "seeds and `--stages aggregate` writes this report."
+)
 ONE_COMMAND_NOTE = (
     "One command: the data, then per seed the teacher, LookWhere's pretraining (no labels) and fixed-k fine-tuning, "
     "and every other family."
