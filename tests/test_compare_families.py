@@ -159,7 +159,8 @@ def test_teacher_model_is_copied_into_every_seed_instead_of_trained(tmp_path, ca
     report = _load("report")
     assert f"trained once (`--teacher_model {teacher}`" in report.shared_teacher_note(args)
     assert report.shared_teacher_note(_parse()) == ""
-    assert "per seed the teacher" in report.ONE_COMMAND_NOTE  # the words update_results_md replaces for a copy
+    assert "per seed a copy of the one trained teacher" in report.one_command_note(args)
+    assert "per seed the teacher," in report.one_command_note(_parse())
     for folder, message in (
         (_saved_teacher(tmp_path / "small", image_size=224), "differ from the description's 448 / 28 px"),
         (str(tmp_path / "missing"), "not a saved teacher"),

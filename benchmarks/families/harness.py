@@ -346,16 +346,17 @@ def run_seed_training(args, seed: int, env: dict, timings: dict) -> None:
     os.makedirs(paths["logs"], exist_ok=True)
     recipe = recipe_commands(d, paths, seed, args.data_seed)
     for name in RECIPE_STAGES[1:]:
-        if name == "teacher" and args.teacher_model is not None and name in args.stages:
-            if not stage_done(name, paths) or args.force:
-                copy_teacher(args.teacher_model, paths["teacher"])
-        elif name in args.stages and not (stage_done(name, paths) and not args.force):
+        if name not in args.stages:
+            continue
+        if stage_done(name, paths) and not args.force:
+            print(f"=== [seed {seed} {name}] exists, skipped: {paths[stage_folder(name)]} (--force re-runs it)")
+        elif name == "teacher" and args.teacher_model is not None:
+            copy_teacher(args.teacher_model, paths["teacher"])
+        else:
             stage_timings: dict = {}
             log = os.path.join(paths["logs"], f"{name}.log")
             run_stage(f"seed {seed} {name}", recipe[name], log, env, stage_timings)
             timings.setdefault(str(seed), {})[name] = stage_timings[f"seed {seed} {name}"]
-        elif name in args.stages:
-            print(f"=== [seed {seed} {name}] exists, skipped: {paths[stage_folder(name)]} (--force re-runs it)")
     if not set(args.stages) & {*FAMILY_STAGES, "evaluate"}:
         return
     missing = [name for name in ("teacher", "pretrained", "finetuned") if not os.path.isdir(paths[name])]

@@ -559,10 +559,7 @@ def update_results_md(args, agg: dict, command: str) -> None:
     if os.path.isfile(figure) and os.path.abspath(args.results_md) == os.path.abspath(RESULTS_MD):
         shutil.copy2(figure, os.path.join(REPO, d.figure_dir, "families.png"))
     link = os.path.relpath(os.path.join(REPO, d.figure_dir, "families.png"), os.path.dirname(RESULTS_MD))
-    intro = d.reused_recipe_note if args.recipe_dir else ONE_COMMAND_NOTE
-    if getattr(args, "teacher_model", None):
-        intro = intro.replace("per seed the teacher", "per seed a copy of the one trained teacher (`--teacher_model`)")
-    intro += PARALLEL_SEEDS_NOTE
+    intro = (d.reused_recipe_note if args.recipe_dir else one_command_note(args)) + PARALLEL_SEEDS_NOTE
     body = [
         d.results_section,
         "",
@@ -595,10 +592,16 @@ PARALLEL_SEEDS_NOTE = (
     " The seeds may run as parallel processes (the same command with `--seeds S` each), then one pass with all "
     "seeds and `--stages aggregate` writes this report."
 )
-ONE_COMMAND_NOTE = (
-    "One command: the data, then per seed the teacher, LookWhere's pretraining (no labels) and fixed-k fine-tuning, "
-    "and every other family."
-)
+
+
+def one_command_note(args) -> str:
+    """The report's sentence on what its one command ran (the teacher trained per seed, or copied)."""
+    copied = getattr(args, "teacher_model", None)
+    teacher = "a copy of the one trained teacher (`--teacher_model`)" if copied else "the teacher"
+    return (
+        f"One command: the data, then per seed {teacher}, LookWhere's pretraining (no labels) and fixed-k fine-tuning, "
+        "and every other family."
+    )
 
 
 def _git_commit() -> str | None:
