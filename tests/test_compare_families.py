@@ -8,6 +8,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,6 +222,8 @@ def test_sparse_digits_wrapper_is_the_harness_with_a_reused_recipe():
         (["--glance_focus_epochs", "2,0,1"], "positive for each of the three stages"),
         (["--compressed_grids", "2,17"], "cannot be finer than the 16x16 patch grid"),
         (["--glance_focus_patch_size", "100"], "multiple of the teacher's patch size 28"),
+        (["--glance_focus_crop_pct", "1.2"], "--glance_focus_crop_pct must be in (0, 1]"),
+        (["--glance_focus_backbone", "resnet", "--glance_focus_crop_pct", "0.875"], "keeps the whole canvas"),
     ],
 )
 def test_bad_arguments_are_rejected(argv, message, capsys):
@@ -239,6 +242,35 @@ def test_glance_focus_teacher_backbone_is_the_default(tmp_path):
     assert _value(stage1, "--image_size") == "448" and "--model_name_or_path" not in stage1
     assert paths["gf_stage1"] == str(tmp_path / "out" / "seed_1" / "gf_stage1")
     assert evaluation.glance_focus_json(args) == "glance_focus.json"
+
+
+@pytest.mark.parametrize(
+    "argv, crop_pct",
+    [
+        ([], "0.875"),  # Sparse Digits' published rows: GFNet's evaluation transform
+        (["--dataset", "varied_items"], "1.0"),  # the whole canvas, as every other family sees it
+        (["--glance_focus_crop_pct", "1"], "1.0"),
+        (["--dataset", "varied_items", "--glance_focus_crop_pct", "0.875"], "0.875"),
+    ],
+)
+def test_glance_focus_view_reaches_every_stage(tmp_path, argv, crop_pct):
+    from lookwhere_hf.models.glance_focus import GlanceFocusConfig, GlanceFocusImageProcessor
+
+    stages = _load("stages")
+    args = _parse("--recipe_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "out"), *argv)
+    commands = stages.glance_focus_commands(args, stages.seed_paths(args.output_dir, 0, args.recipe_dir), seed=0)
+    assert [_value(c, "--crop_pct") for c in commands.values()] == [crop_pct] * 3
+    # what the flag builds in run_glance_focus.py: 1.0 keeps the canvas's 20 px white corner, 0.875 (the central
+    # 392 of 448 px) drops it
+    processor = GlanceFocusImageProcessor.from_model_config(
+        GlanceFocusConfig(image_size=448, patch_size=112), crop_pct=args.glance_focus_crop_pct
+    )
+    image = np.zeros((448, 448, 3), dtype=np.uint8)
+    image[:20, :20] = 255
+    pixels = processor(image, return_tensors="pt")["pixel_values"][0]
+    assert pixels.shape == (3, 448, 448)
+    white, black = ((np.array([1.0, 0.0]) - processor.image_mean[0]) / processor.image_std[0]).tolist()
+    assert pixels[0, 2, 2].item() == pytest.approx(white if crop_pct == "1.0" else black, abs=1e-5)
 
 
 def test_glance_focus_resnet_backbone_is_built_saved_and_given_to_both_encoders(tmp_path):
@@ -293,6 +325,7 @@ def test_glance_focus_resnet_backbone_is_built_saved_and_given_to_both_encoders(
     stage1, stage2, stage3 = commands["gf_stage1"], commands["gf_stage2"], commands["gf_stage3"]
     assert stage1[1] == stages.GLANCE_FOCUS_SCRIPT and _value(stage1, "--model_name_or_path") == paths["gf_resnet_init"]
     assert "--backbone_name_or_path" not in stage1 and all("--image_size" not in c for c in commands.values())
+    assert args.glance_focus_crop_pct == 1.0 and all("--crop_pct" not in c for c in commands.values())
     assert _value(stage1, "--num_steps") == "3" and _value(stage1, "--patch_size") == "64"
     assert _value(stage2, "--model_name_or_path") == paths["gf_stage1"]
     assert _value(stage3, "--model_name_or_path") == paths["gf_stage2"]
@@ -327,10 +360,16 @@ def test_digit_boxes_follow_the_processors_resize_and_crop():
 
 
 def test_random_crop_chance_is_exact():
-    """The chance level of Glance-and-Focus's crops: every integer corner position counted by brute force."""
+    """The chance level of Glance-and-Focus's crops: every corner its uniform policy can give counted by brute force
+    (the corner is `floor(a * (side - crop))`, `a` uniform in [0, 1): drawn here on a fine grid of `a`)."""
+    from lookwhere_hf.models.glance_focus.modeling_glance_focus import crop_boxes_from_centers
+
     geometry = _load("geometry")
     side, crop = 40, 12
-    corners = range(side - crop + 1)
+    grid = (torch.arange(100_000, dtype=torch.float64) / 100_000).to(torch.float32)
+    drawn = crop_boxes_from_centers(torch.stack([grid, grid], dim=-1), side, side, crop)[:, 0]
+    corners = range(side - crop)
+    assert sorted(set(drawn.tolist())) == list(corners)  # the model's own crops take exactly these corners
 
     def overlaps(corner, low, high):
         return min(corner + crop, high) > max(corner, low)
@@ -343,6 +382,9 @@ def test_random_crop_chance_is_exact():
             1 - (1 - single) ** 3, rel=1e-12
         )
     assert geometry.random_crop_hit_probability([0, 0, side, side], crop, side, 1) == 1.0
+    # the last corner the policy reaches is side - crop - 1: a box on the last pixel column is missed by every crop
+    assert geometry.random_crop_hit_probability([side - 1, 0, side, side], crop, side, 1) == 0.0
+    assert geometry.random_crop_hit_probability([0, 0, 1, 1], side, side, 2) == 1.0  # a crop as large as the image
     with pytest.raises(ValueError, match="must fit"):
         geometry.random_crop_hit_probability([0, 0, 1, 1], 50, side, 1)
 

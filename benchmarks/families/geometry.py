@@ -53,21 +53,28 @@ def crop_hits(crops: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, t
     return (overlap & taken).any(dim=1), (contain & taken).any(dim=1)
 
 
+def crop_corner_positions(crop: int, side: int) -> int:
+    """How many top-left corners a uniform Glance-and-Focus crop can take per axis: the corner is
+    `floor(a * (side - crop))` with `a` uniform in [0, 1), so `0 .. side - crop - 1` (only 0 when the crop fills
+    the side)."""
+    return max(1, side - crop)
+
+
 def _corners_overlapping(low: float, high: float, crop: int, side: int) -> int:
-    """Integer crop corners `c` in `[0, side - crop]` whose span `[c, c + crop)` overlaps `[low, high)`:
+    """Crop corners `c` (`crop_corner_positions`) whose span `[c, c + crop)` overlaps `[low, high)`:
     `low - crop < c < high`."""
     first = max(0, math.floor(low - crop) + 1)
-    last = min(side - crop, math.ceil(high) - 1)
+    last = min(crop_corner_positions(crop, side) - 1, math.ceil(high) - 1)
     return max(0, last - first + 1)
 
 
 def random_crop_hit_probability(box, crop: int, side: int, num_crops: int) -> float:
     """Exact chance that at least one of `num_crops` random `crop x crop` crops of a square `side`-pixel image
-    overlaps `box` (processed pixels), each crop's corner uniform over the integer positions `[0, side - crop]` per
-    axis, independently: Glance-and-Focus's crops (corner `floor(a * (side - crop))`) with a uniform policy."""
+    overlaps `box` (processed pixels), each crop's corner uniform over `crop_corner_positions` per axis,
+    independently: Glance-and-Focus's crops (corner `floor(a * (side - crop))`) with a uniform policy."""
     if not 0 < crop <= side:
         raise ValueError(f"The crop ({crop} px) must fit in the image ({side} px).")
-    positions = side - crop + 1
+    positions = crop_corner_positions(crop, side)
     x0, y0, x1, y1 = (float(v) for v in box)
     single = (_corners_overlapping(x0, x1, crop, side) / positions) * (
         _corners_overlapping(y0, y1, crop, side) / positions

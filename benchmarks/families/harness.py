@@ -145,6 +145,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     g.add_argument("--glance_focus_patch_size", type=int, default=112, help="Glance / crop size in pixels.")
     g.add_argument("--glance_focus_steps", type=int, default=4, help="Glance + focus steps T.")
+    g.add_argument(
+        "--glance_focus_crop_pct",
+        type=float,
+        default=None,
+        help="Share of the canvas Glance-and-Focus's processor keeps, centred (teacher encoders; the ResNet variant "
+        "keeps the whole canvas): 1.0 the whole canvas, what the other families see; 0.875 GFNet's evaluation "
+        "transform. Default: the description's.",
+    )
     g = p.add_argument_group("running and reporting")
     g.add_argument("--num_threads", type=int, default=None, help="OMP/torch threads for every stage.")
     g.add_argument("--latency_runs", type=int, default=10, help="Timed rounds per latency measurement.")
@@ -287,6 +295,15 @@ def check_arguments(p: argparse.ArgumentParser, args) -> None:
         args.lookupvit_epochs = d.pretrain_epochs + d.finetune_epochs
     args.lookupvit_lr = d.finetune_lr if args.lookupvit_lr is None else args.lookupvit_lr
     args.glance_focus_lr = d.finetune_lr if args.glance_focus_lr is None else args.glance_focus_lr
+    given_crop_pct = args.glance_focus_crop_pct
+    if given_crop_pct is not None and not 0 < given_crop_pct <= 1:
+        p.error(f"--glance_focus_crop_pct must be in (0, 1] (1.0 keeps the whole canvas), got {given_crop_pct}.")
+    if args.glance_focus_backbone == "resnet":
+        if given_crop_pct not in (None, 1.0):
+            p.error("--glance_focus_crop_pct is for the teacher encoders; the ResNet variant keeps the whole canvas.")
+        args.glance_focus_crop_pct = 1.0
+    elif given_crop_pct is None:
+        args.glance_focus_crop_pct = d.glance_focus_crop_pct
     if args.glance_focus_epochs is None:
         stage1_epochs = d.pretrain_epochs + d.finetune_epochs - sum(GF_POLICY_AND_LAST_EPOCHS)
         if stage1_epochs <= 0:
@@ -400,7 +417,11 @@ def write_summary(args, command: str, timings: dict, start: float) -> str:
     summary = {
         "command": command,
         "dataset": args.description.name,
-        "arguments": {**args.description.recipe(), "teacher_model": args.teacher_model},
+        "arguments": {
+            **args.description.recipe(),
+            "teacher_model": args.teacher_model,
+            "glance_focus_crop_pct": args.glance_focus_crop_pct,
+        },
         "timings": merged,
         "wall_s_of_this_pass": round(time.time() - start, 1),
     }

@@ -213,14 +213,17 @@ def glance_focus_commands(args, paths: dict, seed: int) -> dict[str, list[str]]:
     """The three Glance-and-Focus stages of seed `seed` (`run_glance_focus.py`, accelerate loop): encoders from the
     seed's teacher (a DINOv2-with-registers ViT: the glance sees the whole image at the crop size, each focus step
     one full-resolution crop) or, with `--glance_focus_backbone resnet`, from the model `build_resnet_glance_focus`
-    saves; the recipe's batch size and fine-tuning learning rate (stage 2: the official PPO settings)."""
+    saves; the recipe's batch size and fine-tuning learning rate (stage 2: the official PPO settings). The teacher
+    variant sees `--glance_focus_crop_pct` of the canvas, centred (1.0: all of it, as every other family)."""
     d = args.description
-    # `--image_size` makes run_glance_focus.py rebuild the official (centre-cropping) processor, so the ResNet
-    # variant, whose saved model already has the canvas size, goes without it and keeps its whole-canvas processor
+    # The teacher variant: `--image_size` and `--crop_pct` make run_glance_focus.py build the processor from the
+    # config in every stage (`--glance_focus_crop_pct` of the canvas, centred). The ResNet variant's saved model
+    # already has the canvas size and a whole-canvas processor, which it keeps.
     resnet = args.glance_focus_backbone == "resnet"
     start = {"model_name_or_path": paths["gf_resnet_init"]} if resnet else {"backbone_name_or_path": paths["teacher"]}
+    view = {} if resnet else {"image_size": d.canvas_size, "crop_pct": args.glance_focus_crop_pct}
     common = flags(
-        dataset_name=paths["data"], **({} if resnet else {"image_size": d.canvas_size}),
+        dataset_name=paths["data"], **view,
         per_device_train_batch_size=d.batch_size, per_device_eval_batch_size=64, weight_decay=0.05,
         lr_scheduler_type="cosine", seed=seed, no_augment=True, logging_steps=20,
     )  # fmt: skip
