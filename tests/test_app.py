@@ -44,6 +44,7 @@ from lookwhere_hf.app import (  # noqa: E402
     capped_thresholds,
     default_model_paths,
     example_images,
+    load_app_model,
     read_image,
 )
 
@@ -207,6 +208,24 @@ def test_tiny_lookwhere_budgeted_and_fixed_k(server, photo_files):
         scores, _, summary = call(server, name, path, budgeted=False, k_ratio=0.25)
         assert "**Fixed k**: k = 16 of 64" in summary
         assert_same_top(scores, own_scores(demo, name, path, k=16))
+
+
+def test_a_model_with_a_shortest_edge_processor(folders, tmp_path):
+    """A LookupViT folder whose processor resizes the shorter side without cropping (what a user's own processor may
+    do): the app's input size, warm-up and predictions follow that processor (a square image, that side)."""
+    from transformers import BitImageProcessor
+
+    folder = tmp_path / "lookupvit_shortest_edge"
+    shutil.copytree(folders["lookupvit"], folder)
+    side = build("lookupvit", "AutoModelForImageClassification").config.image_size
+    BitImageProcessor(size={"shortest_edge": side}, do_center_crop=False).save_pretrained(folder)
+    app_model = load_app_model(str(folder))
+    assert app_model.input_size() == (side, side)
+    # the processor of a center-cropping one: its crop
+    BitImageProcessor(size={"shortest_edge": side + 16}, crop_size={"height": side, "width": side}).save_pretrained(
+        folder
+    )
+    assert load_app_model(str(folder)).input_size() == (side, side)
 
 
 def test_capped_thresholds():

@@ -572,8 +572,9 @@ def test_script_rejects_bad_arguments_before_training(workspace, monkeypatch, ar
 def test_stage1_from_a_backbone_loads_it_into_both_encoders(workspace):
     from transformers import ResNetModel
 
+    from lookwhere_hf.image_processing import processor_output_size
     from lookwhere_hf.training.arguments import HubArguments
-    from lookwhere_hf.training.glance_focus import GlanceFocusArguments, build_glance_focus_model, input_size
+    from lookwhere_hf.training.glance_focus import GlanceFocusArguments, build_glance_focus_model
 
     root = workspace["root"]
     args = GlanceFocusArguments(stage=1, backbone_name_or_path=str(root / "resnet"), num_steps=3, patch_size=16,
@@ -584,7 +585,8 @@ def test_stage1_from_a_backbone_loads_it_into_both_encoders(workspace):
         for name, tensor in encoder.backbone.state_dict().items():
             torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
     assert (model.config.num_steps, model.config.patch_size, model.config.num_labels) == (3, 16, 2)
-    assert model.config.id2label == {0: "horizontal", 1: "vertical"} and input_size(processor) == (SIZE, SIZE)
+    assert model.config.id2label == {0: "horizontal", 1: "vertical"}
+    assert processor_output_size(processor) == (SIZE, SIZE)
 
 
 @pytest.mark.parametrize(("crop_pct", "shortest_edge"), [(None, int(SIZE / 0.875)), (1.0, SIZE), (0.5, 2 * SIZE)])

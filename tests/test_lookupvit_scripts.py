@@ -13,6 +13,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -394,6 +395,41 @@ def test_build_lookupvit_from_dinov2_and_from_vit(models):
     )
     with pytest.raises(ArgumentError, match="makes LookWhere's two views; LookupViT takes one view"):
         build_model_and_processor(IMAGE_CLASSIFICATION, two_views, {0: "a"})
+
+
+def test_lookupvit_fine_tunes_with_a_dinov2_style_processor(models, tmp_path):
+    """`--image_processor_name` of a processor that resizes the shorter side and centre-crops (what
+    `AutoImageProcessor` gives for a DINOv2 checkpoint): the input size is its crop, in training and evaluation."""
+    from PIL import Image
+    from transformers import BitImageProcessor
+
+    from lookwhere_hf.image_processing import processor_output_size
+    from lookwhere_hf.training import ClassificationTransform
+
+    crop = TINY["image_size"]
+    BitImageProcessor(size={"shortest_edge": 128}, crop_size={"height": crop, "width": crop}).save_pretrained(
+        tmp_path / "dinov2_style"
+    )
+    lookupvit = str(models["lookupvit"])
+    args = ModelArguments(model_name_or_path=lookupvit, image_processor_name=str(tmp_path / "dinov2_style"))
+    model, processor = build_model_and_processor(IMAGE_CLASSIFICATION, args, {0: "a", 1: "b"})
+    assert processor_output_size(processor) == (crop, crop)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8))
+    for train in (True, False):
+        torch.manual_seed(0)
+        batch = ClassificationTransform(processor, "image", "label", train=train)({"image": [image], "label": [1]})
+        assert tuple(batch["pixel_values"][0].shape) == (3, crop, crop)
+    with torch.no_grad():
+        logits = model.eval()(pixel_values=torch.stack(batch["pixel_values"])).logits
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+
+    BitImageProcessor(size={"shortest_edge": 128}, crop_size={"height": 100, "width": 100}).save_pretrained(
+        tmp_path / "off_grid"
+    )
+    args = ModelArguments(model_name_or_path=lookupvit, image_processor_name=str(tmp_path / "off_grid"))
+    with pytest.raises(ArgumentError, match="resizes to 100x100, not a multiple of the patch size 14"):
+        build_model_and_processor(IMAGE_CLASSIFICATION, args, {0: "a", 1: "b"})
 
 
 def test_family_flags_given_are_the_flags_away_from_their_defaults():

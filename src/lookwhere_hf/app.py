@@ -45,6 +45,7 @@ from transformers import AutoModelForImageClassification
 
 from .demo_assets import default_demo_model_path, demo_image_paths
 from .flops import full_resolution_flops, lookupvit_flops, lookwhere_flops, vit_flops_like
+from .image_processing import processor_output_size
 from .models.lookupvit.configuration_lookupvit import grid_pair
 from .user_inputs import CLASSIFIER_FAMILIES, check_model_path, load_model_and_processor, open_image_file
 from .user_inputs import UserInputError as CLIError  # the messages of `lookwhere-hf` (shown in the page)
@@ -189,10 +190,7 @@ class AppModel:
 
     def input_size(self) -> tuple[int, int]:
         """`(height, width)` of `pixel_values`: the centre crop where the processor crops, else the resize."""
-        processor = self.processor
-        size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-        size = size or processor.size
-        return int(size["height"]), int(size["width"])
+        return processor_output_size(self.processor)
 
     # ------------------------------------------------------------------ one image
     def analyze(

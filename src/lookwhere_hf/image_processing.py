@@ -45,4 +45,32 @@ def image_processor_for(model_or_config: PreTrainedModel | PretrainedConfig, **o
     )
 
 
-__all__ = ["image_processor_for"]
+def _height_width(size, what: str) -> tuple[int, int]:
+    """`(height, width)` of a processor's `size` / `crop_size` (a `SizeDict` or a plain dict): its `height` and
+    `width`, or a `shortest_edge` resize taken at a square image (that side both ways)."""
+    get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    if get("height") and get("width"):
+        return int(get("height")), int(get("width"))
+    if get("shortest_edge"):
+        return int(get("shortest_edge")), int(get("shortest_edge"))
+    raise ValueError(
+        f"The image processor's {what} {dict(size) if isinstance(size, dict) else size} gives no input size; set it "
+        'to {"height": H, "width": W} or {"shortest_edge": S}.'
+    )
+
+
+def processor_resize_size(processor) -> tuple[int, int]:
+    """`(height, width)` an image processor resizes a square image to (its `size`)."""
+    return _height_width(processor.size, "size")
+
+
+def processor_output_size(processor) -> tuple[int, int]:
+    """`(height, width)` of the `pixel_values` an image processor makes from a square image: its centre crop where
+    it crops (`do_center_crop`), else its resize."""
+    crop = getattr(processor, "crop_size", None)
+    if getattr(processor, "do_center_crop", False) and crop is not None:
+        return _height_width(crop, "crop_size")
+    return processor_resize_size(processor)
+
+
+__all__ = ["image_processor_for", "processor_output_size", "processor_resize_size"]

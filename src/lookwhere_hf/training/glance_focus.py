@@ -43,8 +43,9 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ..budget import BUDGET_CONFIG_FIELDS
+from ..image_processing import processor_output_size
 from .arguments import ArgumentError
-from .transforms import processor_size, to_rgb
+from .transforms import to_rgb
 
 __all__ = [
     "GlanceFocusArguments",
@@ -57,7 +58,6 @@ __all__ = [
     "confidence_gains",
     "describe_stage",
     "discounted_returns",
-    "input_size",
     "normalize_returns",
     "ppo_loss",
     "stage_training_settings",
@@ -449,15 +449,6 @@ class GlanceFocusStage(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- data
-def input_size(processor) -> tuple[int, int]:
-    """`(height, width)` of the `pixel_values` a Glance-and-Focus image processor makes: its centre crop (the
-    official evaluation transform), or its resize when it does not crop."""
-    crop = getattr(processor, "crop_size", None)
-    if getattr(processor, "do_center_crop", False) and crop is not None:
-        return (int(crop.height), int(crop.width)) if hasattr(crop, "height") else (crop["height"], crop["width"])
-    return processor_size(processor)
-
-
 class GlanceFocusTransform:
     """`{image, label}` -> the image processor's tensors (`pixel_values`, and the glance view if it makes one) +
     `labels`, for `Dataset.set_transform`.
@@ -481,7 +472,7 @@ class GlanceFocusTransform:
 
         self.processor, self.image_column, self.label_column = processor, image_column, label_column
         self.train, self.random_crops = train, random_crops
-        size = input_size(processor)
+        size = processor_output_size(processor)
         self.augment = (
             v2.Compose([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]) if train and augment else None
         )
@@ -652,7 +643,7 @@ def describe_stage(stage: GlanceFocusStage, processor, dataset, changed: list[st
     config = stage.model.config
     trainable = sum(p.numel() for p in stage.parameters() if p.requires_grad)
     total = sum(p.numel() for p in stage.parameters())
-    height, width = input_size(processor)
+    height, width = processor_output_size(processor)
     encoders = "focus encoder (glance encoder frozen)" if stage.freeze_glance_encoder else "encoders"
     what = {
         1: f"{encoders} + classifier, random crops",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ..budget import BUDGET_CONFIG_FIELDS
+from ..image_processing import processor_output_size
 from ..models.lookupvit.modeling_lookupvit import (
     LookupViTForImageClassification,
     LookupViTForSemanticSegmentation,
@@ -36,7 +37,6 @@ from .arguments import (
     lookupvit_grids,
 )
 from .data import IMAGE_CLASSIFICATION, SEMANTIC_SEGMENTATION
-from .transforms import processor_size
 
 logger = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def _image_processor(model, model_args: ModelArguments, family: str, flag: str, 
     if model_args.low_res_size is not None:
         processor.low_res_size = {"height": model_args.low_res_size, "width": model_args.low_res_size}
     patch = model.config.patch_size
-    height, width = processor_size(processor)
+    height, width = processor_output_size(processor)
     if height % patch or width % patch:
         raise ArgumentError(
             f"The image processor resizes to {height}x{width}, not a multiple of the patch size {patch}: pass "
@@ -382,7 +382,7 @@ def build_pretraining_model(model_args: PretrainingModelArguments, data_args: Pr
 def describe_setup(model, processor, dataset, print_fn: Callable = print) -> None:
     """Print what is about to be trained: sizes, k, parameters (and the teacher's), data."""
     config = model.config
-    height, width = processor_size(processor)
+    height, width = processor_output_size(processor)
     grid = (height // config.patch_size) * (width // config.patch_size)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -8,16 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..image_processing import processor_resize_size
 from .arguments import PretrainingDataArguments
 from .data import mask_array, reduce_mask_labels
-
-
-def processor_size(processor) -> tuple[int, int]:
-    """`(height, width)` the image processor resizes to."""
-    size = processor.size
-    if hasattr(size, "height"):
-        return int(size.height), int(size.width)
-    return int(size["height"]), int(size["width"])
 
 
 def to_rgb(image):
@@ -50,7 +43,7 @@ class ClassificationTransform:
         from torchvision.transforms import v2
 
         self.processor, self.image_column, self.label_column, self.train = processor, image_column, label_column, train
-        self.augment = v2.Compose([v2.RandomResizedCrop(processor_size(processor)), v2.RandomHorizontalFlip()])
+        self.augment = v2.Compose([v2.RandomResizedCrop(processor_resize_size(processor)), v2.RandomHorizontalFlip()])
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         images = [to_rgb(image) for image in batch[self.image_column]]
@@ -76,7 +69,7 @@ class SegmentationTransform:
 
         self.processor, self.image_column, self.label_column = processor, image_column, label_column
         self.reduce_labels = reduce_labels
-        size = processor_size(processor)
+        size = processor_resize_size(processor)
         if train:
             self.geometry = v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0)), v2.RandomHorizontalFlip()])
         else:
@@ -117,7 +110,7 @@ class PretrainingTransform:
         from torchvision.transforms import v2
 
         self.image_column = data_args.image_column_name
-        size = processor_size(processor)
+        size = processor_resize_size(processor)
         augment = train and not data_args.no_augment
         if augment:
             steps = [
