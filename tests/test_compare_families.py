@@ -223,6 +223,7 @@ def test_sparse_digits_wrapper_is_the_harness_with_a_reused_recipe():
         (["--compressed_grids", "2,17"], "cannot be finer than the 16x16 patch grid"),
         (["--glance_focus_patch_size", "100"], "multiple of the teacher's patch size 28"),
         (["--glance_focus_crop_pct", "1.2"], "--glance_focus_crop_pct must be in (0, 1]"),
+        (["--glance_focus_ppo_epochs", "0"], "--glance_focus_ppo_epochs must be >= 1"),
         (["--glance_focus_backbone", "resnet", "--glance_focus_crop_pct", "0.875"], "keeps the whole canvas"),
     ],
 )
@@ -260,6 +261,11 @@ def test_glance_focus_view_reaches_every_stage(tmp_path, argv, crop_pct):
     args = _parse("--recipe_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "out"), *argv)
     commands = stages.glance_focus_commands(args, stages.seed_paths(args.output_dir, 0, args.recipe_dir), seed=0)
     assert [_value(c, "--crop_pct") for c in commands.values()] == [crop_pct] * 3
+    assert all("--ppo_epochs" not in c for c in commands.values())  # the official single update per rollout
+    args.glance_focus_ppo_epochs = 4
+    commands = stages.glance_focus_commands(args, stages.seed_paths(args.output_dir, 0, args.recipe_dir), seed=0)
+    assert [c.count("--ppo_epochs") for c in commands.values()] == [0, 1, 0]
+    assert _value(commands["gf_stage2"], "--ppo_epochs") == "4"
     # what the flag builds in run_glance_focus.py: 1.0 keeps the canvas's 20 px white corner, 0.875 (the central
     # 392 of 448 px) drops it
     processor = GlanceFocusImageProcessor.from_model_config(

@@ -146,6 +146,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--glance_focus_patch_size", type=int, default=112, help="Glance / crop size in pixels.")
     g.add_argument("--glance_focus_steps", type=int, default=4, help="Glance + focus steps T.")
     g.add_argument(
+        "--glance_focus_ppo_epochs",
+        type=int,
+        default=1,
+        help="Stage 2: PPO updates per rollout (`run_glance_focus.py --ppo_epochs`; official and default: 1).",
+    )
+    g.add_argument(
         "--glance_focus_crop_pct",
         type=float,
         default=None,
@@ -273,6 +279,8 @@ def check_arguments(p: argparse.ArgumentParser, args) -> None:
         p.error(
             f"--glance_focus_steps must be >= 2 (a glance and at least one focus step), got {args.glance_focus_steps}."
         )
+    if args.glance_focus_ppo_epochs < 1:
+        p.error(f"--glance_focus_ppo_epochs must be >= 1, got {args.glance_focus_ppo_epochs}.")
     for flag in ("multirung_epochs", "lookupvit_epochs", "lookupvit_lr", "glance_focus_lr"):
         value = getattr(args, flag)
         if value is not None and not value > 0:
@@ -421,6 +429,7 @@ def write_summary(args, command: str, timings: dict, start: float) -> str:
             **args.description.recipe(),
             "teacher_model": args.teacher_model,
             "glance_focus_crop_pct": args.glance_focus_crop_pct,
+            "glance_focus_ppo_epochs": args.glance_focus_ppo_epochs,
         },
         "timings": merged,
         "wall_s_of_this_pass": round(time.time() - start, 1),

@@ -228,6 +228,8 @@ def glance_focus_commands(args, paths: dict, seed: int) -> dict[str, list[str]]:
         lr_scheduler_type="cosine", seed=seed, no_augment=True, logging_steps=20,
     )  # fmt: skip
     first, second, third = args.glance_focus_epochs
+    # the official single PPO update per rollout unless --glance_focus_ppo_epochs asks for more
+    ppo = {} if args.glance_focus_ppo_epochs == 1 else {"ppo_epochs": args.glance_focus_ppo_epochs}
     return {
         "gf_stage1": [
             sys.executable, GLANCE_FOCUS_SCRIPT, *common,
@@ -238,7 +240,7 @@ def glance_focus_commands(args, paths: dict, seed: int) -> dict[str, list[str]]:
         "gf_stage2": [
             sys.executable, GLANCE_FOCUS_SCRIPT, *common,
             *flags(stage=2, model_name_or_path=paths["gf_stage1"], output_dir=paths["gf_stage2"],
-                   num_train_epochs=second),
+                   num_train_epochs=second, **ppo),
         ],
         "gf_stage3": [
             sys.executable, GLANCE_FOCUS_SCRIPT, *common,
