@@ -726,9 +726,18 @@ def parse_script_arguments(dataclass_types: tuple, argv: list[str] | None = None
 
 
 def run_cli(main: Callable[[], Any], prog: str) -> Any:
-    """Run a script's `main`, turning an [`ArgumentError`] into `prog: error: <message>` and exit status 2."""
+    """Run a script's `main`, turning an [`ArgumentError`] into `prog: error: <message>` and exit status 2.
+
+    Under `torchrun` / `accelerate launch`, a finished `main` is followed by a barrier and the process group's
+    teardown, so that no rank exits (and destroys its communication threads) while another is still saving."""
     try:
-        return main()
+        result = main()
     except ArgumentError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
