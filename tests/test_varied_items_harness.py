@@ -63,10 +63,13 @@ def test_varied_items_runs_end_to_end_with_every_number_per_size_bin(request, ba
     assert chance["small"] < chance["medium"] < chance["large"]
 
     # (b) every quantity per size bin, and each adds up to the overall number (exact arithmetic of the counts)
-    def check(point: dict, key: str) -> None:
+    def check(point: dict, key: str, share: bool = True) -> None:
         per = point[f"{key}_per_bin"]
         assert set(per) == set(BINS), key
-        assert all(0.0 <= per[b] <= 1.0 for b in BINS if counts[b]), (key, per)
+        if share:  # a rate: in [0, 1]
+            assert all(0.0 <= per[b] <= 1.0 for b in BINS if counts[b]), (key, per)
+        else:  # a cost: positive
+            assert all(per[b] > 0.0 for b in BINS if counts[b]), (key, per)
         assert _weighted(per, counts) == pytest.approx(point[key], rel=1e-9, abs=1e-12), key
 
     check(seed["teacher"], "accuracy")
@@ -86,7 +89,7 @@ def test_varied_items_runs_end_to_end_with_every_number_per_size_bin(request, ba
     budgets = [*seed["budgeted"].values(), *seed["budgeted_no_glance"].values(), *gf["budgeted"].values()]
     for point in budgets:
         check(point, "accuracy")
-        check(point, "gflops")
+        check(point, "gflops", share=False)
         shares = point["exit_shares_per_bin"]
         for t, overall in enumerate(point["exit_shares"]):
             per_rung = {b: shares[b][t] for b in BINS}
