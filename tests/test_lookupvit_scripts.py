@@ -430,6 +430,10 @@ def test_lookupvit_fine_tunes_with_a_dinov2_style_processor(models, tmp_path):
     args = ModelArguments(model_name_or_path=lookupvit, image_processor_name=str(tmp_path / "off_grid"))
     with pytest.raises(ArgumentError, match="resizes to 100x100, not a multiple of the patch size 14"):
         build_model_and_processor(IMAGE_CLASSIFICATION, args, {0: "a", 1: "b"})
+    # --image_size, the flag that message names, sets what the model sees: the crop too
+    args = ModelArguments(model_name_or_path=lookupvit, image_processor_name=str(tmp_path / "off_grid"), image_size=98)
+    model, processor = build_model_and_processor(IMAGE_CLASSIFICATION, args, {0: "a", 1: "b"})
+    assert processor_output_size(processor) == (98, 98) and model.config.image_size == 98
 
 
 def test_family_flags_given_are_the_flags_away_from_their_defaults():

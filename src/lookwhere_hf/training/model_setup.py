@@ -309,6 +309,8 @@ def _image_processor(model, model_args: ModelArguments, family: str, flag: str, 
         processor = LookWhereImageProcessor.from_model_config(model.config)
     if model_args.image_size is not None:
         processor.size = {"height": model_args.image_size, "width": model_args.image_size}
+        if getattr(processor, "do_center_crop", False):  # a cropping processor's output is its crop
+            processor.crop_size = {"height": model_args.image_size, "width": model_args.image_size}
     if model_args.low_res_size is not None:
         processor.low_res_size = {"height": model_args.low_res_size, "width": model_args.low_res_size}
     patch = model.config.patch_size
